@@ -1,0 +1,39 @@
+# One command each for a new user: `make demo` and `make test`. Both install Erlang/Elixir
+# first when the machine lacks them (see scripts/ensure_toolchain.sh).
+SHELL := /bin/bash
+export LANG ?= C.UTF-8
+export LC_ALL ?= C.UTF-8
+
+.PHONY: all test demo bench lint toolchain rust-test elixir-test clean
+
+all: test
+
+toolchain:
+	@scripts/ensure_toolchain.sh
+
+# cargo test uses the release profile so the NIF build that `mix test` triggers reuses the
+# same compiled dependencies.
+rust-test: toolchain
+	cargo test --workspace --release
+
+elixir-test: toolchain
+	MIX_ENV=test mix test
+
+test: rust-test elixir-test
+
+demo: toolchain
+	mix dspex.demo
+
+lint: toolchain
+	cargo fmt --all -- --check
+	cargo clippy --workspace --release --all-targets -- -D warnings
+	mix format --check-formatted
+	MIX_ENV=test mix compile --warnings-as-errors --force
+
+bench: toolchain
+	cargo bench -p dspex_benches
+	MIX_ENV=prod mix run benches/session_store.exs
+
+clean:
+	cargo clean
+	rm -rf _build priv/native

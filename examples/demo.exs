@@ -1,0 +1,93 @@
+# The dspex_bridge tour: `make demo` (or `mix dspex.demo`).
+alias DSPex.Bridge.SessionStore
+
+defmodule Demo do
+  def section(title), do: IO.puts("\n== #{title}")
+  def say(text), do: IO.puts("   " <> text)
+end
+
+Demo.section("Sessions and typed variables")
+{:ok, session} = SessionStore.create_session("demo_session", ttl: 60_000)
+Demo.say("created session #{inspect(session)} (expires after 60 s idle)")
+
+{:ok, _} =
+  SessionStore.register_variable(session, :temperature, :float, 0.7,
+    constraints: [min: 0.0, max: 2.0],
+    description: "sampling temperature"
+  )
+
+{:ok, _} =
+  SessionStore.register_variable(session, "strategy", :choice, "chain_of_thought",
+    constraints: [choices: ["predict", "chain_of_thought", "react"]]
+  )
+
+{:ok, _} =
+  SessionStore.register_variable(session, :query_embedding, :embedding, [0.1, 0.2, 0.3],
+    constraints: [dimensions: 3]
+  )
+
+{:ok, vars} = SessionStore.list_variables(session)
+
+for v <- vars,
+    do: Demo.say("#{inspect(v.name)} : #{v.type} = #{inspect(v.value)} (version #{v.version})")
+
+Demo.section("Constraints are checked on every write")
+
+Demo.say(
+  "temperature = 3.5 -> #{inspect(SessionStore.update_variable(session, :temperature, 3.5))}"
+)
+
+Demo.say(
+  "strategy = \"guess\" -> #{inspect(SessionStore.update_variable(session, "strategy", "guess"))}"
+)
+
+Demo.section("A watcher sees every change")
+
+watcher =
+  spawn(fn ->
+    for _ <- 1..3 do
+      receive do
+        {:dspex_variable_changed, _sid, name, %{old: old, new: new, version: v}} ->
+          Demo.say("[watcher] #{inspect(name)}: #{inspect(old)} -> #{inspect(new)} (v#{v})")
+      end
+    end
+  end)
+
+{:ok, _} = SessionStore.watch(session, :temperature, pid: watcher)
+
+Demo.section("Versioned updates with optimistic locking")
+{:ok, v2} = SessionStore.update_variable(session, :temperature, 0.9, expected_version: 1)
+Demo.say("optimizer A wrote 0.9 expecting version 1 -> now version #{v2.version}")
+{:ok, v3} = SessionStore.update_variable(session, :temperature, 1.1, expected_version: 2)
+Demo.say("optimizer A wrote 1.1 expecting version 2 -> now version #{v3.version}")
+conflict = SessionStore.update_variable(session, :temperature, 0.2, expected_version: 1)
+Demo.say("optimizer B wrote 0.2 expecting version 1 -> #{inspect(conflict)}: B must re-read")
+
+Demo.section("History and rollback")
+{:ok, history} = SessionStore.get_history(session, :temperature)
+for e <- history, do: Demo.say("v#{e.version}: #{inspect(e.value)} (#{inspect(e.change)})")
+{:ok, rolled} = SessionStore.rollback_variable(session, :temperature, 1)
+Demo.say("rolled back to version 1's value: #{rolled.value}, written as version #{rolled.version}")
+Process.sleep(50)
+
+Demo.section("Sessions are isolated")
+{:ok, _} = SessionStore.create_session("other_session")
+denied = SessionStore.get_variable(session, :temperature, caller: "other_session")
+Demo.say("other_session reads demo_session's temperature -> #{inspect(denied)}")
+
+Demo.section("Export and import (checksummed snapshot)")
+{:ok, snapshot} = SessionStore.export_session(session)
+Demo.say("exported #{byte_size(snapshot)} bytes")
+<<head::binary-size(30), byte, rest::binary>> = snapshot
+corrupt = <<head::binary, Bitwise.bxor(byte, 1), rest::binary>>
+
+Demo.say(
+  "import of a copy with one flipped bit -> #{inspect(SessionStore.import_session(corrupt))}"
+)
+
+{:ok, copy} = SessionStore.import_session(snapshot, session_id: "demo_copy")
+{:ok, t} = SessionStore.get_value(copy, :temperature)
+Demo.say("imported as #{inspect(copy)}: temperature = #{t}")
+
+for s <- [session, "other_session", copy], do: :ok = SessionStore.delete_session(s)
+Demo.section("Done")

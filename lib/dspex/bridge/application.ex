@@ -1,0 +1,17 @@
+defmodule DSPex.Bridge.Application do
+  @moduledoc false
+  use Application
+
+  @impl true
+  def start(_type, _args) do
+    DSPex.Bridge.Events.init()
+
+    children = [
+      {Registry, keys: :duplicate, name: DSPex.Bridge.Events.Registry},
+      DSPex.Bridge.Events,
+      DSPex.Bridge.SessionStore.Supervisor
+    ]
+
+    Supervisor.start_link(children, strategy: :one_for_one, name: DSPex.Bridge.Supervisor)
+  end
+end

@@ -1,0 +1,32 @@
+defmodule DSPex.Bridge.Native do
+  @moduledoc false
+  # The one module of NIF stubs. Only the feature modules call it; each stub's contract is
+  # documented on the Rust side (native/dspex_nif/src/<feature>.rs). A stub that runs means
+  # the library failed to load, which `@on_load` already reported.
+
+  @on_load :load_nif
+
+  @doc false
+  def load_nif do
+    path = :filename.join(:code.priv_dir(:dspex_bridge), ~c"native/dspex_nif")
+
+    case :erlang.load_nif(path, 0) do
+      :ok ->
+        :ok
+
+      {:error, {reason, text}} ->
+        require Logger
+        Logger.error("dspex_bridge: could not load its NIF from #{path}: #{reason} #{text}")
+        :abort
+    end
+  end
+
+  defp not_loaded, do: :erlang.nif_error(:dspex_nif_not_loaded)
+
+  # snapshot
+  def snapshot_encode(_payload), do: not_loaded()
+  def snapshot_encode_dirty(_payload), do: not_loaded()
+  def snapshot_decode(_frame), do: not_loaded()
+  def snapshot_decode_dirty(_frame), do: not_loaded()
+  def snapshot_dirty_threshold, do: not_loaded()
+end

@@ -1,0 +1,56 @@
+defmodule DSPex.Bridge.Options do
+  @moduledoc false
+  # Option checking shared by the feature modules: every public function validates its
+  # keyword list here, so a typo or a wrong type is a clear `{:error, {:invalid_option, ...}}`
+  # instead of a silently ignored key.
+
+  @max_id_bytes 255
+
+  @doc "True for an id the bridge accepts: an atom or a non-empty string of at most 255 bytes."
+  defguard is_id(id)
+           when is_atom(id) or
+                  (is_binary(id) and byte_size(id) > 0 and byte_size(id) <= @max_id_bytes)
+
+  @doc """
+  Checks `opts` against `spec` (`key => validator`), returns a map of the given keys.
+
+  A validator is a one-argument function returning true for good values.
+  """
+  @spec take(term(), %{atom() => (term() -> boolean())}) ::
+          {:ok, map()} | {:error, {:invalid_option, term()}}
+  def take([], _spec), do: {:ok, %{}}
+
+  def take(opts, spec) when is_list(opts) do
+    Enum.reduce_while(opts, {:ok, %{}}, fn
+      {key, value}, {:ok, acc} when is_atom(key) ->
+        case spec do
+          %{^key => valid?} ->
+            if valid?.(value),
+              do: {:cont, {:ok, Map.put(acc, key, value)}},
+              else: {:halt, {:error, {:invalid_option, {key, value}}}}
+
+          _ ->
+            {:halt, {:error, {:invalid_option, {:unknown, key}}}}
+        end
+
+      other, _acc ->
+        {:halt, {:error, {:invalid_option, other}}}
+    end)
+  end
+
+  def take(other, _spec), do: {:error, {:invalid_option, {:not_a_keyword_list, other}}}
+
+  @doc false
+  def id?(id) when is_id(id), do: true
+  def id?(_), do: false
+
+  @doc false
+  def timeout?(:infinity), do: true
+  def timeout?(t), do: is_integer(t) and t >= 0
+
+  @doc false
+  def pos_integer?(n), do: is_integer(n) and n > 0
+
+  @doc false
+  def non_neg_integer?(n), do: is_integer(n) and n >= 0
+end

@@ -1,0 +1,507 @@
+defmodule DSPex.Bridge.SessionStore do
+  @moduledoc """
+  The BridgedState reference backend: sessions of typed, versioned variables in ETS.
+
+  * **Reads** (`get_variable/3`, `get_value/3`, `list_variables/2`, `get_history/3`) are ETS
+    lookups in the calling process; they never wait on another process.
+  * **Writes** to one session are serialized by that session's process, so versions and
+    history are exact; writes to different sessions run in parallel.
+  * Every operation takes `caller:` (the requesting session, default the owner) and
+    `context:` (a map, default `%{}`). A caller other than the owner is refused with
+    `{:error, :access_denied}` until access rules grant it something.
+  * Sessions idle for longer than their TTL expire (between `ttl` and `1.25 * ttl` after
+    their last read or write): their variables are freed and
+    `[:dspex, :bridge, :session, :expired]` is emitted.
+
+  ## Example
+
+      iex> alias DSPex.Bridge.SessionStore
+      iex> {:ok, "doc_session"} = SessionStore.create_session("doc_session", ttl: 60_000)
+      iex> {:ok, v1} = SessionStore.register_variable("doc_session", :temperature, :float, 0.7,
+      ...>   constraints: [min: 0.0, max: 2.0])
+      iex> v1.version
+      1
+      iex> {:ok, v2} = SessionStore.update_variable("doc_session", :temperature, 0.9, expected_version: 1)
+      iex> {v2.value, v2.version}
+      {0.9, 2}
+      iex> SessionStore.update_variable("doc_session", :temperature, 1.0, expected_version: 1)
+      {:error, {:version_mismatch, 2}}
+      iex> SessionStore.update_variable("doc_session", :temperature, 5.0)
+      {:error, {:invalid_value, {:above_max, 2.0}}}
+      iex> {:ok, v3} = SessionStore.rollback_variable("doc_session", :temperature, 1)
+      iex> {v3.value, v3.version}
+      {0.7, 3}
+      iex> SessionStore.delete_session("doc_session")
+      :ok
+
+  ## Errors
+
+  Every function returns `{:error, reason}` for bad input; nothing stored changes when a call
+  fails. Reasons:
+
+  | reason                                 | when                                                |
+  |----------------------------------------|-----------------------------------------------------|
+  | `{:invalid_session_id, term}`          | not an atom or a 1..255-byte string                 |
+  | `{:invalid_name, term}`                | a variable name that is not an id                   |
+  | `{:invalid_option, detail}`            | unknown option, wrong option type, opts not a list  |
+  | `:session_not_found`                   | no such session                                     |
+  | `{:session_exists, id}`                | `create_session/2` or import of an existing id      |
+  | `{:variable_not_found, name}`          | no such variable in the session                     |
+  | `{:variable_exists, name}`             | registering a name twice                            |
+  | `{:invalid_type, type}`                | not one of `DSPex.Bridge.VariableType.types/0`      |
+  | `{:invalid_constraints, detail}`       | see `DSPex.Bridge.VariableType`                     |
+  | `{:invalid_value, detail}`             | see `DSPex.Bridge.VariableType`                     |
+  | `{:version_mismatch, current}`         | `expected_version:` differs from the stored version |
+  | `{:version_not_found, version}`        | rollback to a version no longer in history          |
+  | `{:too_many_variables, limit}`         | the session's `max_variables` is reached            |
+  | `{:duplicate_variable, name}`          | a batch names one variable twice                    |
+  | `{name, reason}`                       | which variable of an `update_variables/3` failed    |
+  | `:access_denied`                       | the caller may not do this                          |
+  | `{:invalid_snapshot, detail}`          | `import_session/2` of a corrupt or foreign binary   |
+  | `:timeout`                             | the session process did not answer within `timeout:`|
+  """
+
+  alias DSPex.Bridge.{Events, Options, Variable, VariableType}
+  alias DSPex.Bridge.SessionStore.{Codec, Session, Tables}
+  import DSPex.Bridge.Options, only: [is_id: 1]
+
+  @sessions :dspex_bridge_sessions
+  @variables :dspex_bridge_variables
+  @history :dspex_bridge_history
+
+  @default_ttl 3_600_000
+  @default_history 50
+  @max_history 10_000
+  @default_max_variables 100_000
+  @max_batch 10_000
+
+  @type session_id :: Variable.id()
+  @type name :: Variable.id()
+  @type reason :: term()
+
+  @typedoc "Options every operation accepts."
+  @type access_opt :: {:caller, session_id()} | {:context, map()} | {:timeout, timeout()}
+
+  @typedoc "A history entry, newest first in `get_history/3`."
+  @type history_entry :: %{
+          version: pos_integer(),
+          value: term(),
+          updated_at: integer(),
+          change: :register | :update | {:rollback, pos_integer()}
+        }
+
+  @access %{caller: &Options.id?/1, context: &is_map/1, timeout: &Options.timeout?/1}
+
+  # ---------------------------------------------------------------------------------------
+  # sessions
+
+  @doc """
+  Creates a session.
+
+  Options: `ttl:` idle time in ms before expiry, or `:infinity` (default from the
+  `:dspex_bridge, :session_ttl` config, else one hour); `history_limit:` versions kept per
+  variable (default 50, at most 10,000); `max_variables:` (default 100,000); `metadata:` a map.
+  """
+  @spec create_session(session_id(), keyword()) :: {:ok, session_id()} | {:error, reason()}
+  def create_session(session_id, opts \\ [])
+
+  def create_session(session_id, opts) when is_id(session_id) do
+    spec = %{
+      ttl: &(&1 == :infinity or Options.pos_integer?(&1)),
+      history_limit: &(Options.pos_integer?(&1) and &1 <= @max_history),
+      max_variables: &Options.pos_integer?/1,
+      metadata: &is_map/1
+    }
+
+    with {:ok, o} <- Options.take(opts, spec) do
+      meta = %{
+        id: session_id,
+        created_at: System.system_time(:millisecond),
+        ttl: Map.get(o, :ttl, Application.get_env(:dspex_bridge, :session_ttl, @default_ttl)),
+        history_limit: Map.get(o, :history_limit, @default_history),
+        max_variables: Map.get(o, :max_variables, @default_max_variables),
+        metadata: Map.get(o, :metadata, %{})
+      }
+
+      start_session(meta, :empty, :created)
+    end
+  end
+
+  def create_session(session_id, _opts), do: {:error, {:invalid_session_id, session_id}}
+
+  defp start_session(meta, init, event) do
+    case DynamicSupervisor.start_child(
+           DSPex.Bridge.SessionStore.Sessions,
+           {Session, {meta.id, meta, init}}
+         ) do
+      {:ok, _pid} ->
+        Events.emit([:dspex, :bridge, :session, event], %{}, %{session_id: meta.id})
+        {:ok, meta.id}
+
+      {:error, :session_exists} ->
+        {:error, {:session_exists, meta.id}}
+    end
+  end
+
+  @doc "Deletes a session and everything in it. Only the owner may delete it."
+  @spec delete_session(session_id(), [access_opt()]) :: :ok | {:error, reason()}
+  def delete_session(session_id, opts \\ []) do
+    with {:ok, o} <- check(session_id, opts),
+         :ok <- authorize(session_id, o, :write),
+         :ok <- call(session_id, :delete, o) do
+      Events.emit([:dspex, :bridge, :session, :deleted], %{}, %{session_id: session_id})
+    end
+  end
+
+  @doc "The ids of all live sessions."
+  @spec list_sessions() :: [session_id()]
+  def list_sessions, do: :ets.select(@sessions, [{{:"$1", :_, :_, :_}, [], [:"$1"]}])
+
+  @doc """
+  A session's settings and size: `%{id, created_at, ttl, history_limit, max_variables,
+  metadata, variable_count}`.
+  """
+  @spec get_session(session_id(), [access_opt()]) :: {:ok, map()} | {:error, reason()}
+  def get_session(session_id, opts \\ []) do
+    with {:ok, o} <- check(session_id, opts),
+         :ok <- authorize(session_id, o, :read) do
+      case :ets.lookup(@sessions, session_id) do
+        [{_, meta, _pid, touch}] ->
+          :atomics.put(touch, 1, 1)
+          {:ok, Map.put(meta, :variable_count, Session.count_variables(session_id))}
+
+        [] ->
+          {:error, :session_not_found}
+      end
+    end
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # variables
+
+  @doc """
+  Registers a typed variable. `name` is an atom or a string and comes back exactly as given.
+
+  Options: `constraints:` (map or keyword list, see `DSPex.Bridge.VariableType`),
+  `metadata:` (map), `description:` (string), plus `caller:`, `context:`, `timeout:`.
+  """
+  @spec register_variable(session_id(), name(), Variable.type(), term(), keyword()) ::
+          {:ok, Variable.t()} | {:error, reason()}
+  def register_variable(session_id, name, type, value, opts \\ []) do
+    spec =
+      Map.merge(@access, %{
+        constraints: &(is_map(&1) or is_list(&1)),
+        metadata: &is_map/1,
+        description: &(is_nil(&1) or is_binary(&1))
+      })
+
+    with {:ok, o} <- check(session_id, name, opts, spec),
+         :ok <- check_type(type),
+         :ok <- authorize(session_id, o, :write) do
+      timed(:write, session_id, name, fn ->
+        call(session_id, {:register, name, type, value, o}, o)
+      end)
+    end
+  end
+
+  @doc """
+  Reads a variable: `{:ok, %DSPex.Bridge.Variable{}}`. One ETS lookup; no process is called.
+  """
+  @spec get_variable(session_id(), name(), [access_opt()]) ::
+          {:ok, Variable.t()} | {:error, reason()}
+  def get_variable(session_id, name, opts \\ [])
+
+  def get_variable(session_id, name, []) when is_id(session_id) and is_id(name) do
+    if Events.enabled?() do
+      timed(:read, session_id, name, fn -> lookup(session_id, name) end)
+    else
+      lookup(session_id, name)
+    end
+  end
+
+  def get_variable(session_id, name, opts) do
+    with {:ok, o} <- check(session_id, name, opts, @access),
+         :ok <- authorize(session_id, o, :read) do
+      timed(:read, session_id, name, fn -> lookup(session_id, name) end)
+    end
+  end
+
+  @doc "Reads just a variable's value."
+  @spec get_value(session_id(), name(), [access_opt()]) :: {:ok, term()} | {:error, reason()}
+  def get_value(session_id, name, opts \\ []) do
+    case get_variable(session_id, name, opts) do
+      {:ok, %Variable{value: value}} -> {:ok, value}
+      error -> error
+    end
+  end
+
+  defp lookup(session_id, name) do
+    case :ets.lookup(@variables, {session_id, name}) do
+      [{_, var, touch}] ->
+        :atomics.put(touch, 1, 1)
+        {:ok, var}
+
+      [] ->
+        if :ets.member(@sessions, session_id),
+          do: {:error, {:variable_not_found, name}},
+          else: {:error, :session_not_found}
+    end
+  end
+
+  @doc "All variables of a session, ordered by name."
+  @spec list_variables(session_id(), [access_opt()]) :: {:ok, [Variable.t()]} | {:error, reason()}
+  def list_variables(session_id, opts \\ []) do
+    with {:ok, o} <- check(session_id, opts),
+         :ok <- authorize(session_id, o, :read) do
+      case :ets.lookup(@sessions, session_id) do
+        [{_, _meta, _pid, touch}] ->
+          :atomics.put(touch, 1, 1)
+          {:ok, :ets.select(@variables, [{{{session_id, :_}, :"$1", :_}, [], [:"$1"]}])}
+
+        [] ->
+          {:error, :session_not_found}
+      end
+    end
+  end
+
+  @doc """
+  Writes a new value; the version grows by one.
+
+  Options: `expected_version:` refuses the write with `{:error, {:version_mismatch, current}}`
+  unless the stored version is that one; `metadata:` is merged into the variable's metadata;
+  plus `caller:`, `context:`, `timeout:`.
+  """
+  @spec update_variable(session_id(), name(), term(), keyword()) ::
+          {:ok, Variable.t()} | {:error, reason()}
+  def update_variable(session_id, name, value, opts \\ []) do
+    spec = Map.merge(@access, %{expected_version: &Options.pos_integer?/1, metadata: &is_map/1})
+
+    with {:ok, o} <- check(session_id, name, opts, spec),
+         :ok <- authorize(session_id, o, :write) do
+      expected = if v = o[:expected_version], do: %{name => v}, else: %{}
+
+      timed(:write, session_id, name, fn ->
+        case call(
+               session_id,
+               {:update, [{name, value}], Map.put(o, :expected_versions, expected)},
+               o
+             ) do
+          {:ok, [var]} -> {:ok, var}
+          error -> error
+        end
+      end)
+    end
+  end
+
+  @doc """
+  Writes several variables of one session, all or nothing.
+
+  `updates` is a map or a list of `{name, value}`. Options: `expected_versions:` a map of
+  name to version; `metadata:`; plus `caller:`, `context:`, `timeout:`. On failure the error
+  names the variable: `{:error, {name, reason}}`, and nothing was written.
+  """
+  @spec update_variables(session_id(), map() | [{name(), term()}], keyword()) ::
+          {:ok, [Variable.t()]} | {:error, reason()}
+  def update_variables(session_id, updates, opts \\ []) do
+    spec = Map.merge(@access, %{expected_versions: &is_map/1, metadata: &is_map/1})
+
+    with {:ok, o} <- check(session_id, opts, spec),
+         {:ok, updates} <- check_updates(updates),
+         :ok <- authorize(session_id, o, :write) do
+      timed(:write, session_id, nil, fn ->
+        call(session_id, {:update, updates, Map.put_new(o, :expected_versions, %{})}, o)
+      end)
+    end
+  end
+
+  defp check_updates(updates) when is_map(updates), do: check_updates(Map.to_list(updates))
+
+  defp check_updates(updates) when is_list(updates) and length(updates) <= @max_batch do
+    case Enum.find(updates, &(not match?({name, _} when is_id(name), &1))) do
+      nil -> {:ok, updates}
+      {name, _} -> {:error, {:invalid_name, name}}
+      other -> {:error, {:invalid_option, {:updates, other}}}
+    end
+  end
+
+  defp check_updates(updates) when is_list(updates),
+    do: {:error, {:invalid_option, {:updates, {:too_many, length(updates), @max_batch}}}}
+
+  defp check_updates(other), do: {:error, {:invalid_option, {:updates, other}}}
+
+  @doc "Deletes a variable and its history; watchers get `{:dspex_variable_deleted, session_id, name}`."
+  @spec delete_variable(session_id(), name(), [access_opt()]) :: :ok | {:error, reason()}
+  def delete_variable(session_id, name, opts \\ []) do
+    with {:ok, o} <- check(session_id, name, opts, @access),
+         :ok <- authorize(session_id, o, :write) do
+      result = call(session_id, {:delete_variable, name}, o)
+      if result == :ok, do: emit(:delete, session_id, name, 0)
+      result
+    end
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # history
+
+  @doc "The last versions of a variable (up to the session's `history_limit`), newest first."
+  @spec get_history(session_id(), name(), [access_opt()]) ::
+          {:ok, [history_entry()]} | {:error, reason()}
+  def get_history(session_id, name, opts \\ []) do
+    with {:ok, o} <- check(session_id, name, opts, @access),
+         :ok <- authorize(session_id, o, :read),
+         {:ok, _var} <- lookup(session_id, name) do
+      case :ets.lookup(@history, {session_id, name}) do
+        [{_, entries}] -> {:ok, entries}
+        [] -> {:ok, []}
+      end
+    end
+  end
+
+  @doc """
+  Writes the value a variable had at `version` as a new version (history is never rewritten).
+  The old value is checked against the current constraints.
+  """
+  @spec rollback_variable(session_id(), name(), pos_integer(), [access_opt()]) ::
+          {:ok, Variable.t()} | {:error, reason()}
+  def rollback_variable(session_id, name, version, opts \\ []) do
+    with {:ok, o} <- check(session_id, name, opts, @access),
+         :ok <- check_version(version),
+         :ok <- authorize(session_id, o, :write) do
+      timed(:write, session_id, name, fn -> call(session_id, {:rollback, name, version}, o) end)
+    end
+  end
+
+  defp check_version(v) when is_integer(v) and v > 0, do: :ok
+  defp check_version(v), do: {:error, {:invalid_option, {:version, v}}}
+
+  # ---------------------------------------------------------------------------------------
+  # watchers
+
+  @doc """
+  Sends `{:dspex_variable_changed, session_id, name, %{old: old, new: new, version: v}}` to
+  `pid` (default the caller) on every committed write of the variable, and
+  `{:dspex_variable_deleted, session_id, name}` when it is deleted. Watching twice is a
+  no-op; a watcher that exits is dropped. Returns the variable as it is now.
+  """
+  @spec watch(session_id(), name(), keyword()) :: {:ok, Variable.t()} | {:error, reason()}
+  def watch(session_id, name, opts \\ []) do
+    with {:ok, o} <- check(session_id, name, opts, Map.put(@access, :pid, &is_pid/1)),
+         :ok <- authorize(session_id, o, :observe) do
+      call(session_id, {:watch, name, Map.get(o, :pid, self())}, o)
+    end
+  end
+
+  @doc "Stops watching. Unknown watchers are a no-op."
+  @spec unwatch(session_id(), name(), keyword()) :: :ok | {:error, reason()}
+  def unwatch(session_id, name, opts \\ []) do
+    with {:ok, o} <- check(session_id, name, opts, Map.put(@access, :pid, &is_pid/1)) do
+      call(session_id, {:unwatch, name, Map.get(o, :pid, self())}, o)
+    end
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # export / import
+
+  @doc """
+  Serializes a session (settings, variables, history) into one binary: a versioned frame
+  with a CRC-32 checksum, taken as a consistent cut between writes.
+  """
+  @spec export_session(session_id(), [access_opt()]) :: {:ok, binary()} | {:error, reason()}
+  def export_session(session_id, opts \\ []) do
+    with {:ok, o} <- check(session_id, opts),
+         :ok <- authorize(session_id, o, :read),
+         {:ok, meta, vars, hist} <- call(session_id, :export, o) do
+      Codec.encode(meta, vars, hist)
+    end
+  end
+
+  @doc """
+  Recreates a session from `export_session/1` output. The frame, checksum and every variable
+  are verified before anything is stored. Options: `session_id:` to import under another id.
+  """
+  @spec import_session(binary(), keyword()) :: {:ok, session_id()} | {:error, reason()}
+  def import_session(binary, opts \\ []) do
+    with {:ok, o} <- Options.take(opts, %{session_id: &Options.id?/1}),
+         {:ok, meta, vars, hist} <- Codec.decode(binary) do
+      id = Map.get(o, :session_id, meta.id)
+      vars = Enum.map(vars, &%{&1 | session_id: id})
+      start_session(%{meta | id: id}, {:import, vars, hist}, :created)
+    end
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # plumbing
+
+  defp check(session_id, opts, spec \\ @access)
+  defp check(session_id, opts, spec) when is_id(session_id), do: Options.take(opts, spec)
+  defp check(session_id, _opts, _spec), do: {:error, {:invalid_session_id, session_id}}
+
+  defp check(session_id, name, opts, spec) when is_id(name), do: check(session_id, opts, spec)
+
+  defp check(session_id, name, _opts, _spec) when is_id(session_id),
+    do: {:error, {:invalid_name, name}}
+
+  defp check(session_id, _name, _opts, _spec), do: {:error, {:invalid_session_id, session_id}}
+
+  defp check_type(type) do
+    if type in VariableType.types(), do: :ok, else: {:error, {:invalid_type, type}}
+  end
+
+  # Until access rules exist for a session, only its owner may touch it.
+  defp authorize(session_id, opts, _permission) do
+    case opts do
+      %{caller: caller} when caller != session_id -> {:error, :access_denied}
+      _ -> :ok
+    end
+  end
+
+  defp call(session_id, message, opts) do
+    case :ets.lookup(@sessions, session_id) do
+      [{_, _meta, pid, _touch}] ->
+        try do
+          GenServer.call(pid, message, Map.get(opts, :timeout, 5_000))
+        catch
+          :exit, {:timeout, _} ->
+            {:error, :timeout}
+
+          :exit, {reason, _} when reason in [:noproc, :normal, :shutdown] ->
+            {:error, :session_not_found}
+        end
+
+      [] ->
+        {:error, :session_not_found}
+    end
+  end
+
+  defp timed(kind, session_id, name, fun) do
+    if Events.enabled?() do
+      start = System.monotonic_time()
+      result = fun.()
+      duration = System.convert_time_unit(System.monotonic_time() - start, :native, :microsecond)
+      emit_result(kind, session_id, name, duration, result)
+      result
+    else
+      fun.()
+    end
+  end
+
+  defp emit_result(kind, session_id, _name, duration, {:ok, vars}) when is_list(vars) do
+    for var <- vars, do: emit(kind, session_id, var.name, duration, var.version)
+  end
+
+  defp emit_result(kind, session_id, name, duration, {:ok, %Variable{version: v}}),
+    do: emit(kind, session_id, name, duration, v)
+
+  defp emit_result(_kind, _session_id, _name, _duration, _error), do: :ok
+
+  defp emit(kind, session_id, name, duration, version \\ nil) do
+    Events.emit([:dspex, :bridge, :variable, kind], %{duration_us: duration}, %{
+      session_id: session_id,
+      name: name,
+      version: version
+    })
+  end
+
+  @doc false
+  def tables, do: {Tables.sessions(), Tables.variables(), Tables.history()}
+end

@@ -1,0 +1,119 @@
+defmodule DSPex.Bridge.SessionStore.Codec do
+  @moduledoc false
+  # The session snapshot: the Erlang external term format of a plain map (no structs, no
+  # funs, no pids), inside the Rust core's checksummed, versioned frame. Import checks the
+  # frame first (magic, version, length, CRC-32), then decodes with [:safe] (no new atoms),
+  # then re-validates every variable as if it were registered anew.
+
+  alias DSPex.Bridge.{Native, Variable, VariableType}
+  import DSPex.Bridge.Options, only: [is_id: 1]
+
+  @payload_format 1
+
+  @spec encode(map(), [Variable.t()], [{term(), list()}]) :: {:ok, binary()} | {:error, term()}
+  def encode(meta, variables, histories) do
+    payload =
+      :erlang.term_to_binary(%{
+        format: @payload_format,
+        session: meta,
+        variables: Enum.map(variables, &Map.from_struct/1),
+        history: histories
+      })
+
+    if byte_size(payload) > Native.snapshot_dirty_threshold(),
+      do: Native.snapshot_encode_dirty(payload),
+      else: Native.snapshot_encode(payload)
+  end
+
+  @spec decode(term()) :: {:ok, map(), [Variable.t()], [{term(), list()}]} | {:error, term()}
+  def decode(frame) when is_binary(frame) do
+    decoded =
+      if byte_size(frame) > Native.snapshot_dirty_threshold(),
+        do: Native.snapshot_decode_dirty(frame),
+        else: Native.snapshot_decode(frame)
+
+    with {:ok, _version, payload} <- decoded,
+         {:ok, term} <- safe_binary_to_term(payload),
+         {:ok, meta, vars, hist} <- check_payload(term) do
+      {:ok, meta, vars, hist}
+    else
+      {:error, {:invalid_snapshot, _}} = error -> error
+      {:error, reason} -> {:error, {:invalid_snapshot, reason}}
+    end
+  end
+
+  def decode(other), do: {:error, {:invalid_snapshot, {:not_a_binary, other}}}
+
+  defp safe_binary_to_term(payload) do
+    {:ok, :erlang.binary_to_term(payload, [:safe])}
+  rescue
+    ArgumentError -> {:error, {:invalid_snapshot, :bad_payload}}
+  end
+
+  defp check_payload(%{format: @payload_format, session: meta, variables: vars, history: hist})
+       when is_map(meta) and is_list(vars) and is_list(hist) do
+    with {:ok, meta} <- check_meta(meta),
+         {:ok, vars} <- map_ok(vars, &check_variable(&1, meta.id)),
+         {:ok, hist} <- map_ok(hist, &check_history/1) do
+      {:ok, meta, vars, hist}
+    end
+  end
+
+  defp check_payload(%{format: f}) when is_integer(f) and f > @payload_format,
+    do: {:error, {:invalid_snapshot, {:unsupported_payload_format, f}}}
+
+  defp check_payload(_), do: {:error, {:invalid_snapshot, :bad_structure}}
+
+  defp check_meta(%{id: id, ttl: ttl, history_limit: h, max_variables: m, metadata: md} = meta)
+       when is_id(id) and (ttl == :infinity or (is_integer(ttl) and ttl > 0)) and
+              is_integer(h) and h > 0 and is_integer(m) and m > 0 and is_map(md),
+       do: {:ok, meta}
+
+  defp check_meta(_), do: {:error, {:invalid_snapshot, :bad_session}}
+
+  defp check_variable(%{name: name, type: type, value: value, version: v} = var, session_id)
+       when is_id(name) and is_integer(v) and v > 0 do
+    with {:ok, constraints} <-
+           VariableType.normalize_constraints(type, Map.get(var, :constraints, %{})),
+         {:ok, stored} <- VariableType.validate(type, value, constraints) do
+      {:ok,
+       %Variable{
+         session_id: session_id,
+         name: name,
+         type: type,
+         value: stored,
+         version: v,
+         created_at: Map.get(var, :created_at),
+         updated_at: Map.get(var, :updated_at),
+         constraints: constraints,
+         metadata: Map.get(var, :metadata, %{}),
+         description: Map.get(var, :description)
+       }}
+    else
+      {:error, reason} -> {:error, {:invalid_snapshot, {:bad_variable, name, reason}}}
+    end
+  end
+
+  defp check_variable(_, _), do: {:error, {:invalid_snapshot, :bad_variable}}
+
+  defp check_history({name, entries}) when is_id(name) and is_list(entries) do
+    if Enum.all?(entries, &match?(%{version: v, value: _} when is_integer(v), &1)),
+      do: {:ok, {name, entries}},
+      else: {:error, {:invalid_snapshot, {:bad_history, name}}}
+  end
+
+  defp check_history(_), do: {:error, {:invalid_snapshot, :bad_history}}
+
+  defp map_ok(list, fun) do
+    Enum.reduce_while(list, {:ok, []}, fn item, {:ok, acc} ->
+      case fun.(item) do
+        {:ok, x} -> {:cont, {:ok, [x | acc]}}
+        error -> {:halt, error}
+      end
+    end)
+    |> case do
+      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+      error -> error
+    end
+  end
+end

@@ -1,0 +1,370 @@
+defmodule DSPex.Bridge.SessionStore.Session do
+  @moduledoc false
+  # One process per session. It exists to serialize that session's writes (so version checks
+  # and history are race-free without a global lock), to own its idle timer and to monitor
+  # its watchers. Reads never come here: they are ETS lookups in the caller.
+  use GenServer, restart: :transient
+
+  alias DSPex.Bridge.{Variable, VariableType}
+  alias DSPex.Bridge.SessionStore.Tables
+
+  @enforce_keys [:id, :meta, :touch]
+  defstruct [:id, :meta, :touch, :last_activity, :timer, watchers: %{}, monitors: %{}]
+
+  def start_link(args), do: GenServer.start_link(__MODULE__, args)
+
+  def child_spec({id, _meta, _init} = args) do
+    %{id: {__MODULE__, id}, start: {__MODULE__, :start_link, [args]}, restart: :transient}
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # init: claim the id atomically; after a crash, take the existing row over.
+
+  @impl true
+  def init({id, meta, init}) do
+    touch = :atomics.new(1, signed: false)
+
+    if :ets.insert_new(Tables.sessions(), {id, meta, self(), touch}) do
+      load(init, id, meta)
+      {:ok, schedule_idle_check(new_state(id, meta, touch))}
+    else
+      case :ets.lookup(Tables.sessions(), id) do
+        [{^id, old_meta, pid, old_touch}] when pid != self() ->
+          if Process.alive?(pid) do
+            {:stop, :session_exists}
+          else
+            :ets.update_element(Tables.sessions(), id, {3, self()})
+            {:ok, schedule_idle_check(new_state(id, old_meta, old_touch))}
+          end
+
+        _ ->
+          {:stop, :session_exists}
+      end
+    end
+  end
+
+  defp new_state(id, meta, touch) do
+    %__MODULE__{id: id, meta: meta, touch: touch, last_activity: now_ms()}
+  end
+
+  defp load(:empty, _id, _meta), do: :ok
+
+  defp load({:import, variables, histories}, id, _meta) do
+    [{^id, _, _, touch}] = :ets.lookup(Tables.sessions(), id)
+    :ets.insert(Tables.variables(), Enum.map(variables, &{{id, &1.name}, &1, touch}))
+    :ets.insert(Tables.history(), Enum.map(histories, fn {name, h} -> {{id, name}, h} end))
+    :ok
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # writes
+
+  @impl true
+  def handle_call({:register, name, type, value, opts}, _from, state) do
+    key = {state.id, name}
+
+    reply =
+      with :ok <- absent(key, name),
+           :ok <- below_limit(state),
+           {:ok, constraints} <-
+             VariableType.normalize_constraints(type, opts[:constraints] || %{}),
+           {:ok, stored} <- VariableType.validate(type, value, constraints) do
+        now = System.system_time(:millisecond)
+
+        var = %Variable{
+          session_id: state.id,
+          name: name,
+          type: type,
+          value: stored,
+          version: 1,
+          created_at: now,
+          updated_at: now,
+          constraints: constraints,
+          metadata: opts[:metadata] || %{},
+          description: opts[:description]
+        }
+
+        commit(state, [{nil, var, :register}])
+        {:ok, var}
+      end
+
+    {:reply, reply, active(state)}
+  end
+
+  def handle_call({:update, updates, opts}, _from, state) do
+    reply =
+      with {:ok, changes} <- prepare_updates(state, updates, opts) do
+        commit(state, changes)
+        {:ok, Enum.map(changes, fn {_old, new, _} -> new end)}
+      end
+
+    {:reply, reply, active(state)}
+  end
+
+  def handle_call({:rollback, name, version}, _from, state) do
+    reply =
+      with {:ok, current} <- fetch(state.id, name),
+           {:ok, entry} <- history_entry(state.id, name, version),
+           {:ok, stored} <- VariableType.validate(current.type, entry.value, current.constraints) do
+        new = bump(current, stored, %{})
+        commit(state, [{current, new, {:rollback, version}}])
+        {:ok, new}
+      end
+
+    {:reply, reply, active(state)}
+  end
+
+  def handle_call({:delete_variable, name}, _from, state) do
+    case fetch(state.id, name) do
+      {:ok, _var} ->
+        :ets.delete(Tables.variables(), {state.id, name})
+        :ets.delete(Tables.history(), {state.id, name})
+        {state, watchers} = drop_watchers(state, name)
+        for pid <- watchers, do: send(pid, {:dspex_variable_deleted, state.id, name})
+        {:reply, :ok, active(state)}
+
+      error ->
+        {:reply, error, state}
+    end
+  end
+
+  def handle_call({:watch, name, pid}, _from, state) do
+    case fetch(state.id, name) do
+      {:ok, var} ->
+        {:reply, {:ok, var}, add_watcher(state, name, pid)}
+
+      error ->
+        {:reply, error, state}
+    end
+  end
+
+  def handle_call({:unwatch, name, pid}, _from, state) do
+    {:reply, :ok, remove_watcher(state, name, pid)}
+  end
+
+  def handle_call(:export, _from, state) do
+    vars = :ets.select(Tables.variables(), [{{{state.id, :_}, :"$1", :_}, [], [:"$1"]}])
+    hist = :ets.select(Tables.history(), [{{{state.id, :"$1"}, :"$2"}, [], [{{:"$1", :"$2"}}]}])
+    {:reply, {:ok, state.meta, vars, hist}, state}
+  end
+
+  def handle_call(:delete, _from, state) do
+    destroy(state)
+    {:stop, :normal, :ok, state}
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # idle expiry: readers set the touch flag; the timer turns it into "active now".
+
+  @impl true
+  def handle_info(:idle_check, state) do
+    state = %{state | timer: nil}
+
+    state =
+      if :atomics.exchange(state.touch, 1, 0) == 1,
+        do: %{state | last_activity: now_ms()},
+        else: state
+
+    idle_for = now_ms() - state.last_activity
+
+    if state.meta.ttl != :infinity and idle_for >= state.meta.ttl do
+      destroy(state)
+
+      DSPex.Bridge.Events.emit(
+        [:dspex, :bridge, :session, :expired],
+        %{idle_ms: idle_for},
+        %{session_id: state.id, ttl: state.meta.ttl}
+      )
+
+      {:stop, :normal, state}
+    else
+      {:noreply, schedule_idle_check(state)}
+    end
+  end
+
+  def handle_info({:DOWN, ref, :process, _pid, _reason}, state) do
+    case Map.pop(state.monitors, ref) do
+      {nil, _} ->
+        {:noreply, state}
+
+      {{name, pid}, monitors} ->
+        watchers = Map.update(state.watchers, name, %{}, &Map.delete(&1, pid))
+        {:noreply, %{state | monitors: monitors, watchers: prune(watchers, name)}}
+    end
+  end
+
+  def handle_info(_other, state), do: {:noreply, state}
+
+  # The check runs every quarter TTL, so a session expires between ttl and 1.25 * ttl
+  # after it was last used.
+  defp schedule_idle_check(%{meta: %{ttl: :infinity}} = state), do: state
+
+  defp schedule_idle_check(%{meta: %{ttl: ttl}} = state) do
+    %{state | timer: Process.send_after(self(), :idle_check, max(div(ttl, 4), 1))}
+  end
+
+  defp active(state), do: %{state | last_activity: now_ms()}
+  defp now_ms, do: System.monotonic_time(:millisecond)
+
+  # ---------------------------------------------------------------------------------------
+  # helpers
+
+  defp prepare_updates(state, updates, opts) do
+    expected = opts[:expected_versions] || %{}
+    metadata = opts[:metadata] || %{}
+
+    updates
+    |> Enum.reduce_while({:ok, [], %{}}, fn {name, value}, {:ok, acc, seen} ->
+      result =
+        with :ok <- not_repeated(seen, name),
+             {:ok, current} <- fetch(state.id, name),
+             :ok <- version_matches(current, Map.get(expected, name)),
+             {:ok, stored} <- VariableType.validate(current.type, value, current.constraints) do
+          {:ok, {current, bump(current, stored, metadata), :update}}
+        end
+
+      case result do
+        {:ok, change} -> {:cont, {:ok, [change | acc], Map.put(seen, name, true)}}
+        {:error, reason} -> {:halt, {:error, tag_error(updates, name, reason)}}
+      end
+    end)
+    |> case do
+      {:ok, changes, _} -> {:ok, Enum.reverse(changes)}
+      error -> error
+    end
+  end
+
+  # A single update reports its error as is; a batch says which variable failed.
+  defp tag_error([_], _name, reason), do: reason
+  defp tag_error(_, name, reason), do: {name, reason}
+
+  defp not_repeated(seen, name) do
+    if Map.has_key?(seen, name), do: {:error, {:duplicate_variable, name}}, else: :ok
+  end
+
+  defp version_matches(_current, nil), do: :ok
+  defp version_matches(%{version: v}, v), do: :ok
+  defp version_matches(%{version: v}, _), do: {:error, {:version_mismatch, v}}
+
+  defp bump(current, stored, metadata) do
+    %{
+      current
+      | value: stored,
+        version: current.version + 1,
+        updated_at: System.system_time(:millisecond),
+        metadata: Map.merge(current.metadata, metadata)
+    }
+  end
+
+  defp absent(key, name) do
+    if :ets.member(Tables.variables(), key), do: {:error, {:variable_exists, name}}, else: :ok
+  end
+
+  defp below_limit(state) do
+    count = count_variables(state.id)
+
+    if count >= state.meta.max_variables,
+      do: {:error, {:too_many_variables, state.meta.max_variables}},
+      else: :ok
+  end
+
+  @doc false
+  def count_variables(id) do
+    :ets.select_count(Tables.variables(), [{{{id, :_}, :_, :_}, [], [true]}])
+  end
+
+  defp fetch(id, name) do
+    case :ets.lookup(Tables.variables(), {id, name}) do
+      [{_, var, _}] -> {:ok, var}
+      [] -> {:error, {:variable_not_found, name}}
+    end
+  end
+
+  defp history_entry(id, name, version) do
+    entries = history_of(id, name)
+
+    case Enum.find(entries, &(&1.version == version)) do
+      nil -> {:error, {:version_not_found, version}}
+      entry -> {:ok, entry}
+    end
+  end
+
+  defp history_of(id, name) do
+    case :ets.lookup(Tables.history(), {id, name}) do
+      [{_, entries}] -> entries
+      [] -> []
+    end
+  end
+
+  # All rows of one change go in with one :ets.insert per table, so a reader sees either
+  # none or all of a batch's variables.
+  defp commit(state, changes) do
+    limit = state.meta.history_limit
+
+    :ets.insert(
+      Tables.variables(),
+      Enum.map(changes, fn {_old, new, _} -> {{state.id, new.name}, new, state.touch} end)
+    )
+
+    :ets.insert(
+      Tables.history(),
+      Enum.map(changes, fn {_old, new, kind} ->
+        entry = %{version: new.version, value: new.value, updated_at: new.updated_at, change: kind}
+        {{state.id, new.name}, Enum.take([entry | history_of(state.id, new.name)], limit)}
+      end)
+    )
+
+    for {old, new, _} <- changes,
+        old != nil,
+        pid <- Map.keys(Map.get(state.watchers, new.name, %{})) do
+      send(
+        pid,
+        {:dspex_variable_changed, state.id, new.name,
+         %{old: old.value, new: new.value, version: new.version}}
+      )
+    end
+
+    :ok
+  end
+
+  defp destroy(state) do
+    id = state.id
+    :ets.match_delete(Tables.variables(), {{id, :_}, :_, :_})
+    :ets.match_delete(Tables.history(), {{id, :_}, :_})
+    :ets.delete(Tables.sessions(), id)
+    :ok
+  end
+
+  defp add_watcher(state, name, pid) do
+    if Map.has_key?(Map.get(state.watchers, name, %{}), pid) do
+      state
+    else
+      ref = Process.monitor(pid)
+      watchers = Map.update(state.watchers, name, %{pid => ref}, &Map.put(&1, pid, ref))
+      %{state | watchers: watchers, monitors: Map.put(state.monitors, ref, {name, pid})}
+    end
+  end
+
+  defp remove_watcher(state, name, pid) do
+    case state.watchers do
+      %{^name => %{^pid => ref}} ->
+        Process.demonitor(ref, [:flush])
+        watchers = Map.update!(state.watchers, name, &Map.delete(&1, pid))
+        %{state | watchers: prune(watchers, name), monitors: Map.delete(state.monitors, ref)}
+
+      _ ->
+        state
+    end
+  end
+
+  defp drop_watchers(state, name) do
+    {by_pid, watchers} = Map.pop(state.watchers, name, %{})
+    for {_pid, ref} <- by_pid, do: Process.demonitor(ref, [:flush])
+    monitors = Map.drop(state.monitors, Map.values(by_pid))
+    {%{state | watchers: watchers, monitors: monitors}, Map.keys(by_pid)}
+  end
+
+  defp prune(watchers, name) do
+    if watchers[name] == %{}, do: Map.delete(watchers, name), else: watchers
+  end
+end

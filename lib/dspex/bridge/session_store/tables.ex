@@ -1,0 +1,32 @@
+defmodule DSPex.Bridge.SessionStore.Tables do
+  @moduledoc false
+  # Owns the SessionStore's ETS tables so they outlive any one session process.
+  #
+  # sessions:  {session_id, meta, pid, touch}            set
+  # variables: {{session_id, name}, %Variable{}, touch}  ordered_set: a session's variables
+  #            are one contiguous key range, so listing or deleting them never scans others
+  # history:   {{session_id, name}, [entry]}             ordered_set, newest entry first
+  #
+  # `touch` is an :atomics ref per session; readers set it so the session's idle timer knows
+  # the session was used without reads ever writing to ETS or messaging a process.
+  use GenServer
+
+  @sessions :dspex_bridge_sessions
+  @variables :dspex_bridge_variables
+  @history :dspex_bridge_history
+
+  def sessions, do: @sessions
+  def variables, do: @variables
+  def history, do: @history
+
+  def start_link(_), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
+
+  @impl true
+  def init(:ok) do
+    opts = [:public, :named_table, read_concurrency: true, write_concurrency: true]
+    :ets.new(@sessions, [:set | opts])
+    :ets.new(@variables, [:ordered_set | opts])
+    :ets.new(@history, [:ordered_set | opts])
+    {:ok, nil}
+  end
+end

@@ -1,0 +1,23 @@
+defmodule DSPex.Bridge.TelemetryAdapter do
+  @moduledoc false
+  # The one place that calls `:telemetry`. The project has no hex dependencies, so
+  # `:telemetry` is used only when the host application ships it; the check runs once at
+  # start and is cached.
+
+  @key {__MODULE__, :available}
+
+  @spec init() :: :ok
+  def init do
+    :persistent_term.put(@key, Code.ensure_loaded?(:telemetry))
+  end
+
+  @spec available?() :: boolean()
+  def available?, do: :persistent_term.get(@key, false)
+
+  @spec execute([atom()], map(), map()) :: :ok
+  def execute(event, measurements, metadata) do
+    # credo:disable-for-next-line
+    apply(:telemetry, :execute, [event, measurements, metadata])
+    :ok
+  end
+end

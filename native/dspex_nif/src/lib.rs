@@ -1,0 +1,11 @@
+//! The rustler shell over `dspex_core`: decode terms, call the core, encode the result.
+//!
+//! One module per feature, mirroring the core. No business logic lives here. Every NIF is a
+//! regular (non-dirty) NIF unless its doc comment says otherwise; see DESIGN.md for the
+//! measured boundary costs behind that rule.
+
+mod atoms;
+mod error;
+mod snapshot;
+
+rustler::init!("Elixir.DSPex.Bridge.Native");

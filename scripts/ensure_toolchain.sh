@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks for `make test` / `make demo`: Erlang/OTP and Elixir from
+# Debian packages when `erl` or `mix` is missing, and a running epmd for the distributed tests.
+# Rust is a prerequisite (rustup); this script only checks for it.
+set -euo pipefail
+
+need_install=0
+command -v erl >/dev/null 2>&1 || need_install=1
+command -v mix >/dev/null 2>&1 || need_install=1
+
+if [ "$need_install" = 1 ]; then
+  echo "==> Erlang/Elixir not found: installing Debian packages erlang-nox erlang-dev elixir"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq erlang-nox erlang-dev elixir >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo not found. dspex_bridge builds its NIF from Rust source: install Rust 1.91+ (rustup)." >&2
+  exit 1
+fi
+
+otp=$(erl -noshell -eval 'io:format("~s", [erlang:system_info(otp_release)]), halt().')
+if [ "$otp" -lt 25 ]; then
+  echo "error: Erlang/OTP $otp found, 25 or newer is required." >&2
+  exit 1
+fi
+
+# Distributed tests (HA, :peer nodes) need epmd; starting it twice is harmless.
+epmd -daemon >/dev/null 2>&1 || true
