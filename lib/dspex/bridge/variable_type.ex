@@ -288,7 +288,8 @@ defmodule DSPex.Bridge.VariableType do
     cond do
       n > @max_tensor_elements -> bad({:too_large, @max_tensor_elements})
       Enum.all?(list, &is_number/1) -> {:ok, [n]}
-      true -> bad(:not_rectangular)
+      Enum.any?(list, &is_list/1) -> bad(:not_rectangular)
+      true -> bad({:expected, :tensor})
     end
   end
 
@@ -299,9 +300,13 @@ defmodule DSPex.Bridge.VariableType do
       bad({:too_large, @max_tensor_elements})
     else
       with {:ok, inner} <- shape_of(first) do
-        if Enum.all?(list, &(shape_of(&1) == {:ok, inner})),
-          do: {:ok, [n | inner]},
-          else: bad(:not_rectangular)
+        Enum.reduce_while(list, {:ok, [n | inner]}, fn item, ok ->
+          case shape_of(item) do
+            {:ok, ^inner} -> {:cont, ok}
+            {:ok, _other} -> {:halt, bad(:not_rectangular)}
+            error -> {:halt, error}
+          end
+        end)
       end
     end
   end

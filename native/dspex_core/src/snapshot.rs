@@ -172,7 +172,10 @@ mod tests {
     fn short_prefix_is_truncated() {
         assert!(matches!(decode_frame(b""), Err(Error::Truncated { .. })));
         assert!(matches!(decode_frame(b"DS"), Err(Error::Truncated { .. })));
-        assert!(matches!(decode_frame(b"DSPX\x01"), Err(Error::Truncated { .. })));
+        assert!(matches!(
+            decode_frame(b"DSPX\x01"),
+            Err(Error::Truncated { .. })
+        ));
     }
 
     #[test]

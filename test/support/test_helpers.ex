@@ -1,0 +1,35 @@
+defmodule DSPex.Bridge.TestHelpers do
+  @moduledoc false
+
+  @doc "A session id no other test uses."
+  def unique_id(prefix \\ "s"), do: "#{prefix}_#{System.unique_integer([:positive])}"
+
+  @doc "Creates a session that is deleted when the test ends."
+  def session!(opts \\ []) do
+    id = unique_id()
+    {:ok, ^id} = DSPex.Bridge.SessionStore.create_session(id, opts)
+    ExUnit.Callbacks.on_exit(fn -> DSPex.Bridge.SessionStore.delete_session(id) end)
+    id
+  end
+
+  @doc "Waits until `fun` returns a truthy value, polling; fails after `timeout` ms."
+  def eventually(fun, timeout \\ 2_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    do_eventually(fun, deadline)
+  end
+
+  defp do_eventually(fun, deadline) do
+    case fun.() do
+      result when result not in [nil, false] ->
+        result
+
+      _ ->
+        if System.monotonic_time(:millisecond) > deadline do
+          raise ExUnit.AssertionError, message: "condition not met in time"
+        else
+          Process.sleep(5)
+          do_eventually(fun, deadline)
+        end
+    end
+  end
+end
