@@ -29,4 +29,20 @@ defmodule DSPex.Bridge.Native do
   def snapshot_decode(_frame), do: not_loaded()
   def snapshot_decode_dirty(_frame), do: not_loaded()
   def snapshot_dirty_threshold, do: not_loaded()
+
+  # graph
+  def graph_new, do: not_loaded()
+  def graph_add_node(_graph, _key), do: not_loaded()
+  def graph_remove_node(_graph, _key), do: not_loaded()
+  def graph_add_edge(_graph, _from, _to, _kind), do: not_loaded()
+  def graph_add_edges(_graph, _edges), do: not_loaded()
+  def graph_remove_edge(_graph, _from, _to), do: not_loaded()
+  def graph_clear_edges(_graph, _key), do: not_loaded()
+  def graph_neighbours(_graph, _key, _which), do: not_loaded()
+  def graph_update_order(_graph, _changed), do: not_loaded()
+  def graph_cycle_path(_graph, _from, _to), do: not_loaded()
+  def graph_edges(_graph), do: not_loaded()
+  def graph_to_dot(_graph), do: not_loaded()
+  def graph_size(_graph), do: not_loaded()
+  def graph_live_count, do: not_loaded()
 end

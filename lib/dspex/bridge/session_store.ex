@@ -58,10 +58,13 @@ defmodule DSPex.Bridge.SessionStore do
   | `{name, reason}`                       | which variable of an `update_variables/3` failed    |
   | `:access_denied`                       | the caller may not do this                          |
   | `{:invalid_snapshot, detail}`          | `import_session/2` of a corrupt or foreign binary   |
+  | `{:invalid_compute, detail}`           | a `compute:` that is not `{fun/1, [input, ...]}`     |
+  | `{:would_create_cycle, path}`          | a computed variable listed as its own input         |
+  | `{:has_dependents, names}`             | deleting a variable others are computed from        |
   | `:timeout`                             | the session process did not answer within `timeout:`|
   """
 
-  alias DSPex.Bridge.{Events, Options, Variable, VariableType}
+  alias DSPex.Bridge.{Events, Native, Options, Variable, VariableType}
   alias DSPex.Bridge.SessionStore.{Codec, Session, Tables}
   import DSPex.Bridge.Options, only: [is_id: 1]
 
@@ -100,7 +103,9 @@ defmodule DSPex.Bridge.SessionStore do
 
   Options: `ttl:` idle time in ms before expiry, or `:infinity` (default from the
   `:dspex_bridge, :session_ttl` config, else one hour); `history_limit:` versions kept per
-  variable (default 50, at most 10,000); `max_variables:` (default 100,000); `metadata:` a map.
+  variable (default 50, at most 10,000); `max_variables:` (default 100,000); `metadata:` a map;
+  `propagation:` `:sync` (default: a write returns after computed variables downstream are
+  recomputed) or `:async` (a write returns at once; see `await_propagation/2`).
   """
   @spec create_session(session_id(), keyword()) :: {:ok, session_id()} | {:error, reason()}
   def create_session(session_id, opts \\ [])
@@ -110,7 +115,8 @@ defmodule DSPex.Bridge.SessionStore do
       ttl: &(&1 == :infinity or Options.pos_integer?(&1)),
       history_limit: &(Options.pos_integer?(&1) and &1 <= @max_history),
       max_variables: &Options.pos_integer?/1,
-      metadata: &is_map/1
+      metadata: &is_map/1,
+      propagation: &(&1 in [:sync, :async])
     }
 
     with {:ok, o} <- Options.take(opts, spec) do
@@ -120,7 +126,9 @@ defmodule DSPex.Bridge.SessionStore do
         ttl: Map.get(o, :ttl, Application.get_env(:dspex_bridge, :session_ttl, @default_ttl)),
         history_limit: Map.get(o, :history_limit, @default_history),
         max_variables: Map.get(o, :max_variables, @default_max_variables),
-        metadata: Map.get(o, :metadata, %{})
+        metadata: Map.get(o, :metadata, %{}),
+        propagation: Map.get(o, :propagation, :sync),
+        graph: Native.graph_new()
       }
 
       start_session(meta, :empty, :created)
@@ -159,7 +167,7 @@ defmodule DSPex.Bridge.SessionStore do
 
   @doc """
   A session's settings and size: `%{id, created_at, ttl, history_limit, max_variables,
-  metadata, variable_count}`.
+  metadata, propagation, variable_count}`.
   """
   @spec get_session(session_id(), [access_opt()]) :: {:ok, map()} | {:error, reason()}
   def get_session(session_id, opts \\ []) do
@@ -168,7 +176,11 @@ defmodule DSPex.Bridge.SessionStore do
       case :ets.lookup(@sessions, session_id) do
         [{_, meta, _pid, touch}] ->
           :atomics.put(touch, 1, 1)
-          {:ok, Map.put(meta, :variable_count, Session.count_variables(session_id))}
+
+          {:ok,
+           meta
+           |> Map.delete(:graph)
+           |> Map.put(:variable_count, Session.count_variables(session_id))}
 
         [] ->
           {:error, :session_not_found}
@@ -184,6 +196,12 @@ defmodule DSPex.Bridge.SessionStore do
 
   Options: `constraints:` (map or keyword list, see `DSPex.Bridge.VariableType`),
   `metadata:` (map), `description:` (string), plus `caller:`, `context:`, `timeout:`.
+
+  `compute: {fun, inputs}` declares a computed variable: `fun` takes a map of input name to
+  value and returns the value; `inputs` are existing variables of the session. Pass `nil` as
+  `value`: it is computed at once, and again whenever an input changes (see
+  `DSPex.Bridge.DependencyManager`). A `compute` that is not such a pair is refused with
+  `{:error, {:invalid_compute, term}}`.
   """
   @spec register_variable(session_id(), name(), Variable.type(), term(), keyword()) ::
           {:ok, Variable.t()} | {:error, reason()}
@@ -192,7 +210,8 @@ defmodule DSPex.Bridge.SessionStore do
       Map.merge(@access, %{
         constraints: &(is_map(&1) or is_list(&1)),
         metadata: &is_map/1,
-        description: &(is_nil(&1) or is_binary(&1))
+        description: &(is_nil(&1) or is_binary(&1)),
+        compute: fn _ -> true end
       })
 
     with {:ok, o} <- check(session_id, name, opts, spec),
@@ -399,19 +418,31 @@ defmodule DSPex.Bridge.SessionStore do
     end
   end
 
+  @doc """
+  Returns once every propagation queued by earlier writes of an `:async` session is done
+  (immediately for `:sync` sessions).
+  """
+  @spec await_propagation(session_id(), [access_opt()]) :: :ok | {:error, reason()}
+  def await_propagation(session_id, opts \\ []) do
+    with {:ok, o} <- check(session_id, opts),
+         :ok <- authorize(session_id, o, :read) do
+      call(session_id, :await_propagation, o)
+    end
+  end
+
   # ---------------------------------------------------------------------------------------
   # export / import
 
   @doc """
-  Serializes a session (settings, variables, history) into one binary: a versioned frame
+  Serializes a session (settings, variables, history, dependency graph) into one binary: a versioned frame
   with a CRC-32 checksum, taken as a consistent cut between writes.
   """
   @spec export_session(session_id(), [access_opt()]) :: {:ok, binary()} | {:error, reason()}
   def export_session(session_id, opts \\ []) do
     with {:ok, o} <- check(session_id, opts),
          :ok <- authorize(session_id, o, :read),
-         {:ok, meta, vars, hist} <- call(session_id, :export, o) do
-      Codec.encode(meta, vars, hist)
+         {:ok, meta, vars, hist, edges} <- call(session_id, :export, o) do
+      Codec.encode(meta, vars, hist, edges)
     end
   end
 
@@ -423,6 +454,7 @@ defmodule DSPex.Bridge.SessionStore do
   def import_session(binary, opts \\ []) do
     with {:ok, o} <- Options.take(opts, %{session_id: &Options.id?/1}),
          {:ok, meta, vars, hist} <- Codec.decode(binary) do
+      # meta.graph was rebuilt from the snapshot's edges by the codec.
       id = Map.get(o, :session_id, meta.id)
       vars = Enum.map(vars, &%{&1 | session_id: id})
       start_session(%{meta | id: id}, {:import, vars, hist}, :created)
@@ -452,6 +484,27 @@ defmodule DSPex.Bridge.SessionStore do
     case opts do
       %{caller: caller} when caller != session_id -> {:error, :access_denied}
       _ -> :ok
+    end
+  end
+
+  @doc false
+  # The entry point DependencyManager shares: checks ids and options, authorizes, then
+  # sends `message` to the session's process.
+  def session_call(session_id, message, opts, permission, spec \\ @access) do
+    with {:ok, o} <- check(session_id, opts, spec),
+         :ok <- authorize(session_id, o, permission) do
+      call(session_id, message, o)
+    end
+  end
+
+  @doc false
+  def session_graph(session_id, opts, permission) do
+    with {:ok, o} <- check(session_id, opts),
+         :ok <- authorize(session_id, o, permission) do
+      case :ets.lookup(@sessions, session_id) do
+        [{_, %{graph: graph}, _pid, _touch}] -> {:ok, graph}
+        [] -> {:error, :session_not_found}
+      end
     end
   end
 

@@ -5,6 +5,11 @@ defmodule DSPex.Bridge.Variable do
   `name` is exactly what the caller registered (an atom or a string). `version` starts at 1
   and grows by one on every committed write, rollbacks included. Timestamps are Unix
   milliseconds.
+
+  A computed variable has `compute: {fun, inputs}` (see `DSPex.Bridge.DependencyManager`).
+  `stale` is `nil`, or the reason its value could not be brought up to date, e.g.
+  `{:compute_failed, exception}` or `{:upstream_failed, name}`; the value is then the last
+  good one.
   """
 
   @enforce_keys [:session_id, :name, :type, :value, :version]
@@ -18,7 +23,9 @@ defmodule DSPex.Bridge.Variable do
     :updated_at,
     constraints: %{},
     metadata: %{},
-    description: nil
+    description: nil,
+    compute: nil,
+    stale: nil
   ]
 
   @typedoc "A session or variable id: an atom or a non-empty string of at most 255 bytes."
@@ -38,6 +45,8 @@ defmodule DSPex.Bridge.Variable do
           updated_at: integer(),
           constraints: map(),
           metadata: map(),
-          description: String.t() | nil
+          description: String.t() | nil,
+          compute: {(map() -> term()), [id()]} | nil,
+          stale: term() | nil
         }
 end

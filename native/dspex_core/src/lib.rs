@@ -41,6 +41,7 @@
 pub mod clock;
 pub mod effects;
 pub mod error;
+pub mod graph;
 pub mod snapshot;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};

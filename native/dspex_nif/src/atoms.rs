@@ -4,4 +4,14 @@
 rustler::atoms! {
     ok,
     error,
+    data,
+    compute,
+    constraint,
+    cycle,
+    unknown_variable,
+    variable_exists,
+    dependencies,
+    dependents,
+    upstream,
+    downstream,
 }

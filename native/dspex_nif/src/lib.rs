@@ -6,6 +6,8 @@
 
 mod atoms;
 mod error;
+mod graph;
 mod snapshot;
+mod var_key;
 
 rustler::init!("Elixir.DSPex.Bridge.Native");

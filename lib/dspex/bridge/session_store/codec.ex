@@ -10,14 +10,16 @@ defmodule DSPex.Bridge.SessionStore.Codec do
 
   @payload_format 1
 
-  @spec encode(map(), [Variable.t()], [{term(), list()}]) :: {:ok, binary()} | {:error, term()}
-  def encode(meta, variables, histories) do
+  @spec encode(map(), [Variable.t()], [{term(), list()}], [tuple()]) ::
+          {:ok, binary()} | {:error, term()}
+  def encode(meta, variables, histories, edges) do
     payload =
       :erlang.term_to_binary(%{
         format: @payload_format,
         session: meta,
         variables: Enum.map(variables, &Map.from_struct/1),
-        history: histories
+        history: histories,
+        graph: edges
       })
 
     if byte_size(payload) > Native.snapshot_dirty_threshold(),
@@ -50,12 +52,13 @@ defmodule DSPex.Bridge.SessionStore.Codec do
     ArgumentError -> {:error, {:invalid_snapshot, :bad_payload}}
   end
 
-  defp check_payload(%{format: @payload_format, session: meta, variables: vars, history: hist})
+  defp check_payload(%{format: @payload_format, session: meta, variables: vars, history: hist} = p)
        when is_map(meta) and is_list(vars) and is_list(hist) do
     with {:ok, meta} <- check_meta(meta),
          {:ok, vars} <- map_ok(vars, &check_variable(&1, meta.id)),
-         {:ok, hist} <- map_ok(hist, &check_history/1) do
-      {:ok, meta, vars, hist}
+         {:ok, hist} <- map_ok(hist, &check_history/1),
+         {:ok, graph} <- rebuild_graph(vars, Map.get(p, :graph, [])) do
+      {:ok, Map.merge(meta, %{graph: graph}), vars, hist}
     end
   end
 
@@ -66,14 +69,20 @@ defmodule DSPex.Bridge.SessionStore.Codec do
 
   defp check_meta(%{id: id, ttl: ttl, history_limit: h, max_variables: m, metadata: md} = meta)
        when is_id(id) and (ttl == :infinity or (is_integer(ttl) and ttl > 0)) and
-              is_integer(h) and h > 0 and is_integer(m) and m > 0 and is_map(md),
-       do: {:ok, meta}
+              is_integer(h) and h > 0 and is_integer(m) and m > 0 and is_map(md) do
+    meta = Map.put_new(meta, :propagation, :sync)
+
+    if meta.propagation in [:sync, :async],
+      do: {:ok, meta},
+      else: {:error, {:invalid_snapshot, :bad_session}}
+  end
 
   defp check_meta(_), do: {:error, {:invalid_snapshot, :bad_session}}
 
   defp check_variable(%{name: name, type: type, value: value, version: v} = var, session_id)
        when is_id(name) and is_integer(v) and v > 0 do
-    with {:ok, constraints} <-
+    with :ok <- check_compute(Map.get(var, :compute)),
+         {:ok, constraints} <-
            VariableType.normalize_constraints(type, Map.get(var, :constraints, %{})),
          {:ok, stored} <- VariableType.validate(type, value, constraints) do
       {:ok,
@@ -87,7 +96,9 @@ defmodule DSPex.Bridge.SessionStore.Codec do
          updated_at: Map.get(var, :updated_at),
          constraints: constraints,
          metadata: Map.get(var, :metadata, %{}),
-         description: Map.get(var, :description)
+         description: Map.get(var, :description),
+         compute: Map.get(var, :compute),
+         stale: Map.get(var, :stale)
        }}
     else
       {:error, reason} -> {:error, {:invalid_snapshot, {:bad_variable, name, reason}}}
@@ -95,6 +106,38 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   end
 
   defp check_variable(_, _), do: {:error, {:invalid_snapshot, :bad_variable}}
+
+  defp check_compute(nil), do: :ok
+
+  defp check_compute({fun, [_ | _] = inputs}) when is_function(fun, 1) do
+    if Enum.all?(inputs, &DSPex.Bridge.Options.id?/1), do: :ok, else: {:error, :bad_compute}
+  end
+
+  defp check_compute(_), do: {:error, :bad_compute}
+
+  # The graph is rebuilt (and so re-checked for cycles and unknown variables) before the
+  # session exists; the import then just adopts it.
+  defp rebuild_graph(vars, edges) when is_list(edges) do
+    graph = Native.graph_new()
+    for var <- vars, do: Native.graph_add_node(graph, var.name)
+
+    with true <- Enum.all?(edges, &edge?/1),
+         {:ok, _} <- Native.graph_add_edges(graph, edges) do
+      {:ok, graph}
+    else
+      false -> {:error, {:invalid_snapshot, :bad_graph}}
+      {:error, reason} -> {:error, {:invalid_snapshot, {:bad_graph, reason}}}
+    end
+  rescue
+    ArgumentError -> {:error, {:invalid_snapshot, :bad_graph}}
+  end
+
+  defp rebuild_graph(_vars, _edges), do: {:error, {:invalid_snapshot, :bad_graph}}
+
+  defp edge?({from, to, kind}) when is_id(from) and is_id(to),
+    do: kind in [:data, :compute, :constraint] or is_binary(kind)
+
+  defp edge?(_), do: false
 
   defp check_history({name, entries}) when is_id(name) and is_list(entries) do
     if Enum.all?(entries, &match?(%{version: v, value: _} when is_integer(v), &1)),

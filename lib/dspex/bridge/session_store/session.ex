@@ -5,7 +5,8 @@ defmodule DSPex.Bridge.SessionStore.Session do
   # its watchers. Reads never come here: they are ETS lookups in the caller.
   use GenServer, restart: :transient
 
-  alias DSPex.Bridge.{Variable, VariableType}
+  alias DSPex.Bridge.{Events, Native, Variable, VariableType}
+  alias DSPex.Bridge.DependencyManager.Propagation
   alias DSPex.Bridge.SessionStore.Tables
 
   @enforce_keys [:id, :meta, :touch]
@@ -49,6 +50,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
   defp load(:empty, _id, _meta), do: :ok
 
+  # The codec already rebuilt (and so checked) the graph in meta.graph.
   defp load({:import, variables, histories}, id, _meta) do
     [{^id, _, _, touch}] = :ets.lookup(Tables.sessions(), id)
     :ets.insert(Tables.variables(), Enum.map(variables, &{{id, &1.name}, &1, touch}))
@@ -68,27 +70,77 @@ defmodule DSPex.Bridge.SessionStore.Session do
            :ok <- below_limit(state),
            {:ok, constraints} <-
              VariableType.normalize_constraints(type, opts[:constraints] || %{}),
-           {:ok, stored} <- VariableType.validate(type, value, constraints) do
-        now = System.system_time(:millisecond)
-
-        var = %Variable{
-          session_id: state.id,
-          name: name,
-          type: type,
-          value: stored,
-          version: 1,
-          created_at: now,
-          updated_at: now,
-          constraints: constraints,
-          metadata: opts[:metadata] || %{},
-          description: opts[:description]
-        }
-
+           {:ok, compute} <- check_compute(state, opts[:compute], name),
+           var = new_variable(state, name, type, value, constraints, compute, opts),
+           {:ok, stored} <- initial_value(state, var),
+           :ok <- add_node(state, name, compute) do
+        var = %{var | value: stored}
         commit(state, [{nil, var, :register}])
         {:ok, var}
       end
 
     {:reply, reply, active(state)}
+  end
+
+  def handle_call({:define_computed, name, compute}, _from, state) do
+    reply =
+      with {:ok, current} <- fetch(state.id, name),
+           {:ok, compute} <- check_compute(state, compute, name),
+           var = %{current | compute: compute},
+           {:ok, value} <- initial_value(state, var),
+           {:ok, _} <- add_compute_edges(state, compute, name) do
+        new = if value == current.value, do: var, else: bump(var, value, %{})
+        commit(state, [{current, new, :compute}])
+        {:ok, new}
+      end
+
+    {reply, state} = after_write(reply, [name], state)
+    reply_and_maybe_propagate(reply, state)
+  end
+
+  def handle_call({:add_dependency, from, to, kind}, _from, state) do
+    reply =
+      case Native.graph_add_edge(state.meta.graph, from, to, kind) do
+        {:ok, _new?} -> :ok
+        {:error, {:cycle, path}} -> {:error, {:would_create_cycle, path}}
+        {:error, {:unknown_variable, name}} -> {:error, {:variable_not_found, name}}
+      end
+
+    {:reply, reply, state}
+  end
+
+  def handle_call({:remove_dependency, from, to}, _from, state) do
+    reply =
+      cond do
+        computed_from?(state.id, to, from) -> {:error, {:compute_input, to, from}}
+        Native.graph_remove_edge(state.meta.graph, from, to) -> :ok
+        true -> {:error, :dependency_not_found}
+      end
+
+    {:reply, reply, state}
+  end
+
+  def handle_call({:clear_dependencies, name}, _from, state) do
+    reply =
+      case fetch(state.id, name) do
+        {:ok, %Variable{compute: {_, _}}} ->
+          {:error, {:compute_input, name, :computed}}
+
+        {:ok, _} ->
+          case Enum.find(dependents(state, name), &computed_from?(state.id, &1, name)) do
+            nil ->
+              {:ok, _} = Native.graph_clear_edges(state.meta.graph, name)
+              :ok
+
+            dependent ->
+              {:error, {:compute_input, dependent, name}}
+          end
+
+        error ->
+          error
+      end
+
+    {:reply, reply, state}
   end
 
   def handle_call({:update, updates, opts}, _from, state) do
@@ -98,7 +150,8 @@ defmodule DSPex.Bridge.SessionStore.Session do
         {:ok, Enum.map(changes, fn {_old, new, _} -> new end)}
       end
 
-    {:reply, reply, active(state)}
+    {reply, state} = after_write(reply, Enum.map(updates, &elem(&1, 0)), state)
+    reply_and_maybe_propagate(reply, state)
   end
 
   def handle_call({:rollback, name, version}, _from, state) do
@@ -111,20 +164,27 @@ defmodule DSPex.Bridge.SessionStore.Session do
         {:ok, new}
       end
 
-    {:reply, reply, active(state)}
+    {reply, state} = after_write(reply, [name], state)
+    reply_and_maybe_propagate(reply, state)
+  end
+
+  def handle_call(:await_propagation, _from, state) do
+    # Calls are handled in order, after any propagation a previous write queued.
+    {:reply, :ok, state}
   end
 
   def handle_call({:delete_variable, name}, _from, state) do
-    case fetch(state.id, name) do
-      {:ok, _var} ->
-        :ets.delete(Tables.variables(), {state.id, name})
-        :ets.delete(Tables.history(), {state.id, name})
-        {state, watchers} = drop_watchers(state, name)
-        for pid <- watchers, do: send(pid, {:dspex_variable_deleted, state.id, name})
-        {:reply, :ok, active(state)}
-
-      error ->
-        {:reply, error, state}
+    with {:ok, _var} <- fetch(state.id, name),
+         [] <- Enum.filter(dependents(state, name), &computed_from?(state.id, &1, name)) do
+      Native.graph_remove_node(state.meta.graph, name)
+      :ets.delete(Tables.variables(), {state.id, name})
+      :ets.delete(Tables.history(), {state.id, name})
+      {state, watchers} = drop_watchers(state, name)
+      for pid <- watchers, do: send(pid, {:dspex_variable_deleted, state.id, name})
+      {:reply, :ok, active(state)}
+    else
+      [_ | _] = dependents -> {:reply, {:error, {:has_dependents, dependents}}, state}
+      error -> {:reply, error, state}
     end
   end
 
@@ -145,12 +205,176 @@ defmodule DSPex.Bridge.SessionStore.Session do
   def handle_call(:export, _from, state) do
     vars = :ets.select(Tables.variables(), [{{{state.id, :_}, :"$1", :_}, [], [:"$1"]}])
     hist = :ets.select(Tables.history(), [{{{state.id, :"$1"}, :"$2"}, [], [{{:"$1", :"$2"}}]}])
-    {:reply, {:ok, state.meta, vars, hist}, state}
+    edges = Native.graph_edges(state.meta.graph)
+    {:reply, {:ok, Map.delete(state.meta, :graph), vars, hist, edges}, state}
   end
 
   def handle_call(:delete, _from, state) do
     destroy(state)
     {:stop, :normal, :ok, state}
+  end
+
+  @impl true
+  def handle_continue({:propagate, changed}, state) do
+    propagate(state, changed)
+    {:noreply, state}
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # reactive propagation (DSPex.Bridge.DependencyManager.Propagation does the work)
+
+  # After a successful write, :sync sessions propagate before replying; :async ones reply
+  # first and propagate in handle_continue, before any other message.
+  defp after_write({:ok, _} = reply, changed, state), do: {{reply, changed}, active(state)}
+  defp after_write(error, _changed, state), do: {{error, []}, state}
+
+  defp reply_and_maybe_propagate({reply, []}, state), do: {:reply, reply, state}
+
+  defp reply_and_maybe_propagate({reply, changed}, %{meta: %{propagation: :async}} = state),
+    do: {:reply, reply, state, {:continue, {:propagate, changed}}}
+
+  defp reply_and_maybe_propagate({reply, changed}, state) do
+    propagate(state, changed)
+    {:reply, reply, state}
+  end
+
+  defp propagate(state, changed) do
+    {graph_size, _} = Native.graph_size(state.meta.graph)
+
+    if graph_size > 1 do
+      started = System.monotonic_time()
+      result = Propagation.run(state.meta.graph, changed, &fetch_or_nil(state.id, &1))
+
+      if result.affected > 0 do
+        meta = %{session_id: state.id, changed: changed}
+
+        Events.emit(
+          [:dspex, :bridge, :dependency, :propagation_started],
+          %{affected_count: result.affected},
+          meta
+        )
+
+        commit(state, result.changes)
+
+        :ets.insert(
+          Tables.variables(),
+          Enum.map(result.marks, &{{state.id, &1.name}, &1, state.touch})
+        )
+
+        for {name, reason} <- result.failures do
+          Events.emit(
+            [:dspex, :bridge, :dependency, :propagation_failed],
+            %{},
+            Map.merge(meta, %{name: name, reason: reason})
+          )
+        end
+
+        duration =
+          System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
+
+        Events.emit(
+          [:dspex, :bridge, :dependency, :propagation_completed],
+          %{
+            duration_us: duration,
+            updated_count: length(result.changes),
+            failed_count: length(result.failures)
+          },
+          meta
+        )
+      end
+    end
+
+    :ok
+  end
+
+  defp fetch_or_nil(id, name) do
+    case fetch(id, name) do
+      {:ok, var} -> var
+      _ -> nil
+    end
+  end
+
+  defp new_variable(state, name, type, value, constraints, compute, opts) do
+    now = System.system_time(:millisecond)
+
+    %Variable{
+      session_id: state.id,
+      name: name,
+      type: type,
+      value: value,
+      version: 1,
+      created_at: now,
+      updated_at: now,
+      constraints: constraints,
+      metadata: opts[:metadata] || %{},
+      description: opts[:description],
+      compute: compute
+    }
+  end
+
+  defp check_compute(_state, nil, _name), do: {:ok, nil}
+
+  defp check_compute(state, {fun, inputs}, name) when is_function(fun, 1) and is_list(inputs) do
+    cond do
+      inputs == [] ->
+        {:error, {:invalid_compute, :no_inputs}}
+
+      name in inputs ->
+        {:error, {:would_create_cycle, [name, name]}}
+
+      missing = Enum.find(inputs, &(not :ets.member(Tables.variables(), {state.id, &1}))) ->
+        {:error, {:variable_not_found, missing}}
+
+      true ->
+        {:ok, {fun, Enum.uniq(inputs)}}
+    end
+  end
+
+  defp check_compute(_state, other, _name), do: {:error, {:invalid_compute, other}}
+
+  defp initial_value(_state, %Variable{compute: nil} = var),
+    do: VariableType.validate(var.type, var.value, var.constraints)
+
+  defp initial_value(state, %Variable{compute: {fun, inputs}} = var) do
+    values = Map.new(inputs, fn input -> {input, elem(fetch(state.id, input), 1).value} end)
+    Propagation.evaluate(fun, values, var)
+  end
+
+  defp add_node(state, name, compute) do
+    if Native.graph_add_node(state.meta.graph, name) do
+      case add_compute_edges(state, compute, name) do
+        {:ok, _} -> :ok
+        error -> tap(error, fn _ -> Native.graph_remove_node(state.meta.graph, name) end)
+      end
+    else
+      {:error, {:variable_exists, name}}
+    end
+  rescue
+    ArgumentError -> {:error, {:invalid_name, name}}
+  end
+
+  defp add_compute_edges(_state, nil, _name), do: {:ok, 0}
+
+  defp add_compute_edges(state, {_fun, inputs}, name) do
+    case Native.graph_add_edges(state.meta.graph, Enum.map(inputs, &{&1, name, :compute})) do
+      {:ok, n} -> {:ok, n}
+      {:error, {:cycle, path}} -> {:error, {:would_create_cycle, path}}
+      {:error, {:unknown_variable, missing}} -> {:error, {:variable_not_found, missing}}
+    end
+  end
+
+  defp dependents(state, name) do
+    case Native.graph_neighbours(state.meta.graph, name, :dependents) do
+      {:ok, list} -> list
+      {:error, _} -> []
+    end
+  end
+
+  defp computed_from?(id, name, input) do
+    case fetch(id, name) do
+      {:ok, %Variable{compute: {_, inputs}}} -> input in inputs
+      _ -> false
+    end
   end
 
   # ---------------------------------------------------------------------------------------

@@ -1,0 +1,317 @@
+defmodule DSPex.Bridge.DependencyManager do
+  @moduledoc """
+  Variable dependency graphs that refuse cycles, and reactive recompute.
+
+  Each session has a DAG over its variables, kept in the Rust core
+  (`dspex_core::graph`) in an always-valid topological order that is updated incrementally
+  on every insert. `add_dependency(session, from, to)` adds the edge `from -> to`: **`to`
+  depends on `from`**, so a change of `from` flows to `to`.
+
+  ## Example
+
+      iex> alias DSPex.Bridge.{DependencyManager, SessionStore}
+      iex> {:ok, s} = SessionStore.create_session("deps_doc")
+      iex> for v <- [:a, :b, :c], do: {:ok, _} = SessionStore.register_variable(s, v, :integer, 1)
+      iex> DependencyManager.add_dependency(s, :a, :b)
+      :ok
+      iex> DependencyManager.add_dependency(s, :b, :c)
+      :ok
+      iex> DependencyManager.add_dependency(s, :c, :a)
+      {:error, :would_create_cycle}
+      iex> DependencyManager.cycle_path(s, :c, :a)
+      {:ok, [:a, :b, :c, :a]}
+      iex> DependencyManager.get_update_order(s, :a)
+      {:ok, [:a, :b, :c]}
+      iex> SessionStore.delete_session(s)
+      :ok
+
+  ## Computed variables
+
+  `define_computed/4` (or `SessionStore.register_variable/5` with `compute:`) makes a
+  variable a function of others. After every committed write, the session recomputes what
+  lies downstream, in topological order:
+
+  * each affected variable **once per change**, after all of its inputs (a diamond
+    `a -> b, c -> d` recomputes `d` once, after `b` and `c`);
+  * **early cutoff**: a recompute that yields the old value stops there;
+  * **failure isolation**: a compute function that raises (or returns a value its type
+    refuses) leaves its variable's last value in place, marks it `stale:
+    {:compute_failed, reason}`, marks the computed variables fed by it
+    `stale: {:upstream_failed, name}`, and emits `propagation_failed`; independent branches
+    still recompute, and nothing already committed is rolled back;
+  * **batching**: `SessionStore.update_variables/3` propagates once over the union of the
+    changes;
+  * sessions created with `propagation: :async` return from writes at once;
+    `SessionStore.await_propagation/2` waits for the recompute.
+
+  Compute functions run in the session's process, serialized with its writes: keep them
+  short, or do the heavy work elsewhere and write the result.
+
+  ## Events
+
+  `[:dspex, :bridge, :dependency, event]` with `event` one of `:added`, `:removed`,
+  `:cycle_detected` (metadata `path`), `:propagation_started` (`affected_count`),
+  `:propagation_completed` (`duration_us`, `updated_count`), `:propagation_failed`
+  (`name`, `reason`).
+
+  ## Errors
+
+  `{:error, reason}` with `:session_not_found`, `{:invalid_session_id, t}`,
+  `{:invalid_name, t}`, `{:variable_not_found, name}`, `{:invalid_type, t}` (edge kinds are
+  `:data`, `:compute`, `:constraint` or a string label), `:would_create_cycle`,
+  `:dependency_not_found`, `{:compute_input, var, input}` (the edge belongs to a compute
+  declaration; redefine the computation instead), `{:invalid_option, detail}`,
+  `:access_denied`, `{:too_many, n, limit}`. The graph is unchanged when a call fails.
+  """
+
+  alias DSPex.Bridge.{Events, Native, SessionStore, Variable}
+  import DSPex.Bridge.Options, only: [is_id: 1]
+
+  @type session_id :: Variable.id()
+  @type name :: Variable.id()
+  @type kind :: :data | :compute | :constraint | String.t()
+
+  @kinds [:data, :compute, :constraint]
+  @max_batch 100_000
+
+  @doc """
+  Adds `from -> to` (`to` depends on `from`). Refuses an edge that would close a cycle,
+  including `a -> a`, emitting `cycle_detected` with the path `[to, ..., from, to]`.
+  Adding an existing edge again changes only its kind.
+  """
+  @spec add_dependency(session_id(), name(), name(), kind(), keyword()) ::
+          :ok | {:error, term()}
+  def add_dependency(session_id, from_var, to_var, type \\ :data, opts \\ []) do
+    with :ok <- check_names([from_var, to_var]),
+         :ok <- check_kind(type),
+         {:ok, graph} <- SessionStore.session_graph(session_id, opts, :write) do
+      case Native.graph_add_edge(graph, from_var, to_var, type) do
+        {:ok, _new?} ->
+          emit(:added, session_id, %{from: from_var, to: to_var, type: type})
+
+        {:error, {:cycle, path}} ->
+          emit(:cycle_detected, session_id, %{from: from_var, to: to_var, path: path})
+          {:error, :would_create_cycle}
+
+        {:error, {:unknown_variable, name}} ->
+          {:error, {:variable_not_found, name}}
+      end
+    end
+  rescue
+    # Atom ids outside Latin-1 cannot cross the NIF boundary on OTP 25 (NIF API 2.16).
+    ArgumentError -> {:error, :invalid_name}
+  end
+
+  @doc """
+  Adds many `{from, to}` or `{from, to, kind}` edges, all or nothing, in one pass. On a
+  cycle, nothing is added and the error carries the first offending edge and its path:
+  `{:error, {:would_create_cycle, {from, to}, path}}`.
+  """
+  @spec add_dependencies(session_id(), [tuple()], keyword()) ::
+          {:ok, non_neg_integer()} | {:error, term()}
+  def add_dependencies(session_id, edges, opts \\ [])
+
+  def add_dependencies(session_id, edges, opts)
+      when is_list(edges) and length(edges) <= @max_batch do
+    with {:ok, edges} <- normalize_edges(edges),
+         {:ok, graph} <- SessionStore.session_graph(session_id, opts, :write) do
+      case Native.graph_add_edges(graph, edges) do
+        {:ok, added} ->
+          emit(:added, session_id, %{count: added})
+          {:ok, added}
+
+        {:error, {:cycle, [to | _] = path}} ->
+          from = Enum.at(path, -2)
+          emit(:cycle_detected, session_id, %{from: from, to: to, path: path})
+          {:error, {:would_create_cycle, {from, to}, path}}
+
+        {:error, {:unknown_variable, name}} ->
+          {:error, {:variable_not_found, name}}
+      end
+    end
+  rescue
+    # Atom ids outside Latin-1 cannot cross the NIF boundary on OTP 25 (NIF API 2.16).
+    ArgumentError -> {:error, :invalid_name}
+  end
+
+  def add_dependencies(_session_id, edges, _opts) when is_list(edges),
+    do: {:error, {:too_many, length(edges), @max_batch}}
+
+  def add_dependencies(_session_id, other, _opts), do: {:error, {:invalid_option, {:edges, other}}}
+
+  @doc """
+  The cycle `[to, ..., from, to]` that adding `from -> to` would close:
+  `{:ok, path}`, or `{:error, :no_cycle}` when the edge would be accepted.
+  """
+  @spec cycle_path(session_id(), name(), name(), keyword()) :: {:ok, [name()]} | {:error, term()}
+  def cycle_path(session_id, from_var, to_var, opts \\ []) do
+    with :ok <- check_names([from_var, to_var]),
+         {:ok, graph} <- SessionStore.session_graph(session_id, opts, :read) do
+      cond do
+        from_var == to_var and known?(graph, from_var) -> {:ok, [to_var, to_var]}
+        true -> graph |> Native.graph_cycle_path(from_var, to_var) |> cycle_result()
+      end
+    end
+  rescue
+    # Atom ids outside Latin-1 cannot cross the NIF boundary on OTP 25 (NIF API 2.16).
+    ArgumentError -> {:error, :invalid_name}
+  end
+
+  defp known?(graph, name), do: match?({:ok, _}, Native.graph_neighbours(graph, name, :dependents))
+
+  defp cycle_result({:ok, nil}), do: {:error, :no_cycle}
+  defp cycle_result({:ok, path}), do: {:ok, path}
+  defp cycle_result({:error, {:unknown_variable, name}}), do: {:error, {:variable_not_found, name}}
+
+  @doc """
+  `{:ok, [changed_var | downstream]}`: the changed variable, then everything that depends on
+  it directly or transitively, in an order where every variable comes after all of its
+  dependencies. Pass a list to get the union for several changes, each variable once.
+  """
+  @spec get_update_order(session_id(), name() | [name()], keyword()) ::
+          {:ok, [name()]} | {:error, term()}
+  def get_update_order(session_id, changed, opts \\ []) do
+    changed_list = List.wrap(changed)
+
+    with :ok <- check_names(changed_list),
+         {:ok, graph} <- SessionStore.session_graph(session_id, opts, :read) do
+      graph |> Native.graph_update_order(changed_list) |> unknown_to_not_found()
+    end
+  rescue
+    # Atom ids outside Latin-1 cannot cross the NIF boundary on OTP 25 (NIF API 2.16).
+    ArgumentError -> {:error, :invalid_name}
+  end
+
+  @doc "The variables `var` depends on directly."
+  @spec get_dependencies(session_id(), name(), keyword()) :: {:ok, [name()]} | {:error, term()}
+  def get_dependencies(session_id, var, opts \\ []),
+    do: neighbours(session_id, var, :dependencies, opts)
+
+  @doc "The variables that depend on `var` directly."
+  @spec get_dependents(session_id(), name(), keyword()) :: {:ok, [name()]} | {:error, term()}
+  def get_dependents(session_id, var, opts \\ []),
+    do: neighbours(session_id, var, :dependents, opts)
+
+  @doc "Every variable `var` depends on, directly or not, in topological order."
+  @spec get_upstream(session_id(), name(), keyword()) :: {:ok, [name()]} | {:error, term()}
+  def get_upstream(session_id, var, opts \\ []), do: neighbours(session_id, var, :upstream, opts)
+
+  @doc "Every variable depending on `var`, directly or not, in topological order."
+  @spec get_downstream(session_id(), name(), keyword()) :: {:ok, [name()]} | {:error, term()}
+  def get_downstream(session_id, var, opts \\ []),
+    do: neighbours(session_id, var, :downstream, opts)
+
+  defp neighbours(session_id, var, which, opts) do
+    with :ok <- check_names([var]),
+         {:ok, graph} <- SessionStore.session_graph(session_id, opts, :read) do
+      graph |> Native.graph_neighbours(var, which) |> unknown_to_not_found()
+    end
+  rescue
+    # Atom ids outside Latin-1 cannot cross the NIF boundary on OTP 25 (NIF API 2.16).
+    ArgumentError -> {:error, :invalid_name}
+  end
+
+  @doc """
+  Removes `from -> to`. Edges that a computed variable's declaration created are refused
+  with `{:error, {:compute_input, to, from}}`.
+  """
+  @spec remove_dependency(session_id(), name(), name(), keyword()) :: :ok | {:error, term()}
+  def remove_dependency(session_id, from_var, to_var, opts \\ []) do
+    with :ok <- check_names([from_var, to_var]),
+         :ok <-
+           SessionStore.session_call(
+             session_id,
+             {:remove_dependency, from_var, to_var},
+             opts,
+             :write
+           ) do
+      emit(:removed, session_id, %{from: from_var, to: to_var})
+    end
+  end
+
+  @doc "Removes every edge into and out of `var` (not those of compute declarations)."
+  @spec clear_dependencies(session_id(), name(), keyword()) :: :ok | {:error, term()}
+  def clear_dependencies(session_id, var, opts \\ []) do
+    with :ok <- check_names([var]),
+         :ok <- SessionStore.session_call(session_id, {:clear_dependencies, var}, opts, :write) do
+      emit(:removed, session_id, %{variable: var})
+    end
+  end
+
+  @doc """
+  Makes the existing variable `name` computed from `inputs` by `fun` (a function of a map of
+  input name to value). The value is computed at once and after every change of an input.
+  """
+  @spec define_computed(session_id(), name(), (map() -> term()), [name()], keyword()) ::
+          {:ok, Variable.t()} | {:error, term()}
+  def define_computed(session_id, name, fun, inputs, opts \\ [])
+
+  def define_computed(session_id, name, fun, inputs, opts)
+      when is_function(fun, 1) and is_list(inputs) do
+    with :ok <- check_names([name | inputs]) do
+      SessionStore.session_call(session_id, {:define_computed, name, {fun, inputs}}, opts, :write)
+    end
+  end
+
+  def define_computed(_session_id, _name, fun, inputs, _opts),
+    do: {:error, {:invalid_compute, {fun, inputs}}}
+
+  @doc "The graph in Graphviz DOT format: `{:ok, text}`. Atom ids read `:name`, strings `\"name\"`."
+  @spec visualize_graph(session_id(), keyword()) :: {:ok, String.t()} | {:error, term()}
+  def visualize_graph(session_id, opts \\ []) do
+    with {:ok, graph} <- SessionStore.session_graph(session_id, opts, :read) do
+      {:ok, Native.graph_to_dot(graph)}
+    end
+  end
+
+  @doc "`{:ok, %{variables: n, dependencies: m}}` for a session's graph."
+  @spec graph_size(session_id(), keyword()) :: {:ok, map()} | {:error, term()}
+  def graph_size(session_id, opts \\ []) do
+    with {:ok, graph} <- SessionStore.session_graph(session_id, opts, :read) do
+      {nodes, edges} = Native.graph_size(graph)
+      {:ok, %{variables: nodes, dependencies: edges}}
+    end
+  end
+
+  defp normalize_edges(edges) do
+    Enum.reduce_while(edges, {:ok, []}, fn
+      {from, to}, {:ok, acc} when is_id(from) and is_id(to) ->
+        {:cont, {:ok, [{from, to, :data} | acc]}}
+
+      {from, to, kind} = edge, {:ok, acc} when is_id(from) and is_id(to) ->
+        if kind in @kinds or is_binary(kind),
+          do: {:cont, {:ok, [edge | acc]}},
+          else: {:halt, {:error, {:invalid_type, kind}}}
+
+      other, _ ->
+        {:halt, {:error, {:invalid_option, {:edge, other}}}}
+    end)
+    |> case do
+      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+      error -> error
+    end
+  end
+
+  defp check_names(names) do
+    case Enum.find(names, &(not is_id(&1))) do
+      nil -> :ok
+      bad -> {:error, {:invalid_name, bad}}
+    end
+  end
+
+  defp check_kind(kind) when kind in @kinds or is_binary(kind), do: :ok
+  defp check_kind(kind), do: {:error, {:invalid_type, kind}}
+
+  defp unknown_to_not_found({:error, {:unknown_variable, name}}),
+    do: {:error, {:variable_not_found, name}}
+
+  defp unknown_to_not_found(other), do: other
+
+  defp emit(event, session_id, metadata) do
+    Events.emit(
+      [:dspex, :bridge, :dependency, event],
+      %{},
+      Map.put(metadata, :session_id, session_id)
+    )
+  end
+end

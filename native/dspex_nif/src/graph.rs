@@ -1,0 +1,206 @@
+//! Dependency graph NIFs (`dspex_core::graph`). One resource per session graph, guarded by
+//! a mutex (the core graph is not `Sync`). All regular NIFs finish in microseconds on
+//! graphs of thousands of nodes, except those marked DirtyCpu, which walk the whole graph.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use dspex_core::graph::{DependencyGraph, EdgeKind, GraphError};
+use rustler::{Encoder, Env, Error, NifResult, ResourceArc, Term, TermType};
+
+use crate::atoms;
+use crate::var_key::VarKey;
+
+/// A session's dependency graph.
+pub struct GraphResource(Mutex<DependencyGraph<VarKey>>);
+
+#[rustler::resource_impl]
+impl rustler::Resource for GraphResource {}
+
+// Live graphs, so tests can prove that deleting a session frees its graph.
+static LIVE_GRAPHS: AtomicUsize = AtomicUsize::new(0);
+
+impl Drop for GraphResource {
+    fn drop(&mut self) {
+        LIVE_GRAPHS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Graph = ResourceArc<GraphResource>;
+
+fn with<T>(graph: &Graph, f: impl FnOnce(&mut DependencyGraph<VarKey>) -> T) -> T {
+    // No core operation panics half-way, so a poisoned lock still guards a valid graph.
+    let mut guard = graph.0.lock().unwrap_or_else(|p| p.into_inner());
+    f(&mut guard)
+}
+
+fn decode_kind(term: Term) -> NifResult<EdgeKind> {
+    match term.get_type() {
+        TermType::Atom => {
+            if term == atoms::data().to_term(term.get_env()) {
+                Ok(EdgeKind::Data)
+            } else if term == atoms::compute().to_term(term.get_env()) {
+                Ok(EdgeKind::Compute)
+            } else if term == atoms::constraint().to_term(term.get_env()) {
+                Ok(EdgeKind::Constraint)
+            } else {
+                Err(Error::BadArg)
+            }
+        }
+        TermType::Binary => Ok(EdgeKind::Custom(term.decode::<String>()?)),
+        _ => Err(Error::BadArg),
+    }
+}
+
+fn encode_kind<'a>(env: Env<'a>, kind: &EdgeKind) -> Term<'a> {
+    match kind {
+        EdgeKind::Data => atoms::data().encode(env),
+        EdgeKind::Compute => atoms::compute().encode(env),
+        EdgeKind::Constraint => atoms::constraint().encode(env),
+        EdgeKind::Custom(label) => label.encode(env),
+    }
+}
+
+fn encode_graph_error<'a>(env: Env<'a>, err: GraphError<VarKey>) -> Term<'a> {
+    let reason = match err {
+        GraphError::Cycle(path) => (atoms::cycle(), path).encode(env),
+        GraphError::UnknownNode(key) => (atoms::unknown_variable(), key).encode(env),
+        GraphError::NodeExists(key) => (atoms::variable_exists(), key).encode(env),
+    };
+    (atoms::error(), reason).encode(env)
+}
+
+fn ok_or_error<'a, T: Encoder>(env: Env<'a>, result: Result<T, GraphError<VarKey>>) -> Term<'a> {
+    match result {
+        Ok(value) => (atoms::ok(), value).encode(env),
+        Err(err) => encode_graph_error(env, err),
+    }
+}
+
+/// A new empty graph.
+#[rustler::nif]
+fn graph_new() -> Graph {
+    LIVE_GRAPHS.fetch_add(1, Ordering::Relaxed);
+    ResourceArc::new(GraphResource(Mutex::new(DependencyGraph::new())))
+}
+
+/// Adds a node; `false` if it was already there.
+#[rustler::nif]
+fn graph_add_node(graph: Graph, key: VarKey) -> bool {
+    with(&graph, |g| g.add_node(key))
+}
+
+/// Removes a node and its edges; `false` if it was absent.
+#[rustler::nif]
+fn graph_remove_node(graph: Graph, key: VarKey) -> bool {
+    with(&graph, |g| g.remove_node(&key))
+}
+
+/// Adds `from -> to`: `{:ok, new?}`, `{:error, {:cycle, path}}` or
+/// `{:error, {:unknown_variable, key}}`.
+#[rustler::nif]
+fn graph_add_edge<'a>(
+    env: Env<'a>,
+    graph: Graph,
+    from: VarKey,
+    to: VarKey,
+    kind: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let kind = decode_kind(kind)?;
+    Ok(ok_or_error(
+        env,
+        with(&graph, |g| g.add_edge(&from, &to, kind)),
+    ))
+}
+
+/// Adds a list of `{from, to, kind}` all or nothing: `{:ok, added}` or the first error.
+/// DirtyCpu: bulk imports can be large.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn graph_add_edges<'a>(
+    env: Env<'a>,
+    graph: Graph,
+    edges: Vec<(VarKey, VarKey, Term<'a>)>,
+) -> NifResult<Term<'a>> {
+    let edges = edges
+        .into_iter()
+        .map(|(f, t, k)| Ok((f, t, decode_kind(k)?)))
+        .collect::<NifResult<Vec<_>>>()?;
+    Ok(ok_or_error(env, with(&graph, |g| g.add_edges(&edges))))
+}
+
+/// Removes `from -> to`; `false` if there was no such edge.
+#[rustler::nif]
+fn graph_remove_edge(graph: Graph, from: VarKey, to: VarKey) -> bool {
+    with(&graph, |g| g.remove_edge(&from, &to))
+}
+
+/// Removes every edge of a node: `{:ok, removed}`.
+#[rustler::nif]
+fn graph_clear_edges(env: Env, graph: Graph, key: VarKey) -> Term {
+    ok_or_error(env, with(&graph, |g| g.clear_edges(&key)))
+}
+
+/// Direct dependencies (`:in`), dependents (`:out`), transitive `:upstream` or `:downstream`.
+#[rustler::nif]
+fn graph_neighbours<'a>(
+    env: Env<'a>,
+    graph: Graph,
+    key: VarKey,
+    which: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let result = with(&graph, |g| {
+        if which == atoms::dependencies().to_term(env) {
+            Ok(g.dependencies(&key))
+        } else if which == atoms::dependents().to_term(env) {
+            Ok(g.dependents(&key))
+        } else if which == atoms::upstream().to_term(env) {
+            Ok(g.upstream(&key))
+        } else if which == atoms::downstream().to_term(env) {
+            Ok(g.downstream(&key))
+        } else {
+            Err(Error::BadArg)
+        }
+    })?;
+    Ok(ok_or_error(env, result))
+}
+
+/// The changed variables and everything downstream, in topological order: `{:ok, list}`.
+#[rustler::nif]
+fn graph_update_order(env: Env, graph: Graph, changed: Vec<VarKey>) -> Term {
+    ok_or_error(env, with(&graph, |g| g.update_order_batch(&changed)))
+}
+
+/// The cycle `[to, ..., from, to]` that `from -> to` would close: `{:ok, path | nil}`.
+#[rustler::nif]
+fn graph_cycle_path(env: Env, graph: Graph, from: VarKey, to: VarKey) -> Term {
+    ok_or_error(env, with(&graph, |g| g.cycle_path(&from, &to)))
+}
+
+/// Every edge as `{from, to, kind}`. DirtyCpu: walks the whole graph.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn graph_edges(env: Env, graph: Graph) -> Term {
+    let edges = with(&graph, |g| g.edges());
+    let terms: Vec<Term> = edges
+        .iter()
+        .map(|(f, t, k)| (f, t, encode_kind(env, k)).encode(env))
+        .collect();
+    terms.encode(env)
+}
+
+/// Graphviz DOT text. DirtyCpu: walks the whole graph.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn graph_to_dot(graph: Graph) -> String {
+    with(&graph, |g| g.to_dot(VarKey::label))
+}
+
+/// `{node_count, edge_count}`.
+#[rustler::nif]
+fn graph_size(graph: Graph) -> (usize, usize) {
+    with(&graph, |g| (g.node_count(), g.edge_count()))
+}
+
+/// How many graph resources are alive in this VM.
+#[rustler::nif]
+fn graph_live_count() -> usize {
+    LIVE_GRAPHS.load(Ordering::Relaxed)
+}
