@@ -33,6 +33,7 @@ lint: toolchain
 bench: toolchain
 	cargo bench -p dspex_benches
 	MIX_ENV=prod mix run benches/session_store.exs
+	MIX_ENV=prod mix run benches/dependency_graph.exs
 
 clean:
 	cargo clean

@@ -1,5 +1,5 @@
 # The dspex_bridge tour: `make demo` (or `mix dspex.demo`).
-alias DSPex.Bridge.SessionStore
+alias DSPex.Bridge.{DependencyManager, SessionStore}
 
 defmodule Demo do
   def section(title), do: IO.puts("\n== #{title}")
@@ -89,5 +89,44 @@ Demo.say(
 {:ok, t} = SessionStore.get_value(copy, :temperature)
 Demo.say("imported as #{inspect(copy)}: temperature = #{t}")
 
-for s <- [session, "other_session", copy], do: :ok = SessionStore.delete_session(s)
+Demo.section("A computed pipeline (dependency graph)")
+{:ok, p} = SessionStore.create_session("demo_pipeline")
+{:ok, _} = SessionStore.register_variable(p, :examples, :integer, 40)
+{:ok, _} = SessionStore.register_variable(p, :batch_size, :integer, 8)
+
+{:ok, _} =
+  SessionStore.register_variable(p, :steps, :integer, nil,
+    compute: {fn %{examples: e, batch_size: b} -> div(e, b) end, [:examples, :batch_size]}
+  )
+
+{:ok, _} =
+  SessionStore.register_variable(p, :budget, :float, nil,
+    compute: {fn %{steps: s} -> s * 0.02 end, [:steps]}
+  )
+
+{:ok, order} = DependencyManager.get_update_order(p, :batch_size)
+Demo.say("update order after batch_size changes: #{inspect(order)}")
+{:ok, _} = SessionStore.update_variable(p, :batch_size, 4)
+{:ok, steps} = SessionStore.get_value(p, :steps)
+{:ok, budget} = SessionStore.get_value(p, :budget)
+Demo.say("batch_size = 4 -> steps = #{steps}, budget = #{budget} (recomputed in order)")
+
+Demo.say(
+  "add budget -> examples? #{inspect(DependencyManager.add_dependency(p, :budget, :examples))}"
+)
+
+{:ok, path} = DependencyManager.cycle_path(p, :budget, :examples)
+Demo.say("the cycle it would close: #{Enum.map_join(path, " -> ", &inspect/1)}")
+
+Demo.say("batch_size = 0 makes steps divide by zero:")
+{:ok, _} = SessionStore.update_variable(p, :batch_size, 0)
+{:ok, s_var} = SessionStore.get_variable(p, :steps)
+{:ok, b_var} = SessionStore.get_variable(p, :budget)
+Demo.say("steps keeps #{s_var.value}, stale: #{inspect(elem(s_var.stale, 0))}")
+Demo.say("budget keeps #{b_var.value}, stale: #{inspect(b_var.stale)}")
+{:ok, _} = SessionStore.update_variable(p, :batch_size, 10)
+{:ok, s_var} = SessionStore.get_variable(p, :steps)
+Demo.say("batch_size = 10 -> steps = #{s_var.value}, stale: #{inspect(s_var.stale)}")
+
+for s <- [session, "other_session", copy, p], do: :ok = SessionStore.delete_session(s)
 Demo.section("Done")

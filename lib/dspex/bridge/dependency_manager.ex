@@ -72,7 +72,7 @@ defmodule DSPex.Bridge.DependencyManager do
   @type kind :: :data | :compute | :constraint | String.t()
 
   @kinds [:data, :compute, :constraint]
-  @max_batch 100_000
+  @max_batch 1_000_000
 
   @doc """
   Adds `from -> to` (`to` depends on `from`). Refuses an edge that would close a cycle,
@@ -82,12 +82,14 @@ defmodule DSPex.Bridge.DependencyManager do
   @spec add_dependency(session_id(), name(), name(), kind(), keyword()) ::
           :ok | {:error, term()}
   def add_dependency(session_id, from_var, to_var, type \\ :data, opts \\ []) do
-    with :ok <- check_names([from_var, to_var]),
+    with :ok <- check_pair(from_var, to_var),
          :ok <- check_kind(type),
          {:ok, graph} <- SessionStore.session_graph(session_id, opts, :write) do
       case Native.graph_add_edge(graph, from_var, to_var, type) do
         {:ok, _new?} ->
-          emit(:added, session_id, %{from: from_var, to: to_var, type: type})
+          if Events.enabled?(),
+            do: emit(:added, session_id, %{from: from_var, to: to_var, type: type}),
+            else: :ok
 
         {:error, {:cycle, path}} ->
           emit(:cycle_detected, session_id, %{from: from_var, to: to_var, path: path})
@@ -291,6 +293,9 @@ defmodule DSPex.Bridge.DependencyManager do
       error -> error
     end
   end
+
+  defp check_pair(a, b) when is_id(a) and is_id(b), do: :ok
+  defp check_pair(a, b), do: check_names([a, b])
 
   defp check_names(names) do
     case Enum.find(names, &(not is_id(&1))) do

@@ -71,6 +71,7 @@ defmodule DSPex.Bridge.SessionStore do
   @sessions :dspex_bridge_sessions
   @variables :dspex_bridge_variables
   @history :dspex_bridge_history
+  @graphs :dspex_bridge_graphs
 
   @default_ttl 3_600_000
   @default_history 50
@@ -498,14 +499,19 @@ defmodule DSPex.Bridge.SessionStore do
   end
 
   @doc false
+  def session_graph(session_id, [], _permission) when is_id(session_id), do: graph_of(session_id)
+
   def session_graph(session_id, opts, permission) do
     with {:ok, o} <- check(session_id, opts),
          :ok <- authorize(session_id, o, permission) do
-      case :ets.lookup(@sessions, session_id) do
-        [{_, %{graph: graph}, _pid, _touch}] -> {:ok, graph}
-        [] -> {:error, :session_not_found}
-      end
+      graph_of(session_id)
     end
+  end
+
+  defp graph_of(session_id) do
+    {:ok, :ets.lookup_element(@graphs, session_id, 2)}
+  rescue
+    ArgumentError -> {:error, :session_not_found}
   end
 
   defp call(session_id, message, opts) do

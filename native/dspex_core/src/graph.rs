@@ -93,7 +93,10 @@ type Ix = u32;
 struct Node<K> {
     key: K,
     ord: u64,
+    // Successors, with the kind of each edge as an index into `DependencyGraph::labels`.
+    // Degrees are small, so a scan beats a global edge map.
     out: Vec<Ix>,
+    out_kind: Vec<u16>,
     inc: Vec<Ix>,
 }
 
@@ -103,11 +106,30 @@ pub struct DependencyGraph<K> {
     slots: Vec<Option<Node<K>>>,
     free: Vec<Ix>,
     index: AHashMap<K, Ix>,
-    kinds: AHashMap<(Ix, Ix), EdgeKind>,
+    labels: Vec<EdgeKind>,
+    edge_total: usize,
     next_ord: u64,
     // Scratch space reused across searches so inserts do not allocate per call.
     mark: Vec<u32>,
     epoch: u32,
+    scratch: Scratch,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    forward: Vec<Ix>,
+    backward: Vec<Ix>,
+    stack: Vec<Ix>,
+    positions: Vec<u64>,
+}
+
+impl Scratch {
+    fn clear(&mut self) {
+        self.forward.clear();
+        self.backward.clear();
+        self.stack.clear();
+        self.positions.clear();
+    }
 }
 
 impl<K: Eq + Hash + Clone> Default for DependencyGraph<K> {
@@ -123,10 +145,12 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             slots: Vec::new(),
             free: Vec::new(),
             index: AHashMap::new(),
-            kinds: AHashMap::new(),
+            labels: vec![EdgeKind::Data, EdgeKind::Compute, EdgeKind::Constraint],
+            edge_total: 0,
             next_ord: 0,
             mark: Vec::new(),
             epoch: 0,
+            scratch: Scratch::default(),
         }
     }
 
@@ -137,7 +161,49 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
 
     /// Number of edges.
     pub fn edge_count(&self) -> usize {
-        self.kinds.len()
+        self.edge_total
+    }
+
+    fn label_id(&mut self, kind: EdgeKind) -> u16 {
+        match kind {
+            EdgeKind::Data => 0,
+            EdgeKind::Compute => 1,
+            EdgeKind::Constraint => 2,
+            custom => match self.labels.iter().position(|l| *l == custom) {
+                Some(i) => i as u16,
+                None => {
+                    // Labels are few in practice; past u16::MAX the last one is reused.
+                    if self.labels.len() <= usize::from(u16::MAX) {
+                        self.labels.push(custom);
+                    }
+                    (self.labels.len() - 1) as u16
+                }
+            },
+        }
+    }
+
+    fn out_position(&self, x: Ix, y: Ix) -> Option<usize> {
+        self.node(x).out.iter().position(|&s| s == y)
+    }
+
+    fn unlink(&mut self, x: Ix, y: Ix) -> bool {
+        let Some(pos) = self.out_position(x, y) else {
+            return false;
+        };
+        let node = self.node_mut(x);
+        node.out.swap_remove(pos);
+        node.out_kind.swap_remove(pos);
+        detach(&mut self.node_mut(y).inc, x);
+        self.edge_total -= 1;
+        true
+    }
+
+    fn link(&mut self, x: Ix, y: Ix, label: u16) {
+        let node = self.node_mut(x);
+        node.out.push(y);
+        node.out_kind.push(label);
+        self.node_mut(y).inc.push(x);
+        self.edge_total += 1;
     }
 
     /// True if `key` is a node.
@@ -154,6 +220,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             key: key.clone(),
             ord: self.next_ord,
             out: Vec::new(),
+            out_kind: Vec::new(),
             inc: Vec::new(),
         };
         self.next_ord += 1;
@@ -174,20 +241,26 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
 
     /// Removes a node and every edge touching it; returns false if it was absent.
     pub fn remove_node(&mut self, key: &K) -> bool {
-        let Some(ix) = self.index.remove(key) else {
+        let Some(&ix) = self.index.get(key) else {
             return false;
         };
-        let node = self.slots[ix as usize].take().expect("indexed node exists");
-        for &succ in &node.out {
-            self.kinds.remove(&(ix, succ));
-            detach(&mut self.node_mut(succ).inc, ix);
-        }
-        for &pred in &node.inc {
-            self.kinds.remove(&(pred, ix));
-            detach(&mut self.node_mut(pred).out, ix);
-        }
+        self.clear_ix(ix);
+        self.index.remove(key);
+        self.slots[ix as usize] = None;
         self.free.push(ix);
         true
+    }
+
+    fn clear_ix(&mut self, ix: Ix) -> usize {
+        let out = self.node(ix).out.clone();
+        let inc = self.node(ix).inc.clone();
+        for &y in &out {
+            self.unlink(ix, y);
+        }
+        for &p in &inc {
+            self.unlink(p, ix);
+        }
+        out.len() + inc.len()
     }
 
     fn ix(&self, key: &K) -> Result<Ix, GraphError<K>> {
@@ -224,20 +297,24 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     pub fn add_edge(&mut self, from: &K, to: &K, kind: EdgeKind) -> Result<bool, GraphError<K>> {
         let x = self.ix(from)?;
         let y = self.ix(to)?;
+        let label = self.label_id(kind);
+        self.add_edge_ix(x, y, label)
+    }
+
+    fn add_edge_ix(&mut self, x: Ix, y: Ix, label: u16) -> Result<bool, GraphError<K>> {
         if x == y {
-            return Err(GraphError::Cycle(vec![to.clone(), to.clone()]));
+            let key = self.node(x).key.clone();
+            return Err(GraphError::Cycle(vec![key.clone(), key]));
         }
-        if let Some(existing) = self.kinds.get_mut(&(x, y)) {
-            *existing = kind;
+        if let Some(pos) = self.out_position(x, y) {
+            self.node_mut(x).out_kind[pos] = label;
             return Ok(false);
         }
         let (lb, ub) = (self.node(y).ord, self.node(x).ord);
         if lb < ub {
             self.reorder(x, y, lb, ub)?;
         }
-        self.node_mut(x).out.push(y);
-        self.node_mut(y).inc.push(x);
-        self.kinds.insert((x, y), kind);
+        self.link(x, y, label);
         Ok(true)
     }
 
@@ -247,73 +324,82 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     // positions and the forward set the highest, each keeping its relative order.
     fn reorder(&mut self, x: Ix, y: Ix, lb: u64, ub: u64) -> Result<(), GraphError<K>> {
         let epoch = self.next_epoch();
-        let slots = &self.slots;
-        let mark = &mut self.mark;
-        let node = |ix: Ix| slots[ix as usize].as_ref().expect("live node");
-        let mut forward = Vec::new();
-        let mut parent: AHashMap<Ix, Ix> = AHashMap::new();
-        let mut stack = vec![y];
-        mark[y as usize] = epoch;
-        while let Some(n) = stack.pop() {
-            forward.push(n);
-            for &s in &node(n).out {
-                if s == x {
-                    parent.insert(s, n);
-                    return Err(GraphError::Cycle(self.path_back(&parent, y, x)));
-                }
-                if mark[s as usize] != epoch && node(s).ord < ub {
-                    mark[s as usize] = epoch;
-                    parent.insert(s, n);
-                    stack.push(s);
-                }
-            }
-        }
-        let mut backward = Vec::new();
-        let mut stack = vec![x];
-        mark[x as usize] = epoch;
-        while let Some(n) = stack.pop() {
-            backward.push(n);
-            for &p in &node(n).inc {
-                if mark[p as usize] != epoch && node(p).ord > lb {
-                    mark[p as usize] = epoch;
-                    stack.push(p);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let found_cycle = {
+            let slots = &self.slots;
+            let mark = &mut self.mark;
+            let node = |ix: Ix| slots[ix as usize].as_ref().expect("live node");
+            let Scratch {
+                forward,
+                backward,
+                stack,
+                ..
+            } = &mut scratch;
+            stack.push(y);
+            mark[y as usize] = epoch;
+            let mut found = false;
+            'search: while let Some(n) = stack.pop() {
+                forward.push(n);
+                for &s in &node(n).out {
+                    if s == x {
+                        found = true;
+                        break 'search;
+                    }
+                    if mark[s as usize] != epoch && node(s).ord < ub {
+                        mark[s as usize] = epoch;
+                        stack.push(s);
+                    }
                 }
             }
+            if !found {
+                stack.clear();
+                stack.push(x);
+                mark[x as usize] = epoch;
+                while let Some(n) = stack.pop() {
+                    backward.push(n);
+                    for &p in &node(n).inc {
+                        if mark[p as usize] != epoch && node(p).ord > lb {
+                            mark[p as usize] = epoch;
+                            stack.push(p);
+                        }
+                    }
+                }
+            }
+            found
+        };
+        if found_cycle {
+            self.scratch = scratch;
+            let to = self.node(y).key.clone();
+            let from = self.node(x).key.clone();
+            let path = self
+                .cycle_path(&from, &to)
+                .ok()
+                .flatten()
+                .expect("the forward search reached `from`");
+            return Err(GraphError::Cycle(path));
         }
+        let Scratch {
+            forward,
+            backward,
+            positions,
+            ..
+        } = &mut scratch;
         forward.sort_unstable_by_key(|&n| self.node(n).ord);
         backward.sort_unstable_by_key(|&n| self.node(n).ord);
-        let mut positions: Vec<u64> = forward
-            .iter()
-            .chain(backward.iter())
-            .map(|&n| self.node(n).ord)
-            .collect();
+        positions.extend(
+            forward
+                .iter()
+                .chain(backward.iter())
+                .map(|&n| self.node(n).ord),
+        );
         positions.sort_unstable();
-        for (n, pos) in backward.iter().chain(forward.iter()).zip(positions) {
-            let n = *n;
+        for (i, &n) in backward.iter().chain(forward.iter()).enumerate() {
+            let pos = positions[i];
             self.node_mut(n).ord = pos;
         }
+        self.scratch = scratch;
         Ok(())
-    }
-
-    // The path [to, ..., from, to] from parent pointers of the forward search from `start`
-    // (= to) that reached `end` (= from) through the would-be edge.
-    fn path_back(&self, parent: &AHashMap<Ix, Ix>, start: Ix, end: Ix) -> Vec<K> {
-        let mut rev = vec![end];
-        let mut cur = end;
-        while cur != start {
-            cur = parent[&cur];
-            rev.push(cur);
-        }
-        // rev = [from, ..., to]; reversed it runs to -> from, then the new edge back to `to`.
-        let mut path: Vec<K> = rev
-            .iter()
-            .rev()
-            .map(|&n| self.node(n).key.clone())
-            .collect();
-        path.remove(path.len() - 1);
-        path.push(self.node(end).key.clone());
-        path.push(self.node(start).key.clone());
-        path
     }
 
     /// Adds many edges, all or nothing.
@@ -325,34 +411,37 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// As [`add_edge`](Self::add_edge), for the first edge (in input order) that fails given
     /// the edges before it; the graph is then unchanged.
     pub fn add_edges(&mut self, edges: &[(K, K, EdgeKind)]) -> Result<usize, GraphError<K>> {
-        for (from, to, _) in edges {
-            self.ix(from)?;
-            self.ix(to)?;
+        // Resolve every id once; unknown ids fail before anything changes.
+        let mut resolved = Vec::with_capacity(edges.len());
+        for (from, to, kind) in edges {
+            let (x, y) = (self.ix(from)?, self.ix(to)?);
+            resolved.push((x, y, self.label_id(kind.clone())));
         }
         if edges.len() * 4 >= self.edge_count() + self.node_count() {
-            if let Some(added) = self.add_edges_by_sort(edges) {
+            if let Some(added) = self.add_edges_by_sort(&resolved) {
                 return Ok(added);
             }
         }
         // What to undo if a later edge fails: new edges go, re-labelled ones get their kind back.
-        let mut undo: Vec<(K, K, Option<EdgeKind>)> = Vec::new();
+        let mut undo: Vec<(Ix, Ix, Option<u16>)> = Vec::new();
         let mut fresh = 0;
-        for (from, to, kind) in edges {
-            let previous = self.edge_kind(from, to).cloned();
-            match self.add_edge(from, to, kind.clone()) {
+        for &(x, y, label) in &resolved {
+            let previous = self.out_position(x, y).map(|p| self.node(x).out_kind[p]);
+            match self.add_edge_ix(x, y, label) {
                 Ok(is_new) => {
                     fresh += usize::from(is_new);
-                    undo.push((from.clone(), to.clone(), previous));
+                    undo.push((x, y, previous));
                 }
                 Err(err) => {
                     // Undo in reverse. Removing edges keeps any topological order valid.
-                    for (f, t, previous) in undo.into_iter().rev() {
+                    for (ux, uy, previous) in undo.into_iter().rev() {
                         match previous {
                             None => {
-                                self.remove_edge(&f, &t);
+                                self.unlink(ux, uy);
                             }
-                            Some(kind) => {
-                                let _ = self.add_edge(&f, &t, kind);
+                            Some(old) => {
+                                let pos = self.out_position(ux, uy).expect("edge present");
+                                self.node_mut(ux).out_kind[pos] = old;
                             }
                         }
                     }
@@ -366,44 +455,48 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     // Kahn's algorithm over graph + batch. On success the batch is committed and every node
     // gets the position it has in the new order; on a cycle nothing changes and the caller
     // falls back to edge-by-edge insertion to name the first offending edge.
-    fn add_edges_by_sort(&mut self, edges: &[(K, K, EdgeKind)]) -> Option<usize> {
-        let mut extra: AHashMap<Ix, Vec<Ix>> = AHashMap::new();
-        let mut indeg: Vec<u32> = vec![0; self.slots.len()];
-        for (ix, slot) in self.slots.iter().enumerate() {
-            if let Some(node) = slot {
-                indeg[ix] = node.inc.len() as u32;
-            }
-        }
-        let mut fresh = 0usize;
-        let mut seen_batch: AHashMap<(Ix, Ix), ()> = AHashMap::new();
-        for (from, to, _) in edges {
-            let (x, y) = (self.index[from], self.index[to]);
+    fn add_edges_by_sort(&mut self, edges: &[(Ix, Ix, u16)]) -> Option<usize> {
+        let n = self.slots.len();
+        let mut fresh: Vec<(Ix, Ix)> = Vec::with_capacity(edges.len());
+        for &(x, y, _) in edges {
             if x == y {
                 return None;
             }
-            if self.kinds.contains_key(&(x, y)) || seen_batch.insert((x, y), ()).is_some() {
-                continue;
+            if self.out_position(x, y).is_none() {
+                fresh.push((x, y));
             }
-            extra.entry(x).or_default().push(y);
+        }
+        fresh.sort_unstable();
+        fresh.dedup();
+        // The new edges in compressed rows by source: the targets of x are
+        // fresh[start[x]..start[x + 1]].
+        let mut start = vec![0u32; n + 1];
+        let mut indeg = vec![0u32; n];
+        for &(x, y) in &fresh {
+            start[x as usize + 1] += 1;
             indeg[y as usize] += 1;
-            fresh += 1;
+        }
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        for (ix, slot) in self.slots.iter().enumerate() {
+            if let Some(node) = slot {
+                indeg[ix] += node.inc.len() as u32;
+            }
         }
         // Seed in current order so unrelated nodes keep their relative positions.
         let mut live: Vec<Ix> = self.index.values().copied().collect();
-        live.sort_unstable_by_key(|&n| self.node(n).ord);
+        live.sort_unstable_by_key(|&v| self.node(v).ord);
         let mut queue: VecDeque<Ix> = live
             .iter()
             .copied()
-            .filter(|&n| indeg[n as usize] == 0)
+            .filter(|&v| indeg[v as usize] == 0)
             .collect();
         let mut order = Vec::with_capacity(live.len());
-        while let Some(n) = queue.pop_front() {
-            order.push(n);
-            let succs = self
-                .node(n)
-                .out
-                .iter()
-                .chain(extra.get(&n).into_iter().flatten());
+        while let Some(v) = queue.pop_front() {
+            order.push(v);
+            let extra = &fresh[start[v as usize] as usize..start[v as usize + 1] as usize];
+            let succs = self.node(v).out.iter().chain(extra.iter().map(|e| &e.1));
             for &s in succs {
                 indeg[s as usize] -= 1;
                 if indeg[s as usize] == 0 {
@@ -414,31 +507,25 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         if order.len() != live.len() {
             return None;
         }
-        for (pos, n) in order.into_iter().enumerate() {
-            self.node_mut(n).ord = pos as u64;
+        for (pos, v) in order.into_iter().enumerate() {
+            self.node_mut(v).ord = pos as u64;
         }
         self.next_ord = live.len() as u64;
-        for (from, to, kind) in edges {
-            let (x, y) = (self.index[from], self.index[to]);
-            if self.kinds.insert((x, y), kind.clone()).is_none() {
-                self.node_mut(x).out.push(y);
-                self.node_mut(y).inc.push(x);
+        for &(x, y, label) in edges {
+            match self.out_position(x, y) {
+                Some(pos) => self.node_mut(x).out_kind[pos] = label,
+                None => self.link(x, y, label),
             }
         }
-        Some(fresh)
+        Some(fresh.len())
     }
 
     /// Removes `from -> to`; returns false if there was no such edge.
     pub fn remove_edge(&mut self, from: &K, to: &K) -> bool {
-        let (Some(&x), Some(&y)) = (self.index.get(from), self.index.get(to)) else {
-            return false;
-        };
-        if self.kinds.remove(&(x, y)).is_none() {
-            return false;
+        match (self.index.get(from), self.index.get(to)) {
+            (Some(&x), Some(&y)) => self.unlink(x, y),
+            _ => false,
         }
-        detach(&mut self.node_mut(x).out, y);
-        detach(&mut self.node_mut(y).inc, x);
-        true
     }
 
     /// Removes every edge into and out of `key`, keeping the node. Returns how many went.
@@ -447,24 +534,14 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// [`GraphError::UnknownNode`] if `key` is not a node.
     pub fn clear_edges(&mut self, key: &K) -> Result<usize, GraphError<K>> {
         let ix = self.ix(key)?;
-        let node = self.node_mut(ix);
-        let out = std::mem::take(&mut node.out);
-        let inc = std::mem::take(&mut node.inc);
-        for &s in &out {
-            self.kinds.remove(&(ix, s));
-            detach(&mut self.node_mut(s).inc, ix);
-        }
-        for &p in &inc {
-            self.kinds.remove(&(p, ix));
-            detach(&mut self.node_mut(p).out, ix);
-        }
-        Ok(out.len() + inc.len())
+        Ok(self.clear_ix(ix))
     }
 
     /// The kind of edge `from -> to`, if present.
     pub fn edge_kind(&self, from: &K, to: &K) -> Option<&EdgeKind> {
-        let (x, y) = (self.index.get(from)?, self.index.get(to)?);
-        self.kinds.get(&(*x, *y))
+        let (x, y) = (*self.index.get(from)?, *self.index.get(to)?);
+        let pos = self.out_position(x, y)?;
+        Some(&self.labels[usize::from(self.node(x).out_kind[pos])])
     }
 
     /// Direct dependencies of `key` (the nodes it is computed from), in topological order.
@@ -519,11 +596,25 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// # Errors
     /// [`GraphError::UnknownNode`] for the first unknown key.
     pub fn update_order_batch(&self, changed: &[K]) -> Result<Vec<K>, GraphError<K>> {
+        Ok(self
+            .update_order_refs(changed)?
+            .into_iter()
+            .cloned()
+            .collect())
+    }
+
+    /// [`update_order_batch`](Self::update_order_batch) without cloning the ids.
+    ///
+    /// # Errors
+    /// [`GraphError::UnknownNode`] for the first unknown key.
+    pub fn update_order_refs(&self, changed: &[K]) -> Result<Vec<&K>, GraphError<K>> {
         let starts = changed
             .iter()
             .map(|k| self.ix(k))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self.keys_in_order(self.reach(&starts, |n| &n.out)))
+        let mut reached = self.reach(&starts, |n| &n.out);
+        reached.sort_unstable_by_key(|&n| self.node(n).ord);
+        Ok(reached.into_iter().map(|n| &self.node(n).key).collect())
     }
 
     /// True if `to` is reachable from `from` (a node reaches itself).
@@ -592,15 +683,21 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     pub fn edges(&self) -> Vec<(K, K, EdgeKind)> {
         let mut nodes: Vec<Ix> = self.index.values().copied().collect();
         nodes.sort_unstable_by_key(|&n| self.node(n).ord);
-        let mut out = Vec::with_capacity(self.kinds.len());
+        let mut out = Vec::with_capacity(self.edge_total);
         for x in nodes {
-            let mut succs = self.node(x).out.clone();
-            succs.sort_unstable_by_key(|&s| self.node(s).ord);
-            for y in succs {
+            let node = self.node(x);
+            let mut succs: Vec<(Ix, u16)> = node
+                .out
+                .iter()
+                .copied()
+                .zip(node.out_kind.iter().copied())
+                .collect();
+            succs.sort_unstable_by_key(|&(s, _)| self.node(s).ord);
+            for (y, label) in succs {
                 out.push((
-                    self.node(x).key.clone(),
+                    node.key.clone(),
                     self.node(y).key.clone(),
-                    self.kinds[&(x, y)].clone(),
+                    self.labels[usize::from(label)].clone(),
                 ));
             }
         }
@@ -657,18 +754,20 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     }
 
     fn reach(&self, starts: &[Ix], next: impl Fn(&Node<K>) -> &Vec<Ix>) -> Vec<Ix> {
-        let mut seen: AHashMap<Ix, ()> = AHashMap::with_capacity(starts.len() * 4);
-        let mut stack: Vec<Ix> = Vec::new();
-        for &s in starts {
-            if seen.insert(s, ()).is_none() {
-                stack.push(s);
-            }
-        }
+        // A bitset over slots: one small zeroed allocation beats hashing every visit.
+        let mut seen = vec![0u64; self.slots.len().div_ceil(64)];
+        let mut visit = |ix: Ix| {
+            let (word, bit) = (ix as usize / 64, 1u64 << (ix % 64));
+            let fresh = seen[word] & bit == 0;
+            seen[word] |= bit;
+            fresh
+        };
+        let mut stack: Vec<Ix> = starts.iter().copied().filter(|&s| visit(s)).collect();
         let mut out = Vec::new();
         while let Some(n) = stack.pop() {
             out.push(n);
             for &s in next(self.node(n)) {
-                if seen.insert(s, ()).is_none() {
+                if visit(s) {
                     stack.push(s);
                 }
             }
@@ -692,14 +791,18 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             if &node.key != key || !ords.insert(node.ord) {
                 return false;
             }
+            if node.out.len() != node.out_kind.len() {
+                return false;
+            }
             for &s in &node.out {
-                if self.node(s).ord <= node.ord || !self.kinds.contains_key(&(ix, s)) {
+                if self.node(s).ord <= node.ord || !self.node(s).inc.contains(&ix) {
                     return false;
                 }
             }
         }
         let out_total: usize = self.index.values().map(|&ix| self.node(ix).out.len()).sum();
-        out_total == self.kinds.len()
+        let in_total: usize = self.index.values().map(|&ix| self.node(ix).inc.len()).sum();
+        out_total == self.edge_total && in_total == self.edge_total
     }
 }
 

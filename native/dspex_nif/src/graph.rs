@@ -167,7 +167,11 @@ fn graph_neighbours<'a>(
 /// The changed variables and everything downstream, in topological order: `{:ok, list}`.
 #[rustler::nif]
 fn graph_update_order(env: Env, graph: Graph, changed: Vec<VarKey>) -> Term {
-    ok_or_error(env, with(&graph, |g| g.update_order_batch(&changed)))
+    // Encoded under the lock, straight from the graph's own ids: no clone per variable.
+    with(&graph, |g| match g.update_order_refs(&changed) {
+        Ok(order) => (atoms::ok(), order).encode(env),
+        Err(err) => encode_graph_error(env, err),
+    })
 }
 
 /// The cycle `[to, ..., from, to]` that `from -> to` would close: `{:ok, path | nil}`.

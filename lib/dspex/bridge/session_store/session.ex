@@ -10,7 +10,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
   alias DSPex.Bridge.SessionStore.Tables
 
   @enforce_keys [:id, :meta, :touch]
-  defstruct [:id, :meta, :touch, :last_activity, :timer, watchers: %{}, monitors: %{}]
+  defstruct [:id, :meta, :touch, :last_activity, :timer, count: 0, watchers: %{}, monitors: %{}]
 
   def start_link(args), do: GenServer.start_link(__MODULE__, args)
 
@@ -26,6 +26,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     touch = :atomics.new(1, signed: false)
 
     if :ets.insert_new(Tables.sessions(), {id, meta, self(), touch}) do
+      :ets.insert(Tables.graphs(), {id, meta.graph})
       load(init, id, meta)
       {:ok, schedule_idle_check(new_state(id, meta, touch))}
     else
@@ -45,7 +46,15 @@ defmodule DSPex.Bridge.SessionStore.Session do
   end
 
   defp new_state(id, meta, touch) do
-    %__MODULE__{id: id, meta: meta, touch: touch, last_activity: now_ms()}
+    # The variable count is kept here so registering stays O(1); it is read from ETS only
+    # when the process (re)starts.
+    %__MODULE__{
+      id: id,
+      meta: meta,
+      touch: touch,
+      last_activity: now_ms(),
+      count: count_variables(id)
+    }
   end
 
   defp load(:empty, _id, _meta), do: :ok
@@ -79,6 +88,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
         {:ok, var}
       end
 
+    state = if match?({:ok, _}, reply), do: %{state | count: state.count + 1}, else: state
     {:reply, reply, active(state)}
   end
 
@@ -181,7 +191,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
       :ets.delete(Tables.history(), {state.id, name})
       {state, watchers} = drop_watchers(state, name)
       for pid <- watchers, do: send(pid, {:dspex_variable_deleted, state.id, name})
-      {:reply, :ok, active(state)}
+      {:reply, :ok, active(%{state | count: state.count - 1})}
     else
       [_ | _] = dependents -> {:reply, {:error, {:has_dependents, dependents}}, state}
       error -> {:reply, error, state}
@@ -485,9 +495,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
   end
 
   defp below_limit(state) do
-    count = count_variables(state.id)
-
-    if count >= state.meta.max_variables,
+    if state.count >= state.meta.max_variables,
       do: {:error, {:too_many_variables, state.meta.max_variables}},
       else: :ok
   end
@@ -555,6 +563,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     id = state.id
     :ets.match_delete(Tables.variables(), {{id, :_}, :_, :_})
     :ets.match_delete(Tables.history(), {{id, :_}, :_})
+    :ets.delete(Tables.graphs(), id)
     :ets.delete(Tables.sessions(), id)
     :ok
   end

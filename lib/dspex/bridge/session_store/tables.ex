@@ -6,6 +6,8 @@ defmodule DSPex.Bridge.SessionStore.Tables do
   # variables: {{session_id, name}, %Variable{}, touch}  ordered_set: a session's variables
   #            are one contiguous key range, so listing or deleting them never scans others
   # history:   {{session_id, name}, [entry]}             ordered_set, newest entry first
+  # graphs:    {session_id, graph_ref}                   set; its own table so that a
+  #            dependency call copies one reference, not the session's whole row
   #
   # `touch` is an :atomics ref per session; readers set it so the session's idle timer knows
   # the session was used without reads ever writing to ETS or messaging a process.
@@ -14,10 +16,12 @@ defmodule DSPex.Bridge.SessionStore.Tables do
   @sessions :dspex_bridge_sessions
   @variables :dspex_bridge_variables
   @history :dspex_bridge_history
+  @graphs :dspex_bridge_graphs
 
   def sessions, do: @sessions
   def variables, do: @variables
   def history, do: @history
+  def graphs, do: @graphs
 
   def start_link(_), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
 
@@ -27,6 +31,7 @@ defmodule DSPex.Bridge.SessionStore.Tables do
     :ets.new(@sessions, [:set | opts])
     :ets.new(@variables, [:ordered_set | opts])
     :ets.new(@history, [:ordered_set | opts])
+    :ets.new(@graphs, [:set | opts])
     {:ok, nil}
   end
 end
