@@ -45,4 +45,16 @@ defmodule DSPex.Bridge.Native do
   def graph_to_dot(_graph), do: not_loaded()
   def graph_size(_graph), do: not_loaded()
   def graph_live_count, do: not_loaded()
+
+  # acl
+  def acl_validate(_rules), do: not_loaded()
+  def acl_set_policy(_session, _name, _mode, _rules), do: not_loaded()
+  def acl_remove_policy(_session, _name), do: not_loaded()
+  def acl_add_rule(_session, _name, _rule), do: not_loaded()
+  def acl_remove_rule(_session, _name, _id), do: not_loaded()
+  def acl_set_mode(_session, _name, _mode), do: not_loaded()
+  def acl_check(_session, _name, _caller, _permission, _context, _now), do: not_loaded()
+  def acl_explain(_session, _name, _caller, _permission, _context, _now), do: not_loaded()
+  def acl_permissions(_session, _name, _caller, _context, _now), do: not_loaded()
+  def acl_stats, do: not_loaded()
 end

@@ -7,8 +7,12 @@ defmodule DSPex.Bridge.SessionStore do
   * **Writes** to one session are serialized by that session's process, so versions and
     history are exact; writes to different sessions run in parallel.
   * Every operation takes `caller:` (the requesting session, default the owner) and
-    `context:` (a map, default `%{}`). A caller other than the owner is refused with
-    `{:error, :access_denied}` until access rules grant it something.
+    `context:` (a map, default `%{}`). Variable operations by another session are decided
+    by the variable's access policy (`DSPex.Bridge.AccessControl`): `:read` for
+    get/list/history, `:write` for update/rollback/delete, `:observe` for watch. Session-wide
+    operations (register, export, delete, settings, dependencies) are the owner's alone. A
+    denied caller learns nothing: a missing variable and a forbidden one both give
+    `{:error, :access_denied}`, and `list_variables/2` shows only what it may read.
   * Sessions idle for longer than their TTL expire (between `ttl` and `1.25 * ttl` after
     their last read or write): their variables are freed and
     `[:dspex, :bridge, :session, :expired]` is emitted.
@@ -64,7 +68,7 @@ defmodule DSPex.Bridge.SessionStore do
   | `:timeout`                             | the session process did not answer within `timeout:`|
   """
 
-  alias DSPex.Bridge.{Events, Native, Options, Variable, VariableType}
+  alias DSPex.Bridge.{AccessControl, Events, Native, Options, Variable, VariableType}
   alias DSPex.Bridge.SessionStore.{Codec, Session, Tables}
   import DSPex.Bridge.Options, only: [is_id: 1]
 
@@ -156,7 +160,7 @@ defmodule DSPex.Bridge.SessionStore do
   @spec delete_session(session_id(), [access_opt()]) :: :ok | {:error, reason()}
   def delete_session(session_id, opts \\ []) do
     with {:ok, o} <- check(session_id, opts),
-         :ok <- authorize(session_id, o, :write),
+         :ok <- authorize(session_id, o, :owner),
          :ok <- call(session_id, :delete, o) do
       Events.emit([:dspex, :bridge, :session, :deleted], %{}, %{session_id: session_id})
     end
@@ -173,7 +177,7 @@ defmodule DSPex.Bridge.SessionStore do
   @spec get_session(session_id(), [access_opt()]) :: {:ok, map()} | {:error, reason()}
   def get_session(session_id, opts \\ []) do
     with {:ok, o} <- check(session_id, opts),
-         :ok <- authorize(session_id, o, :read) do
+         :ok <- authorize(session_id, o, :owner) do
       case :ets.lookup(@sessions, session_id) do
         [{_, meta, _pid, touch}] ->
           :atomics.put(touch, 1, 1)
@@ -196,7 +200,9 @@ defmodule DSPex.Bridge.SessionStore do
   Registers a typed variable. `name` is an atom or a string and comes back exactly as given.
 
   Options: `constraints:` (map or keyword list, see `DSPex.Bridge.VariableType`),
-  `metadata:` (map), `description:` (string), plus `caller:`, `context:`, `timeout:`.
+  `metadata:` (map), `description:` (string), `access_mode:` (`:private` by default,
+  `:protected` or `:public`) and `access_rules:` (see `DSPex.Bridge.AccessControl`), plus
+  `caller:`, `context:`, `timeout:`.
 
   `compute: {fun, inputs}` declares a computed variable: `fun` takes a map of input name to
   value and returns the value; `inputs` are existing variables of the session. Pass `nil` as
@@ -212,12 +218,17 @@ defmodule DSPex.Bridge.SessionStore do
         constraints: &(is_map(&1) or is_list(&1)),
         metadata: &is_map/1,
         description: &(is_nil(&1) or is_binary(&1)),
-        compute: fn _ -> true end
+        compute: fn _ -> true end,
+        access_mode: &(&1 in [:private, :protected, :public]),
+        access_rules: &is_list/1
       })
 
     with {:ok, o} <- check(session_id, name, opts, spec),
          :ok <- check_type(type),
-         :ok <- authorize(session_id, o, :write) do
+         :ok <- authorize(session_id, o, :owner),
+         {:ok, rules} <- AccessControl.normalize_rules(Map.get(o, :access_rules, [])) do
+      o = Map.merge(o, %{access_rules: rules, access_mode: Map.get(o, :access_mode, :private)})
+
       timed(:write, session_id, name, fn ->
         call(session_id, {:register, name, type, value, o}, o)
       end)
@@ -241,7 +252,7 @@ defmodule DSPex.Bridge.SessionStore do
 
   def get_variable(session_id, name, opts) do
     with {:ok, o} <- check(session_id, name, opts, @access),
-         :ok <- authorize(session_id, o, :read) do
+         :ok <- authorize(session_id, name, o, :read) do
       timed(:read, session_id, name, fn -> lookup(session_id, name) end)
     end
   end
@@ -271,18 +282,31 @@ defmodule DSPex.Bridge.SessionStore do
   @doc "All variables of a session, ordered by name."
   @spec list_variables(session_id(), [access_opt()]) :: {:ok, [Variable.t()]} | {:error, reason()}
   def list_variables(session_id, opts \\ []) do
-    with {:ok, o} <- check(session_id, opts),
-         :ok <- authorize(session_id, o, :read) do
-      case :ets.lookup(@sessions, session_id) do
-        [{_, _meta, _pid, touch}] ->
+    with {:ok, o} <- check(session_id, opts) do
+      case {:ets.lookup(@sessions, session_id), foreign_caller(session_id, o)} do
+        {[{_, _meta, _pid, touch}], nil} ->
           :atomics.put(touch, 1, 1)
           {:ok, :ets.select(@variables, [{{{session_id, :_}, :"$1", :_}, [], [:"$1"]}])}
 
-        [] ->
+        {[], nil} ->
           {:error, :session_not_found}
+
+        # Another session sees only what it may read, and an unknown session looks empty.
+        {_, caller} ->
+          vars = :ets.select(@variables, [{{{session_id, :_}, :"$1", :_}, [], [:"$1"]}])
+          context = Map.get(o, :context, %{})
+
+          {:ok,
+           Enum.filter(
+             vars,
+             &(AccessControl.decide({session_id, &1.name}, caller, :read, context) == :ok)
+           )}
       end
     end
   end
+
+  defp foreign_caller(session_id, %{caller: caller}) when caller != session_id, do: caller
+  defp foreign_caller(_session_id, _opts), do: nil
 
   @doc """
   Writes a new value; the version grows by one.
@@ -297,7 +321,7 @@ defmodule DSPex.Bridge.SessionStore do
     spec = Map.merge(@access, %{expected_version: &Options.pos_integer?/1, metadata: &is_map/1})
 
     with {:ok, o} <- check(session_id, name, opts, spec),
-         :ok <- authorize(session_id, o, :write) do
+         :ok <- authorize(session_id, name, o, :write) do
       expected = if v = o[:expected_version], do: %{name => v}, else: %{}
 
       timed(:write, session_id, name, fn ->
@@ -327,7 +351,7 @@ defmodule DSPex.Bridge.SessionStore do
 
     with {:ok, o} <- check(session_id, opts, spec),
          {:ok, updates} <- check_updates(updates),
-         :ok <- authorize(session_id, o, :write) do
+         :ok <- authorize_all(session_id, Enum.map(updates, &elem(&1, 0)), o, :write) do
       timed(:write, session_id, nil, fn ->
         call(session_id, {:update, updates, Map.put_new(o, :expected_versions, %{})}, o)
       end)
@@ -353,7 +377,7 @@ defmodule DSPex.Bridge.SessionStore do
   @spec delete_variable(session_id(), name(), [access_opt()]) :: :ok | {:error, reason()}
   def delete_variable(session_id, name, opts \\ []) do
     with {:ok, o} <- check(session_id, name, opts, @access),
-         :ok <- authorize(session_id, o, :write) do
+         :ok <- authorize(session_id, name, o, :write) do
       result = call(session_id, {:delete_variable, name}, o)
       if result == :ok, do: emit(:delete, session_id, name, 0)
       result
@@ -368,7 +392,7 @@ defmodule DSPex.Bridge.SessionStore do
           {:ok, [history_entry()]} | {:error, reason()}
   def get_history(session_id, name, opts \\ []) do
     with {:ok, o} <- check(session_id, name, opts, @access),
-         :ok <- authorize(session_id, o, :read),
+         :ok <- authorize(session_id, name, o, :read),
          {:ok, _var} <- lookup(session_id, name) do
       case :ets.lookup(@history, {session_id, name}) do
         [{_, entries}] -> {:ok, entries}
@@ -386,7 +410,7 @@ defmodule DSPex.Bridge.SessionStore do
   def rollback_variable(session_id, name, version, opts \\ []) do
     with {:ok, o} <- check(session_id, name, opts, @access),
          :ok <- check_version(version),
-         :ok <- authorize(session_id, o, :write) do
+         :ok <- authorize(session_id, name, o, :write) do
       timed(:write, session_id, name, fn -> call(session_id, {:rollback, name, version}, o) end)
     end
   end
@@ -406,7 +430,7 @@ defmodule DSPex.Bridge.SessionStore do
   @spec watch(session_id(), name(), keyword()) :: {:ok, Variable.t()} | {:error, reason()}
   def watch(session_id, name, opts \\ []) do
     with {:ok, o} <- check(session_id, name, opts, Map.put(@access, :pid, &is_pid/1)),
-         :ok <- authorize(session_id, o, :observe) do
+         :ok <- authorize(session_id, name, o, :observe) do
       call(session_id, {:watch, name, Map.get(o, :pid, self())}, o)
     end
   end
@@ -426,7 +450,7 @@ defmodule DSPex.Bridge.SessionStore do
   @spec await_propagation(session_id(), [access_opt()]) :: :ok | {:error, reason()}
   def await_propagation(session_id, opts \\ []) do
     with {:ok, o} <- check(session_id, opts),
-         :ok <- authorize(session_id, o, :read) do
+         :ok <- authorize(session_id, o, :owner) do
       call(session_id, :await_propagation, o)
     end
   end
@@ -441,7 +465,7 @@ defmodule DSPex.Bridge.SessionStore do
   @spec export_session(session_id(), [access_opt()]) :: {:ok, binary()} | {:error, reason()}
   def export_session(session_id, opts \\ []) do
     with {:ok, o} <- check(session_id, opts),
-         :ok <- authorize(session_id, o, :read),
+         :ok <- authorize(session_id, o, :owner),
          {:ok, meta, vars, hist, edges} <- call(session_id, :export, o) do
       Codec.encode(meta, vars, hist, edges)
     end
@@ -480,12 +504,34 @@ defmodule DSPex.Bridge.SessionStore do
     if type in VariableType.types(), do: :ok, else: {:error, {:invalid_type, type}}
   end
 
-  # Until access rules exist for a session, only its owner may touch it.
+  # Session-wide operations (settings, registering, export, deletion, dependency graph
+  # changes) belong to the owner alone.
   defp authorize(session_id, opts, _permission) do
     case opts do
       %{caller: caller} when caller != session_id -> {:error, :access_denied}
       _ -> :ok
     end
+  end
+
+  # Variable operations by another session go to the variable's access policy. The owner
+  # (no caller:, or caller: itself) never pays for a decision.
+  defp authorize(session_id, name, opts, permission) do
+    case opts do
+      %{caller: caller} when caller != session_id ->
+        AccessControl.decide({session_id, name}, caller, permission, Map.get(opts, :context, %{}))
+
+      _ ->
+        :ok
+    end
+  end
+
+  defp authorize_all(session_id, names, opts, permission) do
+    Enum.reduce_while(names, :ok, fn name, :ok ->
+      case authorize(session_id, name, opts, permission) do
+        :ok -> {:cont, :ok}
+        error -> {:halt, error}
+      end
+    end)
   end
 
   @doc false

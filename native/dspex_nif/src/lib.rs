@@ -4,6 +4,7 @@
 //! regular (non-dirty) NIF unless its doc comment says otherwise; see DESIGN.md for the
 //! measured boundary costs behind that rule.
 
+mod acl;
 mod atoms;
 mod error;
 mod graph;

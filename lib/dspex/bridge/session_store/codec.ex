@@ -55,6 +55,7 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   defp check_payload(%{format: @payload_format, session: meta, variables: vars, history: hist} = p)
        when is_map(meta) and is_list(vars) and is_list(hist) do
     with {:ok, meta} <- check_meta(meta),
+         :ok <- check_access(Map.get(meta, :access, [])),
          {:ok, vars} <- map_ok(vars, &check_variable(&1, meta.id)),
          {:ok, hist} <- map_ok(hist, &check_history/1),
          {:ok, graph} <- rebuild_graph(vars, Map.get(p, :graph, [])) do
@@ -114,6 +115,24 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   end
 
   defp check_compute(_), do: {:error, :bad_compute}
+
+  defp check_access(entries) when is_list(entries) do
+    Enum.reduce_while(entries, :ok, fn
+      {name, mode, rules}, :ok
+      when is_id(name) and mode in [:private, :protected, :public] and is_list(rules) ->
+        case Native.acl_validate(rules) do
+          :ok -> {:cont, :ok}
+          {:error, reason} -> {:halt, {:error, {:invalid_snapshot, {:bad_access, name, reason}}}}
+        end
+
+      _, :ok ->
+        {:halt, {:error, {:invalid_snapshot, :bad_access}}}
+    end)
+  rescue
+    ArgumentError -> {:error, {:invalid_snapshot, :bad_access}}
+  end
+
+  defp check_access(_), do: {:error, {:invalid_snapshot, :bad_access}}
 
   # The graph is rebuilt (and so re-checked for cycles and unknown variables) before the
   # session exists; the import then just adopts it.

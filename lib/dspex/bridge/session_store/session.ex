@@ -59,9 +59,20 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
   defp load(:empty, _id, _meta), do: :ok
 
-  # The codec already rebuilt (and so checked) the graph in meta.graph.
-  defp load({:import, variables, histories}, id, _meta) do
+  # The codec already rebuilt (and so checked) the graph in meta.graph and validated the
+  # access rules; variables without a stored policy get the default private one.
+  defp load({:import, variables, histories}, id, meta) do
     [{^id, _, _, touch}] = :ets.lookup(Tables.sessions(), id)
+
+    policies =
+      Map.new(Map.get(meta, :access, []), fn {name, mode, rules} -> {name, {mode, rules}} end)
+
+    for var <- variables do
+      {mode, rules} = Map.get(policies, var.name, {:private, []})
+      :ok = Native.acl_set_policy(id, var.name, mode, rules)
+      :ets.insert(Tables.access(), {{id, var.name}, mode, rules})
+    end
+
     :ets.insert(Tables.variables(), Enum.map(variables, &{{id, &1.name}, &1, touch}))
     :ets.insert(Tables.history(), Enum.map(histories, fn {name, h} -> {{id, name}, h} end))
     :ok
@@ -82,7 +93,8 @@ defmodule DSPex.Bridge.SessionStore.Session do
            {:ok, compute} <- check_compute(state, opts[:compute], name),
            var = new_variable(state, name, type, value, constraints, compute, opts),
            {:ok, stored} <- initial_value(state, var),
-           :ok <- add_node(state, name, compute) do
+           :ok <- add_node(state, name, compute),
+           :ok <- set_policy(state, name, opts) do
         var = %{var | value: stored}
         commit(state, [{nil, var, :register}])
         {:ok, var}
@@ -106,6 +118,15 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
     {reply, state} = after_write(reply, [name], state)
     reply_and_maybe_propagate(reply, state)
+  end
+
+  def handle_call({:acl, name, message}, _from, state) do
+    reply =
+      with {:ok, _var} <- fetch(state.id, name) do
+        policy_change(state.id, name, message)
+      end
+
+    {:reply, reply, state}
   end
 
   def handle_call({:add_dependency, from, to, kind}, _from, state) do
@@ -187,6 +208,8 @@ defmodule DSPex.Bridge.SessionStore.Session do
     with {:ok, _var} <- fetch(state.id, name),
          [] <- Enum.filter(dependents(state, name), &computed_from?(state.id, &1, name)) do
       Native.graph_remove_node(state.meta.graph, name)
+      Native.acl_remove_policy(state.id, name)
+      :ets.delete(Tables.access(), {state.id, name})
       :ets.delete(Tables.variables(), {state.id, name})
       :ets.delete(Tables.history(), {state.id, name})
       {state, watchers} = drop_watchers(state, name)
@@ -216,7 +239,14 @@ defmodule DSPex.Bridge.SessionStore.Session do
     vars = :ets.select(Tables.variables(), [{{{state.id, :_}, :"$1", :_}, [], [:"$1"]}])
     hist = :ets.select(Tables.history(), [{{{state.id, :"$1"}, :"$2"}, [], [{{:"$1", :"$2"}}]}])
     edges = Native.graph_edges(state.meta.graph)
-    {:reply, {:ok, Map.delete(state.meta, :graph), vars, hist, edges}, state}
+
+    access =
+      :ets.select(Tables.access(), [
+        {{{state.id, :"$1"}, :"$2", :"$3"}, [], [{{:"$1", :"$2", :"$3"}}]}
+      ])
+
+    meta = state.meta |> Map.delete(:graph) |> Map.put(:access, access)
+    {:reply, {:ok, meta, vars, hist, edges}, state}
   end
 
   def handle_call(:delete, _from, state) do
@@ -371,6 +401,49 @@ defmodule DSPex.Bridge.SessionStore.Session do
       {:error, {:cycle, path}} -> {:error, {:would_create_cycle, path}}
       {:error, {:unknown_variable, missing}} -> {:error, {:variable_not_found, missing}}
     end
+  end
+
+  defp set_policy(state, name, opts) do
+    mode = Map.get(opts, :access_mode, :private)
+    rules = Map.get(opts, :access_rules, [])
+
+    case Native.acl_set_policy(state.id, name, mode, rules) do
+      :ok ->
+        :ets.insert(Tables.access(), {{state.id, name}, mode, rules})
+        :ok
+
+      error ->
+        Native.graph_remove_node(state.meta.graph, name)
+        error
+    end
+  end
+
+  defp policy_change(id, name, :get_policy) do
+    [{_, mode, rules}] = :ets.lookup(Tables.access(), {id, name})
+    {:ok, %{mode: mode, rules: rules}}
+  end
+
+  defp policy_change(id, name, message) do
+    [{key, mode, rules}] = :ets.lookup(Tables.access(), {id, name})
+
+    {result, mode, rules} =
+      case message do
+        {:add_rule, rule} ->
+          case Native.acl_add_rule(id, name, rule) do
+            :ok -> {:ok, mode, rules ++ [rule]}
+            {:error, reason} -> {{:error, {:invalid_rule, 0, reason}}, mode, rules}
+          end
+
+        {:remove_rule, rule_id} ->
+          {Native.acl_remove_rule(id, name, rule_id), mode,
+           Enum.reject(rules, &(elem(&1, 0) == rule_id))}
+
+        {:set_mode, new_mode} ->
+          {Native.acl_set_mode(id, name, new_mode), new_mode, rules}
+      end
+
+    if result == :ok, do: :ets.insert(Tables.access(), {key, mode, rules})
+    result
   end
 
   defp dependents(state, name) do
@@ -561,6 +634,11 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
   defp destroy(state) do
     id = state.id
+
+    for {{_, name}, _mode, _rules} <- :ets.match_object(Tables.access(), {{id, :_}, :_, :_}),
+        do: Native.acl_remove_policy(id, name)
+
+    :ets.match_delete(Tables.access(), {{id, :_}, :_, :_})
     :ets.match_delete(Tables.variables(), {{id, :_}, :_, :_})
     :ets.match_delete(Tables.history(), {{id, :_}, :_})
     :ets.delete(Tables.graphs(), id)

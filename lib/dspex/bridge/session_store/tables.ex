@@ -8,6 +8,9 @@ defmodule DSPex.Bridge.SessionStore.Tables do
   # history:   {{session_id, name}, [entry]}             ordered_set, newest entry first
   # graphs:    {session_id, graph_ref}                   set; its own table so that a
   #            dependency call copies one reference, not the session's whole row
+  # access:    {{session_id, name}, mode, [rule]}        ordered_set; the policies as given
+  #            (canonical form), for export and get_policy; decisions come from the NIF
+  # audit:     {unique_int, entry}                       ordered_set, bounded access log
   #
   # `touch` is an :atomics ref per session; readers set it so the session's idle timer knows
   # the session was used without reads ever writing to ETS or messaging a process.
@@ -17,11 +20,14 @@ defmodule DSPex.Bridge.SessionStore.Tables do
   @variables :dspex_bridge_variables
   @history :dspex_bridge_history
   @graphs :dspex_bridge_graphs
+  @access :dspex_bridge_access
+  @audit :dspex_bridge_audit
 
   def sessions, do: @sessions
   def variables, do: @variables
   def history, do: @history
   def graphs, do: @graphs
+  def access, do: @access
 
   def start_link(_), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
 
@@ -32,6 +38,8 @@ defmodule DSPex.Bridge.SessionStore.Tables do
     :ets.new(@variables, [:ordered_set | opts])
     :ets.new(@history, [:ordered_set | opts])
     :ets.new(@graphs, [:set | opts])
+    :ets.new(@access, [:ordered_set | opts])
+    :ets.new(@audit, [:ordered_set, :public, :named_table, write_concurrency: true])
     {:ok, nil}
   end
 end

@@ -1,0 +1,425 @@
+//! Access-control NIFs (`dspex_core::acl`). One engine per VM, behind a mutex held only for
+//! the length of one decision. Every NIF here is regular: a decision takes well under a
+//! microsecond, a policy change a few.
+//!
+//! Rules arrive in the canonical tuple form built by `DSPex.Bridge.AccessControl`; a term of
+//! another shape is a badarg (the Elixir layer has already refused it with a clear error).
+
+use std::sync::LazyLock;
+
+use dspex_core::acl::{
+    AccessControl, AccessMode, Condition, Context, Decision, Effect, Permission, Rule, RuleError,
+    SessionPattern, Value,
+};
+use parking_lot::Mutex;
+use rustler::types::tuple::get_tuple;
+use rustler::{Atom, Encoder, Env, Error, MapIterator, NifResult, Term, TermType};
+
+use crate::atoms;
+use crate::var_key::VarKey;
+
+type Engine = AccessControl<(VarKey, VarKey)>;
+
+/// Decisions cached at most; past this the cache starts over.
+const CACHE_CAPACITY: usize = 100_000;
+
+static ENGINE: LazyLock<Mutex<Engine>> =
+    LazyLock::new(|| Mutex::new(AccessControl::new(CACHE_CAPACITY)));
+
+fn text(key: &VarKey) -> String {
+    match key {
+        VarKey::Atom(a) => a.to_string(),
+        VarKey::Str(s) => String::from_utf8_lossy(s).into_owned(),
+    }
+}
+
+fn atom_is(term: Term, atom: Atom) -> bool {
+    term == atom.to_term(term.get_env())
+}
+
+fn decode_permission(term: Term) -> NifResult<Permission> {
+    [
+        (atoms::read(), Permission::Read),
+        (atoms::write(), Permission::Write),
+        (atoms::observe(), Permission::Observe),
+        (atoms::optimize(), Permission::Optimize),
+    ]
+    .into_iter()
+    .find(|(a, _)| atom_is(term, *a))
+    .map(|(_, p)| p)
+    .ok_or(Error::BadArg)
+}
+
+fn encode_permission(p: Permission) -> Atom {
+    match p {
+        Permission::Read => atoms::read(),
+        Permission::Write => atoms::write(),
+        Permission::Observe => atoms::observe(),
+        Permission::Optimize => atoms::optimize(),
+    }
+}
+
+fn decode_mode(term: Term) -> NifResult<AccessMode> {
+    if atom_is(term, atoms::private()) {
+        Ok(AccessMode::Private)
+    } else if atom_is(term, atoms::protected()) {
+        Ok(AccessMode::Protected)
+    } else if atom_is(term, atoms::public()) {
+        Ok(AccessMode::Public)
+    } else {
+        Err(Error::BadArg)
+    }
+}
+
+fn encode_mode(mode: AccessMode) -> Atom {
+    match mode {
+        AccessMode::Private => atoms::private(),
+        AccessMode::Protected => atoms::protected(),
+        AccessMode::Public => atoms::public(),
+    }
+}
+
+fn decode_value(term: Term) -> Option<Value> {
+    match term.get_type() {
+        TermType::Binary => term.decode::<String>().ok().map(Value::Str),
+        TermType::Atom => term.atom_to_string().ok().map(Value::Atom),
+        TermType::Integer => term.decode::<i64>().ok().map(Value::Int),
+        TermType::Float => term.decode::<f64>().ok().map(Value::Float),
+        _ => None,
+    }
+}
+
+fn key_text(term: Term) -> NifResult<String> {
+    match term.get_type() {
+        TermType::Atom => term.atom_to_string(),
+        TermType::Binary => term.decode::<String>(),
+        _ => Err(Error::BadArg),
+    }
+}
+
+/// A context map; values of kinds no condition can test (lists, maps, pids) count as absent.
+fn decode_context(term: Term) -> NifResult<Context> {
+    let iter = MapIterator::new(term).ok_or(Error::BadArg)?;
+    let mut pairs = Vec::new();
+    for (k, v) in iter {
+        if let (Ok(key), Some(value)) = (key_text(k), decode_value(v)) {
+            pairs.push((key, value));
+        }
+    }
+    Ok(Context::new(pairs))
+}
+
+type Compiled<T> = Result<T, RuleError>;
+
+fn decode_pattern(term: Term) -> NifResult<Compiled<SessionPattern>> {
+    if atom_is(term, atoms::any()) {
+        return Ok(Ok(SessionPattern::Any));
+    }
+    let parts = get_tuple(term)?;
+    let [tag, arg] = parts.as_slice() else {
+        return Err(Error::BadArg);
+    };
+    let arg: String = arg.decode()?;
+    Ok(if atom_is(*tag, atoms::exact()) {
+        Ok(SessionPattern::Exact(arg))
+    } else if atom_is(*tag, atoms::prefix()) {
+        Ok(SessionPattern::Prefix(arg))
+    } else if atom_is(*tag, atoms::suffix()) {
+        Ok(SessionPattern::Suffix(arg))
+    } else if atom_is(*tag, atoms::glob()) {
+        SessionPattern::glob(&arg)
+    } else if atom_is(*tag, atoms::regex()) {
+        SessionPattern::regex(&arg)
+    } else {
+        return Err(Error::BadArg);
+    })
+}
+
+fn values(term: Term) -> NifResult<Vec<Value>> {
+    let list: Vec<Term> = term.decode()?;
+    list.into_iter()
+        .map(|t| decode_value(t).ok_or(Error::BadArg))
+        .collect()
+}
+
+fn decode_condition(term: Term) -> NifResult<Compiled<Condition>> {
+    let parts = get_tuple(term)?;
+    let tag = *parts.first().ok_or(Error::BadArg)?;
+    let arg = |i: usize| parts.get(i).copied().ok_or(Error::BadArg);
+    let value = |i: usize| arg(i).and_then(|t| decode_value(t).ok_or(Error::BadArg));
+    let number = |i: usize| {
+        arg(i).and_then(|t| {
+            t.decode::<f64>()
+                .or_else(|_| t.decode::<i64>().map(|n| n as f64))
+        })
+    };
+    let c = if atom_is(tag, atoms::equals()) {
+        Condition::Equals(value(1)?)
+    } else if atom_is(tag, atoms::not_equals()) {
+        Condition::NotEquals(value(1)?)
+    } else if atom_is(tag, atoms::in_()) {
+        Condition::In(values(arg(1)?)?)
+    } else if atom_is(tag, atoms::not_in()) {
+        Condition::NotIn(values(arg(1)?)?)
+    } else if atom_is(tag, atoms::matches()) {
+        return Ok(Condition::matches(&arg(1)?.decode::<String>()?));
+    } else if atom_is(tag, atoms::cidr()) {
+        return Ok(Condition::cidr(&arg(1)?.decode::<Vec<String>>()?));
+    } else if atom_is(tag, atoms::gt()) {
+        Condition::Gt(number(1)?)
+    } else if atom_is(tag, atoms::gte()) {
+        Condition::Gte(number(1)?)
+    } else if atom_is(tag, atoms::lt()) {
+        Condition::Lt(number(1)?)
+    } else if atom_is(tag, atoms::lte()) {
+        Condition::Lte(number(1)?)
+    } else if atom_is(tag, atoms::between()) {
+        return Ok(Condition::between(number(1)?, number(2)?));
+    } else {
+        return Err(Error::BadArg);
+    };
+    Ok(Ok(c))
+}
+
+fn optional<'a, T: rustler::Decoder<'a>>(term: Term<'a>) -> NifResult<Option<T>> {
+    if atom_is(term, atoms::nil()) {
+        Ok(None)
+    } else {
+        term.decode().map(Some)
+    }
+}
+
+/// `{id, pattern, permissions, effect, conditions, priority, not_before, expires_at,
+/// granted_by, granted_at}`.
+fn decode_rule(term: Term) -> NifResult<Compiled<Rule>> {
+    let parts = get_tuple(term)?;
+    let [id, pattern, perms, effect, conds, priority, not_before, expires_at, granted_by, granted_at] =
+        parts.as_slice()
+    else {
+        return Err(Error::BadArg);
+    };
+    let pattern = match decode_pattern(*pattern)? {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    let perms: Vec<Permission> = perms
+        .decode::<Vec<Term>>()?
+        .into_iter()
+        .map(decode_permission)
+        .collect::<NifResult<_>>()?;
+    let mut rule = Rule::new(&id.decode::<String>()?, pattern, &perms);
+    rule.effect = if atom_is(*effect, atoms::deny()) {
+        Effect::Deny
+    } else if atom_is(*effect, atoms::allow()) {
+        Effect::Allow
+    } else {
+        return Err(Error::BadArg);
+    };
+    for c in conds.decode::<Vec<Term>>()? {
+        let (key, cond) = c.decode::<(Term, Term)>()?;
+        match decode_condition(cond)? {
+            Ok(cond) => rule.conditions.push((key_text(key)?, cond)),
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    rule.priority = priority.decode()?;
+    rule.not_before = optional(*not_before)?;
+    rule.expires_at = optional(*expires_at)?;
+    rule.granted_by = optional(*granted_by)?;
+    rule.granted_at = optional(*granted_at)?;
+    Ok(Ok(rule))
+}
+
+fn decode_rules(list: Term) -> NifResult<Result<Vec<Rule>, (usize, RuleError)>> {
+    let terms: Vec<Term> = list.decode()?;
+    let mut rules = Vec::with_capacity(terms.len());
+    for (i, t) in terms.into_iter().enumerate() {
+        match decode_rule(t)? {
+            Ok(r) => rules.push(r),
+            Err(e) => return Ok(Err((i, e))),
+        }
+    }
+    Ok(Ok(rules))
+}
+
+fn rule_error<'a>(env: Env<'a>, err: &RuleError) -> Term<'a> {
+    let reason = Atom::from_str(env, err.reason()).expect("fixed reason names");
+    match err {
+        RuleError::BadPattern(d)
+        | RuleError::BadCidr(d)
+        | RuleError::DuplicateId(d)
+        | RuleError::UnknownRule(d) => (reason, d.as_str()).encode(env),
+        _ => reason.encode(env),
+    }
+}
+
+fn invalid_rule<'a>(env: Env<'a>, index: usize, err: &RuleError) -> Term<'a> {
+    (
+        atoms::error(),
+        (atoms::invalid_rule(), index, rule_error(env, err)),
+    )
+        .encode(env)
+}
+
+fn ok_or_rule_error<'a>(env: Env<'a>, result: Result<(), RuleError>) -> Term<'a> {
+    match result {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) => (atoms::error(), rule_error(env, &e)).encode(env),
+    }
+}
+
+/// Checks rules without storing them: `:ok` or `{:error, {:invalid_rule, index, reason}}`.
+#[rustler::nif]
+fn acl_validate<'a>(env: Env<'a>, rules: Term<'a>) -> NifResult<Term<'a>> {
+    Ok(match decode_rules(rules)? {
+        Err((i, e)) => invalid_rule(env, i, &e),
+        Ok(rules) => match Engine::validate(&rules) {
+            Ok(()) => atoms::ok().encode(env),
+            Err((i, e)) => invalid_rule(env, i, &e),
+        },
+    })
+}
+
+/// Sets a variable's whole policy.
+#[rustler::nif]
+fn acl_set_policy<'a>(
+    env: Env<'a>,
+    session: VarKey,
+    name: VarKey,
+    mode: Term<'a>,
+    rules: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let mode = decode_mode(mode)?;
+    let owner = text(&session);
+    Ok(match decode_rules(rules)? {
+        Err((i, e)) => invalid_rule(env, i, &e),
+        Ok(rules) => match ENGINE
+            .lock()
+            .set_policy((session, name), &owner, mode, rules)
+        {
+            Ok(()) => atoms::ok().encode(env),
+            Err((i, e)) => invalid_rule(env, i, &e),
+        },
+    })
+}
+
+/// Drops a variable's policy; `true` if it had one.
+#[rustler::nif]
+fn acl_remove_policy(session: VarKey, name: VarKey) -> bool {
+    ENGINE.lock().remove_policy(&(session, name))
+}
+
+/// Adds one rule: `:ok` or `{:error, reason}`.
+#[rustler::nif]
+fn acl_add_rule<'a>(
+    env: Env<'a>,
+    session: VarKey,
+    name: VarKey,
+    rule: Term<'a>,
+) -> NifResult<Term<'a>> {
+    Ok(match decode_rule(rule)? {
+        Err(e) => (atoms::error(), rule_error(env, &e)).encode(env),
+        Ok(rule) => ok_or_rule_error(env, ENGINE.lock().add_rule(&(session, name), rule)),
+    })
+}
+
+/// Removes a rule by id.
+#[rustler::nif]
+fn acl_remove_rule(env: Env, session: VarKey, name: VarKey, id: String) -> Term {
+    ok_or_rule_error(env, ENGINE.lock().remove_rule(&(session, name), &id))
+}
+
+/// Changes the access mode.
+#[rustler::nif]
+fn acl_set_mode<'a>(
+    env: Env<'a>,
+    session: VarKey,
+    name: VarKey,
+    mode: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let mode = decode_mode(mode)?;
+    Ok(ok_or_rule_error(
+        env,
+        ENGINE.lock().set_mode(&(session, name), mode),
+    ))
+}
+
+/// The hot path: `{allowed?, cache_hit?}`.
+#[rustler::nif]
+fn acl_check<'a>(
+    session: VarKey,
+    name: VarKey,
+    caller: VarKey,
+    permission: Term<'a>,
+    context: Term<'a>,
+    now: u64,
+) -> NifResult<(bool, bool)> {
+    let p = decode_permission(permission)?;
+    let ctx = decode_context(context)?;
+    let caller = text(&caller);
+    let (decision, hit) = ENGINE
+        .lock()
+        .check_cached(&(session, name), &caller, p, &ctx, now);
+    Ok((decision.allowed(), hit))
+}
+
+/// Why: `:owner`, `{:rule, id, effect, priority}`, `{:default, mode}` or `:no_policy`,
+/// with the outcome: `{allowed?, reason}`.
+#[rustler::nif]
+fn acl_explain<'a>(
+    env: Env<'a>,
+    session: VarKey,
+    name: VarKey,
+    caller: VarKey,
+    permission: Term<'a>,
+    context: Term<'a>,
+    now: u64,
+) -> NifResult<Term<'a>> {
+    let p = decode_permission(permission)?;
+    let ctx = decode_context(context)?;
+    let decision = ENGINE
+        .lock()
+        .explain(&(session, name), &text(&caller), p, &ctx, now);
+    let reason = match &decision {
+        Decision::Owner => atoms::owner().encode(env),
+        Decision::Rule {
+            id,
+            effect,
+            priority,
+        } => {
+            let effect = if *effect == Effect::Allow {
+                atoms::allow()
+            } else {
+                atoms::deny()
+            };
+            (atoms::rule(), id.as_str(), effect, *priority).encode(env)
+        }
+        Decision::Default { mode, .. } => (atoms::default(), encode_mode(*mode)).encode(env),
+        Decision::NoPolicy => atoms::no_policy().encode(env),
+    };
+    Ok((decision.allowed(), reason).encode(env))
+}
+
+/// The permissions `caller` holds on the variable (uncached).
+#[rustler::nif]
+fn acl_permissions<'a>(
+    session: VarKey,
+    name: VarKey,
+    caller: VarKey,
+    context: Term<'a>,
+    now: u64,
+) -> NifResult<Vec<Atom>> {
+    let ctx = decode_context(context)?;
+    let perms = ENGINE
+        .lock()
+        .permissions(&(session, name), &text(&caller), &ctx, now);
+    Ok(perms.into_iter().map(encode_permission).collect())
+}
+
+/// `{hits, misses, cache_size, policies}`.
+#[rustler::nif]
+fn acl_stats() -> (u64, u64, usize, usize) {
+    let engine = ENGINE.lock();
+    let s = engine.cache_stats();
+    (s.hits, s.misses, s.size, engine.policy_count())
+}
