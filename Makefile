@@ -34,6 +34,7 @@ bench: toolchain
 	cargo bench -p dspex_benches
 	MIX_ENV=prod mix run benches/session_store.exs
 	MIX_ENV=prod mix run benches/dependency_graph.exs
+	MIX_ENV=prod mix run benches/access_control.exs
 
 clean:
 	cargo clean

@@ -1,5 +1,5 @@
 # The dspex_bridge tour: `make demo` (or `mix dspex.demo`).
-alias DSPex.Bridge.{DependencyManager, SessionStore}
+alias DSPex.Bridge.{AccessControl, DependencyManager, SessionStore}
 
 defmodule Demo do
   def section(title), do: IO.puts("\n== #{title}")
@@ -128,5 +128,27 @@ Demo.say("budget keeps #{b_var.value}, stale: #{inspect(b_var.stale)}")
 {:ok, s_var} = SessionStore.get_variable(p, :steps)
 Demo.say("batch_size = 10 -> steps = #{s_var.value}, stale: #{inspect(s_var.stale)}")
 
-for s <- [session, "other_session", copy, p], do: :ok = SessionStore.delete_session(s)
+Demo.section("Access control between sessions")
+{:ok, team} = SessionStore.create_session("demo_team")
+
+{:ok, _} =
+  SessionStore.register_variable(team, :prompt, :string, "Answer briefly.",
+    access_rules: [
+      [id: "admins", session_pattern: "admin_*", permissions: [:write]],
+      [id: "no_interns", session_pattern: {:suffix, "_intern"}, permissions: [:read], effect: :deny]
+    ]
+  )
+
+for caller <- ["guest", "admin_ann", "admin_intern"] do
+  read = SessionStore.get_value(team, :prompt, caller: caller)
+  write = SessionStore.update_variable(team, :prompt, "Think step by step.", caller: caller)
+  Demo.say("#{caller}: read -> #{inspect(read)}, write -> #{inspect(elem(write, 0))}")
+end
+
+{:ok, why} = AccessControl.explain({team, :prompt}, "admin_intern", :write)
+Demo.say("why is admin_intern refused? #{inspect(why)} (deny wins at equal priority)")
+{:ok, why} = AccessControl.explain({team, :prompt}, "guest", :read)
+Demo.say("and guest? #{inspect(why)} (private by default)")
+
+for s <- [session, "other_session", copy, p, team], do: :ok = SessionStore.delete_session(s)
 Demo.section("Done")

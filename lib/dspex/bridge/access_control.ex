@@ -102,13 +102,41 @@ defmodule DSPex.Bridge.AccessControl do
   @doc false
   # The SessionStore's entry point: arguments already checked.
   def decide({owner, name} = variable, session_id, permission, context) do
-    start = System.monotonic_time()
+    observed = Events.enabled?()
+    start = if observed, do: System.monotonic_time(), else: 0
     now = System.system_time(:millisecond)
     {allowed, hit} = Native.acl_check(owner, name, session_id, permission, context, now)
-    record(variable, session_id, permission, allowed, hit, start)
+
+    if observed or audit_mode() == :all or (not allowed and audit_mode() == :denials),
+      do: record(variable, session_id, permission, allowed, hit, start, observed)
+
     if allowed, do: :ok, else: {:error, :access_denied}
   rescue
     ArgumentError -> {:error, :access_denied}
+  end
+
+  @audit_key {__MODULE__, :audit_mode}
+
+  @doc """
+  Sets what the audit log keeps: `:denials` (the default), `:all` or `:off`. Read once from
+  `config :dspex_bridge, access_audit: ...` at start; this changes it at run time.
+  """
+  @spec configure_audit(:denials | :all | :off) :: :ok | {:error, term()}
+  def configure_audit(mode) when mode in [:denials, :all, :off],
+    do: :persistent_term.put(@audit_key, mode)
+
+  def configure_audit(mode), do: {:error, {:invalid_audit_mode, mode}}
+
+  defp audit_mode do
+    case :persistent_term.get(@audit_key, nil) do
+      nil ->
+        mode = Application.get_env(:dspex_bridge, :access_audit, :denials)
+        :persistent_term.put(@audit_key, mode)
+        mode
+
+      mode ->
+        mode
+    end
   end
 
   @doc "The permissions `session_id` holds on `variable`: `{:ok, [permission]}`."
@@ -427,8 +455,8 @@ defmodule DSPex.Bridge.AccessControl do
   @doc false
   def audit_table, do: @audit
 
-  defp record(variable, session, permission, allowed, hit, start) do
-    if Events.enabled?() do
+  defp record(variable, session, permission, allowed, hit, start, observed) do
+    if observed do
       us = System.convert_time_unit(System.monotonic_time() - start, :native, :microsecond)
       m = %{duration_us: us, cache_hit: hit}
       meta = %{variable: variable, session_id: session, permission: permission, allowed: allowed}
@@ -436,7 +464,7 @@ defmodule DSPex.Bridge.AccessControl do
       unless allowed, do: Events.emit([:dspex, :bridge, :access, :denied], m, meta)
     end
 
-    case Application.get_env(:dspex_bridge, :access_audit, :denials) do
+    case audit_mode() do
       :all -> log(variable, session, permission, allowed, hit)
       :denials when not allowed -> log(variable, session, permission, allowed, hit)
       _ -> :ok

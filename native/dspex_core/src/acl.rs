@@ -187,11 +187,27 @@ pub enum SessionPattern {
 }
 
 impl SessionPattern {
-    /// Compiles a glob such as `admin_*`.
+    /// Compiles a glob such as `admin_*` (`*` any run of characters, `?` one character).
+    /// Globs that are a plain prefix, suffix or exact name become those patterns.
     ///
     /// # Errors
     /// [`RuleError::BadPattern`] if the compiled form is too large.
     pub fn glob(source: &str) -> Result<Self, RuleError> {
+        // The common globs need no regex: `literal`, `literal*`, `*literal`.
+        if !source.contains('?') {
+            let stars = source.matches('*').count();
+            if stars == 0 {
+                return Ok(SessionPattern::Exact(source.to_string()));
+            }
+            if stars == 1 && source.ends_with('*') {
+                return Ok(SessionPattern::Prefix(
+                    source[..source.len() - 1].to_string(),
+                ));
+            }
+            if stars == 1 && source.starts_with('*') {
+                return Ok(SessionPattern::Suffix(source[1..].to_string()));
+            }
+        }
         let mut re = String::with_capacity(source.len() + 8);
         re.push('^');
         for c in source.chars() {
@@ -772,11 +788,25 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
         ctx: &Context,
         now: u64,
     ) -> (Decision, bool) {
+        self.check_owned(variable.clone(), session.to_string(), p, ctx.clone(), now)
+    }
+
+    /// [`check_cached`](Self::check_cached) taking its arguments by value, so a caller that
+    /// already owns them (the NIF decodes into owned values) builds the cache key without
+    /// copying.
+    pub fn check_owned(
+        &mut self,
+        variable: V,
+        session: String,
+        p: Permission,
+        ctx: Context,
+        now: u64,
+    ) -> (Decision, bool) {
         let key = CacheKey {
-            variable: variable.clone(),
-            session: session.to_string(),
+            variable,
+            session,
             permission: p,
-            context: ctx.clone(),
+            context: ctx,
         };
         if let Some(entry) = self.cache.get(&key) {
             if entry.version == self.version && entry.valid_from <= now && now < entry.valid_until {
@@ -785,7 +815,7 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
             }
         }
         self.stats.misses += 1;
-        let decision = self.explain(variable, session, p, ctx, now);
+        let decision = self.explain(&key.variable, &key.session, p, &key.context, now);
         if self.capacity > 0 {
             if self.cache.len() >= self.capacity {
                 // Bounded: start over rather than track recency on the hot path.
@@ -793,7 +823,7 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
             }
             let (valid_from, valid_until) = self
                 .policies
-                .get(variable)
+                .get(&key.variable)
                 .map_or((0, u64::MAX), |pol| pol.stable_span(now));
             self.cache.insert(
                 key,

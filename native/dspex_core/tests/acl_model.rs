@@ -410,3 +410,24 @@ fn explain_names_the_deciding_rule() {
         Decision::NoPolicy
     );
 }
+
+#[test]
+fn globs_match_like_shell_patterns() {
+    let cases = [
+        ("admin_*", "admin_ann", true),
+        ("admin_*", "xadmin_ann", false),
+        ("*_bot", "build_bot", true),
+        ("team_*_lead", "team_red_lead", true),
+        ("team_*_lead", "team_red_leader", false),
+        ("s?", "s1", true),
+        ("s?", "s12", false),
+        ("a.b*", "a.bc", true),
+        ("a.b*", "axbc", false),
+        ("exact", "exact", true),
+        ("exact", "exactly", false),
+    ];
+    for (glob, session, expected) in cases {
+        let pattern = SessionPattern::glob(glob).unwrap();
+        assert_eq!(pattern.matches(session), expected, "{glob} vs {session}");
+    }
+}
