@@ -2,7 +2,7 @@ defmodule DSPex.Bridge.AccessControlTest do
   use ExUnit.Case, async: true
   import DSPex.Bridge.TestHelpers
 
-  alias DSPex.Bridge.{AccessControl, Events, SessionStore, Variable}
+  alias DSPex.Bridge.{AccessControl, SessionStore, Variable}
 
   doctest DSPex.Bridge.AccessControl
 
@@ -126,16 +126,11 @@ defmodule DSPex.Bridge.AccessControlTest do
       :ok = AccessControl.add_rule(v, id: "later", permissions: [:read], not_before: now + 60_000)
       assert {:error, :access_denied} = AccessControl.check_permission(v, "guest", :read)
 
-      :ok =
-        AccessControl.add_rule(v,
-          id: "brief",
-          permissions: [:read],
-          expires_at: DateTime.add(DateTime.utc_now(), 150, :millisecond)
-        )
-
+      expires = DateTime.add(DateTime.utc_now(), 1_000, :millisecond)
+      :ok = AccessControl.add_rule(v, id: "brief", permissions: [:read], expires_at: expires)
       assert :ok = AccessControl.check_permission(v, "guest", :read)
-      # The cached allow must not outlive the rule's expiry.
-      Process.sleep(200)
+      # The cached allow must not outlive the rule's expiry: wait until it has passed.
+      Process.sleep(max(DateTime.diff(expires, DateTime.utc_now(), :millisecond), 0) + 5)
       assert {:error, :access_denied} = AccessControl.check_permission(v, "guest", :read)
     end
 
@@ -345,30 +340,6 @@ defmodule DSPex.Bridge.AccessControlTest do
       end
 
       assert {:error, {:invalid_rule, 0, {:not_a_list, :x}}} = AccessControl.validate_rules(:x)
-    end
-  end
-
-  describe "audit and events" do
-    test "denials are logged and queryable; decisions are events with cache_hit" do
-      :ok = Events.subscribe([:dspex, :bridge, :access])
-      s = session!()
-      v = variable!(s, :x)
-      {:error, :access_denied} = AccessControl.check_permission(v, "intruder_#{s}", :write)
-
-      assert_receive {:dspex_event, [:dspex, :bridge, :access, :decision],
-                      %{duration_us: _, cache_hit: false}, %{allowed: false}}
-
-      assert_receive {:dspex_event, [:dspex, :bridge, :access, :denied], _,
-                      %{session_id: "intruder_" <> _}}
-
-      {:error, :access_denied} = AccessControl.check_permission(v, "intruder_#{s}", :write)
-      assert_receive {:dspex_event, [:dspex, :bridge, :access, :decision], %{cache_hit: true}, _}
-
-      assert {:ok, [%{variable: ^v, permission: :write, allowed: false} | _]} =
-               AccessControl.audit(session: "intruder_#{s}")
-
-      assert {:ok, []} = AccessControl.audit(session: "intruder_#{s}", permission: :observe)
-      assert {:error, {:invalid_option, {:limit, 0}}} = AccessControl.audit(limit: 0)
     end
   end
 end
