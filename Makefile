@@ -27,6 +27,7 @@ demo: toolchain
 lint: toolchain
 	cargo fmt --all -- --check
 	cargo clippy --workspace --release --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p dspex_core
 	mix format --check-formatted
 	MIX_ENV=test mix compile --warnings-as-errors --force
 

@@ -249,7 +249,7 @@ fn rules_strategy() -> impl Strategy<Value = Vec<RuleModel>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2_000))]
+    #![proptest_config(ProptestConfig::with_cases(10_000))]
 
     #[test]
     fn engine_matches_naive_evaluator(
