@@ -151,7 +151,8 @@ impl Config {
         if zero || self.half_open_calls == 0 {
             return Err(ConfigError::ZeroSize);
         }
-        if !(self.backoff >= 1.0)
+        // `backoff >= 1.0` written so that NaN fails it too.
+        if self.backoff.partial_cmp(&1.0).is_none_or(|o| o.is_lt())
             || !(0.0..=1.0).contains(&self.jitter)
             || self.max_open_wait_ns < self.open_wait_ns
         {
