@@ -9,7 +9,8 @@ defmodule DSPex.Bridge.Application do
     children = [
       {Registry, keys: :duplicate, name: DSPex.Bridge.Events.Registry},
       DSPex.Bridge.Events,
-      DSPex.Bridge.SessionStore.Supervisor
+      DSPex.Bridge.SessionStore.Supervisor,
+      DSPex.Bridge.CircuitBreaker
     ]
 
     Supervisor.start_link(children, strategy: :one_for_one, name: DSPex.Bridge.Supervisor)

@@ -57,4 +57,12 @@ defmodule DSPex.Bridge.Native do
   def acl_explain(_session, _name, _caller, _permission, _context, _now), do: not_loaded()
   def acl_permissions(_session, _name, _caller, _context, _now), do: not_loaded()
   def acl_stats, do: not_loaded()
+
+  # breaker
+  def breaker_new(_config), do: not_loaded()
+  def breaker_allow(_breaker), do: not_loaded()
+  def breaker_record(_breaker, _generation, _probe, _outcome, _duration_ns), do: not_loaded()
+  def breaker_state(_breaker), do: not_loaded()
+  def breaker_control(_breaker, _action), do: not_loaded()
+  def breaker_stats(_breaker), do: not_loaded()
 end

@@ -6,6 +6,7 @@
 
 mod acl;
 mod atoms;
+mod breaker;
 mod error;
 mod graph;
 mod snapshot;
