@@ -36,6 +36,7 @@ bench: toolchain
 	MIX_ENV=prod mix run benches/session_store.exs
 	MIX_ENV=prod mix run benches/dependency_graph.exs
 	MIX_ENV=prod mix run benches/access_control.exs
+	MIX_ENV=prod mix run benches/circuit_breaker.exs
 
 clean:
 	cargo clean
