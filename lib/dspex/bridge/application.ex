@@ -10,7 +10,8 @@ defmodule DSPex.Bridge.Application do
       {Registry, keys: :duplicate, name: DSPex.Bridge.Events.Registry},
       DSPex.Bridge.Events,
       DSPex.Bridge.SessionStore.Supervisor,
-      DSPex.Bridge.CircuitBreaker
+      DSPex.Bridge.CircuitBreaker,
+      DSPex.Bridge.PythonWorker
     ]
 
     Supervisor.start_link(children, strategy: :one_for_one, name: DSPex.Bridge.Supervisor)

@@ -323,9 +323,9 @@ defmodule DSPex.Bridge.CircuitBreaker do
   @doc """
   Retries `fun` with exponential backoff and full jitter. Options: `attempts:` (default 3),
   `base_ms:` (10), `max_ms:` (1_000), `retry_on:` a function of the result saying whether
-  to retry (default: `{:error, _}` and `:error`), and `breaker:` a breaker name. With a
-  breaker the whole retry sequence is one call (one outcome), and no attempt is made while
-  the breaker is open.
+  to retry (default: `{:error, _}` and `:error`), `breaker:` a breaker name and `fallback:`
+  (as in `call/3`). With a breaker the whole retry sequence is one call (one outcome), and
+  no attempt is made while the breaker is open.
   """
   @spec retry((() -> term()), keyword()) :: term()
   def retry(fun, opts \\ [])
@@ -336,7 +336,8 @@ defmodule DSPex.Bridge.CircuitBreaker do
       base_ms: &Options.non_neg_integer?/1,
       max_ms: &Options.non_neg_integer?/1,
       retry_on: &is_function(&1, 1),
-      breaker: &(is_atom(&1) or is_binary(&1))
+      breaker: &(is_atom(&1) or is_binary(&1)),
+      fallback: fn _ -> true end
     }
 
     with {:ok, o} <- Options.take(opts, spec) do
@@ -344,8 +345,10 @@ defmodule DSPex.Bridge.CircuitBreaker do
       retry_on = Map.get(o, :retry_on, &retryable?/1)
       sequence = fn -> attempt(fun, o, retry_on, 1, attempts) end
 
+      call_opts = if Map.has_key?(o, :fallback), do: [fallback: o.fallback], else: []
+
       case Map.fetch(o, :breaker) do
-        {:ok, name} -> call(name, sequence)
+        {:ok, name} -> call(name, sequence, call_opts)
         :error -> sequence.()
       end
     end

@@ -65,4 +65,10 @@ defmodule DSPex.Bridge.Native do
   def breaker_state(_breaker), do: not_loaded()
   def breaker_control(_breaker, _action), do: not_loaded()
   def breaker_stats(_breaker), do: not_loaded()
+
+  # json
+  def json_encode(_term), do: not_loaded()
+  def json_encode_dirty(_term), do: not_loaded()
+  def json_decode(_json), do: not_loaded()
+  def json_decode_dirty(_json), do: not_loaded()
 end

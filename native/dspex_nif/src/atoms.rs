@@ -75,4 +75,6 @@ rustler::atoms! {
     force_open,
     close,
     disable,
+    not_serializable,
+    invalid_json,
 }

@@ -9,6 +9,7 @@ mod atoms;
 mod breaker;
 mod error;
 mod graph;
+mod json;
 mod snapshot;
 mod var_key;
 

@@ -1,0 +1,176 @@
+defmodule DSPex.Bridge.PythonBridgeTest do
+  @moduledoc """
+  Failure tests against a real python3 process: a raising worker, a hanging worker, a
+  worker killed from the OS, and a crowd of callers while Python is down.
+  """
+  # Not async: these tests time OS processes and the scheduler.
+  use ExUnit.Case, async: false
+  import DSPex.Bridge.TestHelpers
+
+  alias DSPex.Bridge.{CircuitBreaker, PythonWorker}
+
+  @moduletag timeout: 120_000
+
+  setup do
+    pool = :"pool_#{System.unique_integer([:positive])}"
+    {:ok, _} = PythonWorker.start_pool(pool, size: 2, health_interval_ms: 60_000)
+    on_exit(fn -> PythonWorker.stop_pool(pool) end)
+    # Wait until both interpreters answer.
+    eventually(fn -> PythonWorker.call(pool, "ping", %{}) == {:ok, "pong"} end, 10_000)
+    {:ok, pool: pool}
+  end
+
+  defp breaker!(pool, opts) do
+    :ok = CircuitBreaker.start_breaker(pool, opts)
+    on_exit(fn -> CircuitBreaker.delete_breaker(pool) end)
+    pool
+  end
+
+  defp total_calls(pool) do
+    # Ask every worker (round robin visits each once per `size` calls).
+    for _ <- 1..2, reduce: 0 do
+      acc ->
+        {:ok, n} = PythonWorker.call(pool, "calls", %{})
+        acc + n
+    end
+  end
+
+  test "Python raising opens the breaker; rejections are fast and never reach Python; probes close it",
+       %{pool: pool} do
+    b = breaker!(pool, failure_threshold: 3, open_timeout_ms: 300, jitter: 0.0, half_open_calls: 2)
+
+    for _ <- 1..3 do
+      assert {:error, {:python, "RuntimeError", "boom"}} =
+               DSPex.Bridge.call("s", "raise", %{message: "boom"}, pool: pool)
+    end
+
+    assert {:ok, :open} = CircuitBreaker.state(b)
+    before = total_calls(pool)
+
+    {us, results} =
+      :timer.tc(fn ->
+        for _ <- 1..1_000, do: DSPex.Bridge.call("s", "echo", %{value: 1}, pool: pool)
+      end)
+
+    assert Enum.all?(results, &(&1 == {:error, :circuit_open}))
+    assert us / 1_000 < 100, "a rejected call took #{us / 1_000} us on average"
+    # The two `calls` requests of total_calls/1 are the only new ones.
+    assert total_calls(pool) == before + 2
+
+    Process.sleep(320)
+    assert {:ok, 1} = DSPex.Bridge.call("s", "echo", %{value: 1}, pool: pool)
+    assert {:ok, 2} = DSPex.Bridge.call("s", "echo", %{value: 2}, pool: pool)
+    assert {:ok, :closed} = CircuitBreaker.state(b)
+  end
+
+  test "a hanging worker: timeouts are failures, no caller waits past its timeout, the pool recovers",
+       %{pool: pool} do
+    b = breaker!(pool, failure_threshold: 10)
+
+    for _ <- 1..4 do
+      {us, result} =
+        :timer.tc(fn -> DSPex.Bridge.call("s", "hang", %{}, pool: pool, timeout: 100) end)
+
+      assert result == {:error, :timeout}
+      assert us < 600_000, "caller blocked #{div(us, 1000)} ms past a 100 ms timeout"
+    end
+
+    assert {:ok, %{failures: 4}} = CircuitBreaker.stats(b)
+    # Stuck interpreters were replaced: the pool still answers.
+    assert {:ok, "still here"} =
+             eventually(
+               fn ->
+                 case PythonWorker.call(pool, "echo", %{value: "still here"}) do
+                   {:ok, _} = ok -> ok
+                   _ -> nil
+                 end
+               end,
+               10_000
+             )
+  end
+
+  test "a worker killed from the OS is restarted; half-open probes then close the breaker",
+       %{pool: pool} do
+    b = breaker!(pool, failure_threshold: 1, open_timeout_ms: 200, jitter: 0.0, half_open_calls: 1)
+    [os_pid | _] = PythonWorker.os_pids(pool)
+    {_, 0} = System.cmd("kill", ["-9", Integer.to_string(os_pid)])
+
+    # Calls landing on the dead interpreter fail until it is replaced; that opens the breaker.
+    eventually(fn ->
+      DSPex.Bridge.call("s", "echo", %{value: 1}, pool: pool)
+      CircuitBreaker.state(b) == {:ok, :open} or os_pid not in PythonWorker.os_pids(pool)
+    end)
+
+    eventually(
+      fn ->
+        length(PythonWorker.os_pids(pool)) == 2 and os_pid not in PythonWorker.os_pids(pool)
+      end,
+      10_000
+    )
+
+    eventually(
+      fn ->
+        DSPex.Bridge.call("s", "echo", %{value: 1}, pool: pool)
+        CircuitBreaker.state(b) == {:ok, :closed}
+      end,
+      5_000
+    )
+  end
+
+  test "500 concurrent callers while Python is down: the BEAM stays responsive, nothing leaks",
+       %{pool: pool} do
+    b = breaker!(pool, failure_threshold: 5, open_timeout_ms: 60_000)
+    :ok = PythonWorker.stop_pool(pool)
+    processes_before = length(Process.list())
+
+    # A probe process: its round trip measures how responsive the schedulers stay.
+    echo = spawn(fn -> echo_loop() end)
+    sampler = Task.async(fn -> sample_round_trips(echo, []) end)
+
+    1..500
+    |> Task.async_stream(fn _ -> DSPex.Bridge.call("s", "echo", %{value: 1}, pool: pool) end,
+      max_concurrency: 500,
+      timeout: 10_000
+    )
+    |> Enum.each(fn {:ok, result} -> assert match?({:error, _}, result) end)
+
+    send(sampler.pid, :stop)
+    round_trips = Task.await(sampler)
+    send(echo, :stop)
+    assert {:ok, :open} = CircuitBreaker.state(b)
+    assert round_trips != []
+    worst = Enum.max(round_trips)
+    assert worst < 5_000, "worst probe round trip #{worst} us"
+
+    eventually(fn -> length(Process.list()) <= processes_before + 2 end)
+    {:message_queue_len, queue} = Process.info(self(), :message_queue_len)
+    assert queue == 0
+  end
+
+  defp echo_loop do
+    receive do
+      {:ping, from, ref} ->
+        send(from, {:pong, ref})
+        echo_loop()
+
+      :stop ->
+        :ok
+    end
+  end
+
+  defp sample_round_trips(echo, acc) do
+    receive do
+      :stop -> acc
+    after
+      1 ->
+        ref = make_ref()
+        t0 = System.monotonic_time(:microsecond)
+        send(echo, {:ping, self(), ref})
+
+        receive do
+          {:pong, ^ref} ->
+            sample_round_trips(echo, [System.monotonic_time(:microsecond) - t0 | acc])
+        end
+    end
+  end
+end
