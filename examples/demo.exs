@@ -150,5 +150,41 @@ Demo.say("why is admin_intern refused? #{inspect(why)} (deny wins at equal prior
 {:ok, why} = AccessControl.explain({team, :prompt}, "guest", :read)
 Demo.say("and guest? #{inspect(why)} (private by default)")
 
+Demo.section("A sick Python worker cannot drag the BEAM down")
+alias DSPex.Bridge.{CircuitBreaker, PythonWorker}
+{:ok, _} = PythonWorker.start_pool(:demo_python, size: 2)
+
+:ok =
+  CircuitBreaker.start_breaker(:demo_python,
+    failure_threshold: 3,
+    open_timeout_ms: 300,
+    jitter: 0.0,
+    half_open_calls: 2
+  )
+
+{:ok, _} = SessionStore.register_variable(team, :score, :float, 0.0)
+{:ok, v} = DSPex.Bridge.fetch_variable(team, :score, "echo", %{value: 0.82}, pool: :demo_python)
+Demo.say("Python computed score = #{v.value}")
+
+for i <- 1..3 do
+  r = DSPex.Bridge.call(team, "raise", %{message: "CUDA out of memory"}, pool: :demo_python)
+  Demo.say("call #{i}: #{inspect(r)}")
+end
+
+{:ok, state} = CircuitBreaker.state(:demo_python)
+Demo.say("breaker is now #{state}")
+{us, r} = :timer.tc(fn -> DSPex.Bridge.call(team, "echo", %{value: 1}, pool: :demo_python) end)
+Demo.say("next call -> #{inspect(r)} in #{us} us, without reaching Python")
+{:ok, v} = DSPex.Bridge.fetch_variable(team, :score, "echo", %{value: 0.9}, pool: :demo_python)
+Demo.say("score served from the last good value: #{v.value}, stale: #{inspect(v.stale)}")
+Process.sleep(320)
+
+for _ <- 1..2,
+    do: {:ok, _} = DSPex.Bridge.call(team, "echo", %{value: 1}, pool: :demo_python)
+
+{:ok, state} = CircuitBreaker.state(:demo_python)
+Demo.say("after the wait, two probes succeeded: breaker is #{state}")
+:ok = PythonWorker.stop_pool(:demo_python)
+
 for s <- [session, "other_session", copy, p, team], do: :ok = SessionStore.delete_session(s)
 Demo.section("Done")

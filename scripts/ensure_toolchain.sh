@@ -17,6 +17,13 @@ if [ "$need_install" = 1 ]; then
   $SUDO apt-get install -y -qq erlang-nox erlang-dev elixir >/dev/null
 fi
 
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "==> python3 not found: installing the Debian package python3 (the worker bridge needs it)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 >/dev/null
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo not found. dspex_bridge builds its NIF from Rust source: install Rust 1.91+ (rustup)." >&2
   exit 1

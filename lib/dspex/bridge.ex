@@ -8,25 +8,30 @@ defmodule DSPex.Bridge do
       {:ok, %{"answer" => 42}} =
         DSPex.Bridge.call("session_1", "echo", %{value: %{answer: 42}}, pool: :python)
 
+  The call goes: rate limit (`rate_limit:` a `DSPex.Bridge.RateLimiter` name, per session)
+  → bulkhead and breaker → worker.
+
   Options: `pool:` (default `:python`), `breaker:` (default the pool's name), `timeout:` ms
   (default 5_000), `retry:` attempts (default 1: no retry), `fallback:` (see
   `DSPex.Bridge.CircuitBreaker.call/3`). With `retry:`, the attempts form one breaker call
   (one outcome), and no attempt is made while the breaker is open.
   """
 
-  alias DSPex.Bridge.{CircuitBreaker, Options, PythonWorker}
+  alias DSPex.Bridge.{CircuitBreaker, Options, PythonWorker, RateLimiter, SessionStore}
 
   @spec call(term(), String.t() | atom(), term(), keyword()) :: term()
-  def call(_session_id, tool, args, opts \\ []) do
+  def call(session_id, tool, args, opts \\ []) do
     spec = %{
       pool: fn _ -> true end,
       breaker: &(is_atom(&1) or is_binary(&1)),
       timeout: &Options.pos_integer?/1,
       retry: &Options.pos_integer?/1,
-      fallback: fn _ -> true end
+      fallback: fn _ -> true end,
+      rate_limit: &(is_atom(&1) or is_binary(&1))
     }
 
-    with {:ok, o} <- Options.take(opts, spec) do
+    with {:ok, o} <- Options.take(opts, spec),
+         :ok <- rate_limit(Map.get(o, :rate_limit), session_id) do
       pool = Map.get(o, :pool, :python)
       breaker = Map.get(o, :breaker, pool)
       timeout = Map.get(o, :timeout, 5_000)
@@ -36,6 +41,35 @@ defmodule DSPex.Bridge do
       case Map.get(o, :retry, 1) do
         1 -> CircuitBreaker.call(breaker, work, call_opts)
         attempts -> CircuitBreaker.retry(work, [attempts: attempts, breaker: breaker] ++ call_opts)
+      end
+    end
+  end
+
+  defp rate_limit(nil, _session_id), do: :ok
+  defp rate_limit(limiter, session_id), do: RateLimiter.check(limiter, session_id)
+
+  @doc """
+  Reads a Python-backed variable: calls `tool` with `args` through `call/4`, stores the
+  result as the variable's new value and returns the variable. When Python cannot answer
+  (breaker open, timeout, error), returns the last known good value with
+  `stale: {:fallback, reason}`; the stored variable is not changed.
+  """
+  @spec fetch_variable(term(), term(), String.t() | atom(), term(), keyword()) ::
+          {:ok, DSPex.Bridge.Variable.t()} | {:error, term()}
+  def fetch_variable(session_id, name, tool, args, opts \\ []) do
+    with {:ok, current} <- SessionStore.get_variable(session_id, name) do
+      case call(session_id, tool, args, opts) do
+        {:ok, value} ->
+          case SessionStore.update_variable(session_id, name, value) do
+            {:ok, var} -> {:ok, var}
+            {:error, reason} -> {:ok, %{current | stale: {:fallback, reason}}}
+          end
+
+        {:error, reason} ->
+          {:ok, %{current | stale: {:fallback, reason}}}
+
+        {:fallback, _value, reason} ->
+          {:ok, %{current | stale: {:fallback, reason}}}
       end
     end
   end

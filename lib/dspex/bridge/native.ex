@@ -71,4 +71,8 @@ defmodule DSPex.Bridge.Native do
   def json_encode_dirty(_term), do: not_loaded()
   def json_decode(_json), do: not_loaded()
   def json_decode_dirty(_json), do: not_loaded()
+
+  # rate limit
+  def rate_limiter_new(_capacity, _per_second, _max_keys), do: not_loaded()
+  def rate_limiter_take(_limiter, _key), do: not_loaded()
 end

@@ -44,6 +44,7 @@ pub mod clock;
 pub mod effects;
 pub mod error;
 pub mod graph;
+pub mod rate_limit;
 pub mod snapshot;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};

@@ -10,6 +10,7 @@ mod breaker;
 mod error;
 mod graph;
 mod json;
+mod rate_limit;
 mod snapshot;
 mod var_key;
 

@@ -147,6 +147,70 @@ defmodule DSPex.Bridge.PythonBridgeTest do
     assert queue == 0
   end
 
+  test "bad input: unserializable arguments, garbage and oversized replies; the pool keeps working",
+       %{pool: pool} do
+    assert {:error, {:not_serializable, _}} = PythonWorker.call(pool, "echo", %{value: self()})
+    assert {:error, {:invalid_response, _}} = PythonWorker.call(pool, "garbage", %{})
+    assert {:error, {:python, "LookupError", _}} = PythonWorker.call(pool, "no_such_tool", %{})
+    assert {:error, {:invalid_tool, 42}} = PythonWorker.call(pool, 42, %{})
+    assert {:error, {:invalid_option, {:timeout, 0}}} = PythonWorker.call(pool, "ping", %{}, 0)
+    assert {:error, {:unknown_pool, :nope}} = PythonWorker.call(:nope, "ping", %{})
+    assert {:error, {:already_started, ^pool}} = PythonWorker.start_pool(pool)
+
+    assert {:error, {:python_not_found, "no-such-python"}} =
+             PythonWorker.start_pool(:x, python: "no-such-python")
+
+    assert {:error, {:script_not_found, "/nonexistent.py"}} =
+             PythonWorker.start_pool(:x, script: "/nonexistent.py")
+
+    small = :"small_#{System.unique_integer([:positive])}"
+    {:ok, _} = PythonWorker.start_pool(small, size: 1, max_response_bytes: 1_000)
+    on_exit(fn -> PythonWorker.stop_pool(small) end)
+    assert {:error, :oversized_response} = PythonWorker.call(small, "oversized", %{bytes: 5_000})
+    assert {:ok, "fine"} = PythonWorker.call(small, "echo", %{value: "fine"})
+    for _ <- 1..4, do: assert({:ok, "pong"} = PythonWorker.call(pool, "ping", %{}))
+  end
+
+  test "per-session rate limit in front of the bridge", %{pool: pool} do
+    limiter = :"limit_#{System.unique_integer([:positive])}"
+    :ok = DSPex.Bridge.RateLimiter.start_limiter(limiter, capacity: 3, per_second: 0)
+    on_exit(fn -> DSPex.Bridge.RateLimiter.delete_limiter(limiter) end)
+    _ = breaker!(pool, [])
+
+    for _ <- 1..3,
+        do:
+          assert(
+            {:ok, 1} =
+              DSPex.Bridge.call("greedy", "echo", %{value: 1}, pool: pool, rate_limit: limiter)
+          )
+
+    assert {:error, :rate_limited} =
+             DSPex.Bridge.call("greedy", "echo", %{value: 1}, pool: pool, rate_limit: limiter)
+
+    assert {:ok, 1} =
+             DSPex.Bridge.call("polite", "echo", %{value: 1}, pool: pool, rate_limit: limiter)
+
+    assert {:error, {:unknown_limiter, :nope}} = DSPex.Bridge.RateLimiter.check(:nope, "s")
+    assert {:error, {:invalid_session_id, 5}} = DSPex.Bridge.RateLimiter.check(limiter, 5)
+  end
+
+  test "a Python-backed variable falls back to its last good value, marked stale", %{pool: pool} do
+    b = breaker!(pool, failure_threshold: 1, open_timeout_ms: 60_000)
+    s = session!()
+    {:ok, _} = DSPex.Bridge.SessionStore.register_variable(s, :score, :float, 0.0)
+
+    assert {:ok, %{value: 0.75, stale: nil, version: 2}} =
+             DSPex.Bridge.fetch_variable(s, :score, "echo", %{value: 0.75}, pool: pool)
+
+    assert {:ok, %{value: 0.75, stale: {:fallback, {:python, "RuntimeError", _}}}} =
+             DSPex.Bridge.fetch_variable(s, :score, "raise", %{message: "down"}, pool: pool)
+
+    assert {:ok, :open} = CircuitBreaker.state(b)
+
+    assert {:ok, %{value: 0.75, stale: {:fallback, :circuit_open}, version: 2}} =
+             DSPex.Bridge.fetch_variable(s, :score, "echo", %{value: 0.9}, pool: pool)
+  end
+
   defp echo_loop do
     receive do
       {:ping, from, ref} ->
