@@ -254,16 +254,12 @@ defmodule DSPex.Bridge.AccessControl do
   def normalize_rules(rules) when is_list(rules) do
     rules
     |> Enum.with_index()
-    |> Enum.reduce_while({:ok, []}, fn {rule, i}, {:ok, acc} ->
+    |> Options.map_ok(fn {rule, i} ->
       case normalize_rule(rule) do
-        {:ok, canonical} -> {:cont, {:ok, [canonical | acc]}}
-        {:error, reason} -> {:halt, {:error, {:invalid_rule, i, reason}}}
+        {:ok, canonical} -> {:ok, canonical}
+        {:error, reason} -> {:error, {:invalid_rule, i, reason}}
       end
     end)
-    |> case do
-      {:ok, acc} -> {:ok, Enum.reverse(acc)}
-      error -> error
-    end
   end
 
   def normalize_rules(other), do: {:error, {:invalid_rule, 0, {:not_a_list, other}}}

@@ -67,19 +67,8 @@ defmodule DSPex.Bridge.CircuitBreaker do
   @type outcome :: :success | :failure | :ignored
 
   @doc false
-  def child_spec(_), do: %{id: __MODULE__, start: {__MODULE__, :start_link, []}}
-
-  @doc false
-  # Owns the table of named breakers; the table outlives any caller.
-  def start_link do
-    pid =
-      spawn_link(fn ->
-        :ets.new(@table, [:set, :public, :named_table, read_concurrency: true])
-        Process.sleep(:infinity)
-      end)
-
-    {:ok, pid}
-  end
+  def child_spec(_),
+    do: DSPex.Bridge.TableOwner.child_spec({@table, [:set, read_concurrency: true]})
 
   # ---------------------------------------------------------------------------------------
   # lifecycle

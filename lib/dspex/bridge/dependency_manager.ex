@@ -276,22 +276,16 @@ defmodule DSPex.Bridge.DependencyManager do
   end
 
   defp normalize_edges(edges) do
-    Enum.reduce_while(edges, {:ok, []}, fn
-      {from, to}, {:ok, acc} when is_id(from) and is_id(to) ->
-        {:cont, {:ok, [{from, to, :data} | acc]}}
+    DSPex.Bridge.Options.map_ok(edges, fn
+      {from, to} when is_id(from) and is_id(to) ->
+        {:ok, {from, to, :data}}
 
-      {from, to, kind} = edge, {:ok, acc} when is_id(from) and is_id(to) ->
-        if kind in @kinds or is_binary(kind),
-          do: {:cont, {:ok, [edge | acc]}},
-          else: {:halt, {:error, {:invalid_type, kind}}}
+      {from, to, kind} = edge when is_id(from) and is_id(to) ->
+        if kind in @kinds or is_binary(kind), do: {:ok, edge}, else: {:error, {:invalid_type, kind}}
 
-      other, _ ->
-        {:halt, {:error, {:invalid_option, {:edge, other}}}}
+      other ->
+        {:error, {:invalid_option, {:edge, other}}}
     end)
-    |> case do
-      {:ok, acc} -> {:ok, Enum.reverse(acc)}
-      error -> error
-    end
   end
 
   defp check_pair(a, b) when is_id(a) and is_id(b), do: :ok

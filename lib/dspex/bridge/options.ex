@@ -40,6 +40,24 @@ defmodule DSPex.Bridge.Options do
 
   def take(other, _spec), do: {:error, {:invalid_option, {:not_a_keyword_list, other}}}
 
+  @doc """
+  Applies `fun` (returning `{:ok, x}` or an error) to each item in order: `{:ok, [x]}`, or the
+  first error.
+  """
+  @spec map_ok(list(), (term() -> {:ok, term()} | term())) :: {:ok, list()} | term()
+  def map_ok(list, fun) do
+    Enum.reduce_while(list, {:ok, []}, fn item, {:ok, acc} ->
+      case fun.(item) do
+        {:ok, x} -> {:cont, {:ok, [x | acc]}}
+        error -> {:halt, error}
+      end
+    end)
+    |> case do
+      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+      error -> error
+    end
+  end
+
   @doc false
   def id?(id) when is_id(id), do: true
   def id?(_), do: false

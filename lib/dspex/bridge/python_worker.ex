@@ -45,21 +45,10 @@ defmodule DSPex.Bridge.PythonWorker do
     children = [
       {Registry, keys: :unique, name: @registry},
       {DynamicSupervisor, name: @pools, strategy: :one_for_one},
-      %{id: :pool_table, start: {__MODULE__, :start_table, []}}
+      {DSPex.Bridge.TableOwner, {@table, [:set, read_concurrency: true]}}
     ]
 
     Supervisor.start_link(children, strategy: :one_for_all, name: __MODULE__.Supervisor)
-  end
-
-  @doc false
-  def start_table do
-    pid =
-      spawn_link(fn ->
-        :ets.new(@table, [:set, :public, :named_table, read_concurrency: true])
-        Process.sleep(:infinity)
-      end)
-
-    {:ok, pid}
   end
 
   @doc """

@@ -16,18 +16,8 @@ defmodule DSPex.Bridge.RateLimiter do
   @table :dspex_bridge_rate_limiters
 
   @doc false
-  def child_spec(_), do: %{id: __MODULE__, start: {__MODULE__, :start_link, []}}
-
-  @doc false
-  def start_link do
-    pid =
-      spawn_link(fn ->
-        :ets.new(@table, [:set, :public, :named_table, read_concurrency: true])
-        Process.sleep(:infinity)
-      end)
-
-    {:ok, pid}
-  end
+  def child_spec(_),
+    do: DSPex.Bridge.TableOwner.child_spec({@table, [:set, read_concurrency: true]})
 
   @doc "Creates a named limiter. Options: `capacity:` (burst), `per_second:`, `max_sessions:`."
   @spec start_limiter(atom() | String.t(), keyword()) :: :ok | {:error, term()}

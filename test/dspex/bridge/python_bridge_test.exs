@@ -222,19 +222,21 @@ defmodule DSPex.Bridge.PythonBridgeTest do
     end
   end
 
+  # Samples at least once, then about every millisecond until told to stop.
   defp sample_round_trips(echo, acc) do
+    ref = make_ref()
+    t0 = System.monotonic_time(:microsecond)
+    send(echo, {:ping, self(), ref})
+
+    acc =
+      receive do
+        {:pong, ^ref} -> [System.monotonic_time(:microsecond) - t0 | acc]
+      end
+
     receive do
       :stop -> acc
     after
-      1 ->
-        ref = make_ref()
-        t0 = System.monotonic_time(:microsecond)
-        send(echo, {:ping, self(), ref})
-
-        receive do
-          {:pong, ^ref} ->
-            sample_round_trips(echo, [System.monotonic_time(:microsecond) - t0 | acc])
-        end
+      1 -> sample_round_trips(echo, acc)
     end
   end
 end

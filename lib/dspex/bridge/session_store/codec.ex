@@ -5,7 +5,7 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   # frame first (magic, version, length, CRC-32), then decodes with [:safe] (no new atoms),
   # then re-validates every variable as if it were registered anew.
 
-  alias DSPex.Bridge.{Native, Variable, VariableType}
+  alias DSPex.Bridge.{Native, Options, Variable, VariableType}
   import DSPex.Bridge.Options, only: [is_id: 1]
 
   @payload_format 1
@@ -56,8 +56,8 @@ defmodule DSPex.Bridge.SessionStore.Codec do
        when is_map(meta) and is_list(vars) and is_list(hist) do
     with {:ok, meta} <- check_meta(meta),
          :ok <- check_access(Map.get(meta, :access, [])),
-         {:ok, vars} <- map_ok(vars, &check_variable(&1, meta.id)),
-         {:ok, hist} <- map_ok(hist, &check_history/1),
+         {:ok, vars} <- Options.map_ok(vars, &check_variable(&1, meta.id)),
+         {:ok, hist} <- Options.map_ok(hist, &check_history/1),
          {:ok, graph} <- rebuild_graph(vars, Map.get(p, :graph, [])) do
       {:ok, Map.merge(meta, %{graph: graph}), vars, hist}
     end
@@ -165,17 +165,4 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   end
 
   defp check_history(_), do: {:error, {:invalid_snapshot, :bad_history}}
-
-  defp map_ok(list, fun) do
-    Enum.reduce_while(list, {:ok, []}, fn item, {:ok, acc} ->
-      case fun.(item) do
-        {:ok, x} -> {:cont, {:ok, [x | acc]}}
-        error -> {:halt, error}
-      end
-    end)
-    |> case do
-      {:ok, acc} -> {:ok, Enum.reverse(acc)}
-      error -> error
-    end
-  end
 end
