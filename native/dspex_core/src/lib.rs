@@ -41,6 +41,7 @@
 pub mod acl;
 pub mod breaker;
 pub mod clock;
+pub mod coordinator;
 pub mod effects;
 pub mod error;
 pub mod graph;
