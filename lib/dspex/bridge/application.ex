@@ -11,6 +11,7 @@ defmodule DSPex.Bridge.Application do
       DSPex.Bridge.Events,
       DSPex.Bridge.SessionStore.Supervisor,
       DSPex.Bridge.CircuitBreaker,
+      DSPex.Bridge.OptimizerCoordinator,
       DSPex.Bridge.RateLimiter,
       DSPex.Bridge.PythonWorker
     ]

@@ -75,4 +75,18 @@ defmodule DSPex.Bridge.Native do
   # rate limit
   def rate_limiter_new(_capacity, _per_second, _max_keys), do: not_loaded()
   def rate_limiter_take(_limiter, _key), do: not_loaded()
+
+  # coordinator
+  def coordinator_new, do: not_loaded()
+
+  def coordinator_acquire(_c, _s, _v, _o, _pid, _prio, _conflict, _timeout, _grace, _lease),
+    do: not_loaded()
+
+  def coordinator_release(_c, _s, _v, _o), do: not_loaded()
+  def coordinator_renew(_c, _s, _v, _o, _lease), do: not_loaded()
+  def coordinator_cancel(_c, _s, _v, _ticket), do: not_loaded()
+  def coordinator_force_release(_c, _s, _v), do: not_loaded()
+  def coordinator_check_write(_c, _s, _v, _token), do: not_loaded()
+  def coordinator_info(_c, _s, _v), do: not_loaded()
+  def coordinator_tick(_c), do: not_loaded()
 end

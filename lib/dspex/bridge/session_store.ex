@@ -66,6 +66,8 @@ defmodule DSPex.Bridge.SessionStore do
   | `{:would_create_cycle, path}`          | a computed variable listed as its own input         |
   | `{:has_dependents, names}`             | deleting a variable others are computed from        |
   | `:timeout`                             | the session process did not answer within `timeout:`|
+  | `{:locked_by, optimizer_id}`           | an optimizer holds the variable's lock              |
+  | `:stale_token`                         | `lock_token:` is not the current holder's           |
   """
 
   alias DSPex.Bridge.{AccessControl, Events, Native, Options, Variable, VariableType}
@@ -313,16 +315,25 @@ defmodule DSPex.Bridge.SessionStore do
 
   Options: `expected_version:` refuses the write with `{:error, {:version_mismatch, current}}`
   unless the stored version is that one; `metadata:` is merged into the variable's metadata;
-  plus `caller:`, `context:`, `timeout:`.
+  `lock_token:` the fencing token of an optimizer lock on the variable
+  (`DSPex.Bridge.OptimizerCoordinator`, `session_id:` this session, var id the name): a locked
+  variable takes writes only with its holder's token (`{:error, {:locked_by, optimizer_id}}`
+  without, `{:error, :stale_token}` with another); plus `caller:`, `context:`, `timeout:`.
   """
   @spec update_variable(session_id(), name(), term(), keyword()) ::
           {:ok, Variable.t()} | {:error, reason()}
   def update_variable(session_id, name, value, opts \\ []) do
-    spec = Map.merge(@access, %{expected_version: &Options.pos_integer?/1, metadata: &is_map/1})
+    spec =
+      Map.merge(@access, %{
+        expected_version: &Options.pos_integer?/1,
+        metadata: &is_map/1,
+        lock_token: &Options.pos_integer?/1
+      })
 
     with {:ok, o} <- check(session_id, name, opts, spec),
          :ok <- authorize(session_id, name, o, :write) do
       expected = if v = o[:expected_version], do: %{name => v}, else: %{}
+      o = if t = o[:lock_token], do: Map.put(o, :lock_tokens, %{name => t}), else: o
 
       timed(:write, session_id, name, fn ->
         case call(
@@ -341,13 +352,18 @@ defmodule DSPex.Bridge.SessionStore do
   Writes several variables of one session, all or nothing.
 
   `updates` is a map or a list of `{name, value}`. Options: `expected_versions:` a map of
-  name to version; `metadata:`; plus `caller:`, `context:`, `timeout:`. On failure the error
+  name to version; `lock_tokens:` a map of name to fencing token; `metadata:`; plus `caller:`, `context:`, `timeout:`. On failure the error
   names the variable: `{:error, {name, reason}}`, and nothing was written.
   """
   @spec update_variables(session_id(), map() | [{name(), term()}], keyword()) ::
           {:ok, [Variable.t()]} | {:error, reason()}
   def update_variables(session_id, updates, opts \\ []) do
-    spec = Map.merge(@access, %{expected_versions: &is_map/1, metadata: &is_map/1})
+    spec =
+      Map.merge(@access, %{
+        expected_versions: &is_map/1,
+        metadata: &is_map/1,
+        lock_tokens: &is_map/1
+      })
 
     with {:ok, o} <- check(session_id, opts, spec),
          {:ok, updates} <- check_updates(updates),

@@ -415,13 +415,19 @@ impl<K: Eq + Hash + Clone, H: Eq + Clone> LockTable<K, H> {
 
     /// Everything `who` holds or waits for goes (it died): its locks pass to their waiters.
     pub fn holder_down(&mut self, who: &H, now: u64) -> Out<usize, K, H> {
+        self.remove_where(|h| h == who, now)
+    }
+
+    /// [`holder_down`](Self::holder_down) for every holder and waiter matching `gone`.
+    /// Returns how many locks were released; removed waits produce no effect.
+    pub fn remove_where(&mut self, gone: impl Fn(&H) -> bool, now: u64) -> Out<usize, K, H> {
         let mut effects = Vec::new();
         let keys: Vec<K> = self.locks.keys().cloned().collect();
         let mut released = 0;
         for key in keys {
             let lock = self.locks.get_mut(&key).expect("listed key");
-            lock.waiters.retain(|_, w| &w.who != who);
-            if lock.holder.as_ref().is_some_and(|h| &h.who == who) {
+            lock.waiters.retain(|_, w| !gone(&w.who));
+            if lock.holder.as_ref().is_some_and(|h| gone(&h.who)) {
                 lock.holder = None;
                 released += 1;
                 self.grant_next(&key, now, &mut effects);
@@ -475,6 +481,19 @@ impl<K: Eq + Hash + Clone, H: Eq + Clone> LockTable<K, H> {
             }),
             (_, Some(_)) => Err(LockError::StaleToken { current }),
         }
+    }
+
+    /// [`check_write_with`](Self::check_write_with) after applying what is due on `key` at
+    /// `now` (an expired lease, a finished grace period).
+    pub fn check_write_at(
+        &mut self,
+        key: &K,
+        token: Option<u64>,
+        now: u64,
+    ) -> Out<Result<(), LockError<H>>, K, H> {
+        let mut effects = Vec::new();
+        self.expire(key, now, &mut effects);
+        WithEffects::new(self.check_write_with(key, token), effects)
     }
 
     /// [`check_write_with`](Self::check_write_with) with a token.

@@ -7,6 +7,7 @@
 mod acl;
 mod atoms;
 mod breaker;
+mod coordinator;
 mod error;
 mod graph;
 mod json;

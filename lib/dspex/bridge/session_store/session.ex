@@ -518,6 +518,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
   defp prepare_updates(state, updates, opts) do
     expected = opts[:expected_versions] || %{}
+    tokens = opts[:lock_tokens] || %{}
     metadata = opts[:metadata] || %{}
 
     updates
@@ -526,6 +527,12 @@ defmodule DSPex.Bridge.SessionStore.Session do
         with :ok <- not_repeated(seen, name),
              {:ok, current} <- fetch(state.id, name),
              :ok <- version_matches(current, Map.get(expected, name)),
+             :ok <-
+               DSPex.Bridge.OptimizerCoordinator.write_allowed(
+                 state.id,
+                 name,
+                 Map.get(tokens, name)
+               ),
              {:ok, stored} <- VariableType.validate(current.type, value, current.constraints) do
           {:ok, {current, bump(current, stored, metadata), :update}}
         end

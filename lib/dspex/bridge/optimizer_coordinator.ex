@@ -1,0 +1,350 @@
+defmodule DSPex.Bridge.OptimizerCoordinator do
+  @moduledoc """
+  Locks for concurrent optimizers: fenced, fair, preemptible, with leases and crash cleanup.
+
+  The lock table lives in the Rust core (`dspex_core::coordinator`); no process sits on the
+  acquire path. A waiting caller blocks in `receive` until the NIF sends it its grant.
+
+  * Every grant carries a **fencing token** (strictly increasing). `SessionStore` accepts a
+    write to a locked variable only with the holder's token (`lock_token:`); any other token
+    is refused, also after the holder's lease ran out.
+  * `conflict_resolution:` `:abort` fails at once with `{:error, {:lock_held_by, id}}`;
+    `:wait` (default) queues until `timeout:`; `:preempt` queues and, if `priority:` is higher
+    than the holder's, sends the holder `{:optimization_preempted, var_id, info}` and, after
+    `grace_ms:`, `{:lock_lost, var_id, :preempted, held_ms}` before granting.
+  * Waiters are served by priority, first come first served within a priority.
+  * Leases (`lease_ms:`, default 5 minutes) are renewed by `renew_lock/3`; an expired lease
+    frees the lock and sends the holder `{:lock_lost, var_id, :lease_expired, held_ms}`.
+  * When the optimizer process dies its locks go to the next waiter at once; a waiter that
+    dies leaves the queue.
+  * A waiter that times out never keeps a lock it does not know about: if the grant raced
+    the timeout, the lock is released.
+
+  Locks are keyed by `{session_id, var_id}` (`session_id:` option, default `:global`).
+
+  ## Example
+
+      iex> alias DSPex.Bridge.OptimizerCoordinator, as: C
+      iex> {:ok, lock} = C.acquire_lock(:doc_lr, "opt_a", self())
+      iex> C.acquire_lock(:doc_lr, "opt_b", self(), conflict_resolution: :abort)
+      {:error, {:lock_held_by, "opt_a"}}
+      iex> C.check_write_allowed(:doc_lr, lock.token)
+      :ok
+      iex> C.release_lock(:doc_lr, "opt_a")
+      :ok
+  """
+
+  alias DSPex.Bridge.{Events, Native, Options}
+  import DSPex.Bridge.Options, only: [is_id: 1]
+
+  defmodule Lock do
+    @moduledoc "A granted lock."
+    @enforce_keys [:session_id, :var_id, :optimizer_id, :token]
+    defstruct [:session_id, :var_id, :optimizer_id, :token, :acquired_at]
+
+    @type t :: %__MODULE__{
+            session_id: term(),
+            var_id: term(),
+            optimizer_id: term(),
+            token: pos_integer(),
+            acquired_at: integer()
+          }
+  end
+
+  @key {__MODULE__, :coordinator}
+
+  @doc false
+  def child_spec(_), do: %{id: __MODULE__, start: {__MODULE__, :start_link, []}}
+
+  @doc false
+  # The coordinator resource lives in persistent_term; this process only ticks it, so lease
+  # expiries and preemption grace periods happen on time even when nobody calls in.
+  def start_link do
+    :persistent_term.put(@key, Native.coordinator_new())
+    {:ok, spawn_link(fn -> tick_loop() end)}
+  end
+
+  defp tick_loop do
+    next = Native.coordinator_tick(coordinator())
+    # Sleep until the next deadline, but wake at least every 50 ms for new ones.
+    Process.sleep(if is_integer(next), do: min(max(next, 1), 50), else: 50)
+    tick_loop()
+  end
+
+  defp coordinator, do: :persistent_term.get(@key)
+
+  @doc """
+  Acquires `var_id` for `optimizer_id`, held on behalf of `optimizer_pid` (monitored).
+
+  Options: `session_id:` (default `:global`), `conflict_resolution:` (`:wait`),
+  `timeout:` ms (5_000), `priority:` (0), `lease_ms:` (300_000), `grace_ms:` (1_000).
+  """
+  @spec acquire_lock(term(), term(), pid(), keyword()) :: {:ok, Lock.t()} | {:error, term()}
+  def acquire_lock(var_id, optimizer_id, optimizer_pid, opts \\ [])
+
+  def acquire_lock(var_id, optimizer_id, optimizer_pid, opts)
+      when is_id(var_id) and is_id(optimizer_id) and is_pid(optimizer_pid) do
+    spec = %{
+      session_id: &Options.id?/1,
+      conflict_resolution: &(&1 in [:wait, :abort, :preempt]),
+      timeout: &Options.non_neg_integer?/1,
+      priority: &is_integer/1,
+      lease_ms: &Options.pos_integer?/1,
+      grace_ms: &Options.non_neg_integer?/1
+    }
+
+    with {:ok, o} <- Options.take(opts, spec) do
+      session = Map.get(o, :session_id, :global)
+      timeout = Map.get(o, :timeout, 5_000)
+      started = System.monotonic_time()
+
+      answer =
+        Native.coordinator_acquire(
+          coordinator(),
+          session,
+          var_id,
+          optimizer_id,
+          optimizer_pid,
+          Map.get(o, :priority, 0),
+          Map.get(o, :conflict_resolution, :wait),
+          timeout,
+          Map.get(o, :grace_ms, 1_000),
+          Map.get(o, :lease_ms, 300_000)
+        )
+
+      result =
+        case answer do
+          {:granted, token} -> {:ok, lock(session, var_id, optimizer_id, token)}
+          {:already_held, token} -> {:ok, lock(session, var_id, optimizer_id, token)}
+          {:held_by, holder} -> {:error, {:lock_held_by, holder}}
+          {:queued, ticket} -> await_grant(session, var_id, optimizer_id, ticket, timeout)
+        end
+
+      emit_acquire(result, session, var_id, optimizer_id, started)
+      result
+    end
+  rescue
+    ArgumentError -> {:error, {:invalid_name, {var_id, optimizer_id}}}
+  end
+
+  def acquire_lock(var_id, optimizer_id, optimizer_pid, _opts) do
+    cond do
+      not is_id(var_id) -> {:error, {:invalid_name, var_id}}
+      not is_id(optimizer_id) -> {:error, {:invalid_optimizer_id, optimizer_id}}
+      true -> {:error, {:invalid_pid, optimizer_pid}}
+    end
+  end
+
+  defp await_grant(session, var_id, optimizer_id, ticket, timeout) do
+    receive do
+      {:dspex_lock_granted, ^ticket, token, _waited_us} ->
+        {:ok, lock(session, var_id, optimizer_id, token)}
+    after
+      timeout ->
+        case Native.coordinator_cancel(coordinator(), session, var_id, ticket) do
+          # The grant raced the timeout: give the lock back and drop the message.
+          {:granted, _token} ->
+            Native.coordinator_release(coordinator(), session, var_id, optimizer_id)
+
+            receive do
+              {:dspex_lock_granted, ^ticket, _, _} -> :ok
+            after
+              0 -> :ok
+            end
+
+          _ ->
+            :ok
+        end
+
+        {:error, :timeout}
+    end
+  end
+
+  @doc """
+  Acquires several variables all or nothing, in one canonical order (so overlapping batches
+  never deadlock). On failure, the locks already taken are released. Options as
+  `acquire_lock/4` plus `optimizer_pid:` (default the caller).
+  """
+  @spec acquire_locks([term()], term(), keyword()) :: {:ok, [Lock.t()]} | {:error, term()}
+  def acquire_locks(var_ids, optimizer_id, opts \\ [])
+
+  def acquire_locks(var_ids, optimizer_id, opts) when is_list(var_ids) do
+    {pid, opts} = Keyword.pop(opts, :optimizer_pid, self())
+
+    var_ids
+    |> Enum.uniq()
+    |> Enum.sort()
+    |> Enum.reduce_while({:ok, []}, fn var, {:ok, held} ->
+      case acquire_lock(var, optimizer_id, pid, opts) do
+        {:ok, lock} ->
+          {:cont, {:ok, [lock | held]}}
+
+        error ->
+          for l <- held, do: release_lock(l.var_id, optimizer_id, session_id: l.session_id)
+          {:halt, error}
+      end
+    end)
+    |> case do
+      {:ok, held} -> {:ok, Enum.reverse(held)}
+      error -> error
+    end
+  end
+
+  def acquire_locks(other, _optimizer_id, _opts), do: {:error, {:invalid_variables, other}}
+
+  @doc "Releases: `:ok` or `{:error, :not_lock_owner}`. Option `session_id:`."
+  @spec release_lock(term(), term(), keyword()) :: :ok | {:error, term()}
+  def release_lock(var_id, optimizer_id, opts \\ []) when is_list(opts) do
+    with {:ok, session} <- session_opt(opts),
+         :ok <- ids(var_id, optimizer_id) do
+      result = Native.coordinator_release(coordinator(), session, var_id, optimizer_id)
+
+      if result == :ok,
+        do:
+          Events.emit([:dspex, :bridge, :coordinator, :lock_released], %{}, %{
+            session_id: session,
+            var_id: var_id,
+            optimizer_id: optimizer_id
+          })
+
+      result
+    end
+  end
+
+  @doc "Renews the lease: `:ok` or `{:error, :not_lock_owner}`. Options `session_id:`, `lease_ms:`."
+  @spec renew_lock(term(), term(), keyword()) :: :ok | {:error, term()}
+  def renew_lock(var_id, optimizer_id, opts \\ []) do
+    with {:ok, session} <- session_opt(opts),
+         :ok <- ids(var_id, optimizer_id) do
+      lease = Keyword.get(opts, :lease_ms, 300_000)
+
+      if is_integer(lease) and lease > 0,
+        do: Native.coordinator_renew(coordinator(), session, var_id, optimizer_id, lease),
+        else: {:error, {:invalid_option, {:lease_ms, lease}}}
+    end
+  end
+
+  @doc "True if someone holds `var_id`."
+  @spec is_locked?(term(), keyword()) :: boolean()
+  def is_locked?(var_id, opts \\ []) do
+    match?({:ok, %{holder: %{}}}, get_lock_info(var_id, opts))
+  end
+
+  @doc """
+  `{:ok, %{holder: nil | %{optimizer_id, token, priority, held_ms, lease_left_ms},
+  waiters: [%{optimizer_id, ticket, priority}]}}`.
+  """
+  @spec get_lock_info(term(), keyword()) :: {:ok, map()} | {:error, term()}
+  def get_lock_info(var_id, opts \\ []) do
+    with {:ok, session} <- session_opt(opts),
+         :ok <- ids(var_id, :x) do
+      {holder, waiters} = Native.coordinator_info(coordinator(), session, var_id)
+
+      holder =
+        case holder do
+          nil ->
+            nil
+
+          {o, token, p, held, left} ->
+            %{optimizer_id: o, token: token, priority: p, held_ms: held, lease_left_ms: left}
+        end
+
+      {:ok,
+       %{
+         holder: holder,
+         waiters: for({o, t, p} <- waiters, do: %{optimizer_id: o, ticket: t, priority: p})
+       }}
+    end
+  end
+
+  @doc "Takes `var_id` from its holder (it gets `{:lock_lost, var_id, :forced, held_ms}`)."
+  @spec force_release(term(), term(), keyword()) :: :ok | {:error, :not_locked}
+  def force_release(var_id, reason \\ :forced, opts \\ []) do
+    with {:ok, session} <- session_opt(opts),
+         :ok <- ids(var_id, :x) do
+      if Native.coordinator_force_release(coordinator(), session, var_id) do
+        Events.emit([:dspex, :bridge, :coordinator, :lock_released], %{}, %{
+          session_id: session,
+          var_id: var_id,
+          reason: reason
+        })
+
+        :ok
+      else
+        {:error, :not_locked}
+      end
+    end
+  end
+
+  @doc """
+  Whether a write to `var_id` with `token` (or `nil`) is allowed: `:ok`,
+  `{:error, :stale_token}` or `{:error, {:locked_by, optimizer_id}}`.
+  """
+  @spec check_write_allowed(term(), pos_integer() | nil, keyword()) :: :ok | {:error, term()}
+  def check_write_allowed(var_id, token, opts \\ []) do
+    with {:ok, session} <- session_opt(opts),
+         :ok <- ids(var_id, :x) do
+      if is_nil(token) or (is_integer(token) and token > 0),
+        do: Native.coordinator_check_write(coordinator(), session, var_id, token),
+        else: {:error, {:invalid_token, token}}
+    end
+  end
+
+  @doc false
+  # SessionStore's check on every write (arguments already valid).
+  def write_allowed(session_id, name, token) do
+    Native.coordinator_check_write(coordinator(), session_id, name, token)
+  rescue
+    ArgumentError -> {:error, {:invalid_name, name}}
+  end
+
+  defp lock(session, var_id, optimizer_id, token) do
+    %Lock{
+      session_id: session,
+      var_id: var_id,
+      optimizer_id: optimizer_id,
+      token: token,
+      acquired_at: System.system_time(:millisecond)
+    }
+  end
+
+  defp session_opt(opts) when is_list(opts) do
+    case Keyword.get(opts, :session_id, :global) do
+      s when is_id(s) -> {:ok, s}
+      other -> {:error, {:invalid_session_id, other}}
+    end
+  end
+
+  defp session_opt(other), do: {:error, {:invalid_option, {:not_a_keyword_list, other}}}
+
+  defp ids(var_id, optimizer_id) do
+    cond do
+      not is_id(var_id) -> {:error, {:invalid_name, var_id}}
+      not is_id(optimizer_id) -> {:error, {:invalid_optimizer_id, optimizer_id}}
+      true -> :ok
+    end
+  end
+
+  defp emit_acquire(result, session, var_id, optimizer_id, started) do
+    if Events.enabled?() do
+      us = System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
+      meta = %{session_id: session, var_id: var_id, optimizer_id: optimizer_id}
+
+      case result do
+        {:ok, lock} ->
+          Events.emit(
+            [:dspex, :bridge, :coordinator, :lock_acquired],
+            %{wait_time_us: us},
+            Map.put(meta, :token, lock.token)
+          )
+
+        {:error, reason} ->
+          Events.emit(
+            [:dspex, :bridge, :coordinator, :lock_conflict],
+            %{wait_time_us: us},
+            Map.put(meta, :reason, reason)
+          )
+      end
+    end
+  end
+end

@@ -1,0 +1,364 @@
+//! Optimizer-lock NIFs (`dspex_core::coordinator`).
+//!
+//! One coordinator resource per VM. It monitors every optimizer process and every waiting
+//! caller: when one dies (`Resource::down`), its locks pass to the next waiter at once and
+//! its waits leave the queues. Grants, revocation notices and lost locks are sent as
+//! messages from here (with the calling NIF's env, or the down callback's env). All NIFs are
+//! regular: each is a hash lookup and a few queue operations under a mutex.
+
+use std::sync::LazyLock;
+
+use ahash::AHashMap;
+use dspex_core::clock::{Clock, MonotonicClock};
+use dspex_core::coordinator::{
+    Acquired, Cancelled, Conflict, Effect, LockError, LockTable, LossReason,
+};
+use parking_lot::Mutex;
+use rustler::{Atom, Encoder, Env, Error, LocalPid, Monitor, NifResult, ResourceArc, Term};
+
+use crate::atoms;
+use crate::var_key::VarKey;
+
+static CLOCK: LazyLock<MonotonicClock> = LazyLock::new(MonotonicClock::new);
+const MS: u64 = 1_000_000;
+
+fn now() -> u64 {
+    CLOCK.now_nanos()
+}
+
+type Key = (VarKey, VarKey);
+
+#[derive(Default)]
+struct State {
+    table: LockTable<Key, VarKey>,
+    // optimizer id -> the process that holds or waits for its locks
+    pid_of: AHashMap<VarKey, LocalPid>,
+    // process -> optimizer ids it stands for
+    optimizers_of: AHashMap<LocalPid, Vec<VarKey>>,
+    // wait ticket -> (the caller blocked on it, its key)
+    waits: AHashMap<u64, (LocalPid, Key)>,
+    monitored: AHashMap<LocalPid, Monitor>,
+}
+
+/// The VM's lock coordinator.
+pub struct Coordinator(Mutex<State>);
+
+#[rustler::resource_impl]
+impl rustler::Resource for Coordinator {
+    const IMPLEMENTS_DOWN: bool = true;
+
+    fn down<'a>(&'a self, env: Env<'a>, pid: LocalPid, _monitor: Monitor) {
+        let mut st = self.0.lock();
+        st.monitored.remove(&pid);
+        let gone = st.optimizers_of.remove(&pid).unwrap_or_default();
+        for optimizer in &gone {
+            if st.pid_of.get(optimizer) == Some(&pid) {
+                st.pid_of.remove(optimizer);
+            }
+        }
+        let abandoned: Vec<(u64, Key)> = st
+            .waits
+            .iter()
+            .filter(|(_, (p, _))| *p == pid)
+            .map(|(t, (_, k))| (*t, k.clone()))
+            .collect();
+        for (ticket, key) in abandoned {
+            st.waits.remove(&ticket);
+            let _ = st.table.cancel_wait(&key, ticket);
+        }
+        let out = st.table.remove_where(|h| gone.contains(h), now());
+        deliver(env, &mut st, out.effects);
+    }
+}
+
+type Handle = ResourceArc<Coordinator>;
+
+fn watch(env: Env, handle: &Handle, st: &mut State, pid: LocalPid) {
+    if !st.monitored.contains_key(&pid) {
+        if let Some(mon) = handle.monitor(Some(env), &pid) {
+            st.monitored.insert(pid, mon);
+        }
+    }
+}
+
+fn bind(env: Env, handle: &Handle, st: &mut State, optimizer: &VarKey, pid: LocalPid) {
+    watch(env, handle, st, pid);
+    if st.pid_of.insert(optimizer.clone(), pid) != Some(pid) {
+        let list = st.optimizers_of.entry(pid).or_default();
+        if !list.contains(optimizer) {
+            list.push(optimizer.clone());
+        }
+    }
+}
+
+fn loss_atom(r: LossReason) -> Atom {
+    match r {
+        LossReason::LeaseExpired => atoms::lease_expired(),
+        LossReason::Preempted => atoms::preempted(),
+        LossReason::Forced => atoms::forced(),
+    }
+}
+
+// Carries out the core's effects as messages.
+fn deliver(env: Env, st: &mut State, effects: Vec<Effect<Key, VarKey>>) {
+    for effect in effects {
+        match effect {
+            Effect::Granted {
+                ticket,
+                token,
+                waited_ns,
+                ..
+            } => {
+                if let Some((caller, _)) = st.waits.remove(&ticket) {
+                    let _ = env.send(
+                        &caller,
+                        (
+                            atoms::dspex_lock_granted(),
+                            ticket,
+                            token,
+                            waited_ns / 1_000,
+                        ),
+                    );
+                }
+            }
+            Effect::PreemptNotice {
+                key,
+                holder,
+                by,
+                grace_until,
+            } => {
+                if let Some(pid) = st.pid_of.get(&holder) {
+                    let grace_ms = grace_until.saturating_sub(now()) / MS;
+                    let info = (
+                        atoms::session_id(),
+                        &key.0,
+                        atoms::by(),
+                        by,
+                        atoms::grace_ms(),
+                        grace_ms,
+                    );
+                    let _ = env.send(pid, (atoms::optimization_preempted(), &key.1, info));
+                }
+            }
+            Effect::LockLost {
+                key,
+                holder,
+                reason,
+                held_ns,
+            } => {
+                if let Some(pid) = st.pid_of.get(&holder) {
+                    let _ = env.send(
+                        pid,
+                        (atoms::lock_lost(), &key.1, loss_atom(reason), held_ns / MS),
+                    );
+                }
+            }
+            Effect::WaitTimedOut { ticket, .. } => {
+                st.waits.remove(&ticket);
+            }
+        }
+    }
+}
+
+/// The coordinator (one per VM; the Elixir side keeps it).
+#[rustler::nif]
+fn coordinator_new(env: Env) -> Term {
+    // Encoded here rather than returned as a ResourceArc: parking_lot's mutex is not
+    // RefUnwindSafe, which rustler requires of resources returned directly.
+    ResourceArc::new(Coordinator(Mutex::new(State::default()))).encode(env)
+}
+
+/// `{:granted, token} | {:held_by, optimizer} | {:queued, ticket} | {:already_held, token}`.
+/// `conflict` is `:abort | :wait | :preempt`; a queued caller (the calling process) gets
+/// `{:dspex_lock_granted, ticket, token, waited_us}`.
+#[rustler::nif]
+#[allow(clippy::too_many_arguments)]
+fn coordinator_acquire<'a>(
+    env: Env<'a>,
+    handle: Handle,
+    session: VarKey,
+    var: VarKey,
+    optimizer: VarKey,
+    holder_pid: LocalPid,
+    priority: i64,
+    conflict: Term<'a>,
+    timeout_ms: u64,
+    grace_ms: u64,
+    lease_ms: u64,
+) -> NifResult<Term<'a>> {
+    let t = now();
+    let deadline = t.saturating_add(timeout_ms.saturating_mul(MS));
+    let conflict = if conflict == atoms::abort().to_term(env) {
+        Conflict::Abort
+    } else if conflict == atoms::wait().to_term(env) {
+        Conflict::Wait { deadline }
+    } else if conflict == atoms::preempt().to_term(env) {
+        Conflict::Preempt {
+            deadline,
+            grace_ns: grace_ms.saturating_mul(MS),
+        }
+    } else {
+        return Err(Error::BadArg);
+    };
+    let caller = env.pid();
+    let mut st = handle.0.lock();
+    bind(env, &handle, &mut st, &optimizer, holder_pid);
+    let key = (session, var);
+    let out = st.table.acquire(
+        key.clone(),
+        optimizer,
+        priority,
+        conflict,
+        lease_ms.saturating_mul(MS),
+        t,
+    );
+    let answer = match out.value {
+        Acquired::Granted { token } => (atoms::granted(), token).encode(env),
+        Acquired::AlreadyHeld { token } => (atoms::already_held(), token).encode(env),
+        Acquired::HeldBy { holder } => (atoms::held_by(), holder).encode(env),
+        Acquired::Queued { ticket } => {
+            watch(env, &handle, &mut st, caller);
+            st.waits.insert(ticket, (caller, key));
+            (atoms::queued(), ticket).encode(env)
+        }
+    };
+    deliver(env, &mut st, out.effects);
+    Ok(answer)
+}
+
+fn lock_error<'a>(env: Env<'a>, err: LockError<VarKey>) -> Term<'a> {
+    let reason = match err {
+        LockError::NotOwner { .. } => atoms::not_lock_owner().encode(env),
+        LockError::StaleToken { .. } => atoms::stale_token().encode(env),
+        LockError::LockedBy { holder } => (atoms::locked_by(), holder).encode(env),
+    };
+    (atoms::error(), reason).encode(env)
+}
+
+/// Releases: `:ok` or `{:error, :not_lock_owner}`.
+#[rustler::nif]
+fn coordinator_release(
+    env: Env,
+    handle: Handle,
+    session: VarKey,
+    var: VarKey,
+    optimizer: VarKey,
+) -> Term {
+    let mut st = handle.0.lock();
+    match st.table.release(&(session, var), &optimizer, now()) {
+        Ok(out) => {
+            deliver(env, &mut st, out.effects);
+            atoms::ok().encode(env)
+        }
+        Err(e) => lock_error(env, e),
+    }
+}
+
+/// Renews the lease: `:ok` or `{:error, :not_lock_owner}`.
+#[rustler::nif]
+fn coordinator_renew(
+    env: Env,
+    handle: Handle,
+    session: VarKey,
+    var: VarKey,
+    optimizer: VarKey,
+    lease_ms: u64,
+) -> Term {
+    let mut st = handle.0.lock();
+    match st.table.renew(
+        &(session, var),
+        &optimizer,
+        lease_ms.saturating_mul(MS),
+        now(),
+    ) {
+        Ok(out) => {
+            deliver(env, &mut st, out.effects);
+            atoms::ok().encode(env)
+        }
+        Err(e) => lock_error(env, e),
+    }
+}
+
+/// Withdraws a wait: `:withdrawn`, `{:granted, token}` (the grant won the race) or `:not_found`.
+#[rustler::nif]
+fn coordinator_cancel(env: Env, handle: Handle, session: VarKey, var: VarKey, ticket: u64) -> Term {
+    let mut st = handle.0.lock();
+    st.waits.remove(&ticket);
+    match st.table.cancel_wait(&(session, var), ticket) {
+        Cancelled::Withdrawn => atoms::withdrawn().encode(env),
+        Cancelled::AlreadyGranted { token } => (atoms::granted(), token).encode(env),
+        Cancelled::NotFound => atoms::not_found().encode(env),
+    }
+}
+
+/// Takes the lock from its holder (`{:lock_lost, var, :forced, held_ms}` to it); `true` if held.
+#[rustler::nif]
+fn coordinator_force_release(env: Env, handle: Handle, session: VarKey, var: VarKey) -> bool {
+    let mut st = handle.0.lock();
+    let out = st.table.force_release(&(session, var), now());
+    let released = out.value;
+    deliver(env, &mut st, out.effects);
+    released
+}
+
+/// `:ok`, `{:error, :stale_token}` or `{:error, {:locked_by, optimizer}}`; `token` may be nil.
+#[rustler::nif]
+fn coordinator_check_write<'a>(
+    env: Env<'a>,
+    handle: Handle,
+    session: VarKey,
+    var: VarKey,
+    token: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let token = if token == atoms::nil().to_term(env) {
+        None
+    } else {
+        Some(token.decode::<u64>()?)
+    };
+    let mut st = handle.0.lock();
+    let out = st.table.check_write_at(&(session, var), token, now());
+    deliver(env, &mut st, out.effects);
+    Ok(match out.value {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) => lock_error(env, e),
+    })
+}
+
+/// `{holder, waiters}`: holder `nil` or `{optimizer, token, priority, held_ms, lease_left_ms}`;
+/// waiters `[{optimizer, ticket, priority}]` in service order.
+#[rustler::nif]
+fn coordinator_info(env: Env, handle: Handle, session: VarKey, var: VarKey) -> Term {
+    let st = handle.0.lock();
+    let t = now();
+    let (holder, waiters) = st.table.info(&(session, var));
+    let holder = match holder {
+        Some(h) => (
+            h.holder,
+            h.token,
+            h.priority,
+            t.saturating_sub(h.since) / MS,
+            h.lease_until.saturating_sub(t) / MS,
+        )
+            .encode(env),
+        None => atoms::nil().encode(env),
+    };
+    let waiters: Vec<Term> = waiters
+        .into_iter()
+        .map(|w| (w.waiter, w.ticket, w.priority).encode(env))
+        .collect();
+    (holder, waiters).encode(env)
+}
+
+/// Applies due lease expiries, preemptions and wait deadlines; returns the next deadline in
+/// ms from now (or nil).
+#[rustler::nif]
+fn coordinator_tick(env: Env, handle: Handle) -> Term {
+    let mut st = handle.0.lock();
+    let t = now();
+    let out = st.table.tick(t);
+    deliver(env, &mut st, out.effects);
+    match st.table.next_deadline() {
+        Some(d) => (d.saturating_sub(t) / MS).encode(env),
+        None => atoms::nil().encode(env),
+    }
+}
