@@ -37,6 +37,7 @@ bench: toolchain
 	MIX_ENV=prod mix run benches/dependency_graph.exs
 	MIX_ENV=prod mix run benches/access_control.exs
 	MIX_ENV=prod mix run benches/circuit_breaker.exs
+	MIX_ENV=prod mix run benches/coordinator.exs
 
 clean:
 	cargo clean

@@ -199,7 +199,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
          :ok <- ids(var_id, optimizer_id) do
       result = Native.coordinator_release(coordinator(), session, var_id, optimizer_id)
 
-      if result == :ok,
+      if result == :ok and Events.enabled?(),
         do:
           Events.emit([:dspex, :bridge, :coordinator, :lock_released], %{}, %{
             session_id: session,
