@@ -150,6 +150,75 @@ Demo.say("why is admin_intern refused? #{inspect(why)} (deny wins at equal prior
 {:ok, why} = AccessControl.explain({team, :prompt}, "guest", :read)
 Demo.say("and guest? #{inspect(why)} (private by default)")
 
+Demo.section("Three optimizers compete for one variable")
+alias DSPex.Bridge.OptimizerCoordinator
+{:ok, _} = SessionStore.register_variable(team, :lr, :float, 0.1)
+parent = self()
+
+crasher =
+  spawn(fn ->
+    {:ok, _} = OptimizerCoordinator.acquire_lock(:lr, "crasher", self(), session_id: team)
+    send(parent, :crasher_holds)
+    receive do: (:crash -> exit(:boom))
+  end)
+
+receive do: (:crasher_holds -> Demo.say("crasher holds :lr"))
+
+patient =
+  spawn(fn ->
+    {:ok, lock} =
+      OptimizerCoordinator.acquire_lock(:lr, "patient", self(),
+        session_id: team,
+        priority: 1,
+        timeout: 5_000
+      )
+
+    send(parent, {:patient_holds, lock.token})
+
+    receive do
+      {:optimization_preempted, :lr, _info} -> send(parent, :patient_notified)
+    end
+
+    receive do
+      {:lock_lost, :lr, reason, _held_ms} -> send(parent, {:patient_lost, reason})
+    end
+  end)
+
+Stream.repeatedly(fn -> OptimizerCoordinator.get_lock_info(:lr, session_id: team) end)
+|> Enum.find(&match?({:ok, %{waiters: [_]}}, &1))
+
+Demo.say("patient waits behind it; the crasher dies mid-run")
+send(crasher, :crash)
+
+receive do
+  {:patient_holds, token} -> Demo.say("the lock passed to patient at once (token #{token})")
+end
+
+urgent =
+  Task.async(fn ->
+    # The task waits for the grant; the lock is held on behalf of the demo process.
+    OptimizerCoordinator.acquire_lock(:lr, "urgent", parent,
+      session_id: team,
+      priority: 9,
+      conflict_resolution: :preempt,
+      grace_ms: 50
+    )
+  end)
+
+receive do:
+          (:patient_notified ->
+             Demo.say("urgent (priority 9) preempts: patient is told and gets 50 ms grace"))
+
+receive do: ({:patient_lost, reason} -> Demo.say("patient lost the lock: #{reason}"))
+{:ok, urgent_lock} = Task.await(urgent)
+
+{:ok, v} = SessionStore.update_variable(team, :lr, 0.05, lock_token: urgent_lock.token)
+Demo.say("urgent writes lr = #{v.value} with its token")
+late = SessionStore.update_variable(team, :lr, 0.5)
+Demo.say("a write without the token -> #{inspect(late)}")
+:ok = OptimizerCoordinator.release_lock(:lr, "urgent", session_id: team)
+Process.exit(patient, :kill)
+
 Demo.section("A sick Python worker cannot drag the BEAM down")
 alias DSPex.Bridge.{CircuitBreaker, PythonWorker}
 {:ok, _} = PythonWorker.start_pool(:demo_python, size: 2)
