@@ -35,6 +35,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   """
 
   alias DSPex.Bridge.{Events, Native, Options}
+  alias DSPex.Bridge.OptimizerCoordinator.Progress
   import DSPex.Bridge.Options, only: [is_id: 1]
 
   defmodule Lock do
@@ -54,17 +55,26 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   @key {__MODULE__, :coordinator}
 
   @doc false
-  def child_spec(_), do: %{id: __MODULE__, start: {__MODULE__, :start_link, []}}
+  def child_spec(_) do
+    children = Progress.tables() ++ [%{id: :ticker, start: {__MODULE__, :start_link, []}}]
+
+    %{
+      id: __MODULE__,
+      type: :supervisor,
+      start: {Supervisor, :start_link, [children, [strategy: :one_for_all]]}
+    }
+  end
 
   @doc false
   # The coordinator resource lives in persistent_term; this process only ticks it, so lease
-  # expiries and preemption grace periods happen on time even when nobody calls in.
+  # expiries, preemption grace periods and stalled runs are noticed when nobody calls in.
   def start_link do
     :persistent_term.put(@key, Native.coordinator_new())
     {:ok, spawn_link(fn -> tick_loop() end)}
   end
 
   defp tick_loop do
+    Progress.check_stalls()
     next = Native.coordinator_tick(coordinator())
     # Sleep until the next deadline, but wake at least every 50 ms for new ones.
     Process.sleep(if is_integer(next), do: min(max(next, 1), 50), else: 50)
@@ -77,7 +87,9 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   Acquires `var_id` for `optimizer_id`, held on behalf of `optimizer_pid` (monitored).
 
   Options: `session_id:` (default `:global`), `conflict_resolution:` (`:wait`),
-  `timeout:` ms (5_000), `priority:` (0), `lease_ms:` (300_000), `grace_ms:` (1_000).
+  `timeout:` ms (5_000), `priority:` (0), `lease_ms:` (300_000), `grace_ms:` (1_000), and
+  `caller:` / `context:`: a session locking another session's variable needs the `:optimize`
+  permission on it (`DSPex.Bridge.AccessControl`), else `{:error, :access_denied}`.
   """
   @spec acquire_lock(term(), term(), pid(), keyword()) :: {:ok, Lock.t()} | {:error, term()}
   def acquire_lock(var_id, optimizer_id, optimizer_pid, opts \\ [])
@@ -90,10 +102,13 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
       timeout: &Options.non_neg_integer?/1,
       priority: &is_integer/1,
       lease_ms: &Options.pos_integer?/1,
-      grace_ms: &Options.non_neg_integer?/1
+      grace_ms: &Options.non_neg_integer?/1,
+      caller: &Options.id?/1,
+      context: &is_map/1
     }
 
-    with {:ok, o} <- Options.take(opts, spec) do
+    with {:ok, o} <- Options.take(opts, spec),
+         :ok <- may_optimize(o, var_id) do
       session = Map.get(o, :session_id, :global)
       timeout = Map.get(o, :timeout, 5_000)
       started = System.monotonic_time()
@@ -134,6 +149,18 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
       true -> {:error, {:invalid_pid, optimizer_pid}}
     end
   end
+
+  # A lock on another session's variable needs :optimize on it.
+  defp may_optimize(%{caller: caller, session_id: session} = o, var_id) when caller != session,
+    do:
+      DSPex.Bridge.AccessControl.decide(
+        {session, var_id},
+        caller,
+        :optimize,
+        Map.get(o, :context, %{})
+      )
+
+  defp may_optimize(_o, _var_id), do: :ok
 
   defp await_grant(session, var_id, optimizer_id, ticket, timeout) do
     receive do
@@ -287,6 +314,62 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
       if is_nil(token) or (is_integer(token) and token > 0),
         do: Native.coordinator_check_write(coordinator(), session, var_id, token),
         else: {:error, {:invalid_token, token}}
+    end
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # optimization runs
+
+  @doc """
+  Starts tracking an optimization run on a lock you hold: `{:ok, optimization_id}`.
+
+  Options: `objective:` `{:minimize, metric}` (default `{:minimize, :loss}`) or
+  `{:maximize, metric}`; `stall_reports:` reports without improvement before `stalled` is
+  emitted (default 10); `stall_ms:` silence before `stalled` (default 60_000); `lease_ms:`
+  the lease each report renews (default 300_000).
+  """
+  @spec start_optimization(Lock.t(), keyword()) :: {:ok, String.t()} | {:error, term()}
+  def start_optimization(%Lock{} = lock, opts \\ []), do: Progress.start(lock, opts, coordinator())
+
+  @doc """
+  Reports an iteration: renews the lease, keeps the best so far by the objective (on
+  `metrics[metric]`), emits `progress`, and `stalled` after `stall_reports` reports without
+  improvement. If the lock was lost, the run fails and `{:error, :not_lock_owner}` is returned.
+  """
+  @spec report_progress(String.t(), integer(), term(), map()) :: :ok | {:error, term()}
+  def report_progress(optimization_id, iteration, value, metrics),
+    do: Progress.report(optimization_id, iteration, value, metrics, coordinator())
+
+  @doc """
+  Writes `final_value` to the variable through `SessionStore` with the lock's fencing token,
+  releases the lock and records the run: `{:ok, variable}`. A refused write (a lost lock, a
+  value the variable's type refuses) leaves the run running and returns the error.
+  """
+  @spec complete_optimization(String.t(), term(), map()) :: {:ok, term()} | {:error, term()}
+  def complete_optimization(optimization_id, final_value, final_metrics \\ %{}),
+    do: Progress.complete(optimization_id, final_value, final_metrics, coordinator())
+
+  @doc "Ends a run as failed and releases its lock."
+  @spec fail_optimization(String.t(), term()) :: :ok | {:error, term()}
+  def fail_optimization(optimization_id, reason),
+    do: Progress.fail(optimization_id, reason, coordinator())
+
+  @doc "The state of a run, running or finished."
+  @spec get_optimization_status(String.t()) :: {:ok, map()} | {:error, term()}
+  def get_optimization_status(optimization_id), do: Progress.status(optimization_id)
+
+  @doc "Every running optimization."
+  @spec list_active_optimizations() :: [map()]
+  def list_active_optimizations, do: Progress.active()
+
+  @doc "Finished runs on `var_id`, newest first (at most 100 are kept). Option `session_id:`."
+  @spec get_optimization_history(term(), pos_integer(), keyword()) :: [map()] | {:error, term()}
+  def get_optimization_history(var_id, limit \\ 10, opts \\ []) do
+    with {:ok, session} <- session_opt(opts),
+         :ok <- ids(var_id, :x) do
+      if is_integer(limit) and limit > 0,
+        do: Progress.history(session, var_id, limit),
+        else: {:error, {:invalid_option, {:limit, limit}}}
     end
   end
 

@@ -207,4 +207,87 @@ defmodule DSPex.Bridge.OptimizerCoordinatorTest do
     # The released holder's token is refused from now on.
     assert {:error, :stale_token} = store.update_variable(s, :lr, 0.5, lock_token: lock.token)
   end
+
+  describe "optimization runs" do
+    test "progress, best so far, stall, completion through SessionStore, history" do
+      :ok = DSPex.Bridge.Events.subscribe([:dspex, :bridge, :coordinator])
+      s = session!()
+      {:ok, _} = DSPex.Bridge.SessionStore.register_variable(s, :lr, :float, 0.1)
+      {:ok, lock} = C.acquire_lock(:lr, "tuner", self(), session_id: s)
+      {:ok, id} = C.start_optimization(lock, objective: {:minimize, :loss}, stall_reports: 2)
+
+      :ok = C.report_progress(id, 1, 0.05, %{loss: 0.9})
+      :ok = C.report_progress(id, 2, 0.02, %{loss: 0.4})
+      :ok = C.report_progress(id, 3, 0.01, %{loss: 0.6})
+      refute_received {:dspex_event, [:dspex, :bridge, :coordinator, :stalled], _, _}
+      :ok = C.report_progress(id, 4, 0.03, %{loss: 0.5})
+
+      assert_received {:dspex_event, [:dspex, :bridge, :coordinator, :stalled], _,
+                       %{optimization_id: ^id}}
+
+      assert {:ok,
+              %{status: :running, best: 0.4, best_value: 0.02, best_iteration: 2, iteration: 4}} =
+               C.get_optimization_status(id)
+
+      assert Enum.any?(C.list_active_optimizations(), &(&1.id == id))
+
+      assert {:ok, %{value: 0.02}} = C.complete_optimization(id, 0.02, %{loss: 0.4})
+      refute C.is_locked?(:lr, session_id: s)
+      assert {:ok, %{status: :completed}} = C.get_optimization_status(id)
+      refute Enum.any?(C.list_active_optimizations(), &(&1.id == id))
+      assert [%{id: ^id, status: :completed}] = C.get_optimization_history(:lr, 10, session_id: s)
+
+      assert_received {:dspex_event, [:dspex, :bridge, :coordinator, :completed], _,
+                       %{optimization_id: ^id}}
+    end
+
+    test "maximize objective, failure releases the lock, silence counts as a stall" do
+      :ok = DSPex.Bridge.Events.subscribe([:dspex, :bridge, :coordinator, :stalled])
+      v = var()
+      {:ok, lock} = C.acquire_lock(v, "m", self())
+      {:ok, id} = C.start_optimization(lock, objective: {:maximize, :accuracy}, stall_ms: 60)
+      :ok = C.report_progress(id, 1, :a, %{accuracy: 0.5})
+      :ok = C.report_progress(id, 2, :b, %{accuracy: 0.7})
+      assert {:ok, %{best: 0.7, best_value: :b}} = C.get_optimization_status(id)
+      assert_receive {:dspex_event, _, %{silent_ms: silent}, %{optimization_id: ^id}}, 1_000
+      assert silent >= 60
+      :ok = C.fail_optimization(id, :diverged)
+      refute C.is_locked?(v)
+      assert {:ok, %{status: :failed, reason: :diverged}} = C.get_optimization_status(id)
+    end
+
+    test "a run on a lock that is gone fails; bad input" do
+      v = var()
+      {:ok, lock} = C.acquire_lock(v, "x", self())
+      {:ok, id} = C.start_optimization(lock)
+      :ok = C.force_release(v)
+      assert {:error, :not_lock_owner} = C.report_progress(id, 1, 1, %{loss: 1})
+      assert {:ok, %{status: :failed, reason: :lock_lost}} = C.get_optimization_status(id)
+      assert {:error, :not_lock_owner} = C.start_optimization(lock)
+      assert {:error, {:unknown_optimization, "nope"}} = C.report_progress("nope", 1, 1, %{})
+      assert {:error, {:invalid_progress, _}} = C.report_progress(id, :one, 1, %{})
+
+      {:ok, other} = C.acquire_lock(var(), "y", self())
+
+      assert {:error, {:invalid_option, {:objective, :fast}}} =
+               C.start_optimization(other, objective: :fast)
+
+      assert {:error, {:invalid_option, {:limit, 0}}} = C.get_optimization_history(v, 0)
+    end
+  end
+
+  test "locking another session's variable needs :optimize" do
+    s = session!()
+
+    {:ok, _} =
+      DSPex.Bridge.SessionStore.register_variable(s, :lr, :float, 0.1,
+        access_rules: [[id: "tuners", session_pattern: "tuner_*", permissions: [:optimize]]]
+      )
+
+    assert {:error, :access_denied} =
+             C.acquire_lock(:lr, "o1", self(), session_id: s, caller: "guest")
+
+    assert {:ok, _} = C.acquire_lock(:lr, "o2", self(), session_id: s, caller: "tuner_1")
+    assert {:ok, _} = C.acquire_lock(:lr, "o2", self(), session_id: s, caller: s)
+  end
 end
