@@ -89,4 +89,5 @@ defmodule DSPex.Bridge.Native do
   def coordinator_check_write(_c, _s, _v, _token), do: not_loaded()
   def coordinator_info(_c, _s, _v), do: not_loaded()
   def coordinator_tick(_c), do: not_loaded()
+  def coordinator_listen(_c), do: not_loaded()
 end

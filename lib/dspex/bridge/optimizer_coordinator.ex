@@ -15,6 +15,10 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   * Waiters are served by priority, first come first served within a priority.
   * Leases (`lease_ms:`, default 5 minutes) are renewed by `renew_lock/3`; an expired lease
     frees the lock and sends the holder `{:lock_lost, var_id, :lease_expired, held_ms}`.
+  * Events `[:dspex, :bridge, :coordinator, e]`: `lock_acquired` (`wait_time_us`),
+    `lock_conflict`, `lock_released`, `preempt_notice` (`grace_ms`), `preempted` and
+    `lease_expired` (`held_duration_ms`), `force_released`, and for runs `progress`,
+    `completed`, `failed`, `stalled`.
   * When the optimizer process dies its locks go to the next waiter at once; a waiter that
     dies leaves the queue.
   * A waiter that times out never keeps a lock it does not know about: if the grant raced
@@ -70,15 +74,43 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   # expiries, preemption grace periods and stalled runs are noticed when nobody calls in.
   def start_link do
     :persistent_term.put(@key, Native.coordinator_new())
-    {:ok, spawn_link(fn -> tick_loop() end)}
+
+    {:ok,
+     spawn_link(fn ->
+       :ok = Native.coordinator_listen(coordinator())
+       tick_loop(0)
+     end)}
   end
 
-  defp tick_loop do
-    Progress.check_stalls()
-    next = Native.coordinator_tick(coordinator())
-    # Sleep until the next deadline, but wake at least every 50 ms for new ones.
-    Process.sleep(if is_integer(next), do: min(max(next, 1), 50), else: 50)
-    tick_loop()
+  # Publishes the lock events the NIF reports, and ticks the table at its next deadline (at
+  # least every 50 ms, for deadlines added meanwhile).
+  defp tick_loop(wait) do
+    receive do
+      {:dspex_coordinator_event, event} ->
+        publish(event)
+        tick_loop(0)
+    after
+      wait ->
+        Progress.check_stalls()
+        next = Native.coordinator_tick(coordinator())
+        tick_loop(if is_integer(next), do: min(max(next, 1), 50), else: 50)
+    end
+  end
+
+  defp publish({kind, session, var_id, holder, ms}) do
+    {event, measurements} =
+      case kind do
+        :preempt_notice -> {:preempt_notice, %{grace_ms: ms}}
+        :preempted -> {:preempted, %{held_duration_ms: ms}}
+        :lease_expired -> {:lease_expired, %{held_duration_ms: ms}}
+        :forced -> {:force_released, %{held_duration_ms: ms}}
+      end
+
+    Events.emit([:dspex, :bridge, :coordinator, event], measurements, %{
+      session_id: session,
+      var_id: var_id,
+      optimizer_id: holder
+    })
   end
 
   defp coordinator, do: :persistent_term.get(@key)

@@ -97,4 +97,6 @@ rustler::atoms! {
     locked_by,
     withdrawn,
     not_found,
+    preempt_notice,
+    dspex_coordinator_event,
 }

@@ -38,6 +38,8 @@ struct State {
     // wait ticket -> (the caller blocked on it, its key)
     waits: AHashMap<u64, (LocalPid, Key)>,
     monitored: AHashMap<LocalPid, Monitor>,
+    // the process that publishes lock events (preemptions, lost locks)
+    listener: Option<LocalPid>,
 }
 
 /// The VM's lock coordinator.
@@ -99,6 +101,13 @@ fn loss_atom(r: LossReason) -> Atom {
     }
 }
 
+// Tells the listener (the process that publishes events) about a lock event.
+fn notify(env: Env, st: &State, event: impl Encoder) {
+    if let Some(listener) = st.listener {
+        let _ = env.send(&listener, (atoms::dspex_coordinator_event(), event));
+    }
+}
+
 // Carries out the core's effects as messages.
 fn deliver(env: Env, st: &mut State, effects: Vec<Effect<Key, VarKey>>) {
     for effect in effects {
@@ -127,18 +136,23 @@ fn deliver(env: Env, st: &mut State, effects: Vec<Effect<Key, VarKey>>) {
                 by,
                 grace_until,
             } => {
+                let grace_ms = grace_until.saturating_sub(now()) / MS;
                 if let Some(pid) = st.pid_of.get(&holder) {
-                    let grace_ms = grace_until.saturating_sub(now()) / MS;
                     let info = (
                         atoms::session_id(),
                         &key.0,
                         atoms::by(),
-                        by,
+                        &by,
                         atoms::grace_ms(),
                         grace_ms,
                     );
                     let _ = env.send(pid, (atoms::optimization_preempted(), &key.1, info));
                 }
+                notify(
+                    env,
+                    st,
+                    (atoms::preempt_notice(), &key.0, &key.1, &holder, grace_ms),
+                );
             }
             Effect::LockLost {
                 key,
@@ -152,6 +166,11 @@ fn deliver(env: Env, st: &mut State, effects: Vec<Effect<Key, VarKey>>) {
                         (atoms::lock_lost(), &key.1, loss_atom(reason), held_ns / MS),
                     );
                 }
+                notify(
+                    env,
+                    st,
+                    (loss_atom(reason), &key.0, &key.1, &holder, held_ns / MS),
+                );
             }
             Effect::WaitTimedOut { ticket, .. } => {
                 st.waits.remove(&ticket);
@@ -347,6 +366,14 @@ fn coordinator_info(env: Env, handle: Handle, session: VarKey, var: VarKey) -> T
         .map(|w| (w.waiter, w.ticket, w.priority).encode(env))
         .collect();
     (holder, waiters).encode(env)
+}
+
+/// Makes the calling process the receiver of `{:dspex_coordinator_event, event}` messages
+/// (`{:preempt_notice | :preempted | :lease_expired | :forced, session, var, holder, ms}`).
+#[rustler::nif]
+fn coordinator_listen(env: Env, handle: Handle) -> Atom {
+    handle.0.lock().listener = Some(env.pid());
+    atoms::ok()
 }
 
 /// Applies due lease expiries, preemptions and wait deadlines; returns the next deadline in

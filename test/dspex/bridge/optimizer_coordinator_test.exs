@@ -78,9 +78,16 @@ defmodule DSPex.Bridge.OptimizerCoordinatorTest do
   end
 
   test "an expired lease frees the lock and tells the holder" do
+    :ok = DSPex.Bridge.Events.subscribe([:dspex, :bridge, :coordinator, :lease_expired])
     v = var()
     {:ok, lock} = C.acquire_lock(v, "slow", self(), lease_ms: 50)
     assert_receive {:lock_lost, ^v, :lease_expired, _held_ms}, 1_000
+
+    assert_receive {:dspex_event, _, %{held_duration_ms: held},
+                    %{var_id: ^v, optimizer_id: "slow"}},
+                   1_000
+
+    assert held >= 50
     refute C.is_locked?(v)
     # A paused holder waking up after its lease cannot write with its old token.
     assert {:error, :stale_token} = C.check_write_allowed(v, lock.token)
@@ -101,6 +108,7 @@ defmodule DSPex.Bridge.OptimizerCoordinatorTest do
   end
 
   test "preemption: notice, grace, then the lock moves" do
+    :ok = DSPex.Bridge.Events.subscribe([:dspex, :bridge, :coordinator, :preempted])
     v = var()
     {:ok, _} = C.acquire_lock(v, "low", self(), priority: 1)
 
@@ -119,6 +127,9 @@ defmodule DSPex.Bridge.OptimizerCoordinatorTest do
 
     assert_receive {:lock_lost, ^v, :preempted, _}, 1_000
     assert {:ok, %C.Lock{optimizer_id: "high"}} = Task.await(task)
+
+    assert_receive {:dspex_event, _, %{held_duration_ms: _}, %{var_id: ^v, optimizer_id: "low"}},
+                   1_000
   end
 
   test "a timed-out waiter holds nothing" do
