@@ -277,7 +277,10 @@ impl<K: Eq + Hash + Clone, H: Eq + Clone> LockTable<K, H> {
     ) -> Out<Acquired<H>, K, H> {
         let mut effects = Vec::new();
         self.expire(&key, now, &mut effects);
-        let lock = self.locks.entry(key.clone()).or_default();
+        if !self.locks.contains_key(&key) {
+            self.locks.insert(key.clone(), Lock::default());
+        }
+        let lock = self.locks.get_mut(&key).expect("present");
         let answer = match &mut lock.holder {
             None => {
                 let token = self.next_token;
@@ -410,6 +413,19 @@ impl<K: Eq + Hash + Clone, H: Eq + Clone> LockTable<K, H> {
         match &lock.holder {
             Some(h) if h.ticket == Some(ticket) => Cancelled::AlreadyGranted { token: h.token },
             _ => Cancelled::NotFound,
+        }
+    }
+
+    /// [`cancel_wait`](Self::cancel_wait) when only the ticket is known (searches every lock).
+    pub fn cancel_ticket(&mut self, ticket: u64) -> Cancelled {
+        let key = self.locks.iter().find_map(|(k, l)| {
+            let waiting = l.waiters.values().any(|w| w.ticket == ticket);
+            let granted = l.holder.as_ref().is_some_and(|h| h.ticket == Some(ticket));
+            (waiting || granted).then(|| k.clone())
+        });
+        match key {
+            Some(k) => self.cancel_wait(&k, ticket),
+            None => Cancelled::NotFound,
         }
     }
 

@@ -35,8 +35,8 @@ struct State {
     pid_of: AHashMap<VarKey, LocalPid>,
     // process -> optimizer ids it stands for
     optimizers_of: AHashMap<LocalPid, Vec<VarKey>>,
-    // wait ticket -> (the caller blocked on it, its key)
-    waits: AHashMap<u64, (LocalPid, Key)>,
+    // wait ticket -> the caller blocked on it
+    waits: AHashMap<u64, LocalPid>,
     monitored: AHashMap<LocalPid, Monitor>,
     // the process that publishes lock events (preemptions, lost locks)
     listener: Option<LocalPid>,
@@ -58,15 +58,15 @@ impl rustler::Resource for Coordinator {
                 st.pid_of.remove(optimizer);
             }
         }
-        let abandoned: Vec<(u64, Key)> = st
+        let abandoned: Vec<u64> = st
             .waits
             .iter()
-            .filter(|(_, (p, _))| *p == pid)
-            .map(|(t, (_, k))| (*t, k.clone()))
+            .filter(|(_, p)| **p == pid)
+            .map(|(t, _)| *t)
             .collect();
-        for (ticket, key) in abandoned {
+        for ticket in abandoned {
             st.waits.remove(&ticket);
-            let _ = st.table.cancel_wait(&key, ticket);
+            let _ = st.table.cancel_ticket(ticket);
         }
         let out = st.table.remove_where(|h| gone.contains(h), now());
         deliver(env, &mut st, out.effects);
@@ -84,6 +84,9 @@ fn watch(env: Env, handle: &Handle, st: &mut State, pid: LocalPid) {
 }
 
 fn bind(env: Env, handle: &Handle, st: &mut State, optimizer: &VarKey, pid: LocalPid) {
+    if st.pid_of.get(optimizer) == Some(&pid) {
+        return;
+    }
     watch(env, handle, st, pid);
     if st.pid_of.insert(optimizer.clone(), pid) != Some(pid) {
         let list = st.optimizers_of.entry(pid).or_default();
@@ -118,7 +121,7 @@ fn deliver(env: Env, st: &mut State, effects: Vec<Effect<Key, VarKey>>) {
                 waited_ns,
                 ..
             } => {
-                if let Some((caller, _)) = st.waits.remove(&ticket) {
+                if let Some(caller) = st.waits.remove(&ticket) {
                     let _ = env.send(
                         &caller,
                         (
@@ -222,9 +225,8 @@ fn coordinator_acquire<'a>(
     let caller = env.pid();
     let mut st = handle.0.lock();
     bind(env, &handle, &mut st, &optimizer, holder_pid);
-    let key = (session, var);
     let out = st.table.acquire(
-        key.clone(),
+        (session, var),
         optimizer,
         priority,
         conflict,
@@ -237,7 +239,7 @@ fn coordinator_acquire<'a>(
         Acquired::HeldBy { holder } => (atoms::held_by(), holder).encode(env),
         Acquired::Queued { ticket } => {
             watch(env, &handle, &mut st, caller);
-            st.waits.insert(ticket, (caller, key));
+            st.waits.insert(ticket, caller);
             (atoms::queued(), ticket).encode(env)
         }
     };
