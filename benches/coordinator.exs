@@ -93,6 +93,47 @@ sorted = Enum.sort(handoffs)
 Bench.row("handoff release -> waiter holds, p50 (goal < 20 us)", Bench.fmt(Enum.at(sorted, 1_000)))
 Bench.row("handoff p99", Bench.fmt(Enum.at(sorted, 1_980)))
 
+# Crash handoff: the holder is killed; how long until the waiter holds the lock.
+crash_handoffs =
+  for _ <- 1..500 do
+    parent = self()
+
+    holder =
+      spawn(fn ->
+        {:ok, _} = C.acquire_lock(:crash, "holder", self())
+        send(parent, :holding)
+        Process.sleep(:infinity)
+      end)
+
+    receive do: (:holding -> :ok)
+
+    waiter =
+      spawn(fn ->
+        {:ok, _} = C.acquire_lock(:crash, "waiter", self(), timeout: 5_000)
+        send(parent, {:held, System.monotonic_time(:nanosecond)})
+        receive do: (:go -> C.release_lock(:crash, "waiter"))
+      end)
+
+    Stream.repeatedly(fn -> C.get_lock_info(:crash) end)
+    |> Enum.find(&match?({:ok, %{waiters: [_]}}, &1))
+
+    t0 = System.monotonic_time(:nanosecond)
+    Process.exit(holder, :kill)
+
+    t1 =
+      receive do
+        {:held, t} -> t
+      end
+
+    send(waiter, :go)
+    Stream.repeatedly(fn -> C.is_locked?(:crash) end) |> Enum.find(&(&1 == false))
+    t1 - t0
+  end
+
+sorted = Enum.sort(crash_handoffs)
+Bench.row("holder killed -> waiter holds, p50", Bench.fmt(Enum.at(sorted, 250)))
+Bench.row("holder killed -> waiter holds, max (goal < 10 ms)", Bench.fmt(List.last(sorted)))
+
 # Throughput under contention: 64 processes, 16 variables.
 vars = for i <- 1..16, do: "v#{i}"
 
