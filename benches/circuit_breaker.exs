@@ -43,7 +43,7 @@ EtsBreaker.new()
 [{_, handle, _, _}] = :ets.lookup(:dspex_bridge_breakers, :bench)
 
 nif_pair = fn ->
-  {{:ok, gen, probe}, _} = Native.breaker_allow(handle)
+  {:ok, gen, probe, _} = Native.breaker_allow(handle)
   Native.breaker_record(handle, gen, probe, :success, 1_000)
 end
 

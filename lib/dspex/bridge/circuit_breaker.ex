@@ -201,11 +201,9 @@ defmodule DSPex.Bridge.CircuitBreaker do
   end
 
   defp guarded(name, handle, fun, o) do
-    {admission, transitions} = Native.breaker_allow(handle)
-    publish(name, transitions)
-
-    case admission do
-      {:ok, generation, probe} ->
+    case Native.breaker_allow(handle) do
+      {:ok, generation, probe, transitions} ->
+        publish(name, transitions)
         start = System.monotonic_time()
         result = run(fun, Map.get(o, :timeout, :infinity))
         duration = System.monotonic_time() - start
@@ -226,7 +224,8 @@ defmodule DSPex.Bridge.CircuitBreaker do
           do: fallback(error_of(result), o),
           else: unwrap(result)
 
-      {:error, reason} ->
+      {:error, reason, transitions} ->
+        publish(name, transitions)
         Events.emit([:dspex, :bridge, :breaker, :rejected], %{}, %{name: name, reason: reason})
         fallback({:error, :circuit_open}, o)
     end

@@ -343,6 +343,40 @@ impl Breaker {
         WithEffects::new(self.state, effects)
     }
 
+    /// [`allow`](Self::allow) with the time read lazily: `now` is called only when the
+    /// answer depends on it (the breaker is open or half-open), so a closed breaker's hot
+    /// path reads no clock.
+    pub fn allow_with(
+        &mut self,
+        now: impl FnOnce() -> u64,
+    ) -> WithEffects<Result<Permit, Rejection>, Effect> {
+        let t = if matches!(self.state, State::Open | State::HalfOpen) {
+            now()
+        } else {
+            self.since
+        };
+        self.allow(t)
+    }
+
+    /// [`record`](Self::record) with the time read lazily: a fast success on a closed
+    /// breaker in consecutive mode cannot trip it or move it in time, so no clock is read
+    /// then. (In a rate window a success can trip it: it may be the call that brings the
+    /// window to `min_calls`.)
+    pub fn record_with(
+        &mut self,
+        permit: Permit,
+        outcome: Outcome,
+        duration_ns: u64,
+        now: impl FnOnce() -> u64,
+    ) -> WithEffects<(), Effect> {
+        let timeless = self.state == State::Closed
+            && matches!(self.config.window, Window::Consecutive { .. })
+            && outcome == Outcome::Success
+            && duration_ns < self.config.slow_call_ns;
+        let t = if timeless { self.since } else { now() };
+        self.record(permit, outcome, duration_ns, t)
+    }
+
     /// Asks to make a call.
     pub fn allow(&mut self, now: u64) -> WithEffects<Result<Permit, Rejection>, Effect> {
         let mut effects = Vec::new();

@@ -368,3 +368,49 @@ fn bad_configs_are_refused() {
     assert_eq!(backoff.validate(), Err(ConfigError::BadBackoff));
     assert_eq!(Config::default().validate(), Ok(()));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+    // The lazy-clock variants must behave exactly like the explicit ones.
+    #[test]
+    fn lazy_clock_variants_match(c in config(), ops in proptest::collection::vec(op(), 1..80)) {
+        let mut eager = Breaker::new(c.clone());
+        let mut lazy = Breaker::new(c);
+        let mut now = 0u64;
+        let mut permits: Vec<Permit> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Allow(dt) => {
+                    now += dt;
+                    let a = eager.allow(now);
+                    let b = lazy.allow_with(|| now);
+                    prop_assert_eq!(&a.value, &b.value);
+                    prop_assert_eq!(a.effects, b.effects);
+                    if let Ok(p) = a.value {
+                        permits.push(p);
+                    }
+                }
+                Op::Record(i, o, d, dt) => {
+                    if permits.is_empty() {
+                        continue;
+                    }
+                    now += dt;
+                    let p = permits.remove(i % permits.len());
+                    let a = eager.record(p, o, d, now);
+                    let b = lazy.record_with(p, o, d, || now);
+                    prop_assert_eq!(a.effects, b.effects);
+                }
+                Op::Advance(dt) => now += dt,
+                Op::ForceOpen => { let _ = eager.force_open(now); let _ = lazy.force_open(now); }
+                Op::Close => { let _ = eager.close(now); let _ = lazy.close(now); }
+                Op::Reset => { let _ = eager.reset(now); let _ = lazy.reset(now); }
+                Op::Disable => { let _ = eager.disable(now); let _ = lazy.disable(now); }
+            }
+            prop_assert_eq!(eager.state(now).value, lazy.state(now).value);
+            prop_assert_eq!(eager.generation(), lazy.generation());
+            prop_assert_eq!(eager.open_until(), lazy.open_until());
+            prop_assert_eq!(eager.stats(), lazy.stats());
+        }
+    }
+}

@@ -136,16 +136,19 @@ fn breaker_new<'a>(env: Env<'a>, config: Term<'a>) -> NifResult<Term<'a>> {
     })
 }
 
-/// `{{:ok, generation, probe?} | {:error, :circuit_open | :probes_busy}, transitions}`.
+/// `{:ok, generation, probe?, transitions}` or `{:error, :circuit_open | :probes_busy,
+/// transitions}`. The clock is read only when the breaker is open or half-open.
 #[rustler::nif]
 fn breaker_allow(env: Env, handle: Handle) -> Term {
-    let out = handle.0.lock().allow(now());
-    let result = match out.value {
-        Ok(p) => (atoms::ok(), p.generation, p.probe).encode(env),
-        Err(Rejection::Open) => (atoms::error(), atoms::circuit_open()).encode(env),
-        Err(Rejection::ProbesBusy) => (atoms::error(), atoms::probes_busy()).encode(env),
-    };
-    (result, effects(&out.effects)).encode(env)
+    let out = handle.0.lock().allow_with(now);
+    let transitions = effects(&out.effects);
+    match out.value {
+        Ok(p) => (atoms::ok(), p.generation, p.probe, transitions).encode(env),
+        Err(Rejection::Open) => (atoms::error(), atoms::circuit_open(), transitions).encode(env),
+        Err(Rejection::ProbesBusy) => {
+            (atoms::error(), atoms::probes_busy(), transitions).encode(env)
+        }
+    }
 }
 
 /// Records an outcome (`:success | :failure | :ignored`); returns the transitions.
@@ -170,7 +173,7 @@ fn breaker_record<'a>(
     let out = handle
         .0
         .lock()
-        .record(Permit { generation, probe }, outcome, duration_ns, now());
+        .record_with(Permit { generation, probe }, outcome, duration_ns, now);
     Ok(effects(&out.effects))
 }
 
