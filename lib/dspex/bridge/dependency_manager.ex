@@ -95,8 +95,8 @@ defmodule DSPex.Bridge.DependencyManager do
           emit(:cycle_detected, session_id, %{from: from_var, to: to_var, path: path})
           {:error, :would_create_cycle}
 
-        {:error, {:unknown_variable, name}} ->
-          {:error, {:variable_not_found, name}}
+        error ->
+          unknown_to_not_found(error)
       end
     end
   rescue
@@ -127,8 +127,8 @@ defmodule DSPex.Bridge.DependencyManager do
           emit(:cycle_detected, session_id, %{from: from, to: to, path: path})
           {:error, {:would_create_cycle, {from, to}, path}}
 
-        {:error, {:unknown_variable, name}} ->
-          {:error, {:variable_not_found, name}}
+        error ->
+          unknown_to_not_found(error)
       end
     end
   rescue
@@ -163,7 +163,7 @@ defmodule DSPex.Bridge.DependencyManager do
 
   defp cycle_result({:ok, nil}), do: {:error, :no_cycle}
   defp cycle_result({:ok, path}), do: {:ok, path}
-  defp cycle_result({:error, {:unknown_variable, name}}), do: {:error, {:variable_not_found, name}}
+  defp cycle_result(error), do: unknown_to_not_found(error)
 
   @doc """
   `{:ok, [changed_var | downstream]}`: the changed variable, then everything that depends on

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use rustler::types::tuple::get_tuple;
 use rustler::{Atom, Encoder, Env, Error, MapIterator, NifResult, Term, TermType};
 
-use crate::atoms;
+use crate::atoms::{self, atom_is};
 use crate::var_key::VarKey;
 
 type Engine = AccessControl<(VarKey, VarKey)>;
@@ -25,17 +25,6 @@ const CACHE_CAPACITY: usize = 100_000;
 
 static ENGINE: LazyLock<Mutex<Engine>> =
     LazyLock::new(|| Mutex::new(AccessControl::new(CACHE_CAPACITY)));
-
-fn text(key: &VarKey) -> String {
-    match key {
-        VarKey::Atom(a) => a.to_string(),
-        VarKey::Str(s) => String::from_utf8_lossy(s).into_owned(),
-    }
-}
-
-fn atom_is(term: Term, atom: Atom) -> bool {
-    term == atom.to_term(term.get_env())
-}
 
 fn decode_permission(term: Term) -> NifResult<Permission> {
     [
@@ -290,7 +279,7 @@ fn acl_set_policy<'a>(
     rules: Term<'a>,
 ) -> NifResult<Term<'a>> {
     let mode = decode_mode(mode)?;
-    let owner = text(&session);
+    let owner = session.text();
     Ok(match decode_rules(rules)? {
         Err((i, e)) => invalid_rule(env, i, &e),
         Ok(rules) => match ENGINE
@@ -356,7 +345,7 @@ fn acl_check<'a>(
 ) -> NifResult<(bool, bool)> {
     let p = decode_permission(permission)?;
     let ctx = decode_context(context)?;
-    let caller = text(&caller);
+    let caller = caller.text();
     let (decision, hit) = ENGINE
         .lock()
         .check_cached(&(session, name), &caller, p, &ctx, now);
@@ -379,7 +368,7 @@ fn acl_explain<'a>(
     let ctx = decode_context(context)?;
     let decision = ENGINE
         .lock()
-        .explain(&(session, name), &text(&caller), p, &ctx, now);
+        .explain(&(session, name), &caller.text(), p, &ctx, now);
     let reason = match &decision {
         Decision::Owner => atoms::owner().encode(env),
         Decision::Rule {
@@ -412,7 +401,7 @@ fn acl_permissions<'a>(
     let ctx = decode_context(context)?;
     let perms = ENGINE
         .lock()
-        .permissions(&(session, name), &text(&caller), &ctx, now);
+        .permissions(&(session, name), &caller.text(), &ctx, now);
     Ok(perms.into_iter().map(encode_permission).collect())
 }
 

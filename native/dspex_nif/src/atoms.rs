@@ -100,3 +100,8 @@ rustler::atoms! {
     preempt_notice,
     dspex_coordinator_event,
 }
+
+/// True when `term` is `atom` (an identity comparison; no atom is made from `term`).
+pub fn atom_is(term: rustler::Term, atom: rustler::Atom) -> bool {
+    term == atom.to_term(term.get_env())
+}

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use rustler::types::tuple::get_tuple;
 use rustler::{Atom, Encoder, Env, Error, NifResult, ResourceArc, Term};
 
-use crate::atoms;
+use crate::atoms::{self, atom_is};
 
 static CLOCK: LazyLock<MonotonicClock> = LazyLock::new(MonotonicClock::new);
 
@@ -65,19 +65,18 @@ fn effects(list: &[Effect]) -> Vec<(Atom, Atom, Atom)> {
 fn decode_window(term: Term) -> NifResult<Window> {
     let parts = get_tuple(term)?;
     let tag = *parts.first().ok_or(Error::BadArg)?;
-    let env = term.get_env();
     let int = |i: usize| -> NifResult<u64> { parts.get(i).ok_or(Error::BadArg)?.decode() };
     let small = |i: usize| -> NifResult<u32> { parts.get(i).ok_or(Error::BadArg)?.decode() };
-    if tag == atoms::consecutive().to_term(env) {
+    if atom_is(tag, atoms::consecutive()) {
         Ok(Window::Consecutive {
             threshold: small(1)?,
         })
-    } else if tag == atoms::count().to_term(env) {
+    } else if atom_is(tag, atoms::count()) {
         Ok(Window::Count {
             size: small(1)?,
             min_calls: small(2)?,
         })
-    } else if tag == atoms::time().to_term(env) {
+    } else if atom_is(tag, atoms::time()) {
         Ok(Window::Time {
             span_ns: int(1)?,
             buckets: small(2)?,
@@ -95,8 +94,7 @@ fn decode_config(term: Term) -> NifResult<Config> {
     if p.len() != 11 {
         return Err(Error::BadArg);
     }
-    let env = term.get_env();
-    let slow_rate = if p[2] == atoms::nil().to_term(env) {
+    let slow_rate = if atom_is(p[2], atoms::nil()) {
         None
     } else {
         Some(p[2].decode::<f64>()?)
@@ -160,12 +158,11 @@ fn breaker_record<'a>(
     outcome: Term<'a>,
     duration_ns: u64,
 ) -> NifResult<Vec<(Atom, Atom, Atom)>> {
-    let env = outcome.get_env();
-    let outcome = if outcome == atoms::success().to_term(env) {
+    let outcome = if atom_is(outcome, atoms::success()) {
         Outcome::Success
-    } else if outcome == atoms::failure().to_term(env) {
+    } else if atom_is(outcome, atoms::failure()) {
         Outcome::Failure
-    } else if outcome == atoms::ignored().to_term(env) {
+    } else if atom_is(outcome, atoms::ignored()) {
         Outcome::Ignored
     } else {
         return Err(Error::BadArg);
@@ -187,16 +184,15 @@ fn breaker_state(handle: Handle) -> (Atom, Vec<(Atom, Atom, Atom)>) {
 /// `:force_open | :close | :reset | :disable`; returns the transitions.
 #[rustler::nif]
 fn breaker_control(handle: Handle, action: Term) -> NifResult<Vec<(Atom, Atom, Atom)>> {
-    let env = action.get_env();
     let mut b = handle.0.lock();
     let t = now();
-    let out = if action == atoms::force_open().to_term(env) {
+    let out = if atom_is(action, atoms::force_open()) {
         b.force_open(t)
-    } else if action == atoms::close().to_term(env) {
+    } else if atom_is(action, atoms::close()) {
         b.close(t)
-    } else if action == atoms::reset().to_term(env) {
+    } else if atom_is(action, atoms::reset()) {
         b.reset(t)
-    } else if action == atoms::disable().to_term(env) {
+    } else if atom_is(action, atoms::disable()) {
         b.disable(t)
     } else {
         return Err(Error::BadArg);

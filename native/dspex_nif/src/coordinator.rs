@@ -16,7 +16,7 @@ use dspex_core::coordinator::{
 use parking_lot::Mutex;
 use rustler::{Atom, Encoder, Env, Error, LocalPid, Monitor, NifResult, ResourceArc, Term};
 
-use crate::atoms;
+use crate::atoms::{self, atom_is};
 use crate::var_key::VarKey;
 
 static CLOCK: LazyLock<MonotonicClock> = LazyLock::new(MonotonicClock::new);
@@ -210,11 +210,11 @@ fn coordinator_acquire<'a>(
 ) -> NifResult<Term<'a>> {
     let t = now();
     let deadline = t.saturating_add(timeout_ms.saturating_mul(MS));
-    let conflict = if conflict == atoms::abort().to_term(env) {
+    let conflict = if atom_is(conflict, atoms::abort()) {
         Conflict::Abort
-    } else if conflict == atoms::wait().to_term(env) {
+    } else if atom_is(conflict, atoms::wait()) {
         Conflict::Wait { deadline }
-    } else if conflict == atoms::preempt().to_term(env) {
+    } else if atom_is(conflict, atoms::preempt()) {
         Conflict::Preempt {
             deadline,
             grace_ns: grace_ms.saturating_mul(MS),
@@ -331,7 +331,7 @@ fn coordinator_check_write<'a>(
     var: VarKey,
     token: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let token = if token == atoms::nil().to_term(env) {
+    let token = if atom_is(token, atoms::nil()) {
         None
     } else {
         Some(token.decode::<u64>()?)

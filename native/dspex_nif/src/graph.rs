@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use dspex_core::graph::{DependencyGraph, EdgeKind, GraphError};
 use rustler::{Encoder, Env, Error, NifResult, ResourceArc, Term, TermType};
 
-use crate::atoms;
+use crate::atoms::{self, atom_is};
 use crate::var_key::VarKey;
 
 /// A session's dependency graph.
@@ -37,11 +37,11 @@ fn with<T>(graph: &Graph, f: impl FnOnce(&mut DependencyGraph<VarKey>) -> T) -> 
 fn decode_kind(term: Term) -> NifResult<EdgeKind> {
     match term.get_type() {
         TermType::Atom => {
-            if term == atoms::data().to_term(term.get_env()) {
+            if atom_is(term, atoms::data()) {
                 Ok(EdgeKind::Data)
-            } else if term == atoms::compute().to_term(term.get_env()) {
+            } else if atom_is(term, atoms::compute()) {
                 Ok(EdgeKind::Compute)
-            } else if term == atoms::constraint().to_term(term.get_env()) {
+            } else if atom_is(term, atoms::constraint()) {
                 Ok(EdgeKind::Constraint)
             } else {
                 Err(Error::BadArg)
@@ -149,13 +149,13 @@ fn graph_neighbours<'a>(
     which: Term<'a>,
 ) -> NifResult<Term<'a>> {
     let result = with(&graph, |g| {
-        if which == atoms::dependencies().to_term(env) {
+        if atom_is(which, atoms::dependencies()) {
             Ok(g.dependencies(&key))
-        } else if which == atoms::dependents().to_term(env) {
+        } else if atom_is(which, atoms::dependents()) {
             Ok(g.dependents(&key))
-        } else if which == atoms::upstream().to_term(env) {
+        } else if atom_is(which, atoms::upstream()) {
             Ok(g.upstream(&key))
-        } else if which == atoms::downstream().to_term(env) {
+        } else if atom_is(which, atoms::downstream()) {
             Ok(g.downstream(&key))
         } else {
             Err(Error::BadArg)

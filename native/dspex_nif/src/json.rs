@@ -7,7 +7,7 @@ use rustler::types::tuple::get_tuple;
 use rustler::{Binary, Encoder, Env, ListIterator, MapIterator, NewBinary, Term, TermType};
 use serde_json::{Map, Number, Value};
 
-use crate::atoms;
+use crate::atoms::{self, atom_is};
 
 /// Deepest nesting accepted, so a hostile term cannot exhaust the stack.
 const MAX_DEPTH: usize = 256;
@@ -29,7 +29,7 @@ fn to_value(term: Term, depth: usize) -> Result<Value, String> {
     }
     match term.get_type() {
         TermType::Atom => {
-            if term == atoms::nil().to_term(term.get_env()) {
+            if atom_is(term, atoms::nil()) {
                 Ok(Value::Null)
             } else if let Ok(b) = term.decode::<bool>() {
                 Ok(Value::Bool(b))

@@ -17,11 +17,19 @@ pub enum VarKey {
 }
 
 impl VarKey {
+    /// The id's text (an atom's name or a string's bytes), for matching session patterns.
+    pub fn text(&self) -> String {
+        match self {
+            VarKey::Atom(a) => a.to_string(),
+            VarKey::Str(s) => String::from_utf8_lossy(s).into_owned(),
+        }
+    }
+
     /// How the id reads in Elixir (`:name` or `"name"`), for DOT labels.
     pub fn label(&self) -> String {
         match self {
             VarKey::Atom(a) => format!(":{a}"),
-            VarKey::Str(s) => format!("{:?}", String::from_utf8_lossy(s)),
+            VarKey::Str(_) => format!("{:?}", self.text()),
         }
     }
 }
