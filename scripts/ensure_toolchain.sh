@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for `make test` / `make demo`: Erlang/OTP and Elixir from
-# Debian packages when `erl` or `mix` is missing, and a running epmd for the distributed tests.
+# Debian packages when `erl` or `mix` is missing, python3 for the worker bridge, promtool
+# (package prometheus) to validate the /metrics export, and a running epmd for the
+# distributed tests.
 # Rust is a prerequisite (rustup); this script only checks for it.
 set -euo pipefail
 
@@ -22,6 +24,15 @@ if ! command -v python3 >/dev/null 2>&1; then
   SUDO=""
   if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 >/dev/null
+fi
+
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "==> promtool not found: installing the Debian package prometheus (CI validates /metrics with it)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

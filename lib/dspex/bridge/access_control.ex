@@ -106,6 +106,7 @@ defmodule DSPex.Bridge.AccessControl do
     start = if observed, do: System.monotonic_time(), else: 0
     now = System.system_time(:millisecond)
     {allowed, hit} = Native.acl_check(owner, name, session_id, permission, context, now)
+    DSPex.Bridge.Analytics.Recorder.count_decision(allowed, hit)
 
     if observed or audit_mode() == :all or (not allowed and audit_mode() == :denials),
       do: record(variable, session_id, permission, allowed, hit, start, observed)

@@ -5,10 +5,13 @@ defmodule DSPex.Bridge.Application do
   @impl true
   def start(_type, _args) do
     DSPex.Bridge.Events.init()
+    DSPex.Bridge.Analytics.init()
+    DSPex.Bridge.Analytics.Recorder.init_counters()
 
     children = [
       {Registry, keys: :duplicate, name: DSPex.Bridge.Events.Registry},
       DSPex.Bridge.Events,
+      DSPex.Bridge.Analytics.Recorder,
       DSPex.Bridge.SessionStore.Supervisor,
       DSPex.Bridge.CircuitBreaker,
       DSPex.Bridge.OptimizerCoordinator,
@@ -16,6 +19,22 @@ defmodule DSPex.Bridge.Application do
       DSPex.Bridge.PythonWorker
     ]
 
-    Supervisor.start_link(children, strategy: :one_for_one, name: DSPex.Bridge.Supervisor)
+    with {:ok, sup} <-
+           Supervisor.start_link(children, strategy: :one_for_one, name: DSPex.Bridge.Supervisor),
+         :ok <- start_metrics_http() do
+      {:ok, sup}
+    end
+  end
+
+  # The optional /metrics listener, when configured (`config :dspex_bridge, :metrics_http,
+  # port: 9568`).
+  defp start_metrics_http do
+    case Application.get_env(:dspex_bridge, :metrics_http) do
+      nil ->
+        :ok
+
+      opts ->
+        with {:ok, _pid, _port} <- DSPex.Bridge.Analytics.HTTPExporter.start(opts), do: :ok
+    end
   end
 end

@@ -210,6 +210,7 @@ defmodule DSPex.Bridge.CircuitBreaker do
         outcome = classify(Map.get(o, :classify), result)
         ns = System.convert_time_unit(duration, :native, :nanosecond)
         publish(name, Native.breaker_record(handle, generation, probe, outcome, ns))
+        count_call(name, outcome)
 
         if Events.enabled?() do
           us = div(ns, 1_000)
@@ -226,9 +227,16 @@ defmodule DSPex.Bridge.CircuitBreaker do
 
       {:error, reason, transitions} ->
         publish(name, transitions)
+        count_call(name, :rejected)
         Events.emit([:dspex, :bridge, :breaker, :rejected], %{}, %{name: name, reason: reason})
         fallback({:error, :circuit_open}, o)
     end
+  end
+
+  # Names that are not atoms or strings are counted under "other" (labels are text).
+  defp count_call(name, outcome) do
+    label = if is_atom(name) or is_binary(name), do: name, else: "other"
+    DSPex.Bridge.Analytics.increment(:breaker_calls, 1, %{breaker: label, outcome: outcome})
   end
 
   defp run(fun, :infinity) do

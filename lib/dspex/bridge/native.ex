@@ -58,6 +58,25 @@ defmodule DSPex.Bridge.Native do
   def acl_permissions(_session, _name, _caller, _context, _now), do: not_loaded()
   def acl_stats, do: not_loaded()
 
+  # analytics
+  def analytics_init(_max_metrics, _max_series, _key_cache), do: not_loaded()
+  def analytics_record(_kind, _name, _value, _labels), do: not_loaded()
+  def analytics_summary(_engine, _metrics, _filter, _range, _now), do: not_loaded()
+
+  def analytics_time_series(_engine, _metric, _filter, _start, _end, _step, _now),
+    do: not_loaded()
+
+  def analytics_export(_engine, _format, _range, _now, _prefix), do: not_loaded()
+  def analytics_metrics(_engine), do: not_loaded()
+  def analytics_snapshot(_engine, _now), do: not_loaded()
+  def analytics_merge(_frames), do: not_loaded()
+  def analytics_clear(_engine), do: not_loaded()
+  def analytics_limits, do: not_loaded()
+  def analytics_put_alert(_engine, _rule), do: not_loaded()
+  def analytics_remove_alert(_engine, _name), do: not_loaded()
+  def analytics_alerts(_engine), do: not_loaded()
+  def analytics_evaluate_alerts(_engine, _now), do: not_loaded()
+
   # breaker
   def breaker_new(_config), do: not_loaded()
   def breaker_allow(_breaker), do: not_loaded()

@@ -167,6 +167,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
           {:queued, ticket} -> await_grant(session, var_id, optimizer_id, ticket, timeout)
         end
 
+      DSPex.Bridge.Analytics.Recorder.count_lock(match?({:ok, _}, result))
       emit_acquire(result, session, var_id, optimizer_id, started)
       result
     end
@@ -196,7 +197,8 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
 
   defp await_grant(session, var_id, optimizer_id, ticket, timeout) do
     receive do
-      {:dspex_lock_granted, ^ticket, token, _waited_us} ->
+      {:dspex_lock_granted, ^ticket, token, waited_us} ->
+        DSPex.Bridge.Analytics.observe(:lock_wait_seconds, waited_us / 1.0e6)
         {:ok, lock(session, var_id, optimizer_id, token)}
     after
       timeout ->

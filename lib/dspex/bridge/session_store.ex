@@ -70,7 +70,8 @@ defmodule DSPex.Bridge.SessionStore do
   | `:stale_token`                         | `lock_token:` is not the current holder's           |
   """
 
-  alias DSPex.Bridge.{AccessControl, Events, Native, Options, Variable, VariableType}
+  alias DSPex.Bridge.{AccessControl, Analytics, Events, Native, Options, Variable, VariableType}
+  alias DSPex.Bridge.Analytics.Recorder
   alias DSPex.Bridge.SessionStore.{Codec, Session, Tables}
   import DSPex.Bridge.Options, only: [is_id: 1]
 
@@ -150,6 +151,7 @@ defmodule DSPex.Bridge.SessionStore do
            {Session, {meta.id, meta, init}}
          ) do
       {:ok, _pid} ->
+        Analytics.gauge(:active_sessions, :ets.info(@sessions, :size))
         Events.emit([:dspex, :bridge, :session, event], %{}, %{session_id: meta.id})
         {:ok, meta.id}
 
@@ -164,6 +166,7 @@ defmodule DSPex.Bridge.SessionStore do
     with {:ok, o} <- check(session_id, opts),
          :ok <- authorize(session_id, o, :owner),
          :ok <- call(session_id, :delete, o) do
+      Analytics.gauge(:active_sessions, :ets.info(@sessions, :size))
       Events.emit([:dspex, :bridge, :session, :deleted], %{}, %{session_id: session_id})
     end
   end
@@ -245,7 +248,7 @@ defmodule DSPex.Bridge.SessionStore do
   def get_variable(session_id, name, opts \\ [])
 
   def get_variable(session_id, name, []) when is_id(session_id) and is_id(name) do
-    if Events.enabled?() do
+    if Recorder.count_read() or Events.enabled?() do
       timed(:read, session_id, name, fn -> lookup(session_id, name) end)
     else
       lookup(session_id, name)
@@ -253,6 +256,8 @@ defmodule DSPex.Bridge.SessionStore do
   end
 
   def get_variable(session_id, name, opts) do
+    Recorder.count_read()
+
     with {:ok, o} <- check(session_id, name, opts, @access),
          :ok <- authorize(session_id, name, o, :read) do
       timed(:read, session_id, name, fn -> lookup(session_id, name) end)
@@ -594,17 +599,32 @@ defmodule DSPex.Bridge.SessionStore do
     end
   end
 
+  # Every write and every sampled read (see Analytics.Recorder) is timed into analytics;
+  # events go out when someone listens.
   defp timed(kind, session_id, name, fun) do
+    start = System.monotonic_time()
+    result = fun.()
+    elapsed = System.monotonic_time() - start
+    analyze(kind, System.convert_time_unit(elapsed, :native, :nanosecond) / 1.0e9, result)
+
     if Events.enabled?() do
-      start = System.monotonic_time()
-      result = fun.()
-      duration = System.convert_time_unit(System.monotonic_time() - start, :native, :microsecond)
+      duration = System.convert_time_unit(elapsed, :native, :microsecond)
       emit_result(kind, session_id, name, duration, result)
-      result
-    else
-      fun.()
     end
+
+    result
   end
+
+  defp analyze(:read, seconds, {:ok, _}),
+    do: Analytics.observe(:variable_read_latency_seconds, seconds)
+
+  defp analyze(:write, seconds, {:ok, vars}) do
+    Analytics.observe(:variable_write_latency_seconds, seconds)
+    Analytics.increment(:variable_writes, if(is_list(vars), do: length(vars), else: 1))
+  end
+
+  defp analyze(kind, _seconds, _error),
+    do: Analytics.increment(:operation_errors, 1, %{op: kind})
 
   defp emit_result(kind, session_id, _name, duration, {:ok, vars}) when is_list(vars) do
     for var <- vars, do: emit(kind, session_id, var.name, duration, var.version)

@@ -14,6 +14,12 @@ defmodule DSPex.Bridge.TelemetryAdapter do
   @spec available?() :: boolean()
   def available?, do: :persistent_term.get(@key, false)
 
+  @spec attach(String.t(), [[atom()]], function()) :: :ok | {:error, term()}
+  def attach(id, events, handler) do
+    # credo:disable-for-next-line
+    apply(:telemetry, :attach_many, [id, events, handler, nil])
+  end
+
   @spec execute([atom()], map(), map()) :: :ok
   def execute(event, measurements, metadata) do
     # credo:disable-for-next-line

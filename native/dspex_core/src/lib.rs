@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod acl;
+pub mod analytics;
 pub mod breaker;
 pub mod clock;
 pub mod coordinator;

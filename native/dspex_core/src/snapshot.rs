@@ -34,6 +34,8 @@ pub const MAX_PAYLOAD: u64 = 1 << 32;
 pub enum FrameKind {
     /// One session: variables with history and the features' per-session state.
     Session = 1,
+    /// An analytics snapshot (every series with its windows).
+    Analytics = 2,
 }
 
 impl FrameKind {
@@ -44,6 +46,7 @@ impl FrameKind {
     pub fn from_byte(byte: u8) -> Result<Self> {
         match byte {
             1 => Ok(FrameKind::Session),
+            2 => Ok(FrameKind::Analytics),
             other => Err(Error::UnknownKind(other)),
         }
     }

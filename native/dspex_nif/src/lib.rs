@@ -5,6 +5,7 @@
 //! measured boundary costs behind that rule.
 
 mod acl;
+mod analytics;
 mod atoms;
 mod breaker;
 mod coordinator;

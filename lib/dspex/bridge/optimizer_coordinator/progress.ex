@@ -165,6 +165,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator.Progress do
     key = {run.session_id, run.var_id}
     :ets.insert(@history, {{key, -System.unique_integer([:positive, :monotonic])}, run})
     trim(key)
+    DSPex.Bridge.Analytics.increment(:optimizations, 1, %{outcome: status})
     emit(status, run, %{})
   end
 

@@ -1,0 +1,705 @@
+//! Analytics NIFs (`dspex_core::analytics`): recording, queries, exports, snapshots, alerts.
+//!
+//! Recording is a regular NIF: it builds the series key from the raw terms on the stack
+//! (an atom is its term word, a string its bytes), so a series seen before costs one hash
+//! lookup in the calling scheduler's shard and no allocation. Names and labels are decoded to
+//! text only the first time a shard meets a key.
+
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dspex_core::analytics::alerts::{
+    Alerts, Comparison, Effect, Expr, Rule, State, Term as AlertTerm,
+};
+use dspex_core::analytics::export;
+use dspex_core::analytics::query::{self, Aggregation, Range, Source, Summary};
+use dspex_core::analytics::{Analytics, Config, Error as AError, Kind, SeriesSpec, Snapshot};
+use parking_lot::Mutex;
+use rustler::types::map::MapIterator;
+use rustler::{
+    Atom, Binary, Encoder, Env, Error, NewBinary, NifResult, ResourceArc, Term, TermType,
+};
+
+mod atoms {
+    rustler::atoms! {
+        counter, gauge, histogram, all, last, count, sum, min, max, avg, p50, p95, p99, rate,
+        quantile, prometheus, json, csv, statsd, fired, resolved, above, below, value, ratio,
+        inactive, pending, firing, invalid_labels, invalid_name, const_ = "const",
+    }
+}
+
+/// A live engine, or a frozen (merged) snapshot answering the same queries.
+pub enum Engine {
+    /// Records and answers.
+    Live(Analytics, Mutex<Alerts>),
+    /// Answers only.
+    Frozen(Snapshot),
+}
+
+/// The analytics resource.
+pub struct EngineResource(Engine);
+
+#[rustler::resource_impl]
+impl rustler::Resource for EngineResource {}
+
+/// Wall-clock milliseconds from the kernel's coarse clock: a few nanoseconds instead of the
+/// ~35 ns of a precise read, and its few-millisecond granularity is far below the one-second
+/// slots it picks.
+fn wall_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the call only writes it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    if rc == 0 {
+        ts.tv_sec as u64 * 1_000 + ts.tv_nsec as u64 / 1_000_000
+    } else {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+fn error_term<'a>(env: Env<'a>, err: &AError) -> Term<'a> {
+    let reason = Atom::from_str(env, err.reason()).expect("reason names are valid atoms");
+    (crate::atoms::error(), (reason, err.to_string())).encode(env)
+}
+
+fn kind_of(term: Term) -> NifResult<Kind> {
+    use crate::atoms::atom_is;
+    if atom_is(term, atoms::counter()) {
+        Ok(Kind::Counter)
+    } else if atom_is(term, atoms::gauge()) {
+        Ok(Kind::Gauge)
+    } else if atom_is(term, atoms::histogram()) {
+        Ok(Kind::Histogram)
+    } else {
+        Err(Error::BadArg)
+    }
+}
+
+/// The node's engine. Global rather than a resource argument: recording is the hottest call
+/// of the bridge, and decoding a resource (with its reference count) costs as much as the
+/// recording itself.
+static GLOBAL: OnceLock<ResourceArc<EngineResource>> = OnceLock::new();
+
+fn global() -> &'static ResourceArc<EngineResource> {
+    GLOBAL.get_or_init(|| new_engine(Config::default()))
+}
+
+fn new_engine(config: Config) -> ResourceArc<EngineResource> {
+    let engine = Engine::Live(Analytics::new(config), Mutex::new(Alerts::new()));
+    ResourceArc::new(EngineResource(engine))
+}
+
+/// Sets the node engine's limits (`max_metrics` names, `max_series` label sets per name) and
+/// returns the engine; the first call wins, later calls return the existing engine.
+#[rustler::nif]
+fn analytics_init(env: Env, max_metrics: usize, max_series: usize, key_cache: usize) -> Term {
+    GLOBAL
+        .get_or_init(|| {
+            new_engine(Config {
+                max_metrics: max_metrics.max(1),
+                max_series_per_metric: max_series.max(1),
+                key_cache_per_shard: key_cache,
+                ..Config::default()
+            })
+        })
+        .encode(env)
+}
+
+/// A key buffer on the stack, spilling to the heap only for very long names or labels.
+struct Key {
+    inline: [u8; 192],
+    len: usize,
+    heap: Option<Vec<u8>>,
+}
+
+impl Key {
+    fn new() -> Self {
+        Key {
+            inline: [0; 192],
+            len: 0,
+            heap: None,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if let Some(h) = &mut self.heap {
+            h.extend_from_slice(bytes);
+        } else if self.len + bytes.len() <= self.inline.len() {
+            self.inline[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+            self.len += bytes.len();
+        } else {
+            let mut h = self.inline[..self.len].to_vec();
+            h.extend_from_slice(bytes);
+            self.heap = Some(h);
+        }
+    }
+
+    /// Appends an atom, string or integer, tagged so that no two terms share bytes.
+    fn push_term(&mut self, term: Term, allow_integer: bool) -> Result<(), &'static str> {
+        match term.get_type() {
+            TermType::Atom => {
+                self.push(&[1]);
+                self.push(&atom_word(term).to_le_bytes());
+            }
+            TermType::Binary => {
+                let bin = Binary::from_term(term).map_err(|_| "not a binary")?;
+                self.push(&[2]);
+                self.push(&(bin.len() as u64).to_le_bytes());
+                self.push(bin.as_slice());
+            }
+            TermType::Integer if allow_integer => {
+                let n: i64 = term.decode().map_err(|_| "integer out of range")?;
+                self.push(&[3]);
+                self.push(&n.to_le_bytes());
+            }
+            _ => {
+                return Err(
+                    "names must be atoms or strings; label values atoms, strings or integers",
+                )
+            }
+        }
+        Ok(())
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.heap.as_deref().unwrap_or(&self.inline[..self.len])
+    }
+}
+
+/// An atom's term word: the same atom is the same word for the life of the VM (atoms are
+/// never collected), so it identifies the atom without reading its text.
+fn atom_word(term: Term) -> usize {
+    // SAFETY: `ErlNifTerm` is `#[repr(transparent)]` over `size_t` (`usize`).
+    unsafe { std::mem::transmute::<rustler::sys::ErlNifTerm, usize>(term.as_c_arg()) }
+}
+
+fn text(term: Term) -> Result<String, AError> {
+    match term.get_type() {
+        TermType::Atom => term
+            .atom_to_string()
+            .map_err(|_| AError::InvalidName("an atom outside Latin-1".into())),
+        TermType::Binary => {
+            let bin = Binary::from_term(term).map_err(|_| AError::InvalidName("?".into()))?;
+            String::from_utf8(bin.as_slice().to_vec())
+                .map_err(|_| AError::InvalidLabels("a name or value is not UTF-8".into()))
+        }
+        TermType::Integer => term
+            .decode::<i64>()
+            .map(|n| n.to_string())
+            .map_err(|_| AError::InvalidLabels("integer out of range".into())),
+        _ => Err(AError::InvalidLabels(
+            "not an atom, string or integer".into(),
+        )),
+    }
+}
+
+fn describe(name: Term, labels: Term) -> Result<SeriesSpec, AError> {
+    let mut pairs = Vec::new();
+    if let Some(iter) = MapIterator::new(labels) {
+        for (k, v) in iter {
+            pairs.push((text(k)?, text(v)?));
+        }
+    }
+    Ok(SeriesSpec {
+        name: text(name)?,
+        labels: pairs,
+    })
+}
+
+/// Records `value` (a number) for `name` (atom or string) with `labels` (a map of at most
+/// 16 atom/string keys to atom/string/integer values). `:ok` or `{:error, {reason, message}}`;
+/// nothing is recorded on error. Records into the node engine.
+#[rustler::nif]
+fn analytics_record<'a>(
+    env: Env<'a>,
+    kind: Term<'a>,
+    name: Term<'a>,
+    value: Term<'a>,
+    labels: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let Engine::Live(analytics, _) = &global().0 else {
+        unreachable!("the node engine is live")
+    };
+    let kind = kind_of(kind)?;
+    let value: f64 = match value.get_type() {
+        TermType::Float => value.decode()?,
+        TermType::Integer => value
+            .decode::<i64>()
+            .map(|n| n as f64)
+            .or_else(|_| value.decode::<f64>())?,
+        _ => return Err(Error::BadArg),
+    };
+    let size = labels.map_size().map_err(|_| Error::BadArg)?;
+    if size > 16 {
+        let err = AError::InvalidLabels(format!("{size} labels, at most 16"));
+        return Ok(error_term(env, &err));
+    }
+    let mut key = Key::new();
+    let mut bad = None;
+    if let Err(why) = key.push_term(name, false) {
+        bad = Some(AError::InvalidName(why.into()));
+    }
+    if size > 0 && bad.is_none() {
+        let iter = MapIterator::new(labels).ok_or(Error::BadArg)?;
+        for (k, v) in iter {
+            key.push(&[0]);
+            if let Err(why) = key.push_term(k, false).and_then(|_| key.push_term(v, true)) {
+                bad = Some(AError::InvalidLabels(why.into()));
+                break;
+            }
+        }
+    }
+    if let Some(err) = bad {
+        return Ok(error_term(env, &err));
+    }
+    match analytics.record_keyed(key.bytes(), kind, value, wall_ms(), || {
+        describe(name, labels)
+    }) {
+        Ok(()) => Ok(crate::atoms::ok().encode(env)),
+        Err(err) => Ok(error_term(env, &err)),
+    }
+}
+
+fn decode_range(term: Term) -> NifResult<Range> {
+    if crate::atoms::atom_is(term, atoms::all()) {
+        return Ok(Range::All);
+    }
+    let (tag, n): (Term, Term) = term.decode()?;
+    if crate::atoms::atom_is(tag, atoms::last()) {
+        return Ok(Range::LastSeconds(n.decode()?));
+    }
+    Ok(Range::Between {
+        start_ms: tag.decode()?,
+        end_ms: n.decode()?,
+    })
+}
+
+fn with_source<R>(engine: &EngineResource, f: impl FnOnce(&dyn SourceDyn) -> R) -> R {
+    match &engine.0 {
+        Engine::Live(a, _) => f(a),
+        Engine::Frozen(s) => f(s),
+    }
+}
+
+/// Object-safe view of the two sources.
+trait SourceDyn {
+    fn summarize(
+        &self,
+        metrics: &[&str],
+        filter: &[(&str, &str)],
+        range: Range,
+        now: u64,
+    ) -> Result<Summary, AError>;
+    fn time_series(
+        &self,
+        metric: &str,
+        filter: &[(&str, &str)],
+        start: u64,
+        end: u64,
+        step: u64,
+        now: u64,
+    ) -> Result<Vec<(u64, Summary)>, AError>;
+    fn summaries(&self, range: Range, now: u64) -> Result<Vec<query::SeriesSummary>, AError>;
+}
+
+impl<S: Source> SourceDyn for S {
+    fn summarize(
+        &self,
+        metrics: &[&str],
+        filter: &[(&str, &str)],
+        range: Range,
+        now: u64,
+    ) -> Result<Summary, AError> {
+        query::summarize_many(self, metrics, filter, range, now)
+    }
+    fn time_series(
+        &self,
+        metric: &str,
+        filter: &[(&str, &str)],
+        start: u64,
+        end: u64,
+        step: u64,
+        now: u64,
+    ) -> Result<Vec<(u64, Summary)>, AError> {
+        query::time_series(self, metric, filter, start, end, step, now)
+    }
+    fn summaries(&self, range: Range, now: u64) -> Result<Vec<query::SeriesSummary>, AError> {
+        query::series_summaries(self, range, now)
+    }
+}
+
+fn encode_summary<'a>(env: Env<'a>, s: &Summary) -> NifResult<Term<'a>> {
+    let figures = [
+        (atoms::count(), Aggregation::Count),
+        (atoms::sum(), Aggregation::Sum),
+        (atoms::min(), Aggregation::Min),
+        (atoms::max(), Aggregation::Max),
+        (atoms::avg(), Aggregation::Avg),
+        (atoms::last(), Aggregation::Last),
+        (atoms::p50(), Aggregation::Quantile(0.5)),
+        (atoms::p95(), Aggregation::Quantile(0.95)),
+        (atoms::p99(), Aggregation::Quantile(0.99)),
+        (atoms::rate(), Aggregation::Rate),
+    ];
+    let keys: Vec<Term> = figures.iter().map(|(a, _)| a.encode(env)).collect();
+    let values: Vec<Term> = figures
+        .iter()
+        .map(|(a, agg)| match s.value(*agg) {
+            Some(v) if *a == atoms::count() => (v as u64).encode(env),
+            Some(v) => v.encode(env),
+            None => crate::atoms::nil().encode(env),
+        })
+        .collect();
+    Term::map_from_term_arrays(env, &keys, &values)
+}
+
+fn decode_filter<'a>(term: Term<'a>) -> NifResult<Vec<(String, String)>> {
+    term.decode()
+}
+
+/// Every figure of `metrics` (a list of names, merged) over `range`: `{:ok, %{count:, sum:, min:, max:, avg:, last:,
+/// p50:, p95:, p99:, rate:}}` (nil where a figure has no value) or `{:error, {reason, msg}}`.
+#[rustler::nif]
+fn analytics_summary<'a>(
+    env: Env<'a>,
+    engine: ResourceArc<EngineResource>,
+    metrics: Vec<String>,
+    filter: Term<'a>,
+    range: Term<'a>,
+    now_ms: u64,
+) -> NifResult<Term<'a>> {
+    let filter = decode_filter(filter)?;
+    let pairs: Vec<(&str, &str)> = filter
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let names: Vec<&str> = metrics.iter().map(String::as_str).collect();
+    let range = decode_range(range)?;
+    match with_source(&engine, |s| s.summarize(&names, &pairs, range, now_ms)) {
+        Ok(summary) => Ok((crate::atoms::ok(), encode_summary(env, &summary)?).encode(env)),
+        Err(err) => Ok(error_term(env, &err)),
+    }
+}
+
+/// `{:ok, [{step_start_ms, figures}]}` or `{:error, {reason, msg}}`.
+#[rustler::nif]
+#[allow(clippy::too_many_arguments)]
+fn analytics_time_series<'a>(
+    env: Env<'a>,
+    engine: ResourceArc<EngineResource>,
+    metric: String,
+    filter: Term<'a>,
+    start_ms: u64,
+    end_ms: u64,
+    step_ms: u64,
+    now_ms: u64,
+) -> NifResult<Term<'a>> {
+    let filter = decode_filter(filter)?;
+    let pairs: Vec<(&str, &str)> = filter
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    match with_source(&engine, |s| {
+        s.time_series(&metric, &pairs, start_ms, end_ms, step_ms, now_ms)
+    }) {
+        Ok(points) => {
+            let mut out = Vec::with_capacity(points.len());
+            for (t, summary) in &points {
+                out.push((*t, encode_summary(env, summary)?).encode(env));
+            }
+            Ok((crate::atoms::ok(), out).encode(env))
+        }
+        Err(err) => Ok(error_term(env, &err)),
+    }
+}
+
+fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    let mut out = NewBinary::new(env, bytes.len());
+    out.as_mut_slice().copy_from_slice(bytes);
+    Binary::from(out).encode(env)
+}
+
+/// `{:ok, text}` in `format` (`:prometheus | :json | :csv | :statsd`) over `range`.
+#[rustler::nif]
+fn analytics_export<'a>(
+    env: Env<'a>,
+    engine: ResourceArc<EngineResource>,
+    format: Term<'a>,
+    range: Term<'a>,
+    now_ms: u64,
+    prefix: String,
+) -> NifResult<Term<'a>> {
+    use crate::atoms::atom_is;
+    let range = decode_range(range)?;
+    let series = match with_source(&engine, |s| s.summaries(range, now_ms)) {
+        Ok(series) => series,
+        Err(err) => return Ok(error_term(env, &err)),
+    };
+    let text = if atom_is(format, atoms::prometheus()) {
+        export::prometheus(&series, &prefix)
+    } else if atom_is(format, atoms::json()) {
+        export::json(&series)
+    } else if atom_is(format, atoms::csv()) {
+        export::csv(&series)
+    } else if atom_is(format, atoms::statsd()) {
+        export::statsd(&series, &prefix)
+    } else {
+        return Err(Error::BadArg);
+    };
+    Ok((crate::atoms::ok(), binary(env, text.as_bytes())).encode(env))
+}
+
+/// `[{name, kind, series_count}]`.
+#[rustler::nif]
+fn analytics_metrics(env: Env, engine: ResourceArc<EngineResource>) -> Term {
+    let list: Vec<(String, Kind, usize)> = match &engine.0 {
+        Engine::Live(a, _) => a.metrics(),
+        Engine::Frozen(s) => {
+            let mut out: Vec<(String, Kind, usize)> = Vec::new();
+            for series in &s.series {
+                match out.last_mut() {
+                    Some(last) if last.0 == series.metric => last.2 += 1,
+                    _ => out.push((series.metric.clone(), series.data.kind, 1)),
+                }
+            }
+            out
+        }
+    };
+    let encoded: Vec<Term> = list
+        .into_iter()
+        .map(|(name, kind, n)| {
+            let kind = match kind {
+                Kind::Counter => atoms::counter(),
+                Kind::Gauge => atoms::gauge(),
+                Kind::Histogram => atoms::histogram(),
+            };
+            (name, kind, n).encode(env)
+        })
+        .collect();
+    encoded.encode(env)
+}
+
+/// The engine's data as a checked binary frame (for another node).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn analytics_snapshot(env: Env, engine: ResourceArc<EngineResource>, now_ms: u64) -> Term {
+    let frame = match &engine.0 {
+        Engine::Live(a, _) => a.snapshot(now_ms).to_frame(),
+        Engine::Frozen(s) => s.to_frame(),
+    };
+    binary(env, &frame)
+}
+
+/// A frozen engine merging snapshot frames: `{:ok, engine}` or `{:error, {reason, msg}}`.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn analytics_merge<'a>(env: Env<'a>, frames: Vec<Binary<'a>>) -> Term<'a> {
+    let mut merged = Snapshot::default();
+    for frame in frames {
+        let result = Snapshot::from_frame(frame.as_slice()).and_then(|s| merged.merge(&s));
+        if let Err(err) = result {
+            return error_term(env, &err);
+        }
+    }
+    let engine = ResourceArc::new(EngineResource(Engine::Frozen(merged)));
+    (crate::atoms::ok(), engine.encode(env)).encode(env)
+}
+
+/// The node engine's limits: `{shards, max_metrics, max_series_per_metric}`.
+#[rustler::nif]
+fn analytics_limits() -> (usize, usize, usize) {
+    let Engine::Live(analytics, _) = &global().0 else {
+        unreachable!("the node engine is live")
+    };
+    let c = analytics.config();
+    (c.shards, c.max_metrics, c.max_series_per_metric)
+}
+
+/// Forgets every metric (alert rules stay).
+#[rustler::nif]
+fn analytics_clear(engine: ResourceArc<EngineResource>) -> NifResult<Atom> {
+    match &engine.0 {
+        Engine::Live(a, _) => {
+            a.clear();
+            Ok(crate::atoms::ok())
+        }
+        Engine::Frozen(_) => Err(Error::BadArg),
+    }
+}
+
+fn decode_aggregation(term: Term) -> NifResult<Aggregation> {
+    use crate::atoms::atom_is;
+    if let Ok((tag, q)) = term.decode::<(Term, f64)>() {
+        if atom_is(tag, atoms::quantile()) {
+            return Ok(Aggregation::Quantile(q));
+        }
+        return Err(Error::BadArg);
+    }
+    let table = [
+        (atoms::avg(), Aggregation::Avg),
+        (atoms::sum(), Aggregation::Sum),
+        (atoms::min(), Aggregation::Min),
+        (atoms::max(), Aggregation::Max),
+        (atoms::count(), Aggregation::Count),
+        (atoms::p50(), Aggregation::Quantile(0.5)),
+        (atoms::p95(), Aggregation::Quantile(0.95)),
+        (atoms::p99(), Aggregation::Quantile(0.99)),
+        (atoms::rate(), Aggregation::Rate),
+        (atoms::last(), Aggregation::Last),
+    ];
+    table
+        .into_iter()
+        .find(|(a, _)| atom_is(term, *a))
+        .map(|(_, agg)| agg)
+        .ok_or(Error::BadArg)
+}
+
+fn decode_term(term: Term) -> NifResult<AlertTerm> {
+    let (metrics, agg): (Vec<String>, Term) = term.decode()?;
+    Ok(AlertTerm {
+        metrics,
+        aggregation: decode_aggregation(agg)?,
+    })
+}
+
+fn decode_expr(term: Term) -> NifResult<Expr> {
+    use crate::atoms::atom_is;
+    let items = rustler::types::tuple::get_tuple(term)?;
+    match items.as_slice() {
+        [tag, v] if atom_is(*tag, atoms::const_()) => Ok(Expr::Const(v.decode()?)),
+        [tag, t] if atom_is(*tag, atoms::value()) => Ok(Expr::Value(decode_term(*t)?)),
+        [tag, n, d] if atom_is(*tag, atoms::ratio()) => {
+            Ok(Expr::Ratio(decode_term(*n)?, decode_term(*d)?))
+        }
+        _ => Err(Error::BadArg),
+    }
+}
+
+/// Adds or replaces an alert rule `{name, expr, :above | :below, threshold, window_s,
+/// for_ms, severity}`; `:ok` or `{:error, {:invalid_alert, msg}}`. Badarg for wrong shapes.
+#[rustler::nif]
+fn analytics_put_alert<'a>(
+    env: Env<'a>,
+    engine: ResourceArc<EngineResource>,
+    rule: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let Engine::Live(_, alerts) = &engine.0 else {
+        return Err(Error::BadArg);
+    };
+    let (name, expr, cmp, threshold, window_s, for_ms, severity): (
+        String,
+        Term,
+        Term,
+        f64,
+        u64,
+        u64,
+        String,
+    ) = rule.decode()?;
+    let comparison = if crate::atoms::atom_is(cmp, atoms::above()) {
+        Comparison::Above
+    } else if crate::atoms::atom_is(cmp, atoms::below()) {
+        Comparison::Below
+    } else {
+        return Err(Error::BadArg);
+    };
+    let rule = Rule {
+        name,
+        expr: decode_expr(expr)?,
+        comparison,
+        threshold,
+        window_s,
+        for_ms,
+        severity,
+    };
+    match alerts.lock().put(rule) {
+        Ok(()) => Ok(crate::atoms::ok().encode(env)),
+        Err(err) => Ok(error_term(env, &err)),
+    }
+}
+
+/// Removes an alert rule; true if it existed.
+#[rustler::nif]
+fn analytics_remove_alert(engine: ResourceArc<EngineResource>, name: String) -> NifResult<bool> {
+    match &engine.0 {
+        Engine::Live(_, alerts) => Ok(alerts.lock().remove(&name)),
+        Engine::Frozen(_) => Err(Error::BadArg),
+    }
+}
+
+/// `[{name, severity, state}]` with state `:inactive | {:pending, since} | {:firing, since, value}`.
+#[rustler::nif]
+fn analytics_alerts(env: Env, engine: ResourceArc<EngineResource>) -> NifResult<Term> {
+    let Engine::Live(_, alerts) = &engine.0 else {
+        return Err(Error::BadArg);
+    };
+    let alerts = alerts.lock();
+    let list: Vec<Term> = alerts
+        .rules()
+        .iter()
+        .map(|(rule, state)| {
+            let state = match state {
+                State::Inactive => atoms::inactive().encode(env),
+                State::Pending { since_ms } => (atoms::pending(), *since_ms).encode(env),
+                State::Firing { since_ms, value } => {
+                    (atoms::firing(), *since_ms, *value).encode(env)
+                }
+            };
+            (rule.name.as_str(), rule.severity.as_str(), state).encode(env)
+        })
+        .collect();
+    Ok(list.encode(env))
+}
+
+/// Evaluates every alert rule at `now_ms`: `[{:fired, name, severity, value, threshold} |
+/// {:resolved, name, severity, value | nil, fired_for_ms}]`.
+#[rustler::nif]
+fn analytics_evaluate_alerts(
+    env: Env,
+    engine: ResourceArc<EngineResource>,
+    now_ms: u64,
+) -> NifResult<Term> {
+    let Engine::Live(analytics, alerts) = &engine.0 else {
+        return Err(Error::BadArg);
+    };
+    let effects = alerts.lock().evaluate(analytics, now_ms);
+    let list: Vec<Term> = effects
+        .iter()
+        .map(|e| match e {
+            Effect::Fired {
+                rule,
+                severity,
+                value,
+                threshold,
+            } => (
+                atoms::fired(),
+                rule.as_str(),
+                severity.as_str(),
+                *value,
+                *threshold,
+            )
+                .encode(env),
+            Effect::Resolved {
+                rule,
+                severity,
+                value,
+                fired_for_ms,
+            } => {
+                let v = match value {
+                    Some(v) => v.encode(env),
+                    None => crate::atoms::nil().encode(env),
+                };
+                (
+                    atoms::resolved(),
+                    rule.as_str(),
+                    severity.as_str(),
+                    v,
+                    *fired_for_ms,
+                )
+                    .encode(env)
+            }
+        })
+        .collect();
+    Ok(list.encode(env))
+}
