@@ -38,6 +38,7 @@ bench: toolchain
 	MIX_ENV=prod mix run benches/access_control.exs
 	MIX_ENV=prod mix run benches/circuit_breaker.exs
 	MIX_ENV=prod mix run benches/coordinator.exs
+	MIX_ENV=prod mix run benches/analytics.exs
 
 clean:
 	cargo clean

@@ -255,5 +255,23 @@ for _ <- 1..2,
 Demo.say("after the wait, two probes succeeded: breaker is #{state}")
 :ok = PythonWorker.stop_pool(:demo_python)
 
+Demo.section("Analytics: the dashboard and the Prometheus export")
+alias DSPex.Bridge.Analytics
+{:ok, dashboard} = Analytics.get_dashboard(:last_minute)
+
+for {k, v} <- Enum.sort(Map.delete(dashboard, :range)) do
+  shown = if is_float(v), do: Float.round(v, 3), else: inspect(v)
+  Demo.say("#{k}: #{shown}")
+end
+
+{:ok, prometheus} = Analytics.export_metrics(:prometheus)
+Demo.say("Prometheus text (#{length(String.split(prometheus, "\n"))} lines), first metrics:")
+
+prometheus
+|> String.split("\n")
+|> Enum.reject(&String.starts_with?(&1, "#"))
+|> Enum.take(8)
+|> Enum.each(&Demo.say("  " <> &1))
+
 for s <- [session, "other_session", copy, p, team], do: :ok = SessionStore.delete_session(s)
 Demo.section("Done")

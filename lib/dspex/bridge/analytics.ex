@@ -51,7 +51,7 @@ defmodule DSPex.Bridge.Analytics do
   |---|---|---|---|
   | `variable_reads` | counter | | `SessionStore` reads (counted exactly, folded in once a second) |
   | `variable_writes` | counter | | `SessionStore` writes |
-  | `variable_read_latency_seconds` | histogram | | `SessionStore` reads, 1 in 16 timed |
+  | `variable_read_latency_seconds` | histogram | | `SessionStore` reads, 1 in 64 timed |
   | `variable_write_latency_seconds` | histogram | | `SessionStore` writes |
   | `operation_errors` | counter | `op` | failed SessionStore reads and writes |
   | `active_sessions` | gauge | | sessions alive (create, delete, and once a second) |

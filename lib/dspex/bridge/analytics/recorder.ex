@@ -6,14 +6,14 @@ defmodule DSPex.Bridge.Analytics.Recorder do
   #
   # The hottest paths (reads: one ETS lookup; cached access decisions; uncontended locks)
   # only bump an atomic here, folded into their counters once a second and before every
-  # query; every 16th read is also timed.
+  # query; every 64th read is also timed.
 
   use GenServer
 
   alias DSPex.Bridge.Analytics
 
   @tallies {__MODULE__, :tallies}
-  @sample 16
+  @sample 64
   @tick_ms 1_000
 
   # slot => {metric, labels}
