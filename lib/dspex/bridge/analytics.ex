@@ -207,8 +207,9 @@ defmodule DSPex.Bridge.Analytics do
 
     with {:ok, names} <- metric_names(type),
          {:ok, filter} <- filter(opts),
+         {:ok, source} <- source(opts),
          {:ok, range} <- native_range(range) do
-      Native.analytics_summary(source(opts), names, filter, range, now())
+      Native.analytics_summary(source, names, filter, range, now())
     end
   end
 
@@ -227,9 +228,10 @@ defmodule DSPex.Bridge.Analytics do
 
     with {:ok, name} <- metric_name(type),
          {:ok, filter} <- filter(opts),
+         {:ok, source} <- source(opts),
          {:ok, {s, e}} <- times(start_time, end_time),
          {:ok, points} <-
-           Native.analytics_time_series(source(opts), name, filter, s, e, step_ms, now()) do
+           Native.analytics_time_series(source, name, filter, s, e, step_ms, now()) do
       {:ok, Enum.map(points, fn {t, f} -> {DateTime.from_unix!(t, :millisecond), f} end)}
     end
   end
@@ -461,7 +463,13 @@ defmodule DSPex.Bridge.Analytics do
 
   defp now, do: System.system_time(:millisecond)
 
-  defp source(opts), do: Keyword.get(opts, :source) || engine()
+  defp source(opts) do
+    case Keyword.get(opts, :source) do
+      nil -> {:ok, engine()}
+      merged when is_reference(merged) -> {:ok, merged}
+      other -> {:error, {:invalid_source, other}}
+    end
+  end
 
   defp metric_name(name) when is_atom(name) and name not in [nil, true, false],
     do: {:ok, Atom.to_string(name)}

@@ -118,6 +118,12 @@ defmodule DSPex.Bridge.AnalyticsTest do
                Analytics.get_metrics(m, t - 1, t, :sum, labels: [a: 1])
 
       assert {:error, {:invalid_range, :yesterday}} = Analytics.get_dashboard(:yesterday)
+      assert {:error, {:invalid_source, :x}} = Analytics.summary(m, :all, source: :x)
+      assert {:error, {:invalid_options, :x}} = Analytics.summary(m, :all, :x)
+
+      assert {:error, {:invalid_source, 1}} =
+               Analytics.query_time_series(m, t - 1, t, 1_000, source: 1)
+
       assert {:error, {:unknown_format, :xml}} = Analytics.export_metrics(:xml)
       assert {:error, {:invalid_range, 7}} = Analytics.export_metrics(:json, 7)
       assert {:error, {:bad_snapshot, _}} = Analytics.merge_snapshots(["garbage"])
