@@ -283,15 +283,12 @@ defmodule DSPex.Bridge.Analytics do
   def export_metrics(format, range) when format in [:prometheus, :json, :csv, :statsd] do
     Recorder.flush()
 
-    with {:ok, source, r} <- export_source(range) do
+    with {:ok, source, r} <- dashboard_source(range) do
       Native.analytics_export(source, format, r, now(), "dspex_")
     end
   end
 
   def export_metrics(format, _range), do: {:error, {:unknown_format, format}}
-
-  defp export_source(:cluster), do: dashboard_source(:cluster)
-  defp export_source(range), do: dashboard_source(range)
 
   @doc """
   Every metric: `[{name, kind, series_count}]` (the overflow series included).
@@ -478,12 +475,8 @@ defmodule DSPex.Bridge.Analytics do
   defp metric_name(name), do: {:error, {:invalid_name, name}}
 
   defp metric_names([_ | _] = names) do
-    Enum.reduce_while(names, {:ok, []}, fn name, {:ok, acc} ->
-      case metric_name(name) do
-        {:ok, n} -> {:cont, {:ok, acc ++ [n]}}
-        error -> {:halt, error}
-      end
-    end)
+    checked = Enum.map(names, &metric_name/1)
+    Enum.find(checked, {:ok, for({:ok, n} <- checked, do: n)}, &match?({:error, _}, &1))
   end
 
   defp metric_names(name), do: with({:ok, n} <- metric_name(name), do: {:ok, [n]})

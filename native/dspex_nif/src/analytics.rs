@@ -12,8 +12,10 @@ use dspex_core::analytics::alerts::{
     Alerts, Comparison, Effect, Expr, Rule, State, Term as AlertTerm,
 };
 use dspex_core::analytics::export;
-use dspex_core::analytics::query::{self, Aggregation, Range, Source, Summary};
-use dspex_core::analytics::{Analytics, Config, Error as AError, Kind, SeriesSpec, Snapshot};
+use dspex_core::analytics::query::{self, Aggregation, Range, Source, Summary, FIGURES};
+use dspex_core::analytics::{
+    Analytics, Config, Error as AError, Kind, Labels, SeriesData, SeriesSpec, Snapshot,
+};
 use parking_lot::Mutex;
 use rustler::types::map::MapIterator;
 use rustler::{
@@ -22,8 +24,7 @@ use rustler::{
 
 mod atoms {
     rustler::atoms! {
-        counter, gauge, histogram, all, last, count, sum, min, max, avg, p50, p95, p99, rate,
-        quantile, prometheus, json, csv, statsd, fired, resolved, above, below, value, ratio,
+        counter, gauge, histogram, all, last, quantile, prometheus, json, csv, statsd, fired, resolved, above, below, value, ratio,
         inactive, pending, firing, invalid_labels, invalid_name, const_ = "const",
     }
 }
@@ -278,82 +279,35 @@ fn decode_range(term: Term) -> NifResult<Range> {
     })
 }
 
-fn with_source<R>(engine: &EngineResource, f: impl FnOnce(&dyn SourceDyn) -> R) -> R {
-    match &engine.0 {
-        Engine::Live(a, _) => f(a),
-        Engine::Frozen(s) => f(s),
+impl Source for Engine {
+    fn visit(&self, metric: Option<&str>, f: &mut dyn FnMut(&str, &Labels, &SeriesData)) {
+        match self {
+            Engine::Live(analytics, _) => analytics.visit(metric, f),
+            Engine::Frozen(snapshot) => snapshot.visit(metric, f),
+        }
     }
 }
 
-/// Object-safe view of the two sources.
-trait SourceDyn {
-    fn summarize(
-        &self,
-        metrics: &[&str],
-        filter: &[(&str, &str)],
-        range: Range,
-        now: u64,
-    ) -> Result<Summary, AError>;
-    fn time_series(
-        &self,
-        metric: &str,
-        filter: &[(&str, &str)],
-        start: u64,
-        end: u64,
-        step: u64,
-        now: u64,
-    ) -> Result<Vec<(u64, Summary)>, AError>;
-    fn summaries(&self, range: Range, now: u64) -> Result<Vec<query::SeriesSummary>, AError>;
-}
-
-impl<S: Source> SourceDyn for S {
-    fn summarize(
-        &self,
-        metrics: &[&str],
-        filter: &[(&str, &str)],
-        range: Range,
-        now: u64,
-    ) -> Result<Summary, AError> {
-        query::summarize_many(self, metrics, filter, range, now)
-    }
-    fn time_series(
-        &self,
-        metric: &str,
-        filter: &[(&str, &str)],
-        start: u64,
-        end: u64,
-        step: u64,
-        now: u64,
-    ) -> Result<Vec<(u64, Summary)>, AError> {
-        query::time_series(self, metric, filter, start, end, step, now)
-    }
-    fn summaries(&self, range: Range, now: u64) -> Result<Vec<query::SeriesSummary>, AError> {
-        query::series_summaries(self, range, now)
-    }
-}
+/// The atoms of the core's figure names, made once (atoms live as long as the VM).
+static FIGURE_ATOMS: OnceLock<Vec<Atom>> = OnceLock::new();
 
 fn encode_summary<'a>(env: Env<'a>, s: &Summary) -> NifResult<Term<'a>> {
-    let figures = [
-        (atoms::count(), Aggregation::Count),
-        (atoms::sum(), Aggregation::Sum),
-        (atoms::min(), Aggregation::Min),
-        (atoms::max(), Aggregation::Max),
-        (atoms::avg(), Aggregation::Avg),
-        (atoms::last(), Aggregation::Last),
-        (atoms::p50(), Aggregation::Quantile(0.5)),
-        (atoms::p95(), Aggregation::Quantile(0.95)),
-        (atoms::p99(), Aggregation::Quantile(0.99)),
-        (atoms::rate(), Aggregation::Rate),
-    ];
-    let keys: Vec<Term> = figures.iter().map(|(a, _)| a.encode(env)).collect();
-    let values: Vec<Term> = figures
-        .iter()
-        .map(|(a, agg)| match s.value(*agg) {
-            Some(v) if *a == atoms::count() => (v as u64).encode(env),
+    let atoms = FIGURE_ATOMS.get_or_init(|| {
+        FIGURES
+            .iter()
+            .map(|(name, _)| Atom::from_str(env, name).expect("figure names are valid atoms"))
+            .collect()
+    });
+    let mut keys = Vec::with_capacity(FIGURES.len());
+    let mut values = Vec::with_capacity(FIGURES.len());
+    for (atom, (_, agg)) in atoms.iter().zip(FIGURES) {
+        keys.push(atom.encode(env));
+        values.push(match s.value(agg) {
+            Some(v) if agg == Aggregation::Count => (v as u64).encode(env),
             Some(v) => v.encode(env),
             None => crate::atoms::nil().encode(env),
-        })
-        .collect();
+        });
+    }
     Term::map_from_term_arrays(env, &keys, &values)
 }
 
@@ -379,7 +333,7 @@ fn analytics_summary<'a>(
         .collect();
     let names: Vec<&str> = metrics.iter().map(String::as_str).collect();
     let range = decode_range(range)?;
-    match with_source(&engine, |s| s.summarize(&names, &pairs, range, now_ms)) {
+    match query::summarize_many(&engine.0, &names, &pairs, range, now_ms) {
         Ok(summary) => Ok((crate::atoms::ok(), encode_summary(env, &summary)?).encode(env)),
         Err(err) => Ok(error_term(env, &err)),
     }
@@ -403,9 +357,9 @@ fn analytics_time_series<'a>(
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    match with_source(&engine, |s| {
-        s.time_series(&metric, &pairs, start_ms, end_ms, step_ms, now_ms)
-    }) {
+    match query::time_series(
+        &engine.0, &metric, &pairs, start_ms, end_ms, step_ms, now_ms,
+    ) {
         Ok(points) => {
             let mut out = Vec::with_capacity(points.len());
             for (t, summary) in &points {
@@ -435,7 +389,7 @@ fn analytics_export<'a>(
 ) -> NifResult<Term<'a>> {
     use crate::atoms::atom_is;
     let range = decode_range(range)?;
-    let series = match with_source(&engine, |s| s.summaries(range, now_ms)) {
+    let series = match query::series_summaries(&engine.0, range, now_ms) {
         Ok(series) => series,
         Err(err) => return Ok(error_term(env, &err)),
     };
@@ -458,16 +412,7 @@ fn analytics_export<'a>(
 fn analytics_metrics(env: Env, engine: ResourceArc<EngineResource>) -> Term {
     let list: Vec<(String, Kind, usize)> = match &engine.0 {
         Engine::Live(a, _) => a.metrics(),
-        Engine::Frozen(s) => {
-            let mut out: Vec<(String, Kind, usize)> = Vec::new();
-            for series in &s.series {
-                match out.last_mut() {
-                    Some(last) if last.0 == series.metric => last.2 += 1,
-                    _ => out.push((series.metric.clone(), series.data.kind, 1)),
-                }
-            }
-            out
-        }
+        Engine::Frozen(s) => s.metrics(),
     };
     let encoded: Vec<Term> = list
         .into_iter()
@@ -537,23 +482,8 @@ fn decode_aggregation(term: Term) -> NifResult<Aggregation> {
         }
         return Err(Error::BadArg);
     }
-    let table = [
-        (atoms::avg(), Aggregation::Avg),
-        (atoms::sum(), Aggregation::Sum),
-        (atoms::min(), Aggregation::Min),
-        (atoms::max(), Aggregation::Max),
-        (atoms::count(), Aggregation::Count),
-        (atoms::p50(), Aggregation::Quantile(0.5)),
-        (atoms::p95(), Aggregation::Quantile(0.95)),
-        (atoms::p99(), Aggregation::Quantile(0.99)),
-        (atoms::rate(), Aggregation::Rate),
-        (atoms::last(), Aggregation::Last),
-    ];
-    table
-        .into_iter()
-        .find(|(a, _)| atom_is(term, *a))
-        .map(|(_, agg)| agg)
-        .ok_or(Error::BadArg)
+    let name = term.atom_to_string()?;
+    query::aggregation_named(&name).ok_or(Error::BadArg)
 }
 
 fn decode_term(term: Term) -> NifResult<AlertTerm> {

@@ -172,8 +172,23 @@ impl Alerts {
             });
             *state = match (*state, bad) {
                 (State::Inactive, false) | (State::Pending { .. }, false) => State::Inactive,
-                (State::Inactive, true) => State::Pending { since_ms: now_ms },
-                (State::Pending { since_ms }, true) => {
+                (firing @ State::Firing { .. }, true) => firing,
+                (State::Firing { since_ms, .. }, false) => {
+                    effects.push(Effect::Resolved {
+                        rule: rule.name.clone(),
+                        severity: rule.severity.clone(),
+                        value: v,
+                        fired_for_ms: now_ms.saturating_sub(since_ms),
+                    });
+                    State::Inactive
+                }
+                // Bad now: pending since it first went bad, firing once that is `for_ms` ago
+                // (at once when `for_ms` is zero).
+                (previous, true) => {
+                    let since_ms = match previous {
+                        State::Pending { since_ms } => since_ms,
+                        _ => now_ms,
+                    };
                     if now_ms.saturating_sub(since_ms) >= rule.for_ms {
                         let v = v.unwrap_or(f64::NAN);
                         effects.push(Effect::Fired {
@@ -190,28 +205,7 @@ impl Alerts {
                         State::Pending { since_ms }
                     }
                 }
-                (firing @ State::Firing { .. }, true) => firing,
-                (State::Firing { since_ms, .. }, false) => {
-                    effects.push(Effect::Resolved {
-                        rule: rule.name.clone(),
-                        severity: rule.severity.clone(),
-                        value: v,
-                        fired_for_ms: now_ms.saturating_sub(since_ms),
-                    });
-                    State::Inactive
-                }
             };
-            // A rule whose `for` is zero fires on the first bad evaluation.
-            if let (State::Pending { since_ms }, true) = (*state, rule.for_ms == 0) {
-                let v = v.unwrap_or(f64::NAN);
-                effects.push(Effect::Fired {
-                    rule: rule.name.clone(),
-                    severity: rule.severity.clone(),
-                    value: v,
-                    threshold: rule.threshold,
-                });
-                *state = State::Firing { since_ms, value: v };
-            }
         }
         effects
     }

@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use super::query::{Aggregation, SeriesSummary};
+use super::query::{Aggregation, SeriesSummary, FIGURES};
 use super::Kind;
 
 /// The quantiles every exporter reports for histograms.
@@ -103,19 +103,10 @@ pub fn prometheus(series: &[SeriesSummary], prefix: &str) -> String {
 
 /// The aggregations JSON and CSV report, by name.
 pub fn figures(s: &SeriesSummary) -> Vec<(&'static str, Option<f64>)> {
-    let w = &s.window;
-    vec![
-        ("count", w.value(Aggregation::Count)),
-        ("sum", w.value(Aggregation::Sum)),
-        ("min", w.value(Aggregation::Min)),
-        ("max", w.value(Aggregation::Max)),
-        ("avg", w.value(Aggregation::Avg)),
-        ("last", w.value(Aggregation::Last)),
-        ("p50", w.value(Aggregation::Quantile(0.5))),
-        ("p95", w.value(Aggregation::Quantile(0.95))),
-        ("p99", w.value(Aggregation::Quantile(0.99))),
-        ("rate", w.value(Aggregation::Rate)),
-    ]
+    FIGURES
+        .iter()
+        .map(|&(name, agg)| (name, s.window.value(agg)))
+        .collect()
 }
 
 fn json_string(v: &str) -> String {

@@ -565,6 +565,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Every metric name with its kind and number of series, as [`Analytics::metrics`].
+    pub fn metrics(&self) -> Vec<(String, Kind, usize)> {
+        let mut out: Vec<(String, Kind, usize)> = Vec::new();
+        for series in &self.series {
+            match out.last_mut() {
+                Some(last) if last.0 == series.metric => last.2 += 1,
+                _ => out.push((series.metric.clone(), series.data.kind, 1)),
+            }
+        }
+        out
+    }
+
     /// The snapshot as a checked frame (magic, version, length, CRC-32) for another node.
     pub fn to_frame(&self) -> Vec<u8> {
         let payload = postcard::to_stdvec(self).expect("a snapshot always serializes");

@@ -88,6 +88,25 @@ pub enum Aggregation {
     Last,
 }
 
+/// Every figure a summary reports, by name, in the order the exporters print them.
+pub const FIGURES: [(&str, Aggregation); 10] = [
+    ("count", Aggregation::Count),
+    ("sum", Aggregation::Sum),
+    ("min", Aggregation::Min),
+    ("max", Aggregation::Max),
+    ("avg", Aggregation::Avg),
+    ("last", Aggregation::Last),
+    ("p50", Aggregation::Quantile(0.5)),
+    ("p95", Aggregation::Quantile(0.95)),
+    ("p99", Aggregation::Quantile(0.99)),
+    ("rate", Aggregation::Rate),
+];
+
+/// The aggregation named `name` (one of [`FIGURES`]).
+pub fn aggregation_named(name: &str) -> Option<Aggregation> {
+    FIGURES.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
+}
+
 /// The records of a range, merged over series.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
