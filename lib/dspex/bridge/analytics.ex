@@ -28,8 +28,9 @@ defmodule DSPex.Bridge.Analytics do
 
   Memory is bounded by `shards × max_metrics × (max_series_per_metric + 1) × S`. A counter
   or gauge series `S` takes at most 12 KiB per shard (totals plus 60 one-second and 60
-  one-minute slots); a histogram series adds 16 bytes per distinct bucket per slot (a latency
-  distribution uses tens to a few hundred buckets). So one counter metric driven past its
+  one-minute slots); a histogram series adds, per slot, at most 32 bytes per distinct bucket
+  (16 while the buckets are spread out; a latency distribution uses tens to a few hundred
+  buckets). `memory/0` tells what the engine holds now. So one counter metric driven past its
   limit costs at most `shards × 1,001 × 12 KiB` (≈ 23.5 MiB with 2 shards and the default
   1,000 series), whatever the number of label sets callers send; the load test records 10
   million values over 10,000 label sets and checks exactly that bound (plus 8 MiB for the
@@ -308,6 +309,17 @@ defmodule DSPex.Bridge.Analytics do
     {shards, metrics, series} = Native.analytics_limits()
     %{shards: shards, max_metrics: metrics, max_series_per_metric: series}
   end
+
+  @doc """
+  Bytes of memory the engine holds, counted from the capacities of its own structures (the
+  allocator's bookkeeping excluded). Locks each shard in turn: poll it for monitoring, not
+  on a hot path.
+
+      iex> DSPex.Bridge.Analytics.memory() > 0
+      true
+  """
+  @spec memory() :: non_neg_integer()
+  def memory, do: Native.analytics_memory()
 
   @doc """
   This node's data as a checked binary frame (what `get_dashboard(:cluster)` fetches from

@@ -72,6 +72,7 @@ defmodule DSPex.Bridge.Native do
   def analytics_merge(_frames), do: not_loaded()
   def analytics_clear(_engine), do: not_loaded()
   def analytics_limits, do: not_loaded()
+  def analytics_memory, do: not_loaded()
   def analytics_put_alert(_engine, _rule), do: not_loaded()
   def analytics_remove_alert(_engine, _name), do: not_loaded()
   def analytics_alerts(_engine), do: not_loaded()

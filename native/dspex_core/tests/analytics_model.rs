@@ -3,13 +3,22 @@
 //! exactly the records that have not aged out, snapshots merge by addition, and alert rules
 //! follow a separately written state machine.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use dspex_core::analytics::alerts::{Alerts, Comparison, Effect, Expr, Rule};
-use dspex_core::analytics::histogram::{Histogram, RELATIVE_ERROR};
+use dspex_core::analytics::histogram::{bucket_of, Histogram, RELATIVE_ERROR};
 use dspex_core::analytics::query::{summarize, Aggregation, Range};
 use dspex_core::analytics::{Analytics, Config, Kind};
 use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum HistOp {
+    Near(Vec<f64>),
+    Far(f64),
+    Merge(Vec<f64>),
+    Clear,
+}
 
 const T0: u64 = 1_800_000_000_000;
 
@@ -81,6 +90,56 @@ proptest! {
         let est = h.quantile(q, sorted[0], *sorted.last().unwrap()).unwrap();
         prop_assert!((est - exact).abs() <= RELATIVE_ERROR * exact * (1.0 + 1e-12),
             "q={} exact={} est={}", q, exact, est);
+    }
+
+    /// Histogram storage switches between sparse and dense with the spread of the values;
+    /// whatever the sequence of records, merges and clears, the buckets and counts equal a
+    /// plain map of bucket to count.
+    #[test]
+    fn histogram_storage_keeps_exact_bucket_counts(
+        ops in prop::collection::vec(prop_oneof![
+            // Batches of close values, so the storage turns dense between clears.
+            8 => prop::collection::vec(1.0f64..4.0, 1..50).prop_map(HistOp::Near),
+            // Zero, and values from the zero bucket to the top bucket.
+            1 => prop_oneof![Just(0.0), (-11.0f64..16.0).prop_map(|e| 10f64.powf(e))]
+                .prop_map(HistOp::Far),
+            // Few distinct values, so merged buckets carry counts above one.
+            1 => prop::collection::vec((0u32..40).prop_map(|i| 0.5 + f64::from(i) * 0.2), 0..80)
+                .prop_map(HistOp::Merge),
+            1 => Just(HistOp::Clear),
+        ], 1..200),
+    ) {
+        let mut h = Histogram::new();
+        let mut model: BTreeMap<u16, u64> = BTreeMap::new();
+        for op in &ops {
+            match op {
+                HistOp::Near(values) => {
+                    for v in values {
+                        h.record(*v);
+                        *model.entry(bucket_of(*v)).or_default() += 1;
+                    }
+                }
+                HistOp::Far(v) => {
+                    h.record(*v);
+                    *model.entry(bucket_of(*v)).or_default() += 1;
+                }
+                HistOp::Merge(values) => {
+                    let mut other = Histogram::new();
+                    for v in values {
+                        other.record(*v);
+                        *model.entry(bucket_of(*v)).or_default() += 1;
+                    }
+                    h.merge(&other);
+                }
+                HistOp::Clear => {
+                    h.clear();
+                    model.clear();
+                }
+            }
+            let got: Vec<(u16, u64)> = h.buckets().collect();
+            let want: Vec<(u16, u64)> = model.iter().map(|(&b, &n)| (b, n)).collect();
+            prop_assert_eq!(got, want);
+        }
     }
 
     /// After random records at random times, each window counts exactly the records whose

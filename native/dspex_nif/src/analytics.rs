@@ -17,6 +17,8 @@ use dspex_core::analytics::{
     Analytics, Config, Error as AError, Kind, Labels, SeriesData, SeriesSpec, Snapshot,
 };
 use parking_lot::Mutex;
+
+use crate::hot_nif::hot_nif;
 use rustler::types::map::MapIterator;
 use rustler::{
     Atom, Binary, Encoder, Env, Error, NewBinary, NifResult, ResourceArc, Term, TermType,
@@ -126,6 +128,7 @@ impl Key {
         }
     }
 
+    #[inline]
     fn push(&mut self, bytes: &[u8]) {
         if let Some(h) = &mut self.heap {
             h.extend_from_slice(bytes);
@@ -140,6 +143,7 @@ impl Key {
     }
 
     /// Appends an atom, string or integer, tagged so that no two terms share bytes.
+    #[inline]
     fn push_term(&mut self, term: Term, allow_integer: bool) -> Result<(), &'static str> {
         match term.get_type() {
             TermType::Atom => {
@@ -214,13 +218,9 @@ fn describe(name: Term, labels: Term) -> Result<SeriesSpec, AError> {
 /// Records `value` (a number) for `name` (atom or string) with `labels` (a map of at most
 /// 16 atom/string keys to atom/string/integer values). `:ok` or `{:error, {reason, message}}`;
 /// nothing is recorded on error. Records into the node engine.
-#[rustler::nif]
 fn analytics_record<'a>(
     env: Env<'a>,
-    kind: Term<'a>,
-    name: Term<'a>,
-    value: Term<'a>,
-    labels: Term<'a>,
+    [kind, name, value, labels]: [Term<'a>; 4],
 ) -> NifResult<Term<'a>> {
     let Engine::Live(analytics, _) = &global().0 else {
         unreachable!("the node engine is live")
@@ -264,6 +264,8 @@ fn analytics_record<'a>(
         Err(err) => Ok(error_term(env, &err)),
     }
 }
+
+hot_nif!("analytics_record", 4, analytics_record);
 
 fn decode_range(term: Term) -> NifResult<Range> {
     if crate::atoms::atom_is(term, atoms::all()) {
@@ -450,6 +452,15 @@ fn analytics_merge<'a>(env: Env<'a>, frames: Vec<Binary<'a>>) -> Term<'a> {
     }
     let engine = ResourceArc::new(EngineResource(Engine::Frozen(merged)));
     (crate::atoms::ok(), engine.encode(env)).encode(env)
+}
+
+/// Heap bytes the node engine holds (see `Analytics::heap_bytes`).
+#[rustler::nif]
+fn analytics_memory() -> usize {
+    let Engine::Live(analytics, _) = &global().0 else {
+        unreachable!("the node engine is live")
+    };
+    analytics.heap_bytes()
 }
 
 /// The node engine's limits: `{shards, max_metrics, max_series_per_metric}`.

@@ -11,6 +11,7 @@ mod breaker;
 mod coordinator;
 mod error;
 mod graph;
+mod hot_nif;
 mod json;
 mod rate_limit;
 mod snapshot;

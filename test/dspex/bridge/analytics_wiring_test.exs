@@ -170,4 +170,52 @@ defmodule DSPex.Bridge.AnalyticsWiringTest do
   end
 
   defp now, do: System.system_time(:millisecond)
+
+  test "label sets past the limit go to the overflow series and memory stays bounded" do
+    %{shards: shards, max_series_per_metric: limit} = Analytics.limits()
+    m = "t_cardinality_#{System.unique_integer([:positive])}"
+    engine_before = Analytics.memory()
+    rss_before = rss_bytes()
+    per_worker = 5_000_000
+
+    1..2
+    |> Enum.map(fn w ->
+      Task.async(fn ->
+        Enum.each(1..per_worker, fn i ->
+          :ok = Analytics.increment(m, 1, %{id: rem(i * 7 + w, 10_000)})
+        end)
+      end)
+    end)
+    |> Task.await_many(300_000)
+
+    assert {_, :counter, series} = Enum.find(Analytics.metrics(), fn {n, _, _} -> n == m end)
+    assert series == limit + 1
+    assert {:ok, %{sum: 1.0e7}} = Analytics.summary(m, :all)
+    assert {:ok, %{sum: overflow}} = Analytics.summary(m, :all, labels: %{overflow: "true"})
+    assert overflow > 0
+
+    # The documented bound: shards x (limit + 1) x 12 KiB for the series. The engine's own
+    # count may add 1 MiB of catalog and key caches; the VM's RSS 8 MiB of allocator slack.
+    # (Not async: RSS is only this test's when no other test runs.)
+    series_bound = shards * (limit + 1) * 12 * 1024
+    held = Analytics.memory() - engine_before
+    assert held <= series_bound + 1024 * 1024, "engine holds #{held} more bytes"
+    grown = rss_bytes() - rss_before
+    bound = series_bound + 8 * 1024 * 1024
+    assert grown <= bound, "RSS grew #{grown} bytes, bound #{bound}"
+  end
+
+  defp rss_bytes do
+    "/proc/self/status"
+    |> File.read!()
+    |> String.split("\n")
+    |> Enum.find_value(fn
+      "VmRSS:" <> rest ->
+        rest |> String.trim() |> String.trim_trailing(" kB") |> String.to_integer()
+
+      _ ->
+        nil
+    end)
+    |> Kernel.*(1024)
+  end
 end

@@ -165,11 +165,13 @@ const MAX_LABELS: usize = 16;
 ///
 /// Memory is bounded by `shards × max_metrics × (max_series_per_metric + 1) × S`, where `S`
 /// is one series: about 10 KiB of slots (121 cells of count, sum, min, max, latest) plus, for
-/// histograms, 16 bytes per distinct bucket per cell (at most 5,122 buckets, in practice a few
+/// histograms, at most 32 bytes per distinct bucket per cell (see [`histogram::Histogram`];
+/// at most 5,122 buckets, in practice a few
 /// hundred for a latency distribution), plus at most `key_cache_per_shard` cached keys per shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
-    /// Shards (one per scheduler thread is right); at least 1.
+    /// Shards (one per scheduler thread is right); rounded up to a power of two (so a thread
+    /// finds its shard with a mask, not a division), at least 1.
     pub shards: usize,
     /// Distinct metric names.
     pub max_metrics: usize,
@@ -283,7 +285,48 @@ struct Shard {
     series: Vec<(SeriesId, SeriesData)>,
 }
 
+/// Heap bytes of a hash map's table: each bucket holds an entry and a control byte.
+fn table_bytes<K, V>(map: &AHashMap<K, V>) -> usize {
+    map.capacity() * (std::mem::size_of::<(K, V)>() + 1)
+}
+
+fn labels_bytes(labels: &Labels) -> usize {
+    labels.capacity() * std::mem::size_of::<(String, String)>()
+        + labels
+            .iter()
+            .map(|(k, v)| k.capacity() + v.capacity())
+            .sum::<usize>()
+}
+
+impl Catalog {
+    fn heap_bytes(&self) -> usize {
+        let metric = |m: &Metric| {
+            m.name.capacity()
+                + table_bytes(&m.by_labels)
+                + m.labels.capacity() * std::mem::size_of::<Labels>()
+                // Each label set is held twice: as a map key and in the list.
+                + 2 * m.labels.iter().map(labels_bytes).sum::<usize>()
+        };
+        self.metrics.capacity() * std::mem::size_of::<Metric>()
+            + self.metrics.iter().map(metric).sum::<usize>()
+            + table_bytes(&self.by_name)
+            + self.by_name.keys().map(String::capacity).sum::<usize>()
+    }
+}
+
 impl Shard {
+    fn heap_bytes(&self) -> usize {
+        table_bytes(&self.keys)
+            + self.keys.keys().map(|k| k.len()).sum::<usize>()
+            + table_bytes(&self.by_id)
+            + self.series.capacity() * std::mem::size_of::<(SeriesId, SeriesData)>()
+            + self
+                .series
+                .iter()
+                .map(|(_, d)| d.heap_bytes())
+                .sum::<usize>()
+    }
+
     fn slot_for(&mut self, id: SeriesId, kind: Kind) -> usize {
         *self.by_id.entry(id).or_insert_with(|| {
             self.series.push((id, SeriesData::new(kind)));
@@ -380,7 +423,11 @@ pub fn normalize_labels(mut labels: Labels) -> Result<Labels> {
 impl Analytics {
     /// An empty engine.
     pub fn new(config: Config) -> Self {
-        let shards = (0..config.shards.max(1))
+        let config = Config {
+            shards: config.shards.max(1).next_power_of_two(),
+            ..config
+        };
+        let shards = (0..config.shards)
             .map(|_| Mutex::new(Shard::default()))
             .collect();
         Analytics {
@@ -414,7 +461,7 @@ impl Analytics {
         describe: impl FnOnce() -> Result<SeriesSpec>,
     ) -> Result<()> {
         check_value(kind, value)?;
-        let shard = &self.shards[thread_shard() % self.shards.len()];
+        let shard = &self.shards[thread_shard() & (self.shards.len() - 1)];
         {
             let mut guard = shard.lock();
             let shard = &mut *guard;
@@ -482,6 +529,18 @@ impl Analytics {
                     .collect(),
             })
         })
+    }
+
+    /// Heap bytes the engine holds, counted from its structures' capacities (the allocator's
+    /// own bookkeeping excluded). Takes each shard's lock in turn: a monitoring call, not a
+    /// hot one.
+    pub fn heap_bytes(&self) -> usize {
+        self.catalog.read().heap_bytes()
+            + self
+                .shards
+                .iter()
+                .map(|s| s.lock().heap_bytes())
+                .sum::<usize>()
     }
 
     /// The kind of a metric, if it exists.

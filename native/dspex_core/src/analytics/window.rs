@@ -86,6 +86,7 @@ pub struct Cell {
 }
 
 impl Cell {
+    #[inline]
     fn add(&mut self, kind: Kind, value: f64, now_ms: u64) {
         self.stats.add(value, now_ms);
         if kind == Kind::Histogram {
@@ -134,8 +135,10 @@ impl Ring {
         self.width_ms
     }
 
-    fn cell_for(&mut self, now_ms: u64) -> Option<&mut Cell> {
-        let stamp = now_ms / self.width_ms;
+    /// The cell of the slot for `stamp` (`now_ms / width_ms`, computed by the caller, where
+    /// the width is a constant and the division cheap).
+    #[inline]
+    fn cell_for(&mut self, stamp: u64) -> Option<&mut Cell> {
         let slot = &mut self.slots[(stamp % SLOTS as u64) as usize];
         if slot.stamp != stamp || slot.cell.stats.count == 0 {
             if slot.cell.stats.count > 0 && slot.stamp > stamp {
@@ -211,12 +214,24 @@ impl SeriesData {
     pub fn record(&mut self, value: f64, now_ms: u64) {
         let kind = self.kind;
         self.total.add(kind, value, now_ms);
-        if let Some(cell) = self.seconds.cell_for(now_ms) {
+        if let Some(cell) = self.seconds.cell_for(now_ms / SECOND_MS) {
             cell.add(kind, value, now_ms);
         }
-        if let Some(cell) = self.minutes.cell_for(now_ms) {
+        if let Some(cell) = self.minutes.cell_for(now_ms / MINUTE_MS) {
             cell.add(kind, value, now_ms);
         }
+    }
+
+    /// Heap bytes held: the slots and every histogram's buckets.
+    pub fn heap_bytes(&self) -> usize {
+        let ring = |r: &Ring| {
+            r.slots.capacity() * std::mem::size_of::<Slot>()
+                + r.slots
+                    .iter()
+                    .map(|s| s.cell.hist.heap_bytes())
+                    .sum::<usize>()
+        };
+        self.total.hist.heap_bytes() + ring(&self.seconds) + ring(&self.minutes)
     }
 
     /// Adds every record of `other` (same kind).
