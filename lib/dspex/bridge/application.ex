@@ -13,6 +13,7 @@ defmodule DSPex.Bridge.Application do
       DSPex.Bridge.Events,
       DSPex.Bridge.Analytics.Recorder,
       DSPex.Bridge.SessionStore.Supervisor,
+      DSPex.Bridge.HAManager,
       DSPex.Bridge.CircuitBreaker,
       DSPex.Bridge.OptimizerCoordinator,
       DSPex.Bridge.RateLimiter,

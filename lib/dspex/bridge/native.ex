@@ -78,6 +78,15 @@ defmodule DSPex.Bridge.Native do
   def analytics_alerts(_engine), do: not_loaded()
   def analytics_evaluate_alerts(_engine, _now), do: not_loaded()
 
+  # high availability
+  def ha_table_new(_node), do: not_loaded()
+  def ha_apply(_table, _key, _op), do: not_loaded()
+  def ha_info(_table, _key), do: not_loaded()
+  def ha_forget(_table, _key), do: not_loaded()
+  def ha_rank(_key, _nodes), do: not_loaded()
+  def ha_envelope_encode(_key, _epoch, _frame, _locks), do: not_loaded()
+  def ha_envelope_decode(_bytes), do: not_loaded()
+
   # breaker
   def breaker_new(_config), do: not_loaded()
   def breaker_allow(_breaker), do: not_loaded()

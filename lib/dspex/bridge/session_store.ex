@@ -72,6 +72,7 @@ defmodule DSPex.Bridge.SessionStore do
 
   alias DSPex.Bridge.{AccessControl, Analytics, Events, Native, Options, Variable, VariableType}
   alias DSPex.Bridge.Analytics.Recorder
+  alias DSPex.Bridge.HAManager.Router
   alias DSPex.Bridge.SessionStore.{Codec, Session, Tables}
   import DSPex.Bridge.Options, only: [is_id: 1]
 
@@ -146,23 +147,50 @@ defmodule DSPex.Bridge.SessionStore do
   def create_session(session_id, _opts), do: {:error, {:invalid_session_id, session_id}}
 
   defp start_session(meta, init, event) do
+    {access, meta} = Map.pop(meta, :access, [])
+    child_init = if init == :empty, do: :empty, else: :awaiting_load
+
+    with {:ok, pid} <- start_child(meta, child_init),
+         :ok <- hand_over(pid, init, access) do
+      Analytics.gauge(:active_sessions, :ets.info(@sessions, :size))
+      Events.emit([:dspex, :bridge, :session, event], %{}, %{session_id: meta.id})
+      {:ok, meta.id}
+    end
+  end
+
+  defp start_child(meta, init) do
     case DynamicSupervisor.start_child(
            DSPex.Bridge.SessionStore.Sessions,
            {Session, {meta.id, meta, init}}
          ) do
-      {:ok, _pid} ->
-        Analytics.gauge(:active_sessions, :ets.info(@sessions, :size))
-        Events.emit([:dspex, :bridge, :session, event], %{}, %{session_id: meta.id})
-        {:ok, meta.id}
+      {:ok, pid} -> {:ok, pid}
+      {:error, :session_exists} -> {:error, {:session_exists, meta.id}}
+    end
+  end
 
-      {:error, :session_exists} ->
-        {:error, {:session_exists, meta.id}}
+  defp hand_over(_pid, :empty, _access), do: :ok
+
+  defp hand_over(pid, {:import, vars, hist}, access) do
+    ref = Process.monitor(pid)
+    send(pid, {:dspex_load, self(), ref, vars, hist, access})
+
+    receive do
+      {^ref, :loaded} ->
+        Process.demonitor(ref, [:flush])
+        :ok
+
+      {:DOWN, ^ref, :process, _, reason} ->
+        {:error, {:import_failed, reason}}
     end
   end
 
   @doc "Deletes a session and everything in it. Only the owner may delete it."
   @spec delete_session(session_id(), [access_opt()]) :: :ok | {:error, reason()}
-  def delete_session(session_id, opts \\ []) do
+  def delete_session(session_id, opts \\ []),
+    do:
+      route(local_delete_session(session_id, opts), session_id, :delete_session, [session_id, opts])
+
+  defp local_delete_session(session_id, opts) do
     with {:ok, o} <- check(session_id, opts),
          :ok <- authorize(session_id, o, :owner),
          :ok <- call(session_id, :delete, o) do
@@ -180,7 +208,10 @@ defmodule DSPex.Bridge.SessionStore do
   metadata, propagation, variable_count}`.
   """
   @spec get_session(session_id(), [access_opt()]) :: {:ok, map()} | {:error, reason()}
-  def get_session(session_id, opts \\ []) do
+  def get_session(session_id, opts \\ []),
+    do: route(local_get_session(session_id, opts), session_id, :get_session, [session_id, opts])
+
+  defp local_get_session(session_id, opts) do
     with {:ok, o} <- check(session_id, opts),
          :ok <- authorize(session_id, o, :owner) do
       case :ets.lookup(@sessions, session_id) do
@@ -217,7 +248,16 @@ defmodule DSPex.Bridge.SessionStore do
   """
   @spec register_variable(session_id(), name(), Variable.type(), term(), keyword()) ::
           {:ok, Variable.t()} | {:error, reason()}
-  def register_variable(session_id, name, type, value, opts \\ []) do
+  def register_variable(session_id, name, type, value, opts \\ []),
+    do:
+      route(
+        local_register_variable(session_id, name, type, value, opts),
+        session_id,
+        :register_variable,
+        [session_id, name, type, value, opts]
+      )
+
+  defp local_register_variable(session_id, name, type, value, opts) do
     spec =
       Map.merge(@access, %{
         constraints: &(is_map(&1) or is_list(&1)),
@@ -245,9 +285,15 @@ defmodule DSPex.Bridge.SessionStore do
   """
   @spec get_variable(session_id(), name(), [access_opt()]) ::
           {:ok, Variable.t()} | {:error, reason()}
-  def get_variable(session_id, name, opts \\ [])
+  def get_variable(session_id, name, opts \\ []),
+    do:
+      route(local_get_variable(session_id, name, opts), session_id, :get_variable, [
+        session_id,
+        name,
+        opts
+      ])
 
-  def get_variable(session_id, name, []) when is_id(session_id) and is_id(name) do
+  defp local_get_variable(session_id, name, []) when is_id(session_id) and is_id(name) do
     if Recorder.count_read() or Events.enabled?() do
       timed(:read, session_id, name, fn -> lookup(session_id, name) end)
     else
@@ -255,7 +301,7 @@ defmodule DSPex.Bridge.SessionStore do
     end
   end
 
-  def get_variable(session_id, name, opts) do
+  defp local_get_variable(session_id, name, opts) do
     Recorder.count_read()
 
     with {:ok, o} <- check(session_id, name, opts, @access),
@@ -288,7 +334,11 @@ defmodule DSPex.Bridge.SessionStore do
 
   @doc "All variables of a session, ordered by name."
   @spec list_variables(session_id(), [access_opt()]) :: {:ok, [Variable.t()]} | {:error, reason()}
-  def list_variables(session_id, opts \\ []) do
+  def list_variables(session_id, opts \\ []),
+    do:
+      route(local_list_variables(session_id, opts), session_id, :list_variables, [session_id, opts])
+
+  defp local_list_variables(session_id, opts) do
     with {:ok, o} <- check(session_id, opts) do
       case {:ets.lookup(@sessions, session_id), foreign_caller(session_id, o)} do
         {[{_, _meta, _pid, touch}], nil} ->
@@ -327,7 +377,16 @@ defmodule DSPex.Bridge.SessionStore do
   """
   @spec update_variable(session_id(), name(), term(), keyword()) ::
           {:ok, Variable.t()} | {:error, reason()}
-  def update_variable(session_id, name, value, opts \\ []) do
+  def update_variable(session_id, name, value, opts \\ []),
+    do:
+      route(local_update_variable(session_id, name, value, opts), session_id, :update_variable, [
+        session_id,
+        name,
+        value,
+        opts
+      ])
+
+  defp local_update_variable(session_id, name, value, opts) do
     spec =
       Map.merge(@access, %{
         expected_version: &Options.pos_integer?/1,
@@ -362,7 +421,15 @@ defmodule DSPex.Bridge.SessionStore do
   """
   @spec update_variables(session_id(), map() | [{name(), term()}], keyword()) ::
           {:ok, [Variable.t()]} | {:error, reason()}
-  def update_variables(session_id, updates, opts \\ []) do
+  def update_variables(session_id, updates, opts \\ []),
+    do:
+      route(local_update_variables(session_id, updates, opts), session_id, :update_variables, [
+        session_id,
+        updates,
+        opts
+      ])
+
+  defp local_update_variables(session_id, updates, opts) do
     spec =
       Map.merge(@access, %{
         expected_versions: &is_map/1,
@@ -396,7 +463,15 @@ defmodule DSPex.Bridge.SessionStore do
 
   @doc "Deletes a variable and its history; watchers get `{:dspex_variable_deleted, session_id, name}`."
   @spec delete_variable(session_id(), name(), [access_opt()]) :: :ok | {:error, reason()}
-  def delete_variable(session_id, name, opts \\ []) do
+  def delete_variable(session_id, name, opts \\ []),
+    do:
+      route(local_delete_variable(session_id, name, opts), session_id, :delete_variable, [
+        session_id,
+        name,
+        opts
+      ])
+
+  defp local_delete_variable(session_id, name, opts) do
     with {:ok, o} <- check(session_id, name, opts, @access),
          :ok <- authorize(session_id, name, o, :write) do
       result = call(session_id, {:delete_variable, name}, o)
@@ -411,7 +486,15 @@ defmodule DSPex.Bridge.SessionStore do
   @doc "The last versions of a variable (up to the session's `history_limit`), newest first."
   @spec get_history(session_id(), name(), [access_opt()]) ::
           {:ok, [history_entry()]} | {:error, reason()}
-  def get_history(session_id, name, opts \\ []) do
+  def get_history(session_id, name, opts \\ []),
+    do:
+      route(local_get_history(session_id, name, opts), session_id, :get_history, [
+        session_id,
+        name,
+        opts
+      ])
+
+  defp local_get_history(session_id, name, opts) do
     with {:ok, o} <- check(session_id, name, opts, @access),
          :ok <- authorize(session_id, name, o, :read),
          {:ok, _var} <- lookup(session_id, name) do
@@ -428,7 +511,16 @@ defmodule DSPex.Bridge.SessionStore do
   """
   @spec rollback_variable(session_id(), name(), pos_integer(), [access_opt()]) ::
           {:ok, Variable.t()} | {:error, reason()}
-  def rollback_variable(session_id, name, version, opts \\ []) do
+  def rollback_variable(session_id, name, version, opts \\ []),
+    do:
+      route(
+        local_rollback_variable(session_id, name, version, opts),
+        session_id,
+        :rollback_variable,
+        [session_id, name, version, opts]
+      )
+
+  defp local_rollback_variable(session_id, name, version, opts) do
     with {:ok, o} <- check(session_id, name, opts, @access),
          :ok <- check_version(version),
          :ok <- authorize(session_id, name, o, :write) do
@@ -449,7 +541,10 @@ defmodule DSPex.Bridge.SessionStore do
   no-op; a watcher that exits is dropped. Returns the variable as it is now.
   """
   @spec watch(session_id(), name(), keyword()) :: {:ok, Variable.t()} | {:error, reason()}
-  def watch(session_id, name, opts \\ []) do
+  def watch(session_id, name, opts \\ []),
+    do: route(local_watch(session_id, name, opts), session_id, :watch, [session_id, name, opts])
+
+  defp local_watch(session_id, name, opts) do
     with {:ok, o} <- check(session_id, name, opts, Map.put(@access, :pid, &is_pid/1)),
          :ok <- authorize(session_id, name, o, :observe) do
       call(session_id, {:watch, name, Map.get(o, :pid, self())}, o)
@@ -458,7 +553,10 @@ defmodule DSPex.Bridge.SessionStore do
 
   @doc "Stops watching. Unknown watchers are a no-op."
   @spec unwatch(session_id(), name(), keyword()) :: :ok | {:error, reason()}
-  def unwatch(session_id, name, opts \\ []) do
+  def unwatch(session_id, name, opts \\ []),
+    do: route(local_unwatch(session_id, name, opts), session_id, :unwatch, [session_id, name, opts])
+
+  defp local_unwatch(session_id, name, opts) do
     with {:ok, o} <- check(session_id, name, opts, Map.put(@access, :pid, &is_pid/1)) do
       call(session_id, {:unwatch, name, Map.get(o, :pid, self())}, o)
     end
@@ -469,7 +567,14 @@ defmodule DSPex.Bridge.SessionStore do
   (immediately for `:sync` sessions).
   """
   @spec await_propagation(session_id(), [access_opt()]) :: :ok | {:error, reason()}
-  def await_propagation(session_id, opts \\ []) do
+  def await_propagation(session_id, opts \\ []),
+    do:
+      route(local_await_propagation(session_id, opts), session_id, :await_propagation, [
+        session_id,
+        opts
+      ])
+
+  defp local_await_propagation(session_id, opts) do
     with {:ok, o} <- check(session_id, opts),
          :ok <- authorize(session_id, o, :owner) do
       call(session_id, :await_propagation, o)
@@ -484,7 +589,11 @@ defmodule DSPex.Bridge.SessionStore do
   with a CRC-32 checksum, taken as a consistent cut between writes.
   """
   @spec export_session(session_id(), [access_opt()]) :: {:ok, binary()} | {:error, reason()}
-  def export_session(session_id, opts \\ []) do
+  def export_session(session_id, opts \\ []),
+    do:
+      route(local_export_session(session_id, opts), session_id, :export_session, [session_id, opts])
+
+  defp local_export_session(session_id, opts) do
     with {:ok, o} <- check(session_id, opts),
          :ok <- authorize(session_id, o, :owner),
          {:ok, meta, vars, hist, edges} <- call(session_id, :export, o) do
@@ -507,8 +616,30 @@ defmodule DSPex.Bridge.SessionStore do
     end
   end
 
+  @doc false
+  # Import of a frame from another node of the cluster (DSPex.Bridge.HAManager): the sender
+  # is as trusted as distribution itself, so atoms the payload names may be created here.
+  def import_trusted(frame) do
+    with {:ok, meta, vars, hist} <- Codec.decode(frame, :trusted) do
+      start_session(meta, {:import, vars, hist}, :created)
+    end
+  end
+
+  @doc false
+  # The export of a session's process state, as a frame (the session process calls this
+  # with its own export so migration needs no second call into it).
+  def encode_export({:ok, meta, vars, hist, edges}), do: Codec.encode(meta, vars, hist, edges)
+
   # ---------------------------------------------------------------------------------------
   # plumbing
+
+  # A session this node does not hold may be owned by another node (DSPex.Bridge.HAManager):
+  # the call goes there. Only a failed local call is routed, so local sessions pay nothing.
+  defp route({:error, reason} = error, session_id, fun, args)
+       when reason in [:session_not_found, :access_denied],
+       do: Router.forward(session_id, fun, args, error)
+
+  defp route(result, _session_id, _fun, _args), do: result
 
   defp check(session_id, opts, spec \\ @access)
   defp check(session_id, opts, spec) when is_id(session_id), do: Options.take(opts, spec)

@@ -45,6 +45,17 @@ pub enum Error {
     /// The payload is larger than the format allows.
     #[error("payload of {0} bytes exceeds the snapshot size limit")]
     PayloadTooLarge(u64),
+    /// A frame of another kind than the one expected.
+    #[error("snapshot of kind {found}, expected kind {expected}")]
+    WrongKind {
+        /// The kind expected.
+        expected: u8,
+        /// The kind found.
+        found: u8,
+    },
+    /// A frame's payload does not decode.
+    #[error("snapshot payload does not decode: {0}")]
+    Payload(String),
     /// A manual clock was asked to move backwards.
     #[error("clock cannot go backwards from {current} to {requested}")]
     ClockWentBackwards {
@@ -66,6 +77,8 @@ impl Error {
             Error::UnknownKind(_) => "unknown_kind",
             Error::ChecksumMismatch { .. } => "checksum_mismatch",
             Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::WrongKind { .. } => "wrong_kind",
+            Error::Payload(_) => "bad_payload",
             Error::ClockWentBackwards { .. } => "clock_went_backwards",
         }
     }

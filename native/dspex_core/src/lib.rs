@@ -46,6 +46,7 @@ pub mod coordinator;
 pub mod effects;
 pub mod error;
 pub mod graph;
+pub mod ha;
 pub mod rate_limit;
 pub mod snapshot;
 

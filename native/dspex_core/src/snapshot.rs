@@ -36,6 +36,8 @@ pub enum FrameKind {
     Session = 1,
     /// An analytics snapshot (every series with its windows).
     Analytics = 2,
+    /// A session in its high-availability envelope (epoch, lock fences); see `ha::snapshot`.
+    HaSession = 3,
 }
 
 impl FrameKind {
@@ -47,6 +49,7 @@ impl FrameKind {
         match byte {
             1 => Ok(FrameKind::Session),
             2 => Ok(FrameKind::Analytics),
+            3 => Ok(FrameKind::HaSession),
             other => Err(Error::UnknownKind(other)),
         }
     }

@@ -11,6 +11,7 @@ mod breaker;
 mod coordinator;
 mod error;
 mod graph;
+mod ha;
 mod hot_nif;
 mod json;
 mod rate_limit;

@@ -8,7 +8,10 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   alias DSPex.Bridge.{Native, Options, Variable, VariableType}
   import DSPex.Bridge.Options, only: [is_id: 1]
 
-  @payload_format 1
+  # Format 2 writes variables and history entries as tuples (var_tuple/1 and var_map/1 give
+  # the field order): the key names of maps made format 1 snapshots twice as large. Format 1
+  # is still read.
+  @payload_format 2
 
   @spec encode(map(), [Variable.t()], [{term(), list()}], [tuple()]) ::
           {:ok, binary()} | {:error, term()}
@@ -17,8 +20,8 @@ defmodule DSPex.Bridge.SessionStore.Codec do
       :erlang.term_to_binary(%{
         format: @payload_format,
         session: meta,
-        variables: Enum.map(variables, &Map.from_struct/1),
-        history: histories,
+        variables: Enum.map(variables, &var_tuple/1),
+        history: Enum.map(histories, fn {n, es} -> {n, Enum.map(es, &entry_tuple/1)} end),
         graph: edges
       })
 
@@ -27,16 +30,67 @@ defmodule DSPex.Bridge.SessionStore.Codec do
       else: Native.snapshot_encode(payload)
   end
 
-  @spec decode(term()) :: {:ok, map(), [Variable.t()], [{term(), list()}]} | {:error, term()}
-  def decode(frame) when is_binary(frame) do
+  defp var_tuple(%Variable{} = v) do
+    {v.name, v.type, v.value, v.version, v.created_at, v.updated_at, v.constraints, v.metadata,
+     v.description, v.compute, v.stale}
+  end
+
+  defp entry_tuple(e), do: {e.version, e.value, e.updated_at, Map.get(e, :change)}
+
+  defp var_map(
+         {name, type, value, version, created, updated, constraints, metadata, desc, compute, stale}
+       ) do
+    %{
+      name: name,
+      type: type,
+      value: value,
+      version: version,
+      created_at: created,
+      updated_at: updated,
+      constraints: constraints,
+      metadata: metadata,
+      description: desc,
+      compute: compute,
+      stale: stale
+    }
+  end
+
+  defp var_map(_), do: :bad
+
+  defp entry_map({version, value, updated, change}),
+    do: %{version: version, value: value, updated_at: updated, change: change}
+
+  defp entry_map(_), do: :bad
+
+  # Format 2 back to the format 1 shapes the checks below read.
+  defp as_maps(%{format: 2, variables: vars, history: hist} = p)
+       when is_list(vars) and is_list(hist) do
+    vars = Enum.map(vars, &var_map/1)
+
+    hist =
+      Enum.map(hist, fn
+        {n, es} when is_list(es) -> {n, Enum.map(es, &entry_map/1)}
+        other -> other
+      end)
+
+    %{p | variables: vars, history: hist}
+  end
+
+  defp as_maps(p), do: p
+
+  @spec decode(term(), :trusted | :untrusted) ::
+          {:ok, map(), [Variable.t()], [{term(), list()}]} | {:error, term()}
+  def decode(frame, trust \\ :untrusted)
+
+  def decode(frame, trust) when is_binary(frame) do
     decoded =
       if byte_size(frame) > Native.snapshot_dirty_threshold(),
         do: Native.snapshot_decode_dirty(frame),
         else: Native.snapshot_decode(frame)
 
     with {:ok, _version, payload} <- decoded,
-         {:ok, term} <- safe_binary_to_term(payload),
-         {:ok, meta, vars, hist} <- check_payload(term) do
+         {:ok, term} <- safe_binary_to_term(payload, trust),
+         {:ok, meta, vars, hist} <- check_payload(as_maps(term), trust) do
       {:ok, meta, vars, hist}
     else
       {:error, {:invalid_snapshot, _}} = error -> error
@@ -44,29 +98,29 @@ defmodule DSPex.Bridge.SessionStore.Codec do
     end
   end
 
-  def decode(other), do: {:error, {:invalid_snapshot, {:not_a_binary, other}}}
+  def decode(other, _trust), do: {:error, {:invalid_snapshot, {:not_a_binary, other}}}
 
-  defp safe_binary_to_term(payload) do
-    {:ok, :erlang.binary_to_term(payload, [:safe])}
+  defp safe_binary_to_term(payload, trust) do
+    {:ok, :erlang.binary_to_term(payload, if(trust == :trusted, do: [], else: [:safe]))}
   rescue
     ArgumentError -> {:error, {:invalid_snapshot, :bad_payload}}
   end
 
-  defp check_payload(%{format: @payload_format, session: meta, variables: vars, history: hist} = p)
-       when is_map(meta) and is_list(vars) and is_list(hist) do
+  defp check_payload(%{format: f, session: meta, variables: vars, history: hist} = p, trust)
+       when f in 1..@payload_format and is_map(meta) and is_list(vars) and is_list(hist) do
     with {:ok, meta} <- check_meta(meta),
          :ok <- check_access(Map.get(meta, :access, [])),
-         {:ok, vars} <- Options.map_ok(vars, &check_variable(&1, meta.id)),
+         {:ok, vars} <- Options.map_ok(vars, &check_variable(&1, meta.id, trust)),
          {:ok, hist} <- Options.map_ok(hist, &check_history/1),
          {:ok, graph} <- rebuild_graph(vars, Map.get(p, :graph, [])) do
       {:ok, Map.merge(meta, %{graph: graph}), vars, hist}
     end
   end
 
-  defp check_payload(%{format: f}) when is_integer(f) and f > @payload_format,
+  defp check_payload(%{format: f}, _trust) when is_integer(f) and f > @payload_format,
     do: {:error, {:invalid_snapshot, {:unsupported_payload_format, f}}}
 
-  defp check_payload(_), do: {:error, {:invalid_snapshot, :bad_structure}}
+  defp check_payload(_, _trust), do: {:error, {:invalid_snapshot, :bad_structure}}
 
   defp check_meta(%{id: id, ttl: ttl, history_limit: h, max_variables: m, metadata: md} = meta)
        when is_id(id) and (ttl == :infinity or (is_integer(ttl) and ttl > 0)) and
@@ -80,7 +134,28 @@ defmodule DSPex.Bridge.SessionStore.Codec do
 
   defp check_meta(_), do: {:error, {:invalid_snapshot, :bad_session}}
 
-  defp check_variable(%{name: name, type: type, value: value, version: v} = var, session_id)
+  # A cluster node's snapshot (HA migration, failover) was validated when it was written:
+  # only its shape is checked, which keeps a large migration fast.
+  defp check_variable(%{name: name, type: type, value: _, version: v} = var, session_id, :trusted)
+       when is_id(name) and is_atom(type) and is_integer(v) and v > 0 do
+    {:ok,
+     %Variable{
+       session_id: session_id,
+       name: name,
+       type: type,
+       value: var.value,
+       version: v,
+       created_at: var.created_at,
+       updated_at: var.updated_at,
+       constraints: var.constraints,
+       metadata: var.metadata,
+       description: var.description,
+       compute: var.compute,
+       stale: var.stale
+     }}
+  end
+
+  defp check_variable(%{name: name, type: type, value: value, version: v} = var, session_id, _)
        when is_id(name) and is_integer(v) and v > 0 do
     with :ok <- check_compute(Map.get(var, :compute)),
          {:ok, constraints} <-
@@ -106,7 +181,7 @@ defmodule DSPex.Bridge.SessionStore.Codec do
     end
   end
 
-  defp check_variable(_, _), do: {:error, {:invalid_snapshot, :bad_variable}}
+  defp check_variable(_, _, _), do: {:error, {:invalid_snapshot, :bad_variable}}
 
   defp check_compute(nil), do: :ok
 

@@ -5,12 +5,28 @@ defmodule DSPex.Bridge.SessionStore.Session do
   # its watchers. Reads never come here: they are ETS lookups in the caller.
   use GenServer, restart: :transient
 
-  alias DSPex.Bridge.{Events, Native, Variable, VariableType}
+  alias DSPex.Bridge.{Events, Native, SessionStore, Variable, VariableType}
+  alias DSPex.Bridge.HAManager.Replication
   alias DSPex.Bridge.DependencyManager.Propagation
   alias DSPex.Bridge.SessionStore.Tables
 
   @enforce_keys [:id, :meta, :touch]
-  defstruct [:id, :meta, :touch, :last_activity, :timer, count: 0, watchers: %{}, monitors: %{}]
+  defstruct [
+    :id,
+    :meta,
+    :touch,
+    :last_activity,
+    :timer,
+    :ha,
+    :forward_to,
+    count: 0,
+    watchers: %{},
+    monitors: %{}
+  ]
+
+  # How long a migrated-away session's process lingers to forward calls already addressed
+  # to it, once it has been idle.
+  @forward_linger 5_000
 
   def start_link(args), do: GenServer.start_link(__MODULE__, args)
 
@@ -27,8 +43,12 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
     if :ets.insert_new(Tables.sessions(), {id, meta, self(), touch}) do
       :ets.insert(Tables.graphs(), {id, meta.graph})
-      load(init, id, meta)
-      {:ok, schedule_idle_check(new_state(id, meta, touch))}
+      state = schedule_idle_check(new_state(id, meta, touch))
+
+      case init do
+        :empty -> {:ok, state}
+        :awaiting_load -> {:ok, state, {:continue, :await_load}}
+      end
     else
       case :ets.lookup(Tables.sessions(), id) do
         [{^id, old_meta, pid, old_touch}] when pid != self() ->
@@ -57,32 +77,80 @@ defmodule DSPex.Bridge.SessionStore.Session do
     }
   end
 
-  defp load(:empty, _id, _meta), do: :ok
-
-  # The codec already rebuilt (and so checked) the graph in meta.graph and validated the
-  # access rules; variables without a stored policy get the default private one.
-  defp load({:import, variables, histories}, id, meta) do
+  # The codec already rebuilt (and so checked) the graph and validated the access rules;
+  # variables without a stored policy get the default private one.
+  defp load(id, variables, histories, access) do
     [{^id, _, _, touch}] = :ets.lookup(Tables.sessions(), id)
+    policies = Map.new(access, fn {name, mode, rules} -> {name, {mode, rules}} end)
 
-    policies =
-      Map.new(Map.get(meta, :access, []), fn {name, mode, rules} -> {name, {mode, rules}} end)
+    access =
+      for var <- variables do
+        {mode, rules} = Map.get(policies, var.name, {:private, []})
+        :ok = Native.acl_set_policy(id, var.name, mode, rules)
+        {{id, var.name}, mode, rules}
+      end
 
-    for var <- variables do
-      {mode, rules} = Map.get(policies, var.name, {:private, []})
-      :ok = Native.acl_set_policy(id, var.name, mode, rules)
-      :ets.insert(Tables.access(), {{id, var.name}, mode, rules})
-    end
-
+    :ets.insert(Tables.access(), access)
     :ets.insert(Tables.variables(), Enum.map(variables, &{{id, &1.name}, &1, touch}))
     :ets.insert(Tables.history(), Enum.map(histories, fn {name, h} -> {{id, name}, h} end))
     :ok
   end
 
   # ---------------------------------------------------------------------------------------
-  # writes
+  # calls: forwarding after a migration, HA, then the session's own operations
 
   @impl true
-  def handle_call({:register, name, type, value, opts}, _from, state) do
+  def handle_call(msg, _from, %{forward_to: pid} = state) when is_pid(pid) do
+    # Calls that reached this process after it handed the session over go to the new owner,
+    # in the order they arrived; the caller hears back only once the new owner answered.
+    reply =
+      try do
+        GenServer.call(pid, msg, 30_000)
+      catch
+        :exit, _ -> {:error, :session_not_found}
+      end
+
+    {:reply, reply, state, @forward_linger}
+  end
+
+  def handle_call({:ha_attach, ha}, _from, state) do
+    case Replication.attach(state.id, ha, fn -> export(state) end) do
+      {:ok, ha} -> {:reply, :ok, %{state | ha: ha}}
+      error -> {:reply, error, state}
+    end
+  end
+
+  def handle_call({:ha_migrate, target, timeout}, _from, %{ha: ha} = state) when ha != nil do
+    case Replication.migrate_out(state.id, ha, target, timeout, export(state)) do
+      {:ok, info, new_pid} ->
+        destroy(state)
+        {:reply, {:ok, info}, %{state | ha: nil, forward_to: new_pid}, @forward_linger}
+
+      error ->
+        {:reply, error, state}
+    end
+  end
+
+  def handle_call({:ha_migrate, _target, _timeout}, _from, state),
+    do: {:reply, {:error, :not_registered}, state}
+
+  def handle_call(msg, from, %{ha: ha} = state) when ha != nil do
+    if Replication.write?(msg) do
+      case Replication.accept_write(ha) do
+        :ok -> msg |> handle(from, state) |> Replication.after_write(msg, fn -> export(state) end)
+        error -> {:reply, error, state}
+      end
+    else
+      handle(msg, from, state)
+    end
+  end
+
+  def handle_call(msg, from, state), do: handle(msg, from, state)
+
+  # ---------------------------------------------------------------------------------------
+  # writes
+
+  defp handle({:register, name, type, value, opts}, _from, state) do
     key = {state.id, name}
 
     reply =
@@ -104,7 +172,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     {:reply, reply, active(state)}
   end
 
-  def handle_call({:define_computed, name, compute}, _from, state) do
+  defp handle({:define_computed, name, compute}, _from, state) do
     reply =
       with {:ok, current} <- fetch(state.id, name),
            {:ok, compute} <- check_compute(state, compute, name),
@@ -120,7 +188,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     reply_and_maybe_propagate(reply, state)
   end
 
-  def handle_call({:acl, name, message}, _from, state) do
+  defp handle({:acl, name, message}, _from, state) do
     reply =
       with {:ok, _var} <- fetch(state.id, name) do
         policy_change(state.id, name, message)
@@ -129,7 +197,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     {:reply, reply, state}
   end
 
-  def handle_call({:add_dependency, from, to, kind}, _from, state) do
+  defp handle({:add_dependency, from, to, kind}, _from, state) do
     reply =
       case Native.graph_add_edge(state.meta.graph, from, to, kind) do
         {:ok, _new?} -> :ok
@@ -140,7 +208,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     {:reply, reply, state}
   end
 
-  def handle_call({:remove_dependency, from, to}, _from, state) do
+  defp handle({:remove_dependency, from, to}, _from, state) do
     reply =
       cond do
         computed_from?(state.id, to, from) -> {:error, {:compute_input, to, from}}
@@ -151,7 +219,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     {:reply, reply, state}
   end
 
-  def handle_call({:clear_dependencies, name}, _from, state) do
+  defp handle({:clear_dependencies, name}, _from, state) do
     reply =
       case fetch(state.id, name) do
         {:ok, %Variable{compute: {_, _}}} ->
@@ -174,7 +242,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     {:reply, reply, state}
   end
 
-  def handle_call({:update, updates, opts}, _from, state) do
+  defp handle({:update, updates, opts}, _from, state) do
     reply =
       with {:ok, changes} <- prepare_updates(state, updates, opts) do
         commit(state, changes)
@@ -185,7 +253,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     reply_and_maybe_propagate(reply, state)
   end
 
-  def handle_call({:rollback, name, version}, _from, state) do
+  defp handle({:rollback, name, version}, _from, state) do
     reply =
       with {:ok, current} <- fetch(state.id, name),
            {:ok, entry} <- history_entry(state.id, name, version),
@@ -199,12 +267,12 @@ defmodule DSPex.Bridge.SessionStore.Session do
     reply_and_maybe_propagate(reply, state)
   end
 
-  def handle_call(:await_propagation, _from, state) do
+  defp handle(:await_propagation, _from, state) do
     # Calls are handled in order, after any propagation a previous write queued.
     {:reply, :ok, state}
   end
 
-  def handle_call({:delete_variable, name}, _from, state) do
+  defp handle({:delete_variable, name}, _from, state) do
     with {:ok, _var} <- fetch(state.id, name),
          [] <- Enum.filter(dependents(state, name), &computed_from?(state.id, &1, name)) do
       Native.graph_remove_node(state.meta.graph, name)
@@ -221,7 +289,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     end
   end
 
-  def handle_call({:watch, name, pid}, _from, state) do
+  defp handle({:watch, name, pid}, _from, state) do
     case fetch(state.id, name) do
       {:ok, var} ->
         {:reply, {:ok, var}, add_watcher(state, name, pid)}
@@ -231,11 +299,20 @@ defmodule DSPex.Bridge.SessionStore.Session do
     end
   end
 
-  def handle_call({:unwatch, name, pid}, _from, state) do
+  defp handle({:unwatch, name, pid}, _from, state) do
     {:reply, :ok, remove_watcher(state, name, pid)}
   end
 
-  def handle_call(:export, _from, state) do
+  defp handle(:export, _from, state), do: {:reply, export_terms(state), state}
+
+  defp handle(:delete, _from, state) do
+    destroy(state)
+    {:stop, :normal, :ok, state}
+  end
+
+  defp export(state), do: state |> export_terms() |> SessionStore.encode_export()
+
+  defp export_terms(state) do
     vars = :ets.select(Tables.variables(), [{{{state.id, :_}, :"$1", :_}, [], [:"$1"]}])
     hist = :ets.select(Tables.history(), [{{{state.id, :"$1"}, :"$2"}, [], [{{:"$1", :"$2"}}]}])
     edges = Native.graph_edges(state.meta.graph)
@@ -246,15 +323,24 @@ defmodule DSPex.Bridge.SessionStore.Session do
       ])
 
     meta = state.meta |> Map.delete(:graph) |> Map.put(:access, access)
-    {:reply, {:ok, meta, vars, hist, edges}, state}
+    {:ok, meta, vars, hist, edges}
   end
 
-  def handle_call(:delete, _from, state) do
-    destroy(state)
-    {:stop, :normal, :ok, state}
-  end
-
+  # An import's data comes as one message from the importing process (not through the
+  # supervisor's child spec, which would copy it twice and keep it for the session's life).
+  # No other message is handled before it: the session is not usable until it is loaded.
   @impl true
+  def handle_continue(:await_load, state) do
+    receive do
+      {:dspex_load, from, ref, variables, histories, access} ->
+        load(state.id, variables, histories, access)
+        send(from, {ref, :loaded})
+        {:noreply, %{state | count: length(variables)}}
+    after
+      30_000 -> {:stop, :normal, state}
+    end
+  end
+
   def handle_continue({:propagate, changed}, state) do
     propagate(state, changed)
     {:noreply, state}
@@ -464,6 +550,21 @@ defmodule DSPex.Bridge.SessionStore.Session do
   # idle expiry: readers set the touch flag; the timer turns it into "active now".
 
   @impl true
+  # This node's copy was replaced by a newer owner (a healed partition, or a replica that
+  # refused a write as stale): drop it; callers are routed to the owner from now on.
+  def handle_info(:ha_demote, %{forward_to: pid} = state) when is_pid(pid),
+    do: {:noreply, state, @forward_linger}
+
+  def handle_info(:ha_demote, state) do
+    destroy(state)
+    {:stop, :normal, state}
+  end
+
+  # A forwarding process stops once callers have stopped reaching it.
+  def handle_info(msg, %{forward_to: pid} = state)
+      when is_pid(pid) and msg in [:timeout, :idle_check],
+      do: {:stop, :normal, state}
+
   def handle_info(:idle_check, state) do
     state = %{state | timer: nil}
 

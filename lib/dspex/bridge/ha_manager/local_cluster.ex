@@ -1,0 +1,104 @@
+defmodule DSPex.Bridge.HAManager.LocalCluster do
+  @moduledoc """
+  Peer nodes on this host running `:dspex_bridge`, for demos, tests and benchmarks of
+  `DSPex.Bridge.HAManager` (OTP `:peer` on 127.0.0.1).
+
+      :ok = LocalCluster.ensure_distributed(:demo)
+      {:ok, [a, b]} = LocalCluster.start_peers(["a", "b"], replication: :sync)
+      # ... use :erpc.call(a, DSPex.Bridge.SessionStore, ...) ...
+      LocalCluster.stop_peers([a, b])
+
+  Peers get this node's code path, connect to this node and to each other explicitly, and
+  reconnect on their own after a cut (`dist_auto_connect once`), so a test can cut a link between
+  two peers and it stays cut until it is restored with `connect/2`.
+  """
+
+  alias DSPex.Bridge.HAManager
+
+  @doc """
+  Makes this node distributed as `<name>@127.0.0.1` if it is not already (starting `epmd`
+  when needed), and restarts its HAManager under the new node name with `ha_opts`
+  (default `weight: 0.0`: this node only drives the others and never owns a session).
+  """
+  @spec ensure_distributed(atom(), keyword()) :: :ok | {:error, term()}
+  def ensure_distributed(name, ha_opts \\ [weight: 0.0]) do
+    with :ok <- start_net_kernel(name) do
+      Application.put_env(:dspex_bridge, :ha, ha_opts)
+      :ok = Supervisor.terminate_child(DSPex.Bridge.Supervisor, HAManager)
+      {:ok, _} = Supervisor.restart_child(DSPex.Bridge.Supervisor, HAManager)
+      :ok
+    end
+  end
+
+  defp start_net_kernel(name) do
+    if Node.alive?() do
+      :ok
+    else
+      {_, 0} = System.cmd("epmd", ["-daemon"])
+      # Partitions between peers are tested: this node must not try to heal them.
+      :application.set_env(:kernel, :prevent_overlapping_partitions, false)
+
+      case :net_kernel.start([:"#{name}@127.0.0.1", :longnames]) do
+        {:ok, _} -> :ok
+        {:error, reason} -> {:error, {:not_distributed, reason}}
+      end
+    end
+  end
+
+  @doc """
+  Starts one peer per name with `:dspex_bridge` running and HA options `ha_opts` (weight
+  1.0, one replica, `:sync` replication unless given), all connected to each other.
+  """
+  @spec start_peers([String.t()], keyword()) :: {:ok, [node()]}
+  def start_peers(names, ha_opts \\ []) do
+    paths = Enum.flat_map(:code.get_path(), &[~c"-pa", &1])
+
+    args =
+      paths ++
+        [~c"-kernel", ~c"dist_auto_connect", ~c"once"] ++
+        [~c"-kernel", ~c"prevent_overlapping_partitions", ~c"false"]
+
+    nodes =
+      for name <- names do
+        unique = "#{name}_#{System.unique_integer([:positive])}"
+
+        {:ok, _pid, node} =
+          :peer.start(%{
+            name: String.to_atom(unique),
+            host: ~c"127.0.0.1",
+            longnames: true,
+            args: args,
+            wait_boot: 30_000
+          })
+
+        :ok = :erpc.call(node, Application, :put_env, [:dspex_bridge, :ha, ha_opts])
+        {:ok, _} = :erpc.call(node, Application, :ensure_all_started, [:dspex_bridge])
+        node
+      end
+
+    for a <- nodes, b <- nodes, a < b, do: true = connect(a, b)
+    {:ok, nodes}
+  end
+
+  @doc "Connects two peers (again)."
+  @spec connect(node(), node()) :: boolean()
+  def connect(a, b), do: :erpc.call(a, Node, :connect, [b])
+
+  @doc "Cuts the link between two peers; it stays cut until `connect/2`."
+  @spec disconnect(node(), node()) :: boolean()
+  def disconnect(a, b), do: :erpc.call(a, :erlang, :disconnect_node, [b])
+
+  @doc "Stops peers (gracefully); `kill/1` halts one abruptly."
+  @spec stop_peers([node()]) :: :ok
+  def stop_peers(nodes) do
+    for n <- nodes, n in Node.list(), do: :erpc.cast(n, :init, :stop, [])
+    :ok
+  end
+
+  @doc "Halts a peer at once, as a crash would: no cleanup runs."
+  @spec kill(node()) :: :ok
+  def kill(node) do
+    :erpc.cast(node, :erlang, :halt, [137])
+    :ok
+  end
+end

@@ -1,0 +1,345 @@
+defmodule DSPex.Bridge.HAManager.Replication do
+  @moduledoc false
+  # The session side of HA (run inside a session's process: attach, replicate each write,
+  # migrate out), the receiving side (accept a migration), and the replica side (keep a
+  # snapshot plus the writes since, promote it on failover).
+  #
+  # A replica keeps the owner's envelope and the write messages committed after it, in
+  # order; promotion imports the envelope and replays the writes through a fresh session
+  # process, so the promoted session went through exactly the owner's writes. Every
+  # @refresh_every writes the owner sends a fresh snapshot, which bounds the log.
+
+  alias DSPex.Bridge.{HAManager, Native, SessionStore}
+  alias DSPex.Bridge.HAManager.Directory
+
+  @table :dspex_ha_replicas
+  @refresh_every 1_000
+  @replica_timeout 5_000
+
+  @writes [
+    :register,
+    :define_computed,
+    :acl,
+    :add_dependency,
+    :remove_dependency,
+    :clear_dependencies,
+    :update,
+    :rollback,
+    :delete_variable
+  ]
+
+  def init do
+    :ets.new(@table, [:named_table, :public, :set])
+    :ok
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # in the owner's session process
+
+  def write?(:delete), do: true
+  def write?(msg) when is_tuple(msg), do: elem(msg, 0) in @writes
+  def write?(_msg), do: false
+
+  def attach(id, %{key: key, epoch: epoch, replicas: replicas} = request, export) do
+    ha = %{key: key, epoch: epoch, replicas: replicas, ops: 0}
+
+    case replicas -- Map.get(request, :skip, []) do
+      [] ->
+        {:ok, ha}
+
+      to_push ->
+        with {:ok, frame} <- export.(),
+             {:ok, envelope} <- Native.ha_envelope_encode(key, epoch, frame, []) do
+          for r <- to_push, do: push_snapshot(r, id, epoch, envelope)
+          {:ok, ha}
+        end
+    end
+  end
+
+  def accept_write(%{key: key}) do
+    case Native.ha_apply(HAManager.table(), key, :accept_write) do
+      {:ok, _epoch} -> :ok
+      {:error, {:not_owner, owner, _}} -> {:error, {:not_owner, owner}}
+      {:error, other} -> {:error, other}
+    end
+  end
+
+  # After the session handled a write: a committed one goes to the replicas (and, in :sync
+  # mode, is acknowledged only once they have it). A replica that knows a newer epoch
+  # refuses it: this node was replaced, so the write is refused and the copy here dropped.
+  def after_write(result, msg, export) do
+    reply = elem(result, reply_index(result))
+    state = state_of(result)
+
+    if committed?(reply) do
+      case replicate(state.id, state.ha, msg, export) do
+        {:ok, ha} ->
+          put_state(result, %{state | ha: ha})
+
+        {:error, {:stale_epoch, _, _}} ->
+          send(self(), :ha_demote)
+          put_reply(result, {:error, {:not_owner, :replaced}})
+      end
+    else
+      result
+    end
+  end
+
+  defp committed?(:ok), do: true
+  defp committed?({:ok, _}), do: true
+  defp committed?(_), do: false
+
+  # {:reply, reply, state}, {:reply, reply, state, continue}, {:stop, reason, reply, state}
+  defp reply_index({:reply, _, _}), do: 1
+  defp reply_index({:reply, _, _, _}), do: 1
+  defp reply_index({:stop, _, _, _}), do: 2
+
+  defp put_reply(result, reply), do: put_elem(result, reply_index(result), reply)
+
+  defp state_of({:reply, _r, s}), do: s
+  defp state_of({:reply, _r, s, _c}), do: s
+  defp state_of({:stop, _why, _r, s}), do: s
+
+  defp put_state({:reply, r, _s}, s), do: {:reply, r, s}
+  defp put_state({:reply, r, _s, c}, s), do: {:reply, r, s, c}
+  defp put_state({:stop, why, r, _s}, s), do: {:stop, why, r, s}
+
+  defp replicate(_id, %{replicas: []} = ha, _msg, _export), do: {:ok, ha}
+
+  defp replicate(id, ha, msg, export) do
+    mode = HAManager.config().replication
+    results = for r <- ha.replicas, do: {r, send_op(mode, r, id, ha.epoch, msg)}
+
+    case Enum.find(results, &match?({_, {:error, {:stale_epoch, _, _}}}, &1)) do
+      {_, error} ->
+        error
+
+      nil ->
+        # A replica that lost its copy (restarted) gets a fresh snapshot.
+        lost = for {r, {:error, _}} <- results, do: r
+        ops = ha.ops + 1
+        resync = if ops >= @refresh_every, do: ha.replicas, else: lost
+
+        if resync != [] and msg != :delete do
+          with {:ok, frame} <- export.(),
+               {:ok, envelope} <- Native.ha_envelope_encode(ha.key, ha.epoch, frame, []) do
+            for r <- resync, do: push_snapshot(r, id, ha.epoch, envelope)
+          end
+        end
+
+        {:ok, %{ha | ops: if(ops >= @refresh_every, do: 0, else: ops)}}
+    end
+  end
+
+  defp send_op(:sync, r, id, epoch, msg) do
+    GenServer.call({HAManager, r}, {:replica_op, id, node(), epoch, msg}, @replica_timeout)
+  catch
+    # An unreachable replica does not block the owner: the write is kept here and the
+    # replica is resynced when it comes back (see the moduledoc on partitions).
+    :exit, _ -> :unreachable
+  end
+
+  defp send_op(:async, r, id, epoch, msg) do
+    GenServer.cast({HAManager, r}, {:replica_op, id, node(), epoch, msg})
+    :ok
+  end
+
+  defp push_snapshot(r, id, epoch, envelope) do
+    GenServer.call(
+      {HAManager, r},
+      {:replica_snapshot, id, node(), epoch, envelope},
+      @replica_timeout
+    )
+  catch
+    :exit, _ -> :unreachable
+  end
+
+  # Runs in the source session's process: its mailbox holds every call that arrives
+  # meanwhile, and they are forwarded to the new owner once this returns.
+  def migrate_out(id, ha, target, timeout, {:ok, frame}) do
+    with {:ok, envelope} <- Native.ha_envelope_encode(ha.key, ha.epoch, frame, []),
+         {:ok, epoch, pid, replicas} <- transfer(target, envelope, timeout) do
+      :ok = Native.ha_apply(HAManager.table(), ha.key, {:finish_out, epoch})
+      # The copy this node just sent is exactly the new owner's starting state, so when it
+      # is to be a replica it keeps that copy instead of receiving it again.
+      if node() in replicas, do: store_snapshot(id, target, epoch, envelope)
+      Directory.learn(id, target, epoch, replicas)
+      {:ok, %{epoch: epoch, bytes: byte_size(envelope)}, pid}
+    end
+  end
+
+  def migrate_out(_id, _ha, _target, _timeout, error), do: error
+
+  defp transfer(target, envelope, timeout) do
+    case :erpc.call(target, __MODULE__, :accept_migration, [envelope, node()], timeout) do
+      {:ok, _epoch, _pid, _replicas} = ok -> ok
+      {:error, reason} -> {:error, {:transfer_failed, reason}}
+    end
+  catch
+    :error, {:erpc, reason} -> {:error, {:transfer_failed, {:erpc, reason}}}
+    :exit, reason -> {:error, {:transfer_failed, reason}}
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # on the receiving node
+
+  @doc false
+  def accept_migration(envelope, source) when is_binary(envelope) and is_atom(source) do
+    table = HAManager.table()
+
+    with {:ok, key, epoch, frame, _locks} <- open(envelope),
+         :ok <-
+           in_transition(Native.ha_apply(table, key, {:begin_in, Atom.to_string(source), epoch})),
+         {:ok, id} <- import_or_abort(table, key, frame),
+         {:ok, new_epoch} <- Native.ha_apply(table, key, :finish_in) do
+      replicas = HAManager.choose_replicas(key, [node()])
+      {:ok, pid} = HAManager.local_session(id)
+      request = %{key: key, epoch: new_epoch, replicas: replicas, skip: [source]}
+      :ok = GenServer.call(pid, {:ha_attach, request})
+      Directory.announce(id, node(), new_epoch, replicas)
+      {:ok, new_epoch, pid, replicas}
+    end
+  end
+
+  def accept_migration(_envelope, _source), do: {:error, :bad_arguments}
+
+  defp open(envelope) do
+    case Native.ha_envelope_decode(envelope) do
+      {:ok, _key, _epoch, _frame, _locks} = ok -> ok
+      {:error, reason} -> {:error, {:bad_snapshot, reason}}
+    end
+  end
+
+  defp in_transition(:ok), do: :ok
+  defp in_transition({:error, :migrating}), do: {:error, :already_migrating}
+  defp in_transition({:error, other}), do: {:error, other}
+
+  defp import_or_abort(table, key, frame) do
+    case SessionStore.import_trusted(frame) do
+      {:ok, id} = ok ->
+        if HAManager.key(id) == key do
+          ok
+        else
+          SessionStore.delete_session(id)
+          Native.ha_apply(table, key, :abort_in)
+          {:error, {:bad_snapshot, :session_id_mismatch}}
+        end
+
+      error ->
+        Native.ha_apply(table, key, :abort_in)
+        error
+    end
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # on a replica node (called in the HAManager process)
+
+  def store_snapshot(id, owner, epoch, envelope) do
+    key = HAManager.key(id)
+
+    case Native.ha_apply(HAManager.table(), key, {:become_replica, Atom.to_string(owner), epoch}) do
+      :ok ->
+        :ets.insert(@table, {id, owner, epoch, envelope, []})
+        :ok
+
+      error ->
+        error
+    end
+  end
+
+  def store_op(id, owner, epoch, op) do
+    key = HAManager.key(id)
+
+    with :ok <-
+           Native.ha_apply(
+             HAManager.table(),
+             key,
+             {:accept_replicated, Atom.to_string(owner), epoch}
+           ),
+         [{^id, ^owner, _epoch, envelope, ops}] <- :ets.lookup(@table, id) do
+      if op == :delete do
+        :ets.delete(@table, id)
+        Directory.forget(id)
+      else
+        :ets.insert(@table, {id, owner, epoch, envelope, [op | ops]})
+      end
+
+      :ok
+    else
+      [] -> {:error, :no_snapshot}
+      [_other_owner] -> {:error, :no_snapshot}
+      error -> error
+    end
+  end
+
+  @doc false
+  # The writes a replica holds for `id` (for tests and the async loss measurement).
+  def held(id) do
+    case :ets.lookup(@table, id) do
+      [{_, owner, epoch, _envelope, ops}] ->
+        {:ok, %{owner: owner, epoch: epoch, writes: length(ops)}}
+
+      [] ->
+        {:error, :not_a_replica}
+    end
+  end
+
+  # `dead` went down: for each session it owned, the best-placed live replica promotes.
+  def failover(dead, live) do
+    for {id, ^dead, _epoch, _envelope, _ops} <- :ets.tab2list(@table) do
+      holders =
+        case Directory.lookup(id) do
+          {_, _, replicas} -> Enum.filter(replicas, &(&1 in live))
+          nil -> []
+        end
+
+      holders = if node() in holders, do: holders, else: [node() | holders]
+      weighted = for n <- holders, do: {n, 1.0}
+
+      if HAManager.rank(weighted, HAManager.key(id)) |> List.first() == node() do
+        promote(id, dead)
+      end
+    end
+
+    :ok
+  end
+
+  defp promote(id, dead) do
+    key = HAManager.key(id)
+    [{^id, _owner, _epoch, envelope, ops}] = :ets.lookup(@table, id)
+    started = System.monotonic_time(:millisecond)
+
+    with {:ok, _key, _old, frame, _locks} <- open(envelope),
+         {:ok, ^id} <- SessionStore.import_trusted(frame),
+         {:ok, pid} <- HAManager.local_session(id),
+         :ok <- replay(pid, Enum.reverse(ops)),
+         {:ok, epoch} <- Native.ha_apply(HAManager.table(), key, :promote) do
+      :ets.delete(@table, id)
+      replicas = HAManager.choose_replicas(key, [node(), dead])
+      :ok = GenServer.call(pid, {:ha_attach, %{key: key, epoch: epoch, replicas: replicas}})
+      Directory.announce(id, node(), epoch, replicas)
+
+      HAManager.emit(
+        :failover,
+        %{duration_ms: System.monotonic_time(:millisecond) - started, writes_replayed: length(ops)},
+        %{session_id: id, from: dead, epoch: epoch}
+      )
+
+      :ok
+    else
+      error ->
+        HAManager.emit(:failover, %{duration_ms: 0, writes_replayed: 0}, %{
+          session_id: id,
+          from: dead,
+          error: error
+        })
+
+        error
+    end
+  end
+
+  # The replayed writes are the owner's committed ones, in order; each is applied once.
+  defp replay(pid, ops) do
+    Enum.each(ops, &GenServer.call(pid, &1, 30_000))
+  end
+end
