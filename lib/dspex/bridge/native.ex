@@ -33,6 +33,7 @@ defmodule DSPex.Bridge.Native do
   # graph
   def graph_new, do: not_loaded()
   def graph_add_node(_graph, _key), do: not_loaded()
+  def graph_add_nodes(_graph, _keys), do: not_loaded()
   def graph_remove_node(_graph, _key), do: not_loaded()
   def graph_add_edge(_graph, _from, _to, _kind), do: not_loaded()
   def graph_add_edges(_graph, _edges), do: not_loaded()
@@ -49,6 +50,7 @@ defmodule DSPex.Bridge.Native do
   # acl
   def acl_validate(_rules), do: not_loaded()
   def acl_set_policy(_session, _name, _mode, _rules), do: not_loaded()
+  def acl_set_policies(_session, _policies), do: not_loaded()
   def acl_remove_policy(_session, _name), do: not_loaded()
   def acl_add_rule(_session, _name, _rule), do: not_loaded()
   def acl_remove_rule(_session, _name, _id), do: not_loaded()

@@ -292,6 +292,32 @@ fn acl_set_policy<'a>(
     })
 }
 
+/// Sets the policies of many variables of one session (an import): `[{name, mode, rules}]`,
+/// all checked before any is set. `:ok` or the first `{:error, {:invalid_rule, i, reason}}`.
+/// DirtyCpu: a large session's import sets tens of thousands.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn acl_set_policies<'a>(
+    env: Env<'a>,
+    session: VarKey,
+    policies: Vec<(VarKey, Term<'a>, Term<'a>)>,
+) -> NifResult<Term<'a>> {
+    let owner = session.text();
+    let mut decoded = Vec::with_capacity(policies.len());
+    for (name, mode, rules) in policies {
+        match decode_rules(rules)? {
+            Err((i, e)) => return Ok(invalid_rule(env, i, &e)),
+            Ok(rules) => decoded.push((name, decode_mode(mode)?, rules)),
+        }
+    }
+    let mut engine = ENGINE.lock();
+    for (name, mode, rules) in decoded {
+        if let Err((i, e)) = engine.set_policy((session.clone(), name), &owner, mode, rules) {
+            return Ok(invalid_rule(env, i, &e));
+        }
+    }
+    Ok(atoms::ok().encode(env))
+}
+
 /// Drops a variable's policy; `true` if it had one.
 #[rustler::nif]
 fn acl_remove_policy(session: VarKey, name: VarKey) -> bool {

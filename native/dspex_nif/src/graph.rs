@@ -90,6 +90,18 @@ fn graph_add_node(graph: Graph, key: VarKey) -> bool {
     with(&graph, |g| g.add_node(key))
 }
 
+/// Adds many nodes at once (an import): the number that were new. DirtyCpu: a large
+/// session's import adds tens of thousands.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn graph_add_nodes(graph: Graph, keys: Vec<VarKey>) -> usize {
+    with(&graph, |g| {
+        keys.into_iter()
+            .map(|k| g.add_node(k))
+            .filter(|&new| new)
+            .count()
+    })
+}
+
 /// Removes a node and its edges; `false` if it was absent.
 #[rustler::nif]
 fn graph_remove_node(graph: Graph, key: VarKey) -> bool {

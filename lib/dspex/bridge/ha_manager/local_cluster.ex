@@ -95,6 +95,26 @@ defmodule DSPex.Bridge.HAManager.LocalCluster do
     :ok
   end
 
+  @doc """
+  Writes `first..last` in turn to `variable` of `session_id` from a process on `node`, so
+  each write costs what it costs there (no network round trip per write). Returns the last
+  value whose write was acknowledged.
+  """
+  @spec write_sequence(node(), term(), term(), Range.t()) :: {:ok, integer()} | {:error, term()}
+  def write_sequence(node, session_id, variable, first..last) do
+    :erpc.call(node, __MODULE__, :write_here, [session_id, variable, first, last], :infinity)
+  end
+
+  @doc false
+  def write_here(session_id, variable, first, last) do
+    Enum.reduce_while(first..last, {:ok, first - 1}, fn i, acc ->
+      case DSPex.Bridge.SessionStore.update_variable(session_id, variable, i) do
+        {:ok, _} -> {:cont, {:ok, i}}
+        error -> {:halt, {error, acc}}
+      end
+    end)
+  end
+
   @doc "Halts a peer at once, as a crash would: no cleanup runs."
   @spec kill(node()) :: :ok
   def kill(node) do

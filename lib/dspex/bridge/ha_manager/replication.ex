@@ -6,13 +6,16 @@ defmodule DSPex.Bridge.HAManager.Replication do
   #
   # A replica keeps the owner's envelope and the write messages committed after it, in
   # order; promotion imports the envelope and replays the writes through a fresh session
-  # process, so the promoted session went through exactly the owner's writes. Every
-  # @refresh_every writes the owner sends a fresh snapshot, which bounds the log.
+  # process, so the promoted session went through exactly the owner's writes. The owner
+  # sends a fresh snapshot after @refresh_every writes plus one per variable (so the cost of
+  # a snapshot stays a small share of the writes it saves replaying), which bounds the log.
 
   alias DSPex.Bridge.{HAManager, Native, SessionStore}
   alias DSPex.Bridge.HAManager.Directory
 
+  # {id, owner, epoch, envelope, writes}, and the writes as {{id, seq}, message}.
   @table :dspex_ha_replicas
+  @ops :dspex_ha_replica_ops
   @refresh_every 1_000
   @replica_timeout 5_000
 
@@ -30,6 +33,7 @@ defmodule DSPex.Bridge.HAManager.Replication do
 
   def init do
     :ets.new(@table, [:named_table, :public, :set])
+    :ets.new(@ops, [:named_table, :public, :ordered_set])
     :ok
   end
 
@@ -72,7 +76,7 @@ defmodule DSPex.Bridge.HAManager.Replication do
     state = state_of(result)
 
     if committed?(reply) do
-      case replicate(state.id, state.ha, msg, export) do
+      case replicate(state.id, state.ha, msg, export, state.count) do
         {:ok, ha} ->
           put_state(result, %{state | ha: ha})
 
@@ -104,9 +108,9 @@ defmodule DSPex.Bridge.HAManager.Replication do
   defp put_state({:reply, r, _s, c}, s), do: {:reply, r, s, c}
   defp put_state({:stop, why, r, _s}, s), do: {:stop, why, r, s}
 
-  defp replicate(_id, %{replicas: []} = ha, _msg, _export), do: {:ok, ha}
+  defp replicate(_id, %{replicas: []} = ha, _msg, _export, _count), do: {:ok, ha}
 
-  defp replicate(id, ha, msg, export) do
+  defp replicate(id, ha, msg, export, count) do
     mode = HAManager.config().replication
     results = for r <- ha.replicas, do: {r, send_op(mode, r, id, ha.epoch, msg)}
 
@@ -118,7 +122,8 @@ defmodule DSPex.Bridge.HAManager.Replication do
         # A replica that lost its copy (restarted) gets a fresh snapshot.
         lost = for {r, {:error, _}} <- results, do: r
         ops = ha.ops + 1
-        resync = if ops >= @refresh_every, do: ha.replicas, else: lost
+        refresh? = ops >= @refresh_every + count
+        resync = if refresh?, do: ha.replicas, else: lost
 
         if resync != [] and msg != :delete do
           with {:ok, frame} <- export.(),
@@ -127,7 +132,7 @@ defmodule DSPex.Bridge.HAManager.Replication do
           end
         end
 
-        {:ok, %{ha | ops: if(ops >= @refresh_every, do: 0, else: ops)}}
+        {:ok, %{ha | ops: if(refresh?, do: 0, else: ops)}}
     end
   end
 
@@ -239,7 +244,8 @@ defmodule DSPex.Bridge.HAManager.Replication do
 
     case Native.ha_apply(HAManager.table(), key, {:become_replica, Atom.to_string(owner), epoch}) do
       :ok ->
-        :ets.insert(@table, {id, owner, epoch, envelope, []})
+        drop_writes(id)
+        :ets.insert(@table, {id, owner, epoch, envelope, 0})
         :ok
 
       error ->
@@ -256,37 +262,40 @@ defmodule DSPex.Bridge.HAManager.Replication do
              key,
              {:accept_replicated, Atom.to_string(owner), epoch}
            ),
-         [{^id, ^owner, _epoch, envelope, ops}] <- :ets.lookup(@table, id) do
+         true <- :ets.member(@table, id) do
       if op == :delete do
         :ets.delete(@table, id)
+        drop_writes(id)
         Directory.forget(id)
       else
-        :ets.insert(@table, {id, owner, epoch, envelope, [op | ops]})
+        seq = :ets.update_counter(@table, id, {5, 1})
+        :ets.insert(@ops, {{id, seq}, op})
       end
 
       :ok
     else
-      [] -> {:error, :no_snapshot}
-      [_other_owner] -> {:error, :no_snapshot}
+      false -> {:error, :no_snapshot}
       error -> error
     end
   end
 
+  defp drop_writes(id), do: :ets.select_delete(@ops, [{{{id, :_}, :_}, [], [true]}])
+
+  # In order: the keys are {id, seq} in an ordered set.
+  defp writes(id), do: :ets.select(@ops, [{{{id, :_}, :"$1"}, [], [:"$1"]}])
+
   @doc false
-  # The writes a replica holds for `id` (for tests and the async loss measurement).
+  # The writes a replica holds for `id` since its snapshot (for tests and benchmarks).
   def held(id) do
     case :ets.lookup(@table, id) do
-      [{_, owner, epoch, _envelope, ops}] ->
-        {:ok, %{owner: owner, epoch: epoch, writes: length(ops)}}
-
-      [] ->
-        {:error, :not_a_replica}
+      [{_, owner, epoch, _envelope, n}] -> {:ok, %{owner: owner, epoch: epoch, writes: n}}
+      [] -> {:error, :not_a_replica}
     end
   end
 
   # `dead` went down: for each session it owned, the best-placed live replica promotes.
   def failover(dead, live) do
-    for {id, ^dead, _epoch, _envelope, _ops} <- :ets.tab2list(@table) do
+    for {id, ^dead, _epoch, _envelope, _n} <- :ets.tab2list(@table) do
       holders =
         case Directory.lookup(id) do
           {_, _, replicas} -> Enum.filter(replicas, &(&1 in live))
@@ -306,15 +315,17 @@ defmodule DSPex.Bridge.HAManager.Replication do
 
   defp promote(id, dead) do
     key = HAManager.key(id)
-    [{^id, _owner, _epoch, envelope, ops}] = :ets.lookup(@table, id)
+    [{^id, _owner, _epoch, envelope, _n}] = :ets.lookup(@table, id)
+    ops = writes(id)
     started = System.monotonic_time(:millisecond)
 
     with {:ok, _key, _old, frame, _locks} <- open(envelope),
          {:ok, ^id} <- SessionStore.import_trusted(frame),
          {:ok, pid} <- HAManager.local_session(id),
-         :ok <- replay(pid, Enum.reverse(ops)),
+         :ok <- replay(pid, ops),
          {:ok, epoch} <- Native.ha_apply(HAManager.table(), key, :promote) do
       :ets.delete(@table, id)
+      drop_writes(id)
       replicas = HAManager.choose_replicas(key, [node(), dead])
       :ok = GenServer.call(pid, {:ha_attach, %{key: key, epoch: epoch, replicas: replicas}})
       Directory.announce(id, node(), epoch, replicas)

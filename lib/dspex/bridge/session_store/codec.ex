@@ -65,18 +65,17 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   # Format 2 back to the format 1 shapes the checks below read.
   defp as_maps(%{format: 2, variables: vars, history: hist} = p)
        when is_list(vars) and is_list(hist) do
-    vars = Enum.map(vars, &var_map/1)
-
-    hist =
-      Enum.map(hist, fn
-        {n, es} when is_list(es) -> {n, Enum.map(es, &entry_map/1)}
-        other -> other
-      end)
-
-    %{p | variables: vars, history: hist}
+    %{p | variables: Enum.map(vars, &var_map/1), history: history_maps(hist)}
   end
 
   defp as_maps(p), do: p
+
+  defp history_maps(hist) do
+    Enum.map(hist, fn
+      {n, es} when is_list(es) -> {n, Enum.map(es, &entry_map/1)}
+      other -> other
+    end)
+  end
 
   @spec decode(term(), :trusted | :untrusted) ::
           {:ok, map(), [Variable.t()], [{term(), list()}]} | {:error, term()}
@@ -90,7 +89,7 @@ defmodule DSPex.Bridge.SessionStore.Codec do
 
     with {:ok, _version, payload} <- decoded,
          {:ok, term} <- safe_binary_to_term(payload, trust),
-         {:ok, meta, vars, hist} <- check_payload(as_maps(term), trust) do
+         {:ok, meta, vars, hist} <- check_payload(term, trust) do
       {:ok, meta, vars, hist}
     else
       {:error, {:invalid_snapshot, _}} = error -> error
@@ -106,21 +105,40 @@ defmodule DSPex.Bridge.SessionStore.Codec do
     ArgumentError -> {:error, {:invalid_snapshot, :bad_payload}}
   end
 
-  defp check_payload(%{format: f, session: meta, variables: vars, history: hist} = p, trust)
-       when f in 1..@payload_format and is_map(meta) and is_list(vars) and is_list(hist) do
+  # A cluster node's format 2 snapshot (HA migration, failover) was validated when it was
+  # written: only its shape is checked, and variables are built straight from their tuples,
+  # which keeps a large migration fast.
+  defp check_payload(%{format: 2, session: meta, variables: vars, history: hist} = p, :trusted)
+       when is_map(meta) and is_list(vars) and is_list(hist) do
     with {:ok, meta} <- check_meta(meta),
          :ok <- check_access(Map.get(meta, :access, [])),
-         {:ok, vars} <- Options.map_ok(vars, &check_variable(&1, meta.id, trust)),
+         {:ok, vars} <- Options.map_ok(vars, &trusted_variable(&1, meta.id)),
+         {:ok, hist} <- Options.map_ok(history_maps(hist), &check_history/1),
+         {:ok, graph} <- rebuild_graph(vars, Map.get(p, :graph, [])) do
+      {:ok, Map.merge(meta, %{graph: graph}), vars, hist}
+    end
+  end
+
+  defp check_payload(%{format: f} = p, _trust) when f in 1..@payload_format,
+    do: check_maps(as_maps(p))
+
+  defp check_payload(%{format: f}, _trust) when is_integer(f) and f > @payload_format,
+    do: {:error, {:invalid_snapshot, {:unsupported_payload_format, f}}}
+
+  defp check_payload(_, _trust), do: {:error, {:invalid_snapshot, :bad_structure}}
+
+  defp check_maps(%{session: meta, variables: vars, history: hist} = p)
+       when is_map(meta) and is_list(vars) and is_list(hist) do
+    with {:ok, meta} <- check_meta(meta),
+         :ok <- check_access(Map.get(meta, :access, [])),
+         {:ok, vars} <- Options.map_ok(vars, &check_variable(&1, meta.id)),
          {:ok, hist} <- Options.map_ok(hist, &check_history/1),
          {:ok, graph} <- rebuild_graph(vars, Map.get(p, :graph, [])) do
       {:ok, Map.merge(meta, %{graph: graph}), vars, hist}
     end
   end
 
-  defp check_payload(%{format: f}, _trust) when is_integer(f) and f > @payload_format,
-    do: {:error, {:invalid_snapshot, {:unsupported_payload_format, f}}}
-
-  defp check_payload(_, _trust), do: {:error, {:invalid_snapshot, :bad_structure}}
+  defp check_maps(_), do: {:error, {:invalid_snapshot, :bad_structure}}
 
   defp check_meta(%{id: id, ttl: ttl, history_limit: h, max_variables: m, metadata: md} = meta)
        when is_id(id) and (ttl == :infinity or (is_integer(ttl) and ttl > 0)) and
@@ -134,28 +152,31 @@ defmodule DSPex.Bridge.SessionStore.Codec do
 
   defp check_meta(_), do: {:error, {:invalid_snapshot, :bad_session}}
 
-  # A cluster node's snapshot (HA migration, failover) was validated when it was written:
-  # only its shape is checked, which keeps a large migration fast.
-  defp check_variable(%{name: name, type: type, value: _, version: v} = var, session_id, :trusted)
+  defp trusted_variable(
+         {name, type, value, v, created, updated, constraints, metadata, desc, compute, stale},
+         session_id
+       )
        when is_id(name) and is_atom(type) and is_integer(v) and v > 0 do
     {:ok,
      %Variable{
        session_id: session_id,
        name: name,
        type: type,
-       value: var.value,
+       value: value,
        version: v,
-       created_at: var.created_at,
-       updated_at: var.updated_at,
-       constraints: var.constraints,
-       metadata: var.metadata,
-       description: var.description,
-       compute: var.compute,
-       stale: var.stale
+       created_at: created,
+       updated_at: updated,
+       constraints: constraints,
+       metadata: metadata,
+       description: desc,
+       compute: compute,
+       stale: stale
      }}
   end
 
-  defp check_variable(%{name: name, type: type, value: value, version: v} = var, session_id, _)
+  defp trusted_variable(_, _), do: {:error, {:invalid_snapshot, :bad_variable}}
+
+  defp check_variable(%{name: name, type: type, value: value, version: v} = var, session_id)
        when is_id(name) and is_integer(v) and v > 0 do
     with :ok <- check_compute(Map.get(var, :compute)),
          {:ok, constraints} <-
@@ -181,7 +202,7 @@ defmodule DSPex.Bridge.SessionStore.Codec do
     end
   end
 
-  defp check_variable(_, _, _), do: {:error, {:invalid_snapshot, :bad_variable}}
+  defp check_variable(_, _), do: {:error, {:invalid_snapshot, :bad_variable}}
 
   defp check_compute(nil), do: :ok
 
@@ -213,7 +234,7 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   # session exists; the import then just adopts it.
   defp rebuild_graph(vars, edges) when is_list(edges) do
     graph = Native.graph_new()
-    for var <- vars, do: Native.graph_add_node(graph, var.name)
+    Native.graph_add_nodes(graph, Enum.map(vars, & &1.name))
 
     with true <- Enum.all?(edges, &edge?/1),
          {:ok, _} <- Native.graph_add_edges(graph, edges) do

@@ -86,13 +86,19 @@ defmodule DSPex.Bridge.SessionStore.Session do
     access =
       for var <- variables do
         {mode, rules} = Map.get(policies, var.name, {:private, []})
-        :ok = Native.acl_set_policy(id, var.name, mode, rules)
-        {{id, var.name}, mode, rules}
+        {var.name, mode, rules}
       end
 
-    :ets.insert(Tables.access(), access)
+    :ok = Native.acl_set_policies(id, access)
+    # The three tables fill in parallel: a large import is mostly copying into ETS.
+    others =
+      Task.async(fn ->
+        :ets.insert(Tables.access(), Enum.map(access, fn {n, m, r} -> {{id, n}, m, r} end))
+        :ets.insert(Tables.history(), Enum.map(histories, fn {name, h} -> {{id, name}, h} end))
+      end)
+
     :ets.insert(Tables.variables(), Enum.map(variables, &{{id, &1.name}, &1, touch}))
-    :ets.insert(Tables.history(), Enum.map(histories, fn {name, h} -> {{id, name}, h} end))
+    Task.await(others, :infinity)
     :ok
   end
 
