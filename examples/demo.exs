@@ -274,4 +274,56 @@ prometheus
 |> Enum.each(&Demo.say("  " <> &1))
 
 for s <- [session, "other_session", copy, p, team], do: :ok = SessionStore.delete_session(s)
+
+Demo.section("HA: a session migrates to another node while a client writes")
+alias DSPex.Bridge.HAManager
+alias DSPex.Bridge.HAManager.LocalCluster
+# This node becomes dspex_demo@127.0.0.1 (epmd is started if needed) and starts a peer.
+:ok = LocalCluster.ensure_distributed(:dspex_demo, weight: 1.0)
+{:ok, [peer]} = LocalCluster.start_peers(["demo_peer"])
+Demo.say("cluster: #{inspect(Map.keys(HAManager.members()))}")
+{:ok, "travelling"} = SessionStore.create_session("travelling")
+
+for i <- 1..1_000,
+    do: {:ok, _} = SessionStore.register_variable("travelling", "v#{i}", :integer, i)
+
+{:ok, _} = SessionStore.register_variable("travelling", :counter, :integer, 0)
+{:ok, epoch} = HAManager.register_session("travelling")
+Demo.say("registered here at epoch #{inspect(epoch)}, replicated to #{inspect(peer)}")
+demo = self()
+
+writer =
+  spawn_link(fn ->
+    acked =
+      Enum.reduce_while(1..1_000_000, 0, fn i, _ ->
+        receive do
+          :stop -> {:halt, i - 1}
+        after
+          0 ->
+            {:ok, _} = SessionStore.update_variable("travelling", :counter, i)
+            {:cont, i}
+        end
+      end)
+
+    send(demo, {:acked, acked})
+  end)
+
+Process.sleep(50)
+{:ok, info} = HAManager.migrate_session("travelling", peer)
+
+Demo.say(
+  "migrated to #{peer}: #{info.bytes} bytes in #{info.duration_ms} ms, epoch #{inspect(info.epoch)}"
+)
+
+Process.sleep(50)
+send(writer, :stop)
+acked = receive do: ({:acked, n} -> n)
+{:ok, owner} = HAManager.get_session_owner("travelling")
+{:ok, counter} = SessionStore.get_variable("travelling", :counter)
+
+Demo.say(
+  "owner now #{owner}; the client's #{acked} acknowledged writes: counter = #{counter.value} (read through this node, routed to the owner)"
+)
+
+:ok = LocalCluster.stop_peers([peer])
 Demo.section("Done")

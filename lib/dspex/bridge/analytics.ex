@@ -342,9 +342,17 @@ defmodule DSPex.Bridge.Analytics do
       else: {:error, {:bad_snapshot, "frames must be binaries"}}
   end
 
+  @doc false
+  # What get_dashboard(:cluster) fetches from each node: its tallies flushed first, so the
+  # cluster view counts what the node's own dashboard would.
+  def flushed_snapshot do
+    Recorder.flush()
+    snapshot()
+  end
+
   defp cluster_engine do
     nodes = Node.list()
-    remote = :erpc.multicall(nodes, __MODULE__, :snapshot, [], 5_000)
+    remote = :erpc.multicall(nodes, __MODULE__, :flushed_snapshot, [], 5_000)
     frames = for {:ok, frame} <- remote, is_binary(frame), do: frame
     merge_snapshots([snapshot() | frames])
   end

@@ -62,6 +62,7 @@ defmodule DSPex.Bridge.HAManager do
 
   alias DSPex.Bridge.{Events, Native, SessionStore}
   alias DSPex.Bridge.HAManager.{Directory, Replication}
+  import DSPex.Bridge.Options, only: [is_id: 1]
 
   @table_key {__MODULE__, :table}
   @config_key {__MODULE__, :config}
@@ -83,8 +84,11 @@ defmodule DSPex.Bridge.HAManager do
   its rendezvous-hash owner among the live nodes.
   """
   @spec register_session(session_id(), keyword()) :: {:ok, epoch()} | {:error, term()}
-  def register_session(session_id, opts \\ []) do
+  def register_session(session_id, opts \\ [])
+
+  def register_session(session_id, opts) when is_id(session_id) do
     with :ok <- check_opts(opts, [:placement]),
+         :ok <- check_placement(Keyword.get(opts, :placement, :local)),
          {:ok, pid} <- local_session(session_id),
          key = key(session_id),
          {:ok, epoch} <- refusal(Native.ha_apply(table(), key, :register)) do
@@ -98,6 +102,8 @@ defmodule DSPex.Bridge.HAManager do
     end
   end
 
+  def register_session(session_id, _opts), do: {:error, {:invalid_session_id, session_id}}
+
   defp place(_id, _key, epoch, :local), do: {:ok, epoch}
 
   defp place(id, key, epoch, :hash) do
@@ -110,7 +116,8 @@ defmodule DSPex.Bridge.HAManager do
     end
   end
 
-  defp place(_id, _key, _epoch, other), do: {:error, {:invalid_option, {:placement, other}}}
+  defp check_placement(p) when p in [:local, :hash], do: :ok
+  defp check_placement(other), do: {:error, {:invalid_option, {:placement, other}}}
 
   @doc "The node that owns a registered session."
   @spec get_session_owner(session_id()) :: {:ok, node()} | {:error, :not_registered}
@@ -215,26 +222,43 @@ defmodule DSPex.Bridge.HAManager do
   Starts draining `node` (default this one): it takes no new sessions and hands every
   session it owns to its placement successor. Returns at once; see `await_drainage/1`.
   """
-  @spec start_draining(node()) :: :ok
-  def start_draining(node \\ node()) when is_atom(node) do
+  @spec start_draining(node()) :: :ok | {:error, {:invalid_node, term()}}
+  def start_draining(node \\ node())
+
+  def start_draining(node) when is_atom(node) do
     GenServer.abcast([node() | Node.list()], __MODULE__, {:draining, node, true})
     :ok
   end
 
+  def start_draining(other), do: {:error, {:invalid_node, other}}
+
   @doc "Lets `node` own sessions again."
-  @spec stop_draining(node()) :: :ok
-  def stop_draining(node \\ node()) when is_atom(node) do
+  @spec stop_draining(node()) :: :ok | {:error, {:invalid_node, term()}}
+  def stop_draining(node \\ node())
+
+  def stop_draining(node) when is_atom(node) do
     GenServer.abcast([node() | Node.list()], __MODULE__, {:draining, node, false})
     :ok
   end
+
+  def stop_draining(other), do: {:error, {:invalid_node, other}}
 
   @doc """
   Waits until this node owns no session (`timeout:` ms, default 30,000): `:ok` or
   `{:error, {:timeout, still_owned}}`.
   """
-  @spec await_drainage(keyword()) :: :ok | {:error, {:timeout, [session_id()]}}
+  @spec await_drainage(keyword()) :: :ok | {:error, {:timeout, [session_id()]} | term()}
   def await_drainage(opts \\ []) do
-    deadline = System.monotonic_time(:millisecond) + Keyword.get(opts, :timeout, 30_000)
+    with :ok <- check_opts(opts, [:timeout]),
+         timeout when is_integer(timeout) and timeout >= 0 <- Keyword.get(opts, :timeout, 30_000) do
+      await_drained(System.monotonic_time(:millisecond) + timeout)
+    else
+      {:error, _} = error -> error
+      timeout -> {:error, {:invalid_option, {:timeout, timeout}}}
+    end
+  end
+
+  defp await_drained(deadline) do
     Events.subscribe([:dspex, :bridge, :ha, :drain_completed])
 
     try do
@@ -281,6 +305,8 @@ defmodule DSPex.Bridge.HAManager do
       GenServer.call(__MODULE__, {:configure, config})
     end
   end
+
+  def configure(other), do: {:error, {:invalid_option, other}}
 
   # ---------------------------------------------------------------------------------------
   # shared with Replication, Directory and SessionStore

@@ -197,6 +197,45 @@ defmodule DSPex.Bridge.HAManagerTest do
              :erpc.call(b, GenServer, :call, [HAManager, {:replica_op, id, a, old_epoch, op}])
   end
 
+  test "events: migration with duration and bytes, node_down; the cluster dashboard merges every node" do
+    [a, b] = peers(["events_a", "events_b"])
+    :ok = DSPex.Bridge.Events.subscribe([:dspex, :bridge, :ha])
+    on_exit(fn -> DSPex.Bridge.Events.unsubscribe([:dspex, :bridge, :ha]) end)
+
+    # A session owned by this node, moved to a peer: the events are emitted here.
+    id = "ha_local_#{System.unique_integer([:positive])}"
+    {:ok, ^id} = SessionStore.create_session(id)
+    {:ok, _} = SessionStore.register_variable(id, "counter", :integer, 0)
+    {:ok, _} = HAManager.register_session(id)
+
+    assert_receive {:dspex_event, [:dspex, :bridge, :ha, :session_registered], _,
+                    %{session_id: ^id}}
+
+    {:ok, _} = HAManager.migrate_session(id, a)
+    assert_receive {:dspex_event, [:dspex, :bridge, :ha, :migration_started], _, %{target: ^a}}
+
+    assert_receive {:dspex_event, [:dspex, :bridge, :ha, :migration_completed],
+                    %{duration_ms: ms, bytes: bytes}, %{session_id: ^id}}
+
+    assert is_integer(ms) and bytes > 0
+    assert {:ok, %{value: 1}} = SessionStore.update_variable(id, "counter", 1)
+
+    # Writes on both peers; the cluster view adds up every node's own view.
+    other = new_session(b)
+    for i <- 1..7, do: {:ok, _} = rpc(b, :update_variable, [other, "counter", i])
+    {:ok, dash_a} = :erpc.call(a, DSPex.Bridge.Analytics, :get_dashboard, [])
+    {:ok, dash_b} = :erpc.call(b, DSPex.Bridge.Analytics, :get_dashboard, [])
+    {:ok, dash_here} = DSPex.Bridge.Analytics.get_dashboard()
+    {:ok, cluster} = :erpc.call(a, DSPex.Bridge.Analytics, :get_dashboard, [:cluster])
+    assert dash_b.variable_writes >= 8
+
+    assert cluster.variable_writes ==
+             dash_a.variable_writes + dash_b.variable_writes + dash_here.variable_writes
+
+    LocalCluster.kill(b)
+    assert_receive {:dspex_event, [:dspex, :bridge, :ha, :node_down], _, %{node: ^b}}, 10_000
+  end
+
   describe "bad input: the session stays where it was and keeps working" do
     test "unknown, down and self targets; unregistered sessions; bad options" do
       [a, _b] = peers(["bad_a", "bad_b"])
@@ -213,6 +252,16 @@ defmodule DSPex.Bridge.HAManagerTest do
       assert {:error, :already_registered} = ha(a, :register_session, [id])
       assert {:error, {:invalid_option, {:bogus, 1}}} = ha(a, :register_session, [id, [bogus: 1]])
       assert {:error, {:invalid_option, {:replicas, 9}}} = ha(a, :configure, [[replicas: 9]])
+      assert {:error, {:invalid_option, :bad}} = ha(a, :configure, [:bad])
+
+      assert {:error, {:invalid_option, {:placement, :nowhere}}} =
+               ha(a, :register_session, [id, [placement: :nowhere]])
+
+      assert {:error, {:invalid_node, "a"}} = ha(a, :start_draining, ["a"])
+      assert {:error, {:invalid_node, 1}} = ha(a, :stop_draining, [1])
+      assert {:error, {:invalid_option, {:timeout, -1}}} = ha(a, :await_drainage, [[timeout: -1]])
+      assert {:error, {:invalid_option, :x}} = ha(a, :await_drainage, [:x])
+      assert {:error, {:invalid_session_id, 42}} = ha(a, :register_session, [42])
       assert {:ok, %{value: 1}} = rpc(a, :update_variable, [id, "counter", 1])
       assert {:ok, ^a} = ha(a, :get_session_owner, [id])
     end

@@ -88,10 +88,21 @@ defmodule DSPex.Bridge.HAManager.LocalCluster do
   @spec disconnect(node(), node()) :: boolean()
   def disconnect(a, b), do: :erpc.call(a, :erlang, :disconnect_node, [b])
 
-  @doc "Stops peers (gracefully); `kill/1` halts one abruptly."
+  @doc "Stops peers (gracefully) and waits until they are gone; `kill/1` halts one abruptly."
   @spec stop_peers([node()]) :: :ok
   def stop_peers(nodes) do
-    for n <- nodes, n in Node.list(), do: :erpc.cast(n, :init, :stop, [])
+    live = Enum.filter(nodes, &(&1 in Node.list()))
+    for n <- live, do: Node.monitor(n, true)
+    for n <- live, do: :erpc.cast(n, :init, :stop, [])
+
+    for n <- live do
+      receive do
+        {:nodedown, ^n} -> :ok
+      after
+        15_000 -> :ok
+      end
+    end
+
     :ok
   end
 
