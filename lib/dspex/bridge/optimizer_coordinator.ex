@@ -21,6 +21,11 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
     `completed`, `failed`, `stalled`.
   * When the optimizer process dies its locks go to the next waiter at once; a waiter that
     dies leaves the queue.
+  * When a session moves to another node (`DSPex.Bridge.HAManager`), its locks move with it:
+    the holder gets `{:lock_lost, var_id, :moved, held_ms}` here (event `lock_moved`), and the
+    new owner holds the lock for it with the **same token** for the rest of its lease, so its
+    token-carrying writes (routed there by `SessionStore`) keep working and nobody else's do.
+    Waiters here give up (`{:error, :timeout}`).
   * A waiter that times out never keeps a lock it does not know about: if the grant raced
     the timeout, the lock is released.
 
@@ -104,6 +109,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
         :preempted -> {:preempted, %{held_duration_ms: ms}}
         :lease_expired -> {:lease_expired, %{held_duration_ms: ms}}
         :forced -> {:force_released, %{held_duration_ms: ms}}
+        :moved -> {:lock_moved, %{held_duration_ms: ms}}
       end
 
     Events.emit([:dspex, :bridge, :coordinator, event], measurements, %{
@@ -114,6 +120,18 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   end
 
   defp coordinator, do: :persistent_term.get(@key)
+
+  @doc false
+  # HA migration (DSPex.Bridge.HAManager.Replication): the locks held on `session`'s
+  # variables, as `[{var_id, optimizer_id, token, lease_left_ms}]`.
+  def held_in(session), do: Native.coordinator_held_in(coordinator(), session)
+
+  @doc false
+  def hand_over(session, var_id), do: Native.coordinator_hand_over(coordinator(), session, var_id)
+
+  @doc false
+  def adopt(session, var_id, optimizer_id, token, lease_ms),
+    do: Native.coordinator_adopt(coordinator(), session, var_id, optimizer_id, token, lease_ms)
 
   @doc """
   Acquires `var_id` for `optimizer_id`, held on behalf of `optimizer_pid` (monitored).

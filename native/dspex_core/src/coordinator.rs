@@ -132,6 +132,9 @@ pub enum LossReason {
     Preempted,
     /// `force_release` was called.
     Forced,
+    /// The session moved to another node, which holds the lock from now on with the same
+    /// token ([`LockTable::hand_over`], [`LockTable::adopt`]).
+    Moved,
 }
 
 /// Refusals.
@@ -398,6 +401,77 @@ impl<K: Eq + Hash + Clone, H: Eq + Clone> LockTable<K, H> {
         WithEffects::new(released, effects)
     }
 
+    /// The locks held in keys matching `belongs`, as `(key, holder, token, lease left)`: what
+    /// a session carries to another node ([`hand_over`](Self::hand_over) then takes them).
+    pub fn held_where(&self, belongs: impl Fn(&K) -> bool, now: u64) -> Vec<(K, H, u64, u64)> {
+        self.locks
+            .iter()
+            .filter(|(k, _)| belongs(k))
+            .filter_map(|(k, l)| {
+                let h = l.holder.as_ref()?;
+                Some((
+                    k.clone(),
+                    h.who.clone(),
+                    h.token,
+                    h.lease_until.saturating_sub(now),
+                ))
+            })
+            .collect()
+    }
+
+    /// `key` leaves this table with its session (the other node [`adopt`](Self::adopt)s it):
+    /// the holder is told ([`LossReason::Moved`]) and waiters give up ([`Effect::WaitTimedOut`]);
+    /// nobody is granted it here. Returns whether it was held.
+    pub fn hand_over(&mut self, key: &K, now: u64) -> Out<bool, K, H> {
+        let mut effects = Vec::new();
+        let held = self.take_from_holder(key, LossReason::Moved, now, &mut effects);
+        if let Some(lock) = self.locks.remove(key) {
+            for (_, w) in lock.waiters {
+                effects.push(Effect::WaitTimedOut {
+                    key: key.clone(),
+                    waiter: w.who,
+                    ticket: w.ticket,
+                });
+            }
+        }
+        WithEffects::new(held, effects)
+    }
+
+    /// Takes over a lock held on another node: `who` holds `key` with `token` (its fencing
+    /// token there) for `lease_ns`. Tokens granted here from now on are above `token`, so the
+    /// holder's token stays the newest for `key`.
+    ///
+    /// # Errors
+    /// [`LockError::LockedBy`] when `key` is already held here.
+    pub fn adopt(
+        &mut self,
+        key: K,
+        who: H,
+        token: u64,
+        lease_ns: u64,
+        now: u64,
+    ) -> Result<(), LockError<H>> {
+        let lock = self.locks.entry(key).or_default();
+        if let Some(h) = &lock.holder {
+            return Err(LockError::LockedBy {
+                holder: h.who.clone(),
+            });
+        }
+        lock.last_token = lock.last_token.max(token);
+        lock.holder = Some(Holder {
+            who,
+            token,
+            ticket: None,
+            priority: 0,
+            since: now,
+            lease_ns,
+            lease_until: now.saturating_add(lease_ns),
+            revoked_at: None,
+        });
+        self.next_token = self.next_token.max(token + 1);
+        Ok(())
+    }
+
     /// Withdraws a wait (the waiter timed out or left). A grant may have raced the
     /// cancellation: then the grant stands, its token is returned, and the caller must either
     /// deliver it or release the lock, so nobody holds a lock it does not know about.
@@ -652,5 +726,65 @@ impl<K: Eq + Hash + Clone, H: Eq + Clone> LockTable<K, H> {
             token,
             waited_ns: now.saturating_sub(w.enqueued),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_handed_over_keeps_its_token_on_the_adopting_table() {
+        let mut source: LockTable<&str, &str> = LockTable::new();
+        let mut target: LockTable<&str, &str> = LockTable::new();
+        for _ in 0..5 {
+            let g = source.acquire("x", "warmup", 0, Conflict::Abort, 1_000, 0);
+            assert!(matches!(g.value, Acquired::Granted { .. }));
+            let _ = source.release(&"x", &"warmup", 0).unwrap();
+        }
+        let Acquired::Granted { token } = source
+            .acquire("v", "opt", 0, Conflict::Abort, 1_000, 10)
+            .value
+        else {
+            panic!("free lock not granted")
+        };
+        let waiting = source.acquire("v", "other", 0, Conflict::Wait { deadline: 500 }, 1_000, 20);
+        assert!(matches!(waiting.value, Acquired::Queued { .. }));
+
+        let held = source.held_where(|k| *k == "v", 100);
+        assert_eq!(held, vec![("v", "opt", token, 910)]);
+        let out = source.hand_over(&"v", 100);
+        assert!(out.value);
+        assert!(out.effects.iter().any(|e| matches!(
+            e,
+            Effect::LockLost {
+                reason: LossReason::Moved,
+                holder: "opt",
+                ..
+            }
+        )));
+        assert!(out.effects.iter().any(|e| matches!(
+            e,
+            Effect::WaitTimedOut {
+                waiter: "other",
+                ..
+            }
+        )));
+        assert_eq!(
+            source.info(&"v").0,
+            None,
+            "nobody is granted it on the source"
+        );
+
+        target.adopt("v", "opt", token, 910, 100).unwrap();
+        assert_eq!(target.check_write(&"v", token), Ok(()));
+        assert!(target.adopt("v", "x", 1, 10, 100).is_err());
+        let _ = target.release(&"v", &"opt", 200).unwrap();
+        let Acquired::Granted { token: next } =
+            target.acquire("v", "b", 0, Conflict::Abort, 10, 300).value
+        else {
+            panic!("released lock not granted")
+        };
+        assert!(next > token, "{next} after adopted {token}");
     }
 }

@@ -78,6 +78,7 @@ rustler::atoms! {
     not_serializable,
     invalid_json,
     lease_expired,
+    moved,
     preempted,
     dspex_lock_granted,
     session_id,

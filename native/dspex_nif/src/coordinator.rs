@@ -101,6 +101,7 @@ fn loss_atom(r: LossReason) -> Atom {
         LossReason::LeaseExpired => atoms::lease_expired(),
         LossReason::Preempted => atoms::preempted(),
         LossReason::Forced => atoms::forced(),
+        LossReason::Moved => atoms::moved(),
     }
 }
 
@@ -368,6 +369,52 @@ fn coordinator_info(env: Env, handle: Handle, session: VarKey, var: VarKey) -> T
         .map(|w| (w.waiter, w.ticket, w.priority).encode(env))
         .collect();
     (holder, waiters).encode(env)
+}
+
+/// The locks held on variables of `session`: `[{var, optimizer, token, lease_left_ms}]`
+/// (what a migrating session carries to its new node).
+#[rustler::nif]
+fn coordinator_held_in(env: Env, handle: Handle, session: VarKey) -> Term {
+    let st = handle.0.lock();
+    let held: Vec<Term> = st
+        .table
+        .held_where(|k| k.0 == session, now())
+        .into_iter()
+        .map(|((_, var), who, token, left)| (var, who, token, left / MS).encode(env))
+        .collect();
+    held.encode(env)
+}
+
+/// `var` of `session` leaves with its session: the holder gets `{:lock_lost, var, :moved,
+/// held_ms}`, waiters stop waiting; `true` if it was held.
+#[rustler::nif]
+fn coordinator_hand_over(env: Env, handle: Handle, session: VarKey, var: VarKey) -> bool {
+    let mut st = handle.0.lock();
+    let out = st.table.hand_over(&(session, var), now());
+    deliver(env, &mut st, out.effects);
+    out.value
+}
+
+/// Takes over a lock held on the session's former node: `optimizer` holds `var` with `token`
+/// for `lease_ms` more. `:ok` or `{:error, {:locked_by, holder}}`.
+#[rustler::nif]
+fn coordinator_adopt(
+    env: Env,
+    handle: Handle,
+    session: VarKey,
+    var: VarKey,
+    optimizer: VarKey,
+    token: u64,
+    lease_ms: u64,
+) -> Term {
+    let mut st = handle.0.lock();
+    match st
+        .table
+        .adopt((session, var), optimizer, token, lease_ms * MS, now())
+    {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) => lock_error(env, e),
+    }
 }
 
 /// Makes the calling process the receiver of `{:dspex_coordinator_event, event}` messages

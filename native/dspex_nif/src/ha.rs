@@ -212,7 +212,7 @@ fn ha_rank(key: Binary, nodes: Vec<(Binary, f64)>) -> Vec<usize> {
 }
 
 /// Wraps a session's export frame with its id, epoch and lock fences (`[{variable, holder,
-/// token}]`, binaries and an integer). `{:ok, envelope}` or `{:error, reason}` when the
+/// token, lease_ms}]`: two binaries and two integers). `{:ok, envelope}` or `{:error, reason}` when the
 /// session frame is not valid. DirtyCpu: a large session is megabytes to checksum and copy.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn ha_envelope_encode<'a>(
@@ -220,15 +220,16 @@ fn ha_envelope_encode<'a>(
     key: Binary,
     epoch: Term<'a>,
     session_frame: Binary,
-    locks: Vec<(Binary, Binary, u64)>,
+    locks: Vec<(Binary, Binary, u64, u64)>,
 ) -> NifResult<Term<'a>> {
     let epoch = decode_epoch(epoch)?;
     let locks = locks
         .into_iter()
-        .map(|(v, h, token)| LockFence {
+        .map(|(v, h, token, lease_ms)| LockFence {
             variable: v.as_slice().to_vec(),
             holder: h.as_slice().to_vec(),
             token,
+            lease_ms,
         })
         .collect();
     Ok(
@@ -253,6 +254,7 @@ fn ha_envelope_decode<'a>(env: Env<'a>, bytes: Binary) -> Term<'a> {
                         to_binary(env, &l.variable),
                         to_binary(env, &l.holder),
                         l.token,
+                        l.lease_ms,
                     )
                         .encode(env)
                 })

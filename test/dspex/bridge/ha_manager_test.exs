@@ -112,6 +112,42 @@ defmodule DSPex.Bridge.HAManagerTest do
     IO.puts("\n    migration of 10,000 variables: #{ms} ms, #{bytes} bytes")
   end
 
+  test "a held lock moves with its session: same token on the new owner, holder told" do
+    [a, b] = peers(["lock_a", "lock_b"])
+    id = new_session(a)
+    oc = DSPex.Bridge.OptimizerCoordinator
+    # The optimizer is a process on A; its mailbox is read back below.
+    holder = Node.spawn(a, Process, :sleep, [:infinity])
+
+    {:ok, lock} =
+      :erpc.call(a, oc, :acquire_lock, ["counter", :opt, holder, [session_id: id, lease_ms: 60_000]])
+
+    {:ok, _} = rpc(a, :update_variable, [id, "counter", 1, [lock_token: lock.token]])
+    assert {:ok, _} = ha(a, :migrate_session, [id, b])
+
+    assert :ok = :erpc.call(b, oc, :check_write_allowed, ["counter", lock.token, [session_id: id]])
+
+    assert {:ok, %{holder: %{optimizer_id: :opt, token: token}}} =
+             :erpc.call(b, oc, :get_lock_info, ["counter", [session_id: id]])
+
+    assert token == lock.token
+    # Writes reach B through A: with the token they pass, without it they are refused.
+    assert {:ok, %{value: 2}} =
+             rpc(a, :update_variable, [id, "counter", 2, [lock_token: lock.token]])
+
+    assert {:error, {:locked_by, :opt}} = rpc(a, :update_variable, [id, "counter", 3])
+    assert {:ok, %{holder: nil}} = :erpc.call(a, oc, :get_lock_info, ["counter", [session_id: id]])
+
+    assert {:messages, [{:lock_lost, "counter", :moved, _held_ms}]} =
+             :erpc.call(a, :erlang, :process_info, [holder, :messages])
+
+    # Tokens B grants later are above the adopted one.
+    :ok = :erpc.call(b, oc, :force_release, ["counter", :test, [session_id: id]])
+    other = Node.spawn(b, Process, :sleep, [:infinity])
+    {:ok, next} = :erpc.call(b, oc, :acquire_lock, ["counter", :opt2, other, [session_id: id]])
+    assert next.token > lock.token
+  end
+
   test "failover with :sync replication: the replica promotes and every acknowledged write is there" do
     [a, b] = peers(["sync_a", "sync_b"], replication: :sync)
     id = new_session(a)

@@ -10,7 +10,7 @@ defmodule DSPex.Bridge.HAManager.Replication do
   # sends a fresh snapshot after @refresh_every writes plus one per variable (so the cost of
   # a snapshot stays a small share of the writes it saves replaying), which bounds the log.
 
-  alias DSPex.Bridge.{HAManager, Native, SessionStore}
+  alias DSPex.Bridge.{HAManager, Native, OptimizerCoordinator, SessionStore}
   alias DSPex.Bridge.HAManager.Directory
 
   # {id, owner, epoch, envelope, writes}, and the writes as {{id, seq}, message}.
@@ -162,9 +162,17 @@ defmodule DSPex.Bridge.HAManager.Replication do
   # Runs in the source session's process: its mailbox holds every call that arrives
   # meanwhile, and they are forwarded to the new owner once this returns.
   def migrate_out(id, ha, target, timeout, {:ok, frame}) do
-    with {:ok, envelope} <- Native.ha_envelope_encode(ha.key, ha.epoch, frame, []),
+    held = OptimizerCoordinator.held_in(id)
+
+    fences =
+      for {var, optimizer, token, lease_ms} <- held,
+          do: {:erlang.term_to_binary(var), :erlang.term_to_binary(optimizer), token, lease_ms}
+
+    with {:ok, envelope} <- Native.ha_envelope_encode(ha.key, ha.epoch, frame, fences),
          {:ok, epoch, pid, replicas} <- transfer(target, envelope, timeout) do
       :ok = Native.ha_apply(HAManager.table(), ha.key, {:finish_out, epoch})
+      # The new owner holds these locks now, with the same tokens; their holders are told.
+      for {var, _, _, _} <- held, do: OptimizerCoordinator.hand_over(id, var)
       # The copy this node just sent is exactly the new owner's starting state, so when it
       # is to be a replica it keeps that copy instead of receiving it again.
       if node() in replicas, do: store_snapshot(id, target, epoch, envelope)
@@ -192,10 +200,11 @@ defmodule DSPex.Bridge.HAManager.Replication do
   def accept_migration(envelope, source) when is_binary(envelope) and is_atom(source) do
     table = HAManager.table()
 
-    with {:ok, key, epoch, frame, _locks} <- open(envelope),
+    with {:ok, key, epoch, frame, locks} <- open(envelope),
          :ok <-
            in_transition(Native.ha_apply(table, key, {:begin_in, Atom.to_string(source), epoch})),
          {:ok, id} <- import_or_abort(table, key, frame),
+         :ok <- adopt_locks(id, locks),
          {:ok, new_epoch} <- Native.ha_apply(table, key, :finish_in) do
       replicas = HAManager.choose_replicas(key, [node()])
       {:ok, pid} = HAManager.local_session(id)
@@ -207,6 +216,16 @@ defmodule DSPex.Bridge.HAManager.Replication do
   end
 
   def accept_migration(_envelope, _source), do: {:error, :bad_arguments}
+
+  # The session's locks continue here with their holders' tokens (the sender is a cluster
+  # node, as trusted as distribution itself, so its terms are decoded as they are).
+  defp adopt_locks(id, locks) do
+    Enum.each(locks, fn {var, optimizer, token, lease_ms} ->
+      var = :erlang.binary_to_term(var)
+      optimizer = :erlang.binary_to_term(optimizer)
+      _ = OptimizerCoordinator.adopt(id, var, optimizer, token, lease_ms)
+    end)
+  end
 
   defp open(envelope) do
     case Native.ha_envelope_decode(envelope) do

@@ -26,6 +26,8 @@ pub struct LockFence {
     pub holder: Vec<u8>,
     /// The holder's fencing token.
     pub token: u64,
+    /// What was left of its lease, in milliseconds.
+    pub lease_ms: u64,
 }
 
 /// A session on its way to another node.
@@ -124,6 +126,7 @@ mod tests {
             variable: b"temperature".to_vec(),
             holder: b"opt_1".to_vec(),
             token: 17,
+            lease_ms: 30_000,
         }];
         (encode(b"s1", &epoch, &session, locks).unwrap(), epoch)
     }
