@@ -52,6 +52,7 @@ defmodule DSPex.Bridge.Native do
   def acl_set_policy(_session, _name, _mode, _rules), do: not_loaded()
   def acl_set_policies(_session, _policies), do: not_loaded()
   def acl_remove_policy(_session, _name), do: not_loaded()
+  def acl_remove_session(_session), do: not_loaded()
   def acl_add_rule(_session, _name, _rule), do: not_loaded()
   def acl_remove_rule(_session, _name, _id), do: not_loaded()
   def acl_set_mode(_session, _name, _mode), do: not_loaded()

@@ -625,11 +625,6 @@ defmodule DSPex.Bridge.SessionStore do
     end
   end
 
-  @doc false
-  # The export of a session's process state, as a frame (the session process calls this
-  # with its own export so migration needs no second call into it).
-  def encode_export({:ok, meta, vars, hist, edges}), do: Codec.encode(meta, vars, hist, edges)
-
   # ---------------------------------------------------------------------------------------
   # plumbing
 

@@ -706,6 +706,18 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
         removed
     }
 
+    /// Drops the policies of every variable matching `gone` (a whole session leaving this
+    /// node): how many there were. One version bump, however many.
+    pub fn remove_policies_where(&mut self, gone: impl Fn(&V) -> bool) -> usize {
+        let before = self.policies.len();
+        self.policies.retain(|v, _| !gone(v));
+        let removed = before - self.policies.len();
+        if removed > 0 {
+            self.changed();
+        }
+        removed
+    }
+
     /// The policy of a variable.
     pub fn policy(&self, variable: &V) -> Option<&Policy> {
         self.policies.get(variable)

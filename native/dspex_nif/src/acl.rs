@@ -318,6 +318,13 @@ fn acl_set_policies<'a>(
     Ok(atoms::ok().encode(env))
 }
 
+/// Drops the policies of every variable of `session`; how many there were. DirtyCpu: a
+/// large session has tens of thousands.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn acl_remove_session(session: VarKey) -> usize {
+    ENGINE.lock().remove_policies_where(|(s, _)| *s == session)
+}
+
 /// Drops a variable's policy; `true` if it had one.
 #[rustler::nif]
 fn acl_remove_policy(session: VarKey, name: VarKey) -> bool {

@@ -53,8 +53,13 @@ defmodule DSPex.Bridge.HAManager.LocalCluster do
   def start_peers(names, ha_opts \\ []) do
     paths = Enum.flat_map(:code.get_path(), &[~c"-pa", &1])
 
+    # Several nodes share this host's cores: schedulers that spin while idle would take CPU
+    # from the node that has work, so they sleep at once instead.
+    no_spin = Enum.flat_map(~w(+sbwt +sbwtdcpu +sbwtdio), &[String.to_charlist(&1), ~c"none"])
+
     args =
       paths ++
+        no_spin ++
         [~c"-kernel", ~c"dist_auto_connect", ~c"once"] ++
         [~c"-kernel", ~c"prevent_overlapping_partitions", ~c"false"]
 

@@ -6,6 +6,7 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   # then re-validates every variable as if it were registered anew.
 
   alias DSPex.Bridge.{Native, Options, Variable, VariableType}
+  alias DSPex.Bridge.SessionStore.Tables
   import DSPex.Bridge.Options, only: [is_id: 1]
 
   # Format 2 writes variables and history entries as tuples (var_tuple/1 and var_map/1 give
@@ -29,6 +30,64 @@ defmodule DSPex.Bridge.SessionStore.Codec do
       do: Native.snapshot_encode_dirty(payload),
       else: Native.snapshot_encode(payload)
   end
+
+  @doc false
+  # The cluster-internal form (format 3: HA migration and replica snapshots). Variables,
+  # history and access policies are each read from ETS and encoded by their own process, in
+  # parallel, into binaries that are never copied between processes; the receiving node
+  # decodes and stores them in parallel too (see SessionStore.Session.load/5). Only a trusted
+  # (cluster) import reads it.
+  def encode_split(id, meta, edges) do
+    parts = [
+      fn -> id |> select_variables() |> Enum.map(&var_tuple/1) end,
+      fn -> id |> select_history() |> Enum.map(&history_tuples/1) end,
+      fn -> select_access(id) end
+    ]
+
+    [vars, hist, access] =
+      parts
+      |> Enum.map(fn f -> Task.async(fn -> :erlang.term_to_binary(f.()) end) end)
+      |> Task.await_many(:infinity)
+
+    payload =
+      :erlang.term_to_binary(%{
+        format: 3,
+        session: Map.delete(meta, :access),
+        variables: vars,
+        history: hist,
+        access: access,
+        graph: edges
+      })
+
+    Native.snapshot_encode_dirty(payload)
+  end
+
+  defp select_variables(id),
+    do: :ets.select(Tables.variables(), [{{{id, :_}, :"$1", :_}, [], [:"$1"]}])
+
+  defp select_history(id),
+    do: :ets.select(Tables.history(), [{{{id, :"$1"}, :"$2"}, [], [{{:"$1", :"$2"}}]}])
+
+  defp select_access(id),
+    do: :ets.select(Tables.access(), [{{{id, :"$1"}, :"$2", :"$3"}, [], [{{:"$1", :"$2", :"$3"}}]}])
+
+  defp history_tuples({n, es}), do: {n, Enum.map(es, &entry_tuple/1)}
+
+  @doc false
+  # Format 3 parts back to terms (run by the importing session's processes).
+  def variables_from(bin, session_id) do
+    for t <- :erlang.binary_to_term(bin) do
+      {:ok, var} = trusted_variable(t, session_id)
+      var
+    end
+  end
+
+  @doc false
+  def history_from(bin),
+    do: for({n, es} <- :erlang.binary_to_term(bin), do: {n, Enum.map(es, &entry_map/1)})
+
+  @doc false
+  def access_from(bin), do: :erlang.binary_to_term(bin)
 
   defp var_tuple(%Variable{} = v) do
     {v.name, v.type, v.value, v.version, v.created_at, v.updated_at, v.constraints, v.metadata,
@@ -105,6 +164,16 @@ defmodule DSPex.Bridge.SessionStore.Codec do
     ArgumentError -> {:error, {:invalid_snapshot, :bad_payload}}
   end
 
+  defp check_payload(
+         %{format: 3, session: meta, variables: v, history: h, access: a, graph: edges},
+         :trusted
+       )
+       when is_map(meta) and is_binary(v) and is_binary(h) and is_binary(a) and is_list(edges) do
+    with {:ok, meta} <- check_meta(meta) do
+      {:ok, Map.put(meta, :graph, Native.graph_new()), {:split, v, a, edges}, {:split, h}}
+    end
+  end
+
   # A cluster node's format 2 snapshot (HA migration, failover) was validated when it was
   # written: only its shape is checked, and variables are built straight from their tuples,
   # which keeps a large migration fast.
@@ -119,10 +188,13 @@ defmodule DSPex.Bridge.SessionStore.Codec do
     end
   end
 
+  defp check_payload(%{format: 3}, :untrusted),
+    do: {:error, {:invalid_snapshot, :cluster_internal_format}}
+
   defp check_payload(%{format: f} = p, _trust) when f in 1..@payload_format,
     do: check_maps(as_maps(p))
 
-  defp check_payload(%{format: f}, _trust) when is_integer(f) and f > @payload_format,
+  defp check_payload(%{format: f}, _trust) when is_integer(f) and f > 3,
     do: {:error, {:invalid_snapshot, {:unsupported_payload_format, f}}}
 
   defp check_payload(_, _trust), do: {:error, {:invalid_snapshot, :bad_structure}}

@@ -5,10 +5,10 @@ defmodule DSPex.Bridge.SessionStore.Session do
   # its watchers. Reads never come here: they are ETS lookups in the caller.
   use GenServer, restart: :transient
 
-  alias DSPex.Bridge.{Events, Native, SessionStore, Variable, VariableType}
+  alias DSPex.Bridge.{Events, Native, Variable, VariableType}
   alias DSPex.Bridge.HAManager.Replication
   alias DSPex.Bridge.DependencyManager.Propagation
-  alias DSPex.Bridge.SessionStore.Tables
+  alias DSPex.Bridge.SessionStore.{Codec, Tables}
 
   @enforce_keys [:id, :meta, :touch]
   defstruct [
@@ -79,7 +79,30 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
   # The codec already rebuilt (and so checked) the graph and validated the access rules;
   # variables without a stored policy get the default private one.
-  defp load(id, variables, histories, access) do
+  # A cluster-internal (format 3) snapshot: history is decoded and stored by another
+  # process while this one does the variables, their graph nodes and their policies.
+  defp load(id, {:split, vbin, abin, edges}, {:split, hbin}, [], graph) do
+    history =
+      Task.async(fn ->
+        rows = for {name, h} <- Codec.history_from(hbin), do: {{id, name}, h}
+        :ets.insert(Tables.history(), rows)
+      end)
+
+    variables = Codec.variables_from(vbin, id)
+    Native.graph_add_nodes(graph, Enum.map(variables, & &1.name))
+    {:ok, _} = Native.graph_add_edges(graph, edges)
+    load_rows(id, variables, Codec.access_from(abin))
+    Task.await(history, :infinity)
+    length(variables)
+  end
+
+  defp load(id, variables, histories, access, _graph) do
+    load_rows(id, variables, access)
+    :ets.insert(Tables.history(), Enum.map(histories, fn {name, h} -> {{id, name}, h} end))
+    length(variables)
+  end
+
+  defp load_rows(id, variables, access) do
     [{^id, _, _, touch}] = :ets.lookup(Tables.sessions(), id)
     policies = Map.new(access, fn {name, mode, rules} -> {name, {mode, rules}} end)
 
@@ -90,15 +113,8 @@ defmodule DSPex.Bridge.SessionStore.Session do
       end
 
     :ok = Native.acl_set_policies(id, access)
-    # The three tables fill in parallel: a large import is mostly copying into ETS.
-    others =
-      Task.async(fn ->
-        :ets.insert(Tables.access(), Enum.map(access, fn {n, m, r} -> {{id, n}, m, r} end))
-        :ets.insert(Tables.history(), Enum.map(histories, fn {name, h} -> {{id, name}, h} end))
-      end)
-
+    :ets.insert(Tables.access(), Enum.map(access, fn {n, m, r} -> {{id, n}, m, r} end))
     :ets.insert(Tables.variables(), Enum.map(variables, &{{id, &1.name}, &1, touch}))
-    Task.await(others, :infinity)
     :ok
   end
 
@@ -316,7 +332,11 @@ defmodule DSPex.Bridge.SessionStore.Session do
     {:stop, :normal, :ok, state}
   end
 
-  defp export(state), do: state |> export_terms() |> SessionStore.encode_export()
+  # What HA sends to another node (a migration, a replica's snapshot).
+  defp export(state) do
+    meta = Map.delete(state.meta, :graph)
+    Codec.encode_split(state.id, meta, Native.graph_edges(state.meta.graph))
+  end
 
   defp export_terms(state) do
     vars = :ets.select(Tables.variables(), [{{{state.id, :_}, :"$1", :_}, [], [:"$1"]}])
@@ -339,9 +359,9 @@ defmodule DSPex.Bridge.SessionStore.Session do
   def handle_continue(:await_load, state) do
     receive do
       {:dspex_load, from, ref, variables, histories, access} ->
-        load(state.id, variables, histories, access)
+        count = load(state.id, variables, histories, access, state.meta.graph)
         send(from, {ref, :loaded})
-        {:noreply, %{state | count: length(variables)}}
+        {:noreply, %{state | count: count}}
     after
       30_000 -> {:stop, :normal, state}
     end
@@ -749,12 +769,16 @@ defmodule DSPex.Bridge.SessionStore.Session do
   defp destroy(state) do
     id = state.id
 
-    for {{_, name}, _mode, _rules} <- :ets.match_object(Tables.access(), {{id, :_}, :_, :_}),
-        do: Native.acl_remove_policy(id, name)
+    Native.acl_remove_session(id)
+    # The tables are emptied in parallel: for a large session this is most of the work.
+    others =
+      Task.async(fn ->
+        :ets.match_delete(Tables.access(), {{id, :_}, :_, :_})
+        :ets.match_delete(Tables.history(), {{id, :_}, :_})
+      end)
 
-    :ets.match_delete(Tables.access(), {{id, :_}, :_, :_})
     :ets.match_delete(Tables.variables(), {{id, :_}, :_, :_})
-    :ets.match_delete(Tables.history(), {{id, :_}, :_})
+    Task.await(others, :infinity)
     :ets.delete(Tables.graphs(), id)
     :ets.delete(Tables.sessions(), id)
     :ok
