@@ -70,13 +70,15 @@ fn error_term<'a>(env: Env<'a>, err: &AError) -> Term<'a> {
 }
 
 fn kind_of(term: Term) -> NifResult<Kind> {
-    use crate::atoms::atom_is;
-    if atom_is(term, atoms::counter()) {
-        Ok(Kind::Counter)
-    } else if atom_is(term, atoms::gauge()) {
-        Ok(Kind::Gauge)
-    } else if atom_is(term, atoms::histogram()) {
+    // Atoms are immediate terms: equal atoms are equal words, so no call into the VM.
+    let word = atom_word(term);
+    let env = term.get_env();
+    if word == atom_word(atoms::histogram().to_term(env)) {
         Ok(Kind::Histogram)
+    } else if word == atom_word(atoms::counter().to_term(env)) {
+        Ok(Kind::Counter)
+    } else if word == atom_word(atoms::gauge().to_term(env)) {
+        Ok(Kind::Gauge)
     } else {
         Err(Error::BadArg)
     }
@@ -226,14 +228,7 @@ fn analytics_record<'a>(
         unreachable!("the node engine is live")
     };
     let kind = kind_of(kind)?;
-    let value: f64 = match value.get_type() {
-        TermType::Float => value.decode()?,
-        TermType::Integer => value
-            .decode::<i64>()
-            .map(|n| n as f64)
-            .or_else(|_| value.decode::<f64>())?,
-        _ => return Err(Error::BadArg),
-    };
+    let value = number(value)?;
     let size = labels.map_size().map_err(|_| Error::BadArg)?;
     if size > 16 {
         let err = AError::InvalidLabels(format!("{size} labels, at most 16"));
@@ -257,11 +252,33 @@ fn analytics_record<'a>(
     if let Some(err) = bad {
         return Ok(error_term(env, &err));
     }
-    match analytics.record_keyed(key.bytes(), kind, value, wall_ms(), || {
-        describe(name, labels)
-    }) {
+    let describe = || describe(name, labels);
+    let recorded = if size == 0 && name.is_atom() {
+        // A label-less atom name: the atom's word names the series (see record_with_id).
+        let id = atom_word(name) as u64;
+        analytics.record_with_id(id, key.bytes(), kind, value, wall_ms(), describe)
+    } else {
+        analytics.record_keyed(key.bytes(), kind, value, wall_ms(), describe)
+    };
+    match recorded {
         Ok(()) => Ok(crate::atoms::ok().encode(env)),
         Err(err) => Ok(error_term(env, &err)),
+    }
+}
+
+/// An integer or a float as `f64`; badarg for anything else.
+fn number(term: Term) -> NifResult<f64> {
+    if let Ok(f) = term.decode::<f64>() {
+        return Ok(f);
+    }
+    match term.decode::<i64>() {
+        Ok(n) => Ok(n as f64),
+        // A bignum becomes the nearest float; one beyond 128 bits becomes infinity, which
+        // the engine refuses as not finite.
+        Err(_) if term.get_type() == TermType::Integer => {
+            Ok(term.decode::<i128>().map_or(f64::INFINITY, |n| n as f64))
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -283,6 +283,17 @@ struct Shard {
     keys: AHashMap<Box<[u8]>, usize>,
     by_id: AHashMap<SeriesId, usize>,
     series: Vec<(SeriesId, SeriesData)>,
+    /// Direct-mapped: a caller's 64-bit key id (plus one; 0 = empty) and its series index.
+    /// See [`Analytics::record_with_id`].
+    fast: Vec<(u64, usize)>,
+}
+
+/// Entries of a shard's direct-mapped id cache.
+const FAST_SLOTS: usize = 256;
+
+fn fast_slot(id: u64) -> usize {
+    // Fibonacci hashing: the top bits of the product spread consecutive ids apart.
+    (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize
 }
 
 /// Heap bytes of a hash map's table: each bucket holds an entry and a control byte.
@@ -487,6 +498,51 @@ impl Analytics {
             guard.keys.insert(key.into(), i);
         }
         guard.series[i].1.record(value, now_ms);
+        Ok(())
+    }
+
+    /// [`record_keyed`](Self::record_keyed) for a caller that can name `key` by a 64-bit `id`
+    /// of its own (the NIF uses the atom of a label-less metric name: the same atom is the
+    /// same word for the life of the VM). A hit in the shard's small direct-mapped cache skips
+    /// hashing and comparing the key bytes; a miss takes the keyed path and fills the cache.
+    /// `id` must always stand for the same `key`.
+    ///
+    /// # Errors
+    /// As [`record_keyed`](Self::record_keyed).
+    pub fn record_with_id(
+        &self,
+        id: u64,
+        key: &[u8],
+        kind: Kind,
+        value: f64,
+        now_ms: u64,
+        describe: impl FnOnce() -> Result<SeriesSpec>,
+    ) -> Result<()> {
+        check_value(kind, value)?;
+        let shard = &self.shards[thread_shard() & (self.shards.len() - 1)];
+        let slot = fast_slot(id);
+        {
+            let mut guard = shard.lock();
+            let shard = &mut *guard;
+            if let Some(&(tag, i)) = shard.fast.get(slot) {
+                if tag == id.wrapping_add(1) {
+                    let data = &mut shard.series[i].1;
+                    if data.kind == kind {
+                        data.record(value, now_ms);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.record_keyed(key, kind, value, now_ms, describe)?;
+        let mut guard = shard.lock();
+        let shard = &mut *guard;
+        if let Some(&i) = shard.keys.get(key) {
+            if shard.fast.is_empty() {
+                shard.fast = vec![(0, 0); FAST_SLOTS];
+            }
+            shard.fast[slot] = (id.wrapping_add(1), i);
+        }
         Ok(())
     }
 
@@ -788,5 +844,36 @@ mod tests {
         let before = snap.clone();
         assert!(snap.merge(&c.snapshot(0)).is_err());
         assert_eq!(snap, before);
+    }
+
+    #[test]
+    fn records_by_id_and_by_key_reach_the_same_series_and_survive_a_clear() {
+        let a = engine(10);
+        let spec = || {
+            Ok(SeriesSpec {
+                name: "hits".into(),
+                labels: vec![],
+            })
+        };
+        for _ in 0..3 {
+            a.record_with_id(7, b"hits", Kind::Counter, 1.0, 1_000, spec)
+                .unwrap();
+            a.record_keyed(b"hits", Kind::Counter, 10.0, 1_000, spec)
+                .unwrap();
+        }
+        let snap = a.snapshot(3_000);
+        assert_eq!(snap.series.len(), 1);
+        assert_eq!(snap.series[0].data.total.stats.sum, 33.0);
+        assert!(matches!(
+            a.record_with_id(7, b"hits", Kind::Gauge, 1.0, 1_000, spec),
+            Err(Error::KindMismatch { .. })
+        ));
+        a.clear();
+        // The id cache went with the shards: the next record starts a fresh series.
+        a.record_with_id(7, b"hits", Kind::Gauge, 5.0, 2_000, spec)
+            .unwrap();
+        let snap = a.snapshot(3_000);
+        assert_eq!(snap.series[0].data.kind, Kind::Gauge);
+        assert_eq!(snap.series[0].data.total.stats.count, 1);
     }
 }
