@@ -52,6 +52,14 @@ defmodule DSPex.Bridge.HAManager do
 
   `configure/1` changes `weight`, `replicas` and `replication` at run time.
 
+  A migration sends the whole session as one distribution message (about 150 bytes per
+  variable with one history entry): for sessions of many thousands of variables, raise the
+  distribution buffer limit (`+zdbbl 65536` in `vm.args`), or the sender is suspended while
+  the default 1 MB buffer drains. Locks held on the session's variables move with it (see
+  `DSPex.Bridge.OptimizerCoordinator`); breakers and analytics stay per node by design (a
+  breaker guards its node's Python workers; `Analytics.get_dashboard(:cluster)` merges every
+  node's metrics).
+
   ## Events
 
   `[:dspex, :bridge, :ha, event]` with `event` one of `:session_registered`,

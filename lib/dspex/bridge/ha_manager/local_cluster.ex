@@ -56,10 +56,14 @@ defmodule DSPex.Bridge.HAManager.LocalCluster do
     # Several nodes share this host's cores: schedulers that spin while idle would take CPU
     # from the node that has work, so they sleep at once instead.
     no_spin = Enum.flat_map(~w(+sbwt +sbwtdcpu +sbwtdio), &[String.to_charlist(&1), ~c"none"])
+    # A migration sends the whole session as one message: with the default 1 MB
+    # distribution buffer limit the sender would be suspended while it drains.
+    dist_buffer = [~c"+zdbbl", ~c"65536"]
 
     args =
       paths ++
         no_spin ++
+        dist_buffer ++
         [~c"-kernel", ~c"dist_auto_connect", ~c"once"] ++
         [~c"-kernel", ~c"prevent_overlapping_partitions", ~c"false"]
 
