@@ -10,10 +10,11 @@ use dspex_core::ha::ownership::{Epoch, Ownership, Refusal, Role};
 use dspex_core::ha::placement::{ranked, Node};
 use dspex_core::ha::snapshot::{self, LockFence};
 use parking_lot::Mutex;
-use rustler::{Atom, Binary, Encoder, Env, Error, NewBinary, NifResult, ResourceArc, Term};
+use rustler::{Atom, Binary, Encoder, Env, Error, NifResult, ResourceArc, Term};
 
 use crate::atoms::atom_is;
 use crate::error::encode_error;
+use crate::snapshot::to_binary;
 
 mod atoms {
     rustler::atoms! {
@@ -47,12 +48,6 @@ fn decode_epoch(term: Term) -> NifResult<Epoch> {
         counter,
         node: text_of(node)?,
     })
-}
-
-fn to_binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
-    let mut out = NewBinary::new(env, bytes.len());
-    out.as_mut_slice().copy_from_slice(bytes);
-    Binary::from(out).encode(env)
 }
 
 fn encode_epoch<'a>(env: Env<'a>, e: &Epoch) -> Term<'a> {

@@ -10,7 +10,8 @@ use crate::error::encode_error;
 /// done by the dirty variants below.
 pub const DIRTY_THRESHOLD: usize = 256 * 1024;
 
-fn to_binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+/// A new binary term holding a copy of `bytes`.
+pub fn to_binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
     let mut out = NewBinary::new(env, bytes.len());
     out.as_mut_slice().copy_from_slice(bytes);
     Binary::from(out).encode(env)

@@ -224,29 +224,17 @@ defmodule DSPex.Bridge.SessionStore.Codec do
 
   defp check_meta(_), do: {:error, {:invalid_snapshot, :bad_session}}
 
-  defp trusted_variable(
-         {name, type, value, v, created, updated, constraints, metadata, desc, compute, stale},
-         session_id
-       )
-       when is_id(name) and is_atom(type) and is_integer(v) and v > 0 do
-    {:ok,
-     %Variable{
-       session_id: session_id,
-       name: name,
-       type: type,
-       value: value,
-       version: v,
-       created_at: created,
-       updated_at: updated,
-       constraints: constraints,
-       metadata: metadata,
-       description: desc,
-       compute: compute,
-       stale: stale
-     }}
-  end
+  defp trusted_variable(tuple, session_id) do
+    case var_map(tuple) do
+      %{name: name, type: type, version: v} = var
+      when is_id(name) and is_atom(type) and is_integer(v) and v > 0 ->
+        # var_map/1 gives every field but these two: the result is a complete struct.
+        {:ok, Map.merge(var, %{__struct__: Variable, session_id: session_id})}
 
-  defp trusted_variable(_, _), do: {:error, {:invalid_snapshot, :bad_variable}}
+      _ ->
+        {:error, {:invalid_snapshot, :bad_variable}}
+    end
+  end
 
   defp check_variable(%{name: name, type: type, value: value, version: v} = var, session_id)
        when is_id(name) and is_integer(v) and v > 0 do

@@ -472,7 +472,7 @@ impl Analytics {
         describe: impl FnOnce() -> Result<SeriesSpec>,
     ) -> Result<()> {
         check_value(kind, value)?;
-        let shard = &self.shards[thread_shard() & (self.shards.len() - 1)];
+        let shard = self.thread_shard();
         {
             let mut guard = shard.lock();
             let shard = &mut *guard;
@@ -519,7 +519,7 @@ impl Analytics {
         describe: impl FnOnce() -> Result<SeriesSpec>,
     ) -> Result<()> {
         check_value(kind, value)?;
-        let shard = &self.shards[thread_shard() & (self.shards.len() - 1)];
+        let shard = self.thread_shard();
         let slot = fast_slot(id);
         {
             let mut guard = shard.lock();
@@ -544,6 +544,11 @@ impl Analytics {
             shard.fast[slot] = (id.wrapping_add(1), i);
         }
         Ok(())
+    }
+
+    /// The calling thread's shard (the count is a power of two: a mask, not a division).
+    fn thread_shard(&self) -> &Mutex<Shard> {
+        &self.shards[thread_shard() & (self.shards.len() - 1)]
     }
 
     fn mismatch(&self, id: SeriesId, existing: Kind, requested: Kind) -> Error {

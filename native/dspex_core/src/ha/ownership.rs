@@ -139,6 +139,16 @@ impl Ownership {
         }
     }
 
+    fn not_older(&self, epoch: &Epoch) -> Result<(), Refusal> {
+        if *epoch < self.epoch {
+            return Err(Refusal::StaleEpoch {
+                got: epoch.clone(),
+                current: self.epoch.clone(),
+            });
+        }
+        Ok(())
+    }
+
     fn take(&mut self, epoch: Epoch) -> Epoch {
         self.role = Role::Owned;
         self.owner = Some(self.node.clone());
@@ -197,12 +207,7 @@ impl Ownership {
     /// [`Refusal::StaleEpoch`] when `epoch` is older than known here; [`Refusal::Migrating`]
     /// or [`Refusal::WrongRole`] unless absent or a replica.
     pub fn begin_in(&mut self, source: &str, epoch: &Epoch) -> Result<(), Refusal> {
-        if *epoch < self.epoch {
-            return Err(Refusal::StaleEpoch {
-                got: epoch.clone(),
-                current: self.epoch.clone(),
-            });
-        }
+        self.not_older(epoch)?;
         match self.role {
             Role::Absent | Role::Replica => {
                 self.role = Role::MigratingIn {
@@ -282,12 +287,7 @@ impl Ownership {
     /// [`Refusal::StaleEpoch`] for an epoch older than known here; [`Refusal::WrongRole`]
     /// when this node owns or is moving the session.
     pub fn become_replica(&mut self, owner: &str, epoch: &Epoch) -> Result<(), Refusal> {
-        if *epoch < self.epoch {
-            return Err(Refusal::StaleEpoch {
-                got: epoch.clone(),
-                current: self.epoch.clone(),
-            });
-        }
+        self.not_older(epoch)?;
         match self.role {
             Role::Absent | Role::Replica => {
                 self.role = Role::Replica;
@@ -348,12 +348,7 @@ impl Ownership {
     /// [`Refusal::StaleEpoch`] when `epoch` is older than known here (a former owner that
     /// has not yet learnt it was replaced); [`Refusal::WrongRole`] unless a replica.
     pub fn accept_replicated(&mut self, from: &str, epoch: &Epoch) -> Result<(), Refusal> {
-        if *epoch < self.epoch {
-            return Err(Refusal::StaleEpoch {
-                got: epoch.clone(),
-                current: self.epoch.clone(),
-            });
-        }
+        self.not_older(epoch)?;
         if *epoch > self.epoch {
             self.observe(from, epoch);
         }
