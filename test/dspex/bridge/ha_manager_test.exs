@@ -77,6 +77,23 @@ defmodule DSPex.Bridge.HAManagerTest do
     # From this node too, which holds nothing.
     assert {:ok, %{value: 5}} = SessionStore.get_variable(id, "counter")
     assert {:error, :session_not_found} = rpc(b, :get_variable, ["nowhere", "counter"])
+
+    # Deleted on its owner: the replica drops its copy and every directory forgets it.
+    assert {:ok, _} = :erpc.call(b, Replication, :held, [id])
+    assert :ok = rpc(b, :delete_session, [id])
+    assert {:error, :not_a_replica} = :erpc.call(b, Replication, :held, [id])
+    eventually(fn -> HAManager.get_session_owner(id) == {:error, :not_registered} end, 5_000)
+    assert {:error, :not_registered} = ha(a, :get_session_owner, [id])
+    assert {:error, :session_not_found} = rpc(b, :get_variable, [id, "counter"])
+  end
+
+  test "a session that expires on its owner is forgotten by its replica and every node" do
+    [a, b] = peers(["ttl_a", "ttl_b"])
+    id = new_session(a, ttl: 200)
+    assert {:ok, _} = :erpc.call(b, Replication, :held, [id])
+    eventually(fn -> :erpc.call(b, Replication, :held, [id]) == {:error, :not_a_replica} end, 5_000)
+    eventually(fn -> ha(b, :get_session_owner, [id]) == {:error, :not_registered} end, 5_000)
+    assert {:error, :session_not_found} = rpc(b, :get_variable, [id, "counter"])
   end
 
   test "a 10,000-variable session migrates while a client writes: every acknowledged write is on the new owner, in order" do

@@ -78,6 +78,7 @@ defmodule DSPex.Bridge.HAManager.Replication do
     if committed?(reply) do
       case replicate(state.id, state.ha, msg, export, state.count) do
         {:ok, ha} ->
+          if msg == :delete, do: forget_everywhere(state.id)
           put_state(result, %{state | ha: ha})
 
         {:error, {:stale_epoch, _, _}} ->
@@ -87,6 +88,20 @@ defmodule DSPex.Bridge.HAManager.Replication do
     else
       result
     end
+  end
+
+  @doc false
+  # The session ended on its owner for good (it expired): its replicas drop their copies and
+  # every directory forgets it.
+  def retire(id, ha) do
+    replicate(id, ha, :delete, fn -> {:error, :retired} end, 0)
+    forget_everywhere(id)
+  end
+
+  defp forget_everywhere(id) do
+    Directory.forget(id)
+    GenServer.abcast(Node.list(), HAManager, {:forget, id})
+    :ok
   end
 
   defp committed?(:ok), do: true

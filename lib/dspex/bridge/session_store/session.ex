@@ -603,6 +603,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
     if state.meta.ttl != :infinity and idle_for >= state.meta.ttl do
       destroy(state)
+      if state.ha, do: Replication.retire(state.id, state.ha)
 
       DSPex.Bridge.Events.emit(
         [:dspex, :bridge, :session, :expired],
