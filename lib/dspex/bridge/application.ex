@@ -7,18 +7,22 @@ defmodule DSPex.Bridge.Application do
     DSPex.Bridge.Events.init()
     DSPex.Bridge.Analytics.init()
     DSPex.Bridge.Analytics.Recorder.init_counters()
+    DSPex.Bridge.HAManager.forget_ownership()
 
-    children = [
-      {Registry, keys: :duplicate, name: DSPex.Bridge.Events.Registry},
-      DSPex.Bridge.Events,
-      DSPex.Bridge.Analytics.Recorder,
-      DSPex.Bridge.SessionStore.Supervisor,
-      DSPex.Bridge.HAManager,
-      DSPex.Bridge.CircuitBreaker,
-      DSPex.Bridge.OptimizerCoordinator,
-      DSPex.Bridge.RateLimiter,
-      DSPex.Bridge.PythonWorker
-    ]
+    children =
+      [
+        {Registry, keys: :duplicate, name: DSPex.Bridge.Events.Registry},
+        DSPex.Bridge.Events,
+        DSPex.Bridge.Analytics.Recorder,
+        DSPex.Bridge.SessionStore.Supervisor
+      ] ++
+        DSPex.Bridge.HAManager.children() ++
+        [
+          DSPex.Bridge.CircuitBreaker,
+          DSPex.Bridge.OptimizerCoordinator,
+          DSPex.Bridge.RateLimiter,
+          DSPex.Bridge.PythonWorker
+        ]
 
     with {:ok, sup} <-
            Supervisor.start_link(children, strategy: :one_for_one, name: DSPex.Bridge.Supervisor),

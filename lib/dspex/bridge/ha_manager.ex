@@ -84,6 +84,13 @@ defmodule DSPex.Bridge.HAManager do
   @doc false
   def start_link(opts), do: GenServer.start_link(__MODULE__, opts, name: __MODULE__)
 
+  @doc false
+  # The tables first (each with its own owner, so they survive this process), then this.
+  def children do
+    tables = for t <- Directory.tables() ++ Replication.tables(), do: {DSPex.Bridge.TableOwner, t}
+    tables ++ [__MODULE__]
+  end
+
   @doc """
   Puts a session that lives on this node under HA management: this node owns it at a fresh
   epoch, its replicas get a copy, and every node's directory learns the owner.
@@ -320,7 +327,14 @@ defmodule DSPex.Bridge.HAManager do
   # shared with Replication, Directory and SessionStore
 
   @doc false
-  def table, do: :persistent_term.get(@table_key)
+  # A fresh application start holds no sessions: no ownership survives it.
+  def forget_ownership do
+    :persistent_term.erase(@table_key)
+    :ok
+  end
+
+  @doc false
+  def table, do: :persistent_term.get(@table_key) |> elem(1)
 
   @doc false
   def config, do: :persistent_term.get(@config_key)
@@ -413,9 +427,15 @@ defmodule DSPex.Bridge.HAManager do
       merge_config(defaults, Application.get_env(:dspex_bridge, :ha, []) |> Enum.to_list())
 
     :persistent_term.put(@config_key, config)
-    :persistent_term.put(@table_key, Native.ha_table_new(Atom.to_string(node())))
-    Directory.init()
-    Replication.init()
+    # The ownership table outlives a restart of this process (its sessions keep writing);
+    # a new one is made only when the node's name changed (it became distributed).
+    name = Atom.to_string(node())
+
+    case :persistent_term.get(@table_key, nil) do
+      {^name, _table} -> :ok
+      _ -> :persistent_term.put(@table_key, {name, Native.ha_table_new(name)})
+    end
+
     :ok = :net_kernel.monitor_nodes(true)
     for n <- config.cluster_nodes, n != node(), do: Node.connect(n)
     for n <- Node.list(), do: hello(n, config)

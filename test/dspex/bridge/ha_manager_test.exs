@@ -87,6 +87,29 @@ defmodule DSPex.Bridge.HAManagerTest do
     assert {:error, :session_not_found} = rpc(b, :get_variable, [id, "counter"])
   end
 
+  test "a crash of the HA process loses no ownership: the owner keeps writing, the replica keeps its copy" do
+    [a, b] = peers(["crash_a", "crash_b"])
+    id = new_session(a)
+    {:ok, _} = rpc(a, :update_variable, [id, "counter", 1])
+
+    for node <- [a, b] do
+      old = :erpc.call(node, Process, :whereis, [HAManager])
+      true = :erpc.call(node, Process, :exit, [old, :kill])
+
+      eventually(
+        fn -> :erpc.call(node, Process, :whereis, [HAManager]) not in [nil, old] end,
+        5_000
+      )
+    end
+
+    assert {:ok, %{value: 2}} = rpc(a, :update_variable, [id, "counter", 2])
+    assert {:ok, ^a} = ha(b, :get_session_owner, [id])
+    assert {:ok, %{writes: 2}} = :erpc.call(b, Replication, :held, [id])
+    eventually(fn -> Map.has_key?(ha(a, :members, []), b) end, 5_000)
+    assert {:ok, _} = ha(a, :migrate_session, [id, b])
+    assert {:ok, %{value: 2}} = rpc(b, :get_variable, [id, "counter"])
+  end
+
   test "a session that expires on its owner is forgotten by its replica and every node" do
     [a, b] = peers(["ttl_a", "ttl_b"])
     id = new_session(a, ttl: 200)

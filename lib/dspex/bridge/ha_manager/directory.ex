@@ -8,10 +8,8 @@ defmodule DSPex.Bridge.HAManager.Directory do
 
   @table :dspex_ha_directory
 
-  def init do
-    :ets.new(@table, [:named_table, :public, :set, read_concurrency: true])
-    :ok
-  end
+  # Owned by a DSPex.Bridge.TableOwner, so it outlives a restart of the HAManager process.
+  def tables, do: [{@table, [:set, read_concurrency: true]}]
 
   def lookup(id) do
     case :ets.lookup(@table, id) do

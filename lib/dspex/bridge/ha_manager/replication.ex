@@ -31,11 +31,9 @@ defmodule DSPex.Bridge.HAManager.Replication do
     :delete_variable
   ]
 
-  def init do
-    :ets.new(@table, [:named_table, :public, :set])
-    :ets.new(@ops, [:named_table, :public, :ordered_set])
-    :ok
-  end
+  # Owned by DSPex.Bridge.TableOwner processes, so replicas outlive a restart of the
+  # HAManager process.
+  def tables, do: [{@table, [:set]}, {@ops, [:ordered_set]}]
 
   # ---------------------------------------------------------------------------------------
   # in the owner's session process
