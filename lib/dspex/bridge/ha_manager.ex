@@ -203,7 +203,9 @@ defmodule DSPex.Bridge.HAManager do
               {:ok, %{epoch: epoch, bytes: bytes, duration_ms: ms}}
 
             {:error, reason} ->
-              Native.ha_apply(table(), key, :abort_out)
+              # The session process calls it off itself; this covers a call that never
+              # reached it (then it must apply the writes it held).
+              if Native.ha_apply(table(), key, :abort_out) == :ok, do: send(pid, :ha_resume)
               ms = System.monotonic_time(:millisecond) - started
 
               emit(:migration_failed, %{duration_ms: ms, bytes: 0}, %{

@@ -376,6 +376,22 @@ defmodule DSPex.Bridge.HAManagerTest do
       assert {:ok, _} = ha(a, :migrate_session, [id, b])
     end
 
+    test "a write that arrives as a migration begins waits, and is applied here if it is called off" do
+      [a, b] = peers(["held_a", "held_b"])
+      id = new_session(a)
+      native = DSPex.Bridge.Native
+      table = :erpc.call(a, HAManager, :table, [])
+      key = "s:" <> id
+      :ok = :erpc.call(a, native, :ha_apply, [table, key, {:begin_out, Atom.to_string(b)}])
+      write = Task.async(fn -> rpc(a, :update_variable, [id, "counter", 5]) end)
+      assert Task.yield(write, 200) == nil, "the write did not wait for the migration"
+      :ok = :erpc.call(a, native, :ha_apply, [table, key, :abort_out])
+      {:ok, pid} = :erpc.call(a, HAManager, :local_session, [id])
+      send(pid, :ha_resume)
+      assert {:ok, %{value: 5}} = Task.await(write, 5_000)
+      assert {:ok, ^a} = ha(a, :get_session_owner, [id])
+    end
+
     test "migrating a session that is already migrating" do
       [a, b] = peers(["twice_a", "twice_b"])
       id = new_session(a)

@@ -19,6 +19,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     :timer,
     :ha,
     :forward_to,
+    held: [],
     count: 0,
     watchers: %{},
     monitors: %{}
@@ -125,14 +126,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
   def handle_call(msg, _from, %{forward_to: pid} = state) when is_pid(pid) do
     # Calls that reached this process after it handed the session over go to the new owner,
     # in the order they arrived; the caller hears back only once the new owner answered.
-    reply =
-      try do
-        GenServer.call(pid, msg, 30_000)
-      catch
-        :exit, _ -> {:error, :session_not_found}
-      end
-
-    {:reply, reply, state, @forward_linger}
+    {:reply, forward(msg, state), state, @forward_linger}
   end
 
   def handle_call({:ha_attach, ha}, _from, state) do
@@ -146,10 +140,18 @@ defmodule DSPex.Bridge.SessionStore.Session do
     case Replication.migrate_out(state.id, ha, target, timeout, export(state)) do
       {:ok, info, new_pid} ->
         destroy(state)
-        {:reply, {:ok, info}, %{state | ha: nil, forward_to: new_pid}, @forward_linger}
+        state = %{state | ha: nil, forward_to: new_pid}
+        # Writes that came in after the hand-over began, before this call: to the new owner.
+        for {msg, from} <- Enum.reverse(state.held), do: GenServer.reply(from, forward(msg, state))
+        {:reply, {:ok, info}, %{state | held: []}, @forward_linger}
 
       error ->
-        {:reply, error, state}
+        Native.ha_apply(Replication.table(), ha.key, :abort_out)
+
+        case run_held(state) do
+          {:cont, state} -> {:reply, error, state}
+          {:stop, state} -> {:stop, :normal, error, state}
+        end
     end
   end
 
@@ -159,8 +161,16 @@ defmodule DSPex.Bridge.SessionStore.Session do
   def handle_call(msg, from, %{ha: ha} = state) when ha != nil do
     if Replication.write?(msg) do
       case Replication.accept_write(ha) do
-        :ok -> msg |> handle(from, state) |> Replication.after_write(msg, fn -> export(state) end)
-        error -> {:reply, error, state}
+        :ok ->
+          msg |> handle(from, state) |> Replication.after_write(msg, fn -> export(state) end)
+
+        # A migration has begun and its call is on its way here: the write waits for it,
+        # then goes to the new owner (or is applied here if the migration fails).
+        {:error, :migrating} ->
+          {:noreply, %{state | held: [{msg, from} | state.held]}}
+
+        error ->
+          {:reply, error, state}
       end
     else
       handle(msg, from, state)
@@ -168,6 +178,40 @@ defmodule DSPex.Bridge.SessionStore.Session do
   end
 
   def handle_call(msg, from, state), do: handle(msg, from, state)
+
+  defp forward(msg, %{forward_to: pid}) do
+    GenServer.call(pid, msg, 30_000)
+  catch
+    :exit, _ -> {:error, :session_not_found}
+  end
+
+  # The migration did not happen: the writes it held are applied here, in order. Returns
+  # `{:stop, state}` when one of them deleted the session.
+  defp run_held(state) do
+    Enum.reduce(Enum.reverse(state.held), {:cont, %{state | held: []}}, fn
+      {_msg, from}, {:stop, st} ->
+        GenServer.reply(from, {:error, :session_not_found})
+        {:stop, st}
+
+      {msg, from}, {:cont, st} ->
+        case handle_call(msg, from, st) do
+          {:reply, reply, st} -> {:cont, reply_to(st, from, reply)}
+          {:reply, reply, st, {:continue, c}} -> {:cont, st |> reply_to(from, reply) |> continue(c)}
+          {:noreply, st} -> {:cont, st}
+          {:stop, _, reply, st} -> {:stop, reply_to(st, from, reply)}
+        end
+    end)
+  end
+
+  defp reply_to(state, from, reply) do
+    GenServer.reply(from, reply)
+    state
+  end
+
+  defp continue(state, c) do
+    {:noreply, state} = handle_continue(c, state)
+    state
+  end
 
   # ---------------------------------------------------------------------------------------
   # writes
@@ -578,6 +622,14 @@ defmodule DSPex.Bridge.SessionStore.Session do
   @impl true
   # This node's copy was replaced by a newer owner (a healed partition, or a replica that
   # refused a write as stale): drop it; callers are routed to the owner from now on.
+  # A migration was called off before its call reached this process.
+  def handle_info(:ha_resume, state) do
+    case run_held(state) do
+      {:cont, state} -> {:noreply, state}
+      {:stop, state} -> {:stop, :normal, state}
+    end
+  end
+
   def handle_info(:ha_demote, %{forward_to: pid} = state) when is_pid(pid),
     do: {:noreply, state, @forward_linger}
 
