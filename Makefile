@@ -39,7 +39,7 @@ bench: toolchain
 	MIX_ENV=prod mix run benches/circuit_breaker.exs
 	MIX_ENV=prod mix run benches/coordinator.exs
 	MIX_ENV=prod mix run benches/analytics.exs
-	MIX_ENV=prod mix run benches/ha.exs
+	MIX_ENV=prod elixir --erl "+sbwt none +sbwtdcpu none +sbwtdio none" -S mix run benches/ha.exs
 
 clean:
 	cargo clean
