@@ -28,7 +28,8 @@ for i <- 1..10_000,
 
 # One move there and back first: the first transfer of this size allocates the carriers
 # and distribution buffers every later one reuses.
-for {from, to} <- [{a, b}, {b, a}], do: {:ok, _} = call.(from, HAManager, :migrate_session, [id, to])
+for {from, to} <- [{a, b}, {b, a}],
+    do: {:ok, _} = call.(from, HAManager, :migrate_session, [id, to])
 
 moves =
   for {from, to} <- List.duplicate([{a, b}, {b, a}], 5) |> List.flatten() do

@@ -38,16 +38,18 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   # decodes and stores them in parallel too (see SessionStore.Session.load/5). Only a trusted
   # (cluster) import reads it.
   def encode_split(id, meta, edges) do
+    # Variables come as two binaries so the receiver can store the halves in parallel.
     parts = [
-      fn -> id |> select_variables() |> Enum.map(&var_tuple/1) end,
-      fn -> id |> select_history() |> Enum.map(&history_tuples/1) end,
-      fn -> select_access(id) end
+      fn ->
+        vars = id |> select_variables() |> Enum.map(&var_tuple/1)
+        {first, second} = Enum.split(vars, div(length(vars), 2))
+        [:erlang.term_to_binary(first), :erlang.term_to_binary(second)]
+      end,
+      fn -> id |> select_history() |> Enum.map(&history_tuples/1) |> :erlang.term_to_binary() end,
+      fn -> id |> select_access() |> :erlang.term_to_binary() end
     ]
 
-    [vars, hist, access] =
-      parts
-      |> Enum.map(fn f -> Task.async(fn -> :erlang.term_to_binary(f.()) end) end)
-      |> Task.await_many(:infinity)
+    [vars, hist, access] = parts |> Enum.map(&Task.async/1) |> Task.await_many(:infinity)
 
     payload =
       :erlang.term_to_binary(%{
@@ -168,7 +170,7 @@ defmodule DSPex.Bridge.SessionStore.Codec do
          %{format: 3, session: meta, variables: v, history: h, access: a, graph: edges},
          :trusted
        )
-       when is_map(meta) and is_binary(v) and is_binary(h) and is_binary(a) and is_list(edges) do
+       when is_map(meta) and is_list(v) and is_binary(h) and is_binary(a) and is_list(edges) do
     with {:ok, meta} <- check_meta(meta) do
       {:ok, Map.put(meta, :graph, Native.graph_new()), {:split, v, a, edges}, {:split, h}}
     end

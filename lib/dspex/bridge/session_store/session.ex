@@ -78,23 +78,33 @@ defmodule DSPex.Bridge.SessionStore.Session do
     }
   end
 
-  # The codec already rebuilt (and so checked) the graph and validated the access rules;
-  # variables without a stored policy get the default private one.
-  # A cluster-internal (format 3) snapshot: history is decoded and stored by another
-  # process while this one does the variables, their graph nodes and their policies.
-  defp load(id, {:split, vbin, abin, edges}, {:split, hbin}, [], graph) do
+  # The codec already checked the snapshot (and, but for the cluster-internal format, rebuilt
+  # the graph); variables without a stored policy get the default private one. A format 3
+  # snapshot is stored in parallel: the history and each half of the variables (with their
+  # graph nodes and policies) by processes of their own.
+  defp load(id, {:split, vbins, abin, edges}, {:split, hbin}, [], graph) do
     history =
       Task.async(fn ->
         rows = for {name, h} <- Codec.history_from(hbin), do: {{id, name}, h}
         :ets.insert(Tables.history(), rows)
       end)
 
-    variables = Codec.variables_from(vbin, id)
-    Native.graph_add_nodes(graph, Enum.map(variables, & &1.name))
+    counts =
+      vbins
+      |> Enum.map(fn vbin ->
+        Task.async(fn ->
+          variables = Codec.variables_from(vbin, id)
+          Native.graph_add_nodes(graph, Enum.map(variables, & &1.name))
+          load_rows(id, variables, Codec.access_from(abin))
+          length(variables)
+        end)
+      end)
+      |> Task.await_many(:infinity)
+
+    # Edges once every node exists.
     {:ok, _} = Native.graph_add_edges(graph, edges)
-    load_rows(id, variables, Codec.access_from(abin))
     Task.await(history, :infinity)
-    length(variables)
+    Enum.sum(counts)
   end
 
   defp load(id, variables, histories, access, _graph) do
