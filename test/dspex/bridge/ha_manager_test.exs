@@ -313,7 +313,7 @@ defmodule DSPex.Bridge.HAManagerTest do
   end
 
   describe "bad input: the session stays where it was and keeps working" do
-    test "unknown, down and self targets; unregistered sessions; bad options" do
+    test "unknown and self targets; unregistered sessions; bad options" do
       [a, _b] = peers(["bad_a", "bad_b"])
       id = new_session(a)
 
@@ -339,6 +339,16 @@ defmodule DSPex.Bridge.HAManagerTest do
       assert {:error, {:invalid_option, :x}} = ha(a, :await_drainage, [:x])
       assert {:error, {:invalid_session_id, 42}} = ha(a, :register_session, [42])
       assert {:ok, %{value: 1}} = rpc(a, :update_variable, [id, "counter", 1])
+      assert {:ok, ^a} = ha(a, :get_session_owner, [id])
+    end
+
+    test "a target that went down" do
+      [a, b] = peers(["down_a", "down_b"])
+      id = new_session(a)
+      LocalCluster.kill(b)
+      eventually(fn -> b not in ha(a, :eligible_nodes, []) end, 10_000)
+      assert {:error, {:node_unavailable, ^b}} = ha(a, :migrate_session, [id, b])
+      assert {:ok, %{value: 4}} = rpc(a, :update_variable, [id, "counter", 4])
       assert {:ok, ^a} = ha(a, :get_session_owner, [id])
     end
 
