@@ -149,6 +149,9 @@ defmodule DSPex.Bridge.SessionStore.Session do
   def handle_call({:ha_migrate, target, timeout}, _from, %{ha: ha} = state) when ha != nil do
     case Replication.migrate_out(state.id, ha, target, timeout, export(state)) do
       {:ok, info, new_pid} ->
+        # The copy here goes before the reply: a read here after the migration returned must
+        # be routed to the new owner, not served the old rows. (Cleaning up after the reply
+        # would also race a quick migration of the same session back to this node.)
         destroy(state)
         state = %{state | ha: nil, forward_to: new_pid}
         # Writes that came in after the hand-over began, before this call: to the new owner.
