@@ -130,7 +130,7 @@ empty = %{}
 [{_, nif}, {_, api}] =
   Bench.compare(
     [
-      {:nif, fn -> DSPex.Bridge.Native.acl_check(s, :hot, "reader_1", :read, empty, 0) end},
+      {:nif, fn -> DSPex.Bridge.Native.acl_check(s, :hot, "reader_1", :read, empty) end},
       {:api, fn -> AccessControl.check_permission({s, :hot}, "reader_1", :read) end}
     ],
     500_000

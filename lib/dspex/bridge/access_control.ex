@@ -104,9 +104,8 @@ defmodule DSPex.Bridge.AccessControl do
   def decide({owner, name} = variable, session_id, permission, context) do
     observed = Events.enabled?()
     start = if observed, do: System.monotonic_time(), else: 0
-    now = System.system_time(:millisecond)
-    {allowed, hit} = Native.acl_check(owner, name, session_id, permission, context, now)
-    DSPex.Bridge.Analytics.Recorder.count_decision(allowed, hit)
+    # The NIF reads the clock and counts the decision for analytics itself.
+    {allowed, hit} = Native.acl_check(owner, name, session_id, permission, context)
 
     if observed or audit_mode() == :all or (not allowed and audit_mode() == :denials),
       do: record(variable, session_id, permission, allowed, hit, start, observed)
@@ -116,7 +115,7 @@ defmodule DSPex.Bridge.AccessControl do
     ArgumentError -> {:error, :access_denied}
   end
 
-  @audit_key {__MODULE__, :audit_mode}
+  @audit_key :dspex_bridge_access_audit
 
   @doc """
   Sets what the audit log keeps: `:denials` (the default), `:all` or `:off`. Read once from

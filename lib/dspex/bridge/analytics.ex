@@ -77,7 +77,7 @@ defmodule DSPex.Bridge.Analytics do
   alias DSPex.Bridge.Analytics.Recorder
   alias DSPex.Bridge.Native
 
-  @engine {__MODULE__, :engine}
+  @engine :dspex_bridge_analytics_engine
 
   @typedoc "A metric name."
   @type name :: atom() | String.t()

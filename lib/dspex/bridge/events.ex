@@ -31,7 +31,10 @@ defmodule DSPex.Bridge.Events do
   use GenServer
 
   @registry DSPex.Bridge.Events.Registry
-  @counter {__MODULE__, :subscriptions}
+  # Atom keys for the persistent terms read on hot paths (here and in TelemetryAdapter,
+  # Analytics, Recorder, AccessControl, OptimizerCoordinator): a get hashes its key, and a
+  # `{module, name}` tuple costs about twice an atom.
+  @counter :dspex_bridge_event_subscriptions
 
   @typedoc "An event name: a list of atoms such as `[:dspex, :bridge, :variable, :write]`."
   @type event :: [atom()]
@@ -85,6 +88,10 @@ defmodule DSPex.Bridge.Events do
       end
     end
   end
+
+  @doc false
+  # How many subscriptions are live (tests check that dead subscribers are dropped).
+  def subscription_count, do: :atomics.get(:persistent_term.get(@counter), 1)
 
   @doc "True when an event emitted now would reach anyone (a subscriber or `:telemetry`)."
   @spec enabled?() :: boolean()

@@ -61,7 +61,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
           }
   end
 
-  @key {__MODULE__, :coordinator}
+  @key :dspex_bridge_coordinator
 
   @doc false
   def child_spec(_) do

@@ -4,7 +4,7 @@ defmodule DSPex.Bridge.TelemetryAdapter do
   # `:telemetry` is used only when the host application ships it; the check runs once at
   # start and is cached.
 
-  @key {__MODULE__, :available}
+  @key :dspex_bridge_telemetry_available
 
   @spec init() :: :ok
   def init do
@@ -13,6 +13,10 @@ defmodule DSPex.Bridge.TelemetryAdapter do
 
   @spec available?() :: boolean()
   def available?, do: :persistent_term.get(@key, false)
+
+  @doc false
+  # For tests that load a stand-in :telemetry and must leave none behind.
+  def forget, do: :persistent_term.put(@key, false)
 
   @spec attach(String.t(), [[atom()]], function()) :: :ok | {:error, term()}
   def attach(id, events, handler) do

@@ -5,7 +5,9 @@
 //! Rules arrive in the canonical tuple form built by `DSPex.Bridge.AccessControl`; a term of
 //! another shape is a badarg (the Elixir layer has already refused it with a clear error).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use dspex_core::acl::{
     AccessControl, AccessMode, Condition, Context, Decision, Effect, Permission, Rule, RuleError,
@@ -16,6 +18,7 @@ use rustler::types::tuple::get_tuple;
 use rustler::{Atom, Encoder, Env, Error, MapIterator, NifResult, Term, TermType};
 
 use crate::atoms::{self, atom_is};
+use crate::hot_nif::hot_nif;
 use crate::var_key::VarKey;
 
 type Engine = AccessControl<(VarKey, VarKey)>;
@@ -366,23 +369,45 @@ fn acl_set_mode<'a>(
     ))
 }
 
-/// The hot path: `{allowed?, cache_hit?}`.
-#[rustler::nif]
+/// Decisions made by `acl_check` since the last `acl_take_counts`: allowed and denied, each
+/// from the cache or computed. Counted here so the hot path makes no second call.
+static DECISIONS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// Wall-clock milliseconds (the precise clock: rule windows are judged to the millisecond).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The hot path, at the current time: `{allowed?, cache_hit?}`.
 fn acl_check<'a>(
-    session: VarKey,
-    name: VarKey,
-    caller: VarKey,
-    permission: Term<'a>,
-    context: Term<'a>,
-    now: u64,
-) -> NifResult<(bool, bool)> {
+    env: Env<'a>,
+    [session, name, caller, permission, context]: [Term<'a>; 5],
+) -> NifResult<Term<'a>> {
+    let (session, name, caller): (VarKey, VarKey, VarKey) =
+        (session.decode()?, name.decode()?, caller.decode()?);
     let p = decode_permission(permission)?;
     let ctx = decode_context(context)?;
-    let caller = caller.text();
-    let (decision, hit) = ENGINE
-        .lock()
-        .check_cached(&(session, name), &caller, p, &ctx, now);
-    Ok((decision.allowed(), hit))
+    let (decision, hit) =
+        ENGINE
+            .lock()
+            .check_owned((session, name), caller.text(), p, ctx, now_ms());
+    let allowed = decision.allowed();
+    DECISIONS[usize::from(!allowed) * 2 + usize::from(!hit)].fetch_add(1, Ordering::Relaxed);
+    Ok((allowed, hit).encode(env))
+}
+
+hot_nif!("acl_check", 5, acl_check);
+
+/// The decisions counted since the last call, and zero again: `[allowed_hit, allowed_miss,
+/// denied_hit, denied_miss]`.
+#[rustler::nif]
+fn acl_take_counts() -> Vec<u64> {
+    DECISIONS
+        .iter()
+        .map(|c| c.swap(0, Ordering::Relaxed))
+        .collect()
 }
 
 /// Why: `:owner`, `{:rule, id, effect, priority}`, `{:default, mode}` or `:no_policy`,

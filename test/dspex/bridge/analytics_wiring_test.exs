@@ -148,8 +148,6 @@ defmodule DSPex.Bridge.AnalyticsWiringTest do
     end
     """)
 
-    key = {DSPex.Bridge.TelemetryAdapter, :available}
-
     try do
       DSPex.Bridge.TelemetryAdapter.init()
       assert DSPex.Bridge.TelemetryAdapter.available?()
@@ -162,7 +160,7 @@ defmodule DSPex.Bridge.AnalyticsWiringTest do
                  labels: %{event: "dspex.bridge.variable.read"}
                )
     after
-      :persistent_term.put(key, false)
+      DSPex.Bridge.TelemetryAdapter.forget()
       :persistent_term.erase({:telemetry_stub, :handler})
       :code.purge(:telemetry)
       :code.delete(:telemetry)

@@ -68,8 +68,7 @@ defmodule DSPex.Bridge.EventsTest do
   end
 
   test "a subscriber that exits stops counting as a listener" do
-    counter = :persistent_term.get({Events, :subscriptions})
-    before = :atomics.get(counter, 1)
+    before = Events.subscription_count()
 
     pid =
       spawn(fn ->
@@ -78,11 +77,11 @@ defmodule DSPex.Bridge.EventsTest do
         receive do: (:stop -> :ok)
       end)
 
-    eventually(fn -> :atomics.get(counter, 1) == before + 2 end)
+    eventually(fn -> Events.subscription_count() == before + 2 end)
     ref = Process.monitor(pid)
     send(pid, :stop)
     assert_receive {:DOWN, ^ref, _, _, _}
-    eventually(fn -> :atomics.get(counter, 1) == before end)
+    eventually(fn -> Events.subscription_count() == before end)
   end
 
   test "bad prefixes are refused" do

@@ -12,20 +12,25 @@ defmodule DSPex.Bridge.Analytics.Recorder do
 
   alias DSPex.Bridge.Analytics
 
-  @tallies {__MODULE__, :tallies}
+  @tallies :dspex_bridge_tallies
   @sample 64
   @tick_ms 1_000
 
   # slot => {metric, labels}
   @slots %{
     1 => {:variable_reads, %{}},
-    2 => {:access_decisions, %{result: "allow", cache: "hit"}},
-    3 => {:access_decisions, %{result: "deny", cache: "hit"}},
-    4 => {:access_decisions, %{result: "allow", cache: "miss"}},
-    5 => {:access_decisions, %{result: "deny", cache: "miss"}},
-    6 => {:lock_acquisitions, %{}},
-    7 => {:lock_conflicts, %{}}
+    2 => {:lock_acquisitions, %{}},
+    3 => {:lock_conflicts, %{}}
   }
+
+  # Access decisions are counted by the NIF (DSPex.Bridge.Native.acl_take_counts/0), in
+  # this order.
+  @decision_labels [
+    %{result: "allow", cache: "hit"},
+    %{result: "allow", cache: "miss"},
+    %{result: "deny", cache: "hit"},
+    %{result: "deny", cache: "miss"}
+  ]
 
   @spec init_counters() :: :ok
   def init_counters do
@@ -48,24 +53,10 @@ defmodule DSPex.Bridge.Analytics.Recorder do
     rem(:atomics.add_get(:persistent_term.get(@tallies), 1, 1), @sample) == 0
   end
 
-  @doc "Counts one access decision."
-  @spec count_decision(boolean(), boolean()) :: :ok
-  def count_decision(allowed, hit) do
-    slot =
-      case {allowed, hit} do
-        {true, true} -> 2
-        {false, true} -> 3
-        {true, false} -> 4
-        {false, false} -> 5
-      end
-
-    :atomics.add(:persistent_term.get(@tallies), slot, 1)
-  end
-
   @doc "Counts one lock acquisition (`true`) or conflict (`false`)."
   @spec count_lock(boolean()) :: :ok
-  def count_lock(true), do: :atomics.add(:persistent_term.get(@tallies), 6, 1)
-  def count_lock(false), do: :atomics.add(:persistent_term.get(@tallies), 7, 1)
+  def count_lock(true), do: :atomics.add(:persistent_term.get(@tallies), 2, 1)
+  def count_lock(false), do: :atomics.add(:persistent_term.get(@tallies), 3, 1)
 
   @doc "Folds the tallies counted so far into their counters."
   @spec flush() :: :ok
@@ -81,6 +72,10 @@ defmodule DSPex.Bridge.Analytics.Recorder do
             n -> Analytics.increment(metric, n, labels)
           end
         end
+
+        for {n, labels} <- Enum.zip(DSPex.Bridge.Native.acl_take_counts(), @decision_labels),
+            n > 0,
+            do: Analytics.increment(:access_decisions, n, labels)
 
         :ok
     end
