@@ -635,8 +635,19 @@ pub struct AccessControl<V> {
     // is O(1) whatever the cache holds.
     version: u64,
     cache: AHashMap<CacheKey<V>, CacheEntry>,
+    // The same decisions keyed by a caller's canonical bytes for the request (see
+    // `check_by_bytes`): a hit allocates nothing. Same version and time rules, same bound.
+    by_bytes: AHashMap<Box<[u8]>, BytesEntry>,
     capacity: usize,
     stats: CacheStats,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BytesEntry {
+    allowed: bool,
+    version: u64,
+    valid_from: u64,
+    valid_until: u64,
 }
 
 impl<V: Eq + Hash + Clone> AccessControl<V> {
@@ -646,6 +657,7 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
             policies: AHashMap::new(),
             version: 0,
             cache: AHashMap::new(),
+            by_bytes: AHashMap::new(),
             capacity,
             stats: CacheStats::default(),
         }
@@ -850,6 +862,56 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
         (decision, false)
     }
 
+    /// A cached decision for the request the caller encodes as `key` (its canonical bytes:
+    /// equal requests, equal bytes; different requests, different bytes), if one is still
+    /// valid at `now` under the current policies. Allocates nothing; on `None` the caller
+    /// decides with [`check_by_bytes`](Self::check_by_bytes).
+    pub fn lookup_bytes(&mut self, key: &[u8], now: u64) -> Option<bool> {
+        let e = self.by_bytes.get(key)?;
+        if e.version == self.version && e.valid_from <= now && now < e.valid_until {
+            self.stats.hits += 1;
+            Some(e.allowed)
+        } else {
+            None
+        }
+    }
+
+    /// Decides the request (the caller's `key` bytes standing for `variable`, `session`,
+    /// `p` and `ctx`) and remembers the outcome under `key` for
+    /// [`lookup_bytes`](Self::lookup_bytes), valid as long as a
+    /// [`check_cached`](Self::check_cached) entry would be.
+    pub fn check_by_bytes(
+        &mut self,
+        key: &[u8],
+        variable: &V,
+        session: &str,
+        p: Permission,
+        ctx: &Context,
+        now: u64,
+    ) -> bool {
+        self.stats.misses += 1;
+        let allowed = self.explain(variable, session, p, ctx, now).allowed();
+        if self.capacity > 0 {
+            if self.by_bytes.len() >= self.capacity {
+                self.by_bytes.clear();
+            }
+            let (valid_from, valid_until) = self
+                .policies
+                .get(variable)
+                .map_or((0, u64::MAX), |pol| pol.stable_span(now));
+            self.by_bytes.insert(
+                key.into(),
+                BytesEntry {
+                    allowed,
+                    version: self.version,
+                    valid_from,
+                    valid_until,
+                },
+            );
+        }
+        allowed
+    }
+
     /// [`check_cached`](Self::check_cached) without the hit flag.
     pub fn check(
         &mut self,
@@ -879,7 +941,7 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
     /// Cache statistics.
     pub fn cache_stats(&self) -> CacheStats {
         CacheStats {
-            size: self.cache.len(),
+            size: self.cache.len() + self.by_bytes.len(),
             ..self.stats
         }
     }

@@ -304,6 +304,50 @@ proptest! {
         }
     }
 
+    /// The byte-keyed cache (the NIF's allocation-free path) against the naive evaluator,
+    /// through policy changes and time: a hit is never a stale decision.
+    #[test]
+    fn byte_keyed_decisions_match_the_naive_evaluator(
+        mode in mode(),
+        rules in rules_strategy(),
+        extra in rule(100),
+        requests in proptest::collection::vec((0..SESSIONS.len(), 0usize..4, ctx(), 0u64..25), 1..8),
+        later in 0u64..25,
+    ) {
+        let mut acl = AccessControl::new(1024);
+        acl.set_policy("v", "owner", mode, rules.iter().map(to_rule).collect()).unwrap();
+        let decide = |acl: &mut AccessControl<&str>, s: usize, p: usize, x: &Ctx, now: u64| {
+            let key = format!("{s}|{p}|{x:?}").into_bytes();
+            match acl.lookup_bytes(&key, now) {
+                Some(allowed) => (allowed, true),
+                None => (acl.check_by_bytes(&key, &"v", SESSIONS[s], PERMS[p], &to_ctx(x), now), false),
+            }
+        };
+        let mut current = rules.clone();
+        for round in 0..3 {
+            for (s, p, x, now) in &requests {
+                for t in [*now, (*now).max(later)] {
+                    let expected = naive(mode, &current, SESSIONS[*s], *p, x, t);
+                    prop_assert_eq!(decide(&mut acl, *s, *p, x, t).0, expected);
+                    let (again, hit) = decide(&mut acl, *s, *p, x, t);
+                    prop_assert_eq!(again, expected);
+                    prop_assert!(hit, "the same request at the same time is a hit");
+                }
+            }
+            match round {
+                0 => {
+                    acl.add_rule(&"v", to_rule(&extra)).unwrap();
+                    current.push(extra.clone());
+                }
+                1 => {
+                    acl.remove_rule(&"v", "r100").unwrap();
+                    current.pop();
+                }
+                _ => {}
+            }
+        }
+    }
+
     #[test]
     fn rule_order_and_duplicates_never_change_a_decision(
         mode in mode(),

@@ -19,6 +19,7 @@ use rustler::{Atom, Encoder, Env, Error, MapIterator, NifResult, Term, TermType}
 
 use crate::atoms::{self, atom_is};
 use crate::hot_nif::hot_nif;
+use crate::term_key::Key;
 use crate::var_key::VarKey;
 
 type Engine = AccessControl<(VarKey, VarKey)>;
@@ -380,20 +381,57 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The hot path, at the current time: `{allowed?, cache_hit?}`.
+/// The request as canonical bytes, when every part is an atom, a string or (for context
+/// values) an integer; `None` sends the request down the decoding path alone.
+fn request_key(terms: [Term; 4], context: Term) -> Option<Key> {
+    let mut key = Key::new();
+    for t in terms {
+        key.push_term(t, false).ok()?;
+        key.push(&[0]);
+    }
+    if context.map_size().ok()? > 0 {
+        for (k, v) in MapIterator::new(context)? {
+            key.push_term(k, false).ok()?;
+            key.push_term(v, true).ok()?;
+        }
+    }
+    Some(key)
+}
+
+/// The hot path, at the current time: `{allowed?, cache_hit?}`. A repeated request is found
+/// by its canonical bytes without decoding anything; a new one is decoded, decided and
+/// remembered under them.
 fn acl_check<'a>(
     env: Env<'a>,
     [session, name, caller, permission, context]: [Term<'a>; 5],
 ) -> NifResult<Term<'a>> {
-    let (session, name, caller): (VarKey, VarKey, VarKey) =
-        (session.decode()?, name.decode()?, caller.decode()?);
-    let p = decode_permission(permission)?;
-    let ctx = decode_context(context)?;
-    let (decision, hit) =
-        ENGINE
-            .lock()
-            .check_owned((session, name), caller.text(), p, ctx, now_ms());
-    let allowed = decision.allowed();
+    let now = now_ms();
+    let key = request_key([session, name, caller, permission], context);
+    let mut engine = ENGINE.lock();
+    let cached = key
+        .as_ref()
+        .and_then(|k| engine.lookup_bytes(k.bytes(), now));
+    let (allowed, hit) = match cached {
+        Some(allowed) => (allowed, true),
+        None => {
+            let variable: (VarKey, VarKey) = (session.decode()?, name.decode()?);
+            let caller: VarKey = caller.decode()?;
+            let p = decode_permission(permission)?;
+            let ctx = decode_context(context)?;
+            match &key {
+                Some(k) => {
+                    let allowed =
+                        engine.check_by_bytes(k.bytes(), &variable, &caller.text(), p, &ctx, now);
+                    (allowed, false)
+                }
+                None => {
+                    let (d, hit) = engine.check_owned(variable, caller.text(), p, ctx, now);
+                    (d.allowed(), hit)
+                }
+            }
+        }
+    };
+    drop(engine);
     DECISIONS[usize::from(!allowed) * 2 + usize::from(!hit)].fetch_add(1, Ordering::Relaxed);
     Ok((allowed, hit).encode(env))
 }

@@ -19,6 +19,7 @@ use dspex_core::analytics::{
 use parking_lot::Mutex;
 
 use crate::hot_nif::hot_nif;
+use crate::term_key::{atom_word, Key};
 use rustler::types::map::MapIterator;
 use rustler::{
     Atom, Binary, Encoder, Env, Error, NewBinary, NifResult, ResourceArc, Term, TermType,
@@ -112,76 +113,6 @@ fn analytics_init(env: Env, max_metrics: usize, max_series: usize, key_cache: us
             })
         })
         .encode(env)
-}
-
-/// A key buffer on the stack, spilling to the heap only for very long names or labels.
-struct Key {
-    inline: [u8; 192],
-    len: usize,
-    heap: Option<Vec<u8>>,
-}
-
-impl Key {
-    fn new() -> Self {
-        Key {
-            inline: [0; 192],
-            len: 0,
-            heap: None,
-        }
-    }
-
-    #[inline]
-    fn push(&mut self, bytes: &[u8]) {
-        if let Some(h) = &mut self.heap {
-            h.extend_from_slice(bytes);
-        } else if self.len + bytes.len() <= self.inline.len() {
-            self.inline[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-            self.len += bytes.len();
-        } else {
-            let mut h = self.inline[..self.len].to_vec();
-            h.extend_from_slice(bytes);
-            self.heap = Some(h);
-        }
-    }
-
-    /// Appends an atom, string or integer, tagged so that no two terms share bytes.
-    #[inline]
-    fn push_term(&mut self, term: Term, allow_integer: bool) -> Result<(), &'static str> {
-        match term.get_type() {
-            TermType::Atom => {
-                self.push(&[1]);
-                self.push(&atom_word(term).to_le_bytes());
-            }
-            TermType::Binary => {
-                let bin = Binary::from_term(term).map_err(|_| "not a binary")?;
-                self.push(&[2]);
-                self.push(&(bin.len() as u64).to_le_bytes());
-                self.push(bin.as_slice());
-            }
-            TermType::Integer if allow_integer => {
-                let n: i64 = term.decode().map_err(|_| "integer out of range")?;
-                self.push(&[3]);
-                self.push(&n.to_le_bytes());
-            }
-            _ => {
-                return Err(
-                    "names must be atoms or strings; label values atoms, strings or integers",
-                )
-            }
-        }
-        Ok(())
-    }
-
-    fn bytes(&self) -> &[u8] {
-        self.heap.as_deref().unwrap_or(&self.inline[..self.len])
-    }
-}
-
-/// An atom's term word: the same atom is the same word for the life of the VM (atoms are
-/// never collected), so it identifies the atom without reading its text.
-fn atom_word(term: Term) -> usize {
-    // SAFETY: `ErlNifTerm` is `#[repr(transparent)]` over `size_t` (`usize`).
-    unsafe { std::mem::transmute::<rustler::sys::ErlNifTerm, usize>(term.as_c_arg()) }
 }
 
 fn text(term: Term) -> Result<String, AError> {

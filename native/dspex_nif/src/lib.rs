@@ -16,6 +16,7 @@ mod hot_nif;
 mod json;
 mod rate_limit;
 mod snapshot;
+mod term_key;
 mod var_key;
 
 rustler::init!("Elixir.DSPex.Bridge.Native");
