@@ -5,6 +5,9 @@
 //! Rules arrive in the canonical tuple form built by `DSPex.Bridge.AccessControl`; a term of
 //! another shape is a badarg (the Elixir layer has already refused it with a clear error).
 
+use std::cell::RefCell;
+
+use ahash::AHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,7 +22,7 @@ use rustler::{Atom, Encoder, Env, Error, MapIterator, NifResult, Term, TermType}
 
 use crate::atoms::{self, atom_is};
 use crate::hot_nif::hot_nif;
-use crate::term_key::Key;
+use crate::term_key::{atom_word, Key};
 use crate::var_key::VarKey;
 
 type Engine = AccessControl<(VarKey, VarKey)>;
@@ -72,10 +75,35 @@ fn encode_mode(mode: AccessMode) -> Atom {
     }
 }
 
+thread_local! {
+    // Atom texts this scheduler thread has read: reading one from the VM takes the atom
+    // table's lock. Atoms live as long as the VM, so an atom's word always has the same text.
+    static ATOM_TEXT: RefCell<AHashMap<usize, Box<str>>> = RefCell::new(AHashMap::new());
+}
+
+/// Most atoms a thread remembers the text of before starting over.
+const ATOM_TEXT_LIMIT: usize = 4_096;
+
+fn atom_text(term: Term) -> NifResult<String> {
+    let word = atom_word(term);
+    if let Some(text) = ATOM_TEXT.with(|c| c.borrow().get(&word).map(|t| t.to_string())) {
+        return Ok(text);
+    }
+    let text = term.atom_to_string()?;
+    ATOM_TEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= ATOM_TEXT_LIMIT {
+            c.clear();
+        }
+        c.insert(word, text.as_str().into());
+    });
+    Ok(text)
+}
+
 fn decode_value(term: Term) -> Option<Value> {
     match term.get_type() {
         TermType::Binary => term.decode::<String>().ok().map(Value::Str),
-        TermType::Atom => term.atom_to_string().ok().map(Value::Atom),
+        TermType::Atom => atom_text(term).ok().map(Value::Atom),
         TermType::Integer => term.decode::<i64>().ok().map(Value::Int),
         TermType::Float => term.decode::<f64>().ok().map(Value::Float),
         _ => None,
@@ -84,7 +112,7 @@ fn decode_value(term: Term) -> Option<Value> {
 
 fn key_text(term: Term) -> NifResult<String> {
     match term.get_type() {
-        TermType::Atom => term.atom_to_string(),
+        TermType::Atom => atom_text(term),
         TermType::Binary => term.decode::<String>(),
         _ => Err(Error::BadArg),
     }
