@@ -609,11 +609,36 @@ struct CacheKey<V> {
 }
 
 #[derive(Debug, Clone)]
-struct CacheEntry {
-    decision: Decision,
+struct Cached<T> {
+    value: T,
     version: u64,
     valid_from: u64,
     valid_until: u64,
+}
+
+impl<T> Cached<T> {
+    /// Still the decision: made under the current policies, and `now` inside the span where
+    /// no rule of the variable switches on or off.
+    fn fresh(&self, version: u64, now: u64) -> bool {
+        self.version == version && self.valid_from <= now && now < self.valid_until
+    }
+}
+
+/// Inserts into a bounded cache: when full it starts over rather than track recency on the
+/// hot path.
+fn remember<K: Eq + Hash, T>(
+    cache: &mut AHashMap<K, Cached<T>>,
+    capacity: usize,
+    key: K,
+    entry: Cached<T>,
+) {
+    if capacity == 0 {
+        return;
+    }
+    if cache.len() >= capacity {
+        cache.clear();
+    }
+    cache.insert(key, entry);
 }
 
 /// Cache statistics.
@@ -634,20 +659,12 @@ pub struct AccessControl<V> {
     // Bumped on every policy change: entries of an older version are dead, so invalidation
     // is O(1) whatever the cache holds.
     version: u64,
-    cache: AHashMap<CacheKey<V>, CacheEntry>,
+    cache: AHashMap<CacheKey<V>, Cached<Decision>>,
     // The same decisions keyed by a caller's canonical bytes for the request (see
-    // `check_by_bytes`): a hit allocates nothing. Same version and time rules, same bound.
-    by_bytes: AHashMap<Box<[u8]>, BytesEntry>,
+    // `check_by_bytes`): a hit allocates nothing. Same freshness rules, same bound.
+    by_bytes: AHashMap<Box<[u8]>, Cached<bool>>,
     capacity: usize,
     stats: CacheStats,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct BytesEntry {
-    allowed: bool,
-    version: u64,
-    valid_from: u64,
-    valid_until: u64,
 }
 
 impl<V: Eq + Hash + Clone> AccessControl<V> {
@@ -833,33 +850,31 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
             context: ctx,
         };
         if let Some(entry) = self.cache.get(&key) {
-            if entry.version == self.version && entry.valid_from <= now && now < entry.valid_until {
+            if entry.fresh(self.version, now) {
                 self.stats.hits += 1;
-                return (entry.decision.clone(), true);
+                return (entry.value.clone(), true);
             }
         }
         self.stats.misses += 1;
         let decision = self.explain(&key.variable, &key.session, p, &key.context, now);
-        if self.capacity > 0 {
-            if self.cache.len() >= self.capacity {
-                // Bounded: start over rather than track recency on the hot path.
-                self.cache.clear();
-            }
-            let (valid_from, valid_until) = self
-                .policies
-                .get(&key.variable)
-                .map_or((0, u64::MAX), |pol| pol.stable_span(now));
-            self.cache.insert(
-                key,
-                CacheEntry {
-                    decision: decision.clone(),
-                    version: self.version,
-                    valid_from,
-                    valid_until,
-                },
-            );
-        }
+        let entry = self.cached(&key.variable, decision.clone(), now);
+        remember(&mut self.cache, self.capacity, key, entry);
         (decision, false)
+    }
+
+    /// `value` as decided now for `variable`: valid under the current policies while no rule
+    /// of the variable switches on or off.
+    fn cached<T>(&self, variable: &V, value: T, now: u64) -> Cached<T> {
+        let (valid_from, valid_until) = self
+            .policies
+            .get(variable)
+            .map_or((0, u64::MAX), |pol| pol.stable_span(now));
+        Cached {
+            value,
+            version: self.version,
+            valid_from,
+            valid_until,
+        }
     }
 
     /// A cached decision for the request the caller encodes as `key` (its canonical bytes:
@@ -868,9 +883,9 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
     /// decides with [`check_by_bytes`](Self::check_by_bytes).
     pub fn lookup_bytes(&mut self, key: &[u8], now: u64) -> Option<bool> {
         let e = self.by_bytes.get(key)?;
-        if e.version == self.version && e.valid_from <= now && now < e.valid_until {
+        if e.fresh(self.version, now) {
             self.stats.hits += 1;
-            Some(e.allowed)
+            Some(e.value)
         } else {
             None
         }
@@ -891,24 +906,8 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
     ) -> bool {
         self.stats.misses += 1;
         let allowed = self.explain(variable, session, p, ctx, now).allowed();
-        if self.capacity > 0 {
-            if self.by_bytes.len() >= self.capacity {
-                self.by_bytes.clear();
-            }
-            let (valid_from, valid_until) = self
-                .policies
-                .get(variable)
-                .map_or((0, u64::MAX), |pol| pol.stable_span(now));
-            self.by_bytes.insert(
-                key.into(),
-                BytesEntry {
-                    allowed,
-                    version: self.version,
-                    valid_from,
-                    valid_until,
-                },
-            );
-        }
+        let entry = self.cached(variable, allowed, now);
+        remember(&mut self.by_bytes, self.capacity, key.into(), entry);
         allowed
     }
 

@@ -18,12 +18,11 @@ use dspex_core::analytics::{
 };
 use parking_lot::Mutex;
 
+use crate::binary::to_binary;
 use crate::hot_nif::hot_nif;
 use crate::term_key::{atom_word, Key};
 use rustler::types::map::MapIterator;
-use rustler::{
-    Atom, Binary, Encoder, Env, Error, NewBinary, NifResult, ResourceArc, Term, TermType,
-};
+use rustler::{Atom, Binary, Encoder, Env, Error, NifResult, ResourceArc, Term, TermType};
 
 mod atoms {
     rustler::atoms! {
@@ -265,6 +264,14 @@ fn decode_filter<'a>(term: Term<'a>) -> NifResult<Vec<(String, String)>> {
     term.decode()
 }
 
+/// The label filter as the core's borrowed pairs.
+fn pairs(filter: &[(String, String)]) -> Vec<(&str, &str)> {
+    filter
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
 /// Every figure of `metrics` (a list of names, merged) over `range`: `{:ok, %{count:, sum:, min:, max:, avg:, last:,
 /// p50:, p95:, p99:, rate:}}` (nil where a figure has no value) or `{:error, {reason, msg}}`.
 #[rustler::nif]
@@ -277,10 +284,7 @@ fn analytics_summary<'a>(
     now_ms: u64,
 ) -> NifResult<Term<'a>> {
     let filter = decode_filter(filter)?;
-    let pairs: Vec<(&str, &str)> = filter
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let pairs = pairs(&filter);
     let names: Vec<&str> = metrics.iter().map(String::as_str).collect();
     let range = decode_range(range)?;
     match query::summarize_many(&engine.0, &names, &pairs, range, now_ms) {
@@ -303,10 +307,7 @@ fn analytics_time_series<'a>(
     now_ms: u64,
 ) -> NifResult<Term<'a>> {
     let filter = decode_filter(filter)?;
-    let pairs: Vec<(&str, &str)> = filter
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let pairs = pairs(&filter);
     match query::time_series(
         &engine.0, &metric, &pairs, start_ms, end_ms, step_ms, now_ms,
     ) {
@@ -319,12 +320,6 @@ fn analytics_time_series<'a>(
         }
         Err(err) => Ok(error_term(env, &err)),
     }
-}
-
-fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
-    let mut out = NewBinary::new(env, bytes.len());
-    out.as_mut_slice().copy_from_slice(bytes);
-    Binary::from(out).encode(env)
 }
 
 /// `{:ok, text}` in `format` (`:prometheus | :json | :csv | :statsd`) over `range`.
@@ -354,7 +349,7 @@ fn analytics_export<'a>(
     } else {
         return Err(Error::BadArg);
     };
-    Ok((crate::atoms::ok(), binary(env, text.as_bytes())).encode(env))
+    Ok((crate::atoms::ok(), to_binary(env, text.as_bytes())).encode(env))
 }
 
 /// `[{name, kind, series_count}]`.
@@ -385,7 +380,7 @@ fn analytics_snapshot(env: Env, engine: ResourceArc<EngineResource>, now_ms: u64
         Engine::Live(a, _) => a.snapshot(now_ms).to_frame(),
         Engine::Frozen(s) => s.to_frame(),
     };
-    binary(env, &frame)
+    to_binary(env, &frame)
 }
 
 /// A frozen engine merging snapshot frames: `{:ok, engine}` or `{:error, {reason, msg}}`.

@@ -13,8 +13,8 @@ use parking_lot::Mutex;
 use rustler::{Atom, Binary, Encoder, Env, Error, NifResult, ResourceArc, Term};
 
 use crate::atoms::atom_is;
+use crate::binary::to_binary;
 use crate::error::encode_error;
-use crate::snapshot::to_binary;
 
 mod atoms {
     rustler::atoms! {

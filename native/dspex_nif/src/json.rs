@@ -4,7 +4,9 @@
 //! UTF-8 are refused with `{:error, {:not_serializable, detail}}`.
 
 use rustler::types::tuple::get_tuple;
-use rustler::{Binary, Encoder, Env, ListIterator, MapIterator, NewBinary, Term, TermType};
+use rustler::{Binary, Encoder, Env, ListIterator, MapIterator, Term, TermType};
+
+use crate::binary::to_binary;
 use serde_json::{Map, Number, Value};
 
 use crate::atoms::{self, atom_is};
@@ -76,11 +78,7 @@ fn to_value(term: Term, depth: usize) -> Result<Value, String> {
 
 fn encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
     match to_value(term, 0).and_then(|v| serde_json::to_vec(&v).map_err(|e| e.to_string())) {
-        Ok(bytes) => {
-            let mut bin = NewBinary::new(env, bytes.len());
-            bin.as_mut_slice().copy_from_slice(&bytes);
-            (atoms::ok(), Binary::from(bin)).encode(env)
-        }
+        Ok(bytes) => (atoms::ok(), to_binary(env, &bytes)).encode(env),
         Err(detail) => (atoms::error(), (atoms::not_serializable(), detail)).encode(env),
     }
 }

@@ -7,6 +7,7 @@
 mod acl;
 mod analytics;
 mod atoms;
+mod binary;
 mod breaker;
 mod coordinator;
 mod error;

@@ -1,7 +1,9 @@
 //! Snapshot framing NIFs (`dspex_core::snapshot`).
 
 use dspex_core::snapshot::{decode_frame, try_encode_frame, FrameKind};
-use rustler::{Binary, Encoder, Env, NewBinary, Term};
+use rustler::{Binary, Encoder, Env, Term};
+
+use crate::binary::to_binary;
 
 use crate::atoms;
 use crate::error::encode_error;
@@ -9,13 +11,6 @@ use crate::error::encode_error;
 /// Above this size framing work (one CRC pass and one copy) can exceed ~1 ms, so the work is
 /// done by the dirty variants below.
 pub const DIRTY_THRESHOLD: usize = 256 * 1024;
-
-/// A new binary term holding a copy of `bytes`.
-pub fn to_binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
-    let mut out = NewBinary::new(env, bytes.len());
-    out.as_mut_slice().copy_from_slice(bytes);
-    Binary::from(out).encode(env)
-}
 
 fn encode<'a>(env: Env<'a>, payload: Binary) -> Term<'a> {
     match try_encode_frame(FrameKind::Session, payload.as_slice()) {

@@ -5,7 +5,9 @@
 //! Atom text is read as Latin-1 (NIF API 2.16, OTP 25): atoms outside Latin-1 are refused
 //! with badarg; use strings for such names.
 
-use rustler::{Atom, Binary, Decoder, Encoder, Env, Error, NewBinary, NifResult, Term, TermType};
+use rustler::{Atom, Binary, Decoder, Encoder, Env, Error, NifResult, Term, TermType};
+
+use crate::binary::to_binary;
 
 /// An atom or a string id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,11 +57,7 @@ impl Encoder for VarKey {
                 // Unreachable for ids that came from the caller; never mint a new atom.
                 _ => text.as_ref().encode(env),
             },
-            VarKey::Str(bytes) => {
-                let mut out = NewBinary::new(env, bytes.len());
-                out.as_mut_slice().copy_from_slice(bytes);
-                Binary::from(out).encode(env)
-            }
+            VarKey::Str(bytes) => to_binary(env, bytes),
         }
     }
 }

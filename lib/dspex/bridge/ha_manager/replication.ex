@@ -38,9 +38,6 @@ defmodule DSPex.Bridge.HAManager.Replication do
   # ---------------------------------------------------------------------------------------
   # in the owner's session process
 
-  @doc false
-  def table, do: HAManager.table()
-
   def write?(:delete), do: true
   def write?(msg) when is_tuple(msg), do: elem(msg, 0) in @writes
   def write?(_msg), do: false

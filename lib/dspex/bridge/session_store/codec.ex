@@ -76,11 +76,15 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   defp history_tuples({n, es}), do: {n, Enum.map(es, &entry_tuple/1)}
 
   @doc false
-  # Format 3 parts back to terms (run by the importing session's processes).
+  # Format 3 parts back to terms (run by the importing session's processes; a malformed
+  # part raises there, and the import fails). A cluster node validated its variables when
+  # they were written: only their shape is checked here.
   def variables_from(bin, session_id) do
     for t <- :erlang.binary_to_term(bin) do
-      {:ok, var} = trusted_variable(t, session_id)
-      var
+      %{name: name, type: type, version: v} = var = var_map(t)
+      true = is_id(name) and is_atom(type) and is_integer(v) and v > 0
+      # var_map/1 gives every field but these two: the result is a complete struct.
+      Map.merge(var, %{__struct__: Variable, session_id: session_id})
     end
   end
 
@@ -176,20 +180,6 @@ defmodule DSPex.Bridge.SessionStore.Codec do
     end
   end
 
-  # A cluster node's format 2 snapshot (HA migration, failover) was validated when it was
-  # written: only its shape is checked, and variables are built straight from their tuples,
-  # which keeps a large migration fast.
-  defp check_payload(%{format: 2, session: meta, variables: vars, history: hist} = p, :trusted)
-       when is_map(meta) and is_list(vars) and is_list(hist) do
-    with {:ok, meta} <- check_meta(meta),
-         :ok <- check_access(Map.get(meta, :access, [])),
-         {:ok, vars} <- Options.map_ok(vars, &trusted_variable(&1, meta.id)),
-         {:ok, hist} <- Options.map_ok(history_maps(hist), &check_history/1),
-         {:ok, graph} <- rebuild_graph(vars, Map.get(p, :graph, [])) do
-      {:ok, Map.merge(meta, %{graph: graph}), vars, hist}
-    end
-  end
-
   defp check_payload(%{format: 3}, :untrusted),
     do: {:error, {:invalid_snapshot, :cluster_internal_format}}
 
@@ -225,18 +215,6 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   end
 
   defp check_meta(_), do: {:error, {:invalid_snapshot, :bad_session}}
-
-  defp trusted_variable(tuple, session_id) do
-    case var_map(tuple) do
-      %{name: name, type: type, version: v} = var
-      when is_id(name) and is_atom(type) and is_integer(v) and v > 0 ->
-        # var_map/1 gives every field but these two: the result is a complete struct.
-        {:ok, Map.merge(var, %{__struct__: Variable, session_id: session_id})}
-
-      _ ->
-        {:error, {:invalid_snapshot, :bad_variable}}
-    end
-  end
 
   defp check_variable(%{name: name, type: type, value: value, version: v} = var, session_id)
        when is_id(name) and is_integer(v) and v > 0 do

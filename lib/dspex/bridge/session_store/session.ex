@@ -6,6 +6,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
   use GenServer, restart: :transient
 
   alias DSPex.Bridge.{Events, Native, Variable, VariableType}
+  alias DSPex.Bridge.HAManager
   alias DSPex.Bridge.HAManager.Replication
   alias DSPex.Bridge.DependencyManager.Propagation
   alias DSPex.Bridge.SessionStore.{Codec, Tables}
@@ -159,7 +160,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
         {:reply, {:ok, info}, %{state | held: []}, @forward_linger}
 
       error ->
-        Native.ha_apply(Replication.table(), ha.key, :abort_out)
+        Native.ha_apply(HAManager.table(), ha.key, :abort_out)
 
         case run_held(state) do
           {:cont, state} -> {:reply, error, state}
