@@ -35,12 +35,14 @@
 //! }
 //! ```
 
+use std::borrow::Borrow;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::hash::Hash;
 
 use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// The kind of a dependency edge.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -89,24 +91,37 @@ pub struct GraphSnapshot<K> {
 
 type Ix = u32;
 
-#[derive(Debug, Clone)]
-struct Node<K> {
-    key: K,
-    ord: u64,
-    // Successors, with the kind of each edge as an index into `DependencyGraph::labels`.
-    // Degrees are small, so a scan beats a global edge map.
-    out: Vec<Ix>,
-    out_kind: Vec<u16>,
-    inc: Vec<Ix>,
+// Most variables have a handful of edges: kept inline, they cost no allocation and no
+// pointer to chase.
+type Adjacency = SmallVec<[Ix; 6]>;
+
+// A node's edges, one cache line: an insert touches the adjacency of both ends, so each end
+// should cost one memory access.
+#[derive(Debug, Clone, Default)]
+#[repr(align(64))]
+struct Adj {
+    out: Adjacency,
+    inc: Adjacency,
 }
 
+/// Label id of [`EdgeKind::Data`]; edges of any other kind are listed in `kinds`.
+const DATA: u16 = 0;
+
 /// A directed acyclic graph with an incrementally maintained topological order.
+///
+/// Nodes live in slots; a slot's key, position and edges are kept in separate dense
+/// arrays, because the hot paths (inserts, searches) read positions and edges of many nodes
+/// and the keys of almost none.
 #[derive(Debug, Clone)]
 pub struct DependencyGraph<K> {
-    slots: Vec<Option<Node<K>>>,
+    keys: Vec<Option<K>>,
+    ord: Vec<u64>,
+    adj: Vec<Adj>,
     free: Vec<Ix>,
     index: AHashMap<K, Ix>,
     labels: Vec<EdgeKind>,
+    // The label of every edge that is not plain data; most edges are.
+    kinds: AHashMap<(Ix, Ix), u16>,
     edge_total: usize,
     next_ord: u64,
     // Scratch space reused across searches so inserts do not allocate per call.
@@ -142,10 +157,13 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// An empty graph.
     pub fn new() -> Self {
         Self {
-            slots: Vec::new(),
+            keys: Vec::new(),
+            ord: Vec::new(),
+            adj: Vec::new(),
             free: Vec::new(),
             index: AHashMap::new(),
             labels: vec![EdgeKind::Data, EdgeKind::Compute, EdgeKind::Constraint],
+            kinds: AHashMap::new(),
             edge_total: 0,
             next_ord: 0,
             mark: Vec::new(),
@@ -166,7 +184,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
 
     fn label_id(&mut self, kind: EdgeKind) -> u16 {
         match kind {
-            EdgeKind::Data => 0,
+            EdgeKind::Data => DATA,
             EdgeKind::Compute => 1,
             EdgeKind::Constraint => 2,
             custom => match self.labels.iter().position(|l| *l == custom) {
@@ -182,27 +200,41 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         }
     }
 
-    fn out_position(&self, x: Ix, y: Ix) -> Option<usize> {
-        self.node(x).out.iter().position(|&s| s == y)
+    fn label_of(&self, x: Ix, y: Ix) -> u16 {
+        if self.kinds.is_empty() {
+            return DATA;
+        }
+        self.kinds.get(&(x, y)).copied().unwrap_or(DATA)
+    }
+
+    fn set_label(&mut self, x: Ix, y: Ix, label: u16) {
+        if label == DATA {
+            if !self.kinds.is_empty() {
+                self.kinds.remove(&(x, y));
+            }
+        } else {
+            self.kinds.insert((x, y), label);
+        }
+    }
+
+    fn has_edge(&self, x: Ix, y: Ix) -> bool {
+        self.adj[x as usize].out.contains(&y)
     }
 
     fn unlink(&mut self, x: Ix, y: Ix) -> bool {
-        let Some(pos) = self.out_position(x, y) else {
+        if !detach(&mut self.adj[x as usize].out, y) {
             return false;
-        };
-        let node = self.node_mut(x);
-        node.out.swap_remove(pos);
-        node.out_kind.swap_remove(pos);
-        detach(&mut self.node_mut(y).inc, x);
+        }
+        detach(&mut self.adj[y as usize].inc, x);
+        self.set_label(x, y, DATA);
         self.edge_total -= 1;
         true
     }
 
     fn link(&mut self, x: Ix, y: Ix, label: u16) {
-        let node = self.node_mut(x);
-        node.out.push(y);
-        node.out_kind.push(label);
-        self.node_mut(y).inc.push(x);
+        self.adj[x as usize].out.push(y);
+        self.adj[y as usize].inc.push(x);
+        self.set_label(x, y, label);
         self.edge_total += 1;
     }
 
@@ -216,23 +248,20 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         if self.index.contains_key(&key) {
             return false;
         }
-        let node = Node {
-            key: key.clone(),
-            ord: self.next_ord,
-            out: Vec::new(),
-            out_kind: Vec::new(),
-            inc: Vec::new(),
-        };
+        let ord = self.next_ord;
         self.next_ord += 1;
         let ix = match self.free.pop() {
             Some(ix) => {
-                self.slots[ix as usize] = Some(node);
+                self.keys[ix as usize] = Some(key.clone());
+                self.ord[ix as usize] = ord;
                 ix
             }
             None => {
-                self.slots.push(Some(node));
+                self.keys.push(Some(key.clone()));
+                self.ord.push(ord);
+                self.adj.push(Adj::default());
                 self.mark.push(0);
-                (self.slots.len() - 1) as Ix
+                (self.keys.len() - 1) as Ix
             }
         };
         self.index.insert(key, ix);
@@ -246,14 +275,16 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         };
         self.clear_ix(ix);
         self.index.remove(key);
-        self.slots[ix as usize] = None;
+        self.keys[ix as usize] = None;
+        // A freed slot keeps no heap memory.
+        self.adj[ix as usize] = Adj::default();
         self.free.push(ix);
         true
     }
 
     fn clear_ix(&mut self, ix: Ix) -> usize {
-        let out = self.node(ix).out.clone();
-        let inc = self.node(ix).inc.clone();
+        let out = self.adj[ix as usize].out.clone();
+        let inc = self.adj[ix as usize].inc.clone();
         for &y in &out {
             self.unlink(ix, y);
         }
@@ -270,12 +301,8 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             .ok_or_else(|| GraphError::UnknownNode(key.clone()))
     }
 
-    fn node(&self, ix: Ix) -> &Node<K> {
-        self.slots[ix as usize].as_ref().expect("live node")
-    }
-
-    fn node_mut(&mut self, ix: Ix) -> &mut Node<K> {
-        self.slots[ix as usize].as_mut().expect("live node")
+    fn key(&self, ix: Ix) -> &K {
+        self.keys[ix as usize].as_ref().expect("live node")
     }
 
     fn next_epoch(&mut self) -> u32 {
@@ -291,26 +318,35 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     ///
     /// Returns `Ok(true)` when the edge is new.
     ///
+    /// The ids may be given in any borrowed form of `K` (`&str` for `String` keys, a byte
+    /// slice for byte keys), so a caller holding borrowed ids need not allocate.
+    ///
     /// # Errors
     /// [`GraphError::UnknownNode`] if either end is missing; [`GraphError::Cycle`] with the
     /// path `[to, ..., from, to]` if the edge would close a cycle (including `from == to`).
-    pub fn add_edge(&mut self, from: &K, to: &K, kind: EdgeKind) -> Result<bool, GraphError<K>> {
-        let x = self.ix(from)?;
-        let y = self.ix(to)?;
+    pub fn add_edge<Q>(&mut self, from: &Q, to: &Q, kind: EdgeKind) -> Result<bool, GraphError<K>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned + ?Sized,
+        Q::Owned: Into<K>,
+    {
+        let unknown = |q: &Q| GraphError::UnknownNode(q.to_owned().into());
+        let x = *self.index.get(from).ok_or_else(|| unknown(from))?;
+        let y = *self.index.get(to).ok_or_else(|| unknown(to))?;
         let label = self.label_id(kind);
         self.add_edge_ix(x, y, label)
     }
 
     fn add_edge_ix(&mut self, x: Ix, y: Ix, label: u16) -> Result<bool, GraphError<K>> {
         if x == y {
-            let key = self.node(x).key.clone();
+            let key = self.key(x).clone();
             return Err(GraphError::Cycle(vec![key.clone(), key]));
         }
-        if let Some(pos) = self.out_position(x, y) {
-            self.node_mut(x).out_kind[pos] = label;
+        if self.has_edge(x, y) {
+            self.set_label(x, y, label);
             return Ok(false);
         }
-        let (lb, ub) = (self.node(y).ord, self.node(x).ord);
+        let (lb, ub) = (self.ord[y as usize], self.ord[x as usize]);
         if lb < ub {
             self.reorder(x, y, lb, ub)?;
         }
@@ -327,9 +363,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         let found_cycle = {
-            let slots = &self.slots;
-            let mark = &mut self.mark;
-            let node = |ix: Ix| slots[ix as usize].as_ref().expect("live node");
+            let (adj, ord, mark) = (&self.adj, &self.ord, &mut self.mark);
             let Scratch {
                 forward,
                 backward,
@@ -341,12 +375,12 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             let mut found = false;
             'search: while let Some(n) = stack.pop() {
                 forward.push(n);
-                for &s in &node(n).out {
+                for &s in &adj[n as usize].out {
                     if s == x {
                         found = true;
                         break 'search;
                     }
-                    if mark[s as usize] != epoch && node(s).ord < ub {
+                    if mark[s as usize] != epoch && ord[s as usize] < ub {
                         mark[s as usize] = epoch;
                         stack.push(s);
                     }
@@ -358,8 +392,8 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
                 mark[x as usize] = epoch;
                 while let Some(n) = stack.pop() {
                     backward.push(n);
-                    for &p in &node(n).inc {
-                        if mark[p as usize] != epoch && node(p).ord > lb {
+                    for &p in &adj[n as usize].inc {
+                        if mark[p as usize] != epoch && ord[p as usize] > lb {
                             mark[p as usize] = epoch;
                             stack.push(p);
                         }
@@ -370,8 +404,8 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         };
         if found_cycle {
             self.scratch = scratch;
-            let to = self.node(y).key.clone();
-            let from = self.node(x).key.clone();
+            let to = self.key(y).clone();
+            let from = self.key(x).clone();
             let path = self
                 .cycle_path(&from, &to)
                 .ok()
@@ -385,18 +419,18 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             positions,
             ..
         } = &mut scratch;
-        forward.sort_unstable_by_key(|&n| self.node(n).ord);
-        backward.sort_unstable_by_key(|&n| self.node(n).ord);
+        let ord = &mut self.ord;
+        forward.sort_unstable_by_key(|&n| ord[n as usize]);
+        backward.sort_unstable_by_key(|&n| ord[n as usize]);
         positions.extend(
             forward
                 .iter()
                 .chain(backward.iter())
-                .map(|&n| self.node(n).ord),
+                .map(|&n| ord[n as usize]),
         );
         positions.sort_unstable();
-        for (i, &n) in backward.iter().chain(forward.iter()).enumerate() {
-            let pos = positions[i];
-            self.node_mut(n).ord = pos;
+        for (&n, &pos) in backward.iter().chain(forward.iter()).zip(positions.iter()) {
+            ord[n as usize] = pos;
         }
         self.scratch = scratch;
         Ok(())
@@ -426,7 +460,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         let mut undo: Vec<(Ix, Ix, Option<u16>)> = Vec::new();
         let mut fresh = 0;
         for &(x, y, label) in &resolved {
-            let previous = self.out_position(x, y).map(|p| self.node(x).out_kind[p]);
+            let previous = self.has_edge(x, y).then(|| self.label_of(x, y));
             match self.add_edge_ix(x, y, label) {
                 Ok(is_new) => {
                     fresh += usize::from(is_new);
@@ -439,10 +473,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
                             None => {
                                 self.unlink(ux, uy);
                             }
-                            Some(old) => {
-                                let pos = self.out_position(ux, uy).expect("edge present");
-                                self.node_mut(ux).out_kind[pos] = old;
-                            }
+                            Some(old) => self.set_label(ux, uy, old),
                         }
                     }
                     return Err(err);
@@ -456,13 +487,13 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     // gets the position it has in the new order; on a cycle nothing changes and the caller
     // falls back to edge-by-edge insertion to name the first offending edge.
     fn add_edges_by_sort(&mut self, edges: &[(Ix, Ix, u16)]) -> Option<usize> {
-        let n = self.slots.len();
+        let n = self.keys.len();
         let mut fresh: Vec<(Ix, Ix)> = Vec::with_capacity(edges.len());
         for &(x, y, _) in edges {
             if x == y {
                 return None;
             }
-            if self.out_position(x, y).is_none() {
+            if !self.has_edge(x, y) {
                 fresh.push((x, y));
             }
         }
@@ -479,14 +510,12 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         for i in 0..n {
             start[i + 1] += start[i];
         }
-        for (ix, slot) in self.slots.iter().enumerate() {
-            if let Some(node) = slot {
-                indeg[ix] += node.inc.len() as u32;
-            }
+        for (ix, adj) in self.adj.iter().enumerate() {
+            indeg[ix] += adj.inc.len() as u32;
         }
         // Seed in current order so unrelated nodes keep their relative positions.
         let mut live: Vec<Ix> = self.index.values().copied().collect();
-        live.sort_unstable_by_key(|&v| self.node(v).ord);
+        live.sort_unstable_by_key(|&v| self.ord[v as usize]);
         let mut queue: VecDeque<Ix> = live
             .iter()
             .copied()
@@ -496,7 +525,10 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         while let Some(v) = queue.pop_front() {
             order.push(v);
             let extra = &fresh[start[v as usize] as usize..start[v as usize + 1] as usize];
-            let succs = self.node(v).out.iter().chain(extra.iter().map(|e| &e.1));
+            let succs = self.adj[v as usize]
+                .out
+                .iter()
+                .chain(extra.iter().map(|e| &e.1));
             for &s in succs {
                 indeg[s as usize] -= 1;
                 if indeg[s as usize] == 0 {
@@ -508,13 +540,14 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             return None;
         }
         for (pos, v) in order.into_iter().enumerate() {
-            self.node_mut(v).ord = pos as u64;
+            self.ord[v as usize] = pos as u64;
         }
         self.next_ord = live.len() as u64;
         for &(x, y, label) in edges {
-            match self.out_position(x, y) {
-                Some(pos) => self.node_mut(x).out_kind[pos] = label,
-                None => self.link(x, y, label),
+            if self.has_edge(x, y) {
+                self.set_label(x, y, label);
+            } else {
+                self.link(x, y, label);
             }
         }
         Some(fresh.len())
@@ -540,8 +573,8 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// The kind of edge `from -> to`, if present.
     pub fn edge_kind(&self, from: &K, to: &K) -> Option<&EdgeKind> {
         let (x, y) = (*self.index.get(from)?, *self.index.get(to)?);
-        let pos = self.out_position(x, y)?;
-        Some(&self.labels[usize::from(self.node(x).out_kind[pos])])
+        self.has_edge(x, y)
+            .then(|| &self.labels[usize::from(self.label_of(x, y))])
     }
 
     /// Direct dependencies of `key` (the nodes it is computed from), in topological order.
@@ -550,7 +583,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// [`GraphError::UnknownNode`].
     pub fn dependencies(&self, key: &K) -> Result<Vec<K>, GraphError<K>> {
         let ix = self.ix(key)?;
-        Ok(self.keys_in_order(self.node(ix).inc.clone()))
+        Ok(self.keys_in_order(self.adj[ix as usize].inc.to_vec()))
     }
 
     /// Direct dependents of `key` (the nodes computed from it), in topological order.
@@ -559,7 +592,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// [`GraphError::UnknownNode`].
     pub fn dependents(&self, key: &K) -> Result<Vec<K>, GraphError<K>> {
         let ix = self.ix(key)?;
-        Ok(self.keys_in_order(self.node(ix).out.clone()))
+        Ok(self.keys_in_order(self.adj[ix as usize].out.to_vec()))
     }
 
     /// Every node `key` transitively depends on, in topological order.
@@ -568,7 +601,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// [`GraphError::UnknownNode`].
     pub fn upstream(&self, key: &K) -> Result<Vec<K>, GraphError<K>> {
         let ix = self.ix(key)?;
-        let reached = self.reach(&[ix], |n| &n.inc);
+        let reached = self.reach(&[ix], |a| &a.inc);
         Ok(self.keys_in_order(reached.into_iter().filter(|&n| n != ix).collect()))
     }
 
@@ -578,7 +611,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// [`GraphError::UnknownNode`].
     pub fn downstream(&self, key: &K) -> Result<Vec<K>, GraphError<K>> {
         let ix = self.ix(key)?;
-        let reached = self.reach(&[ix], |n| &n.out);
+        let reached = self.reach(&[ix], |a| &a.out);
         Ok(self.keys_in_order(reached.into_iter().filter(|&n| n != ix).collect()))
     }
 
@@ -612,9 +645,9 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             .iter()
             .map(|k| self.ix(k))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut reached = self.reach(&starts, |n| &n.out);
-        reached.sort_unstable_by_key(|&n| self.node(n).ord);
-        Ok(reached.into_iter().map(|n| &self.node(n).key).collect())
+        let mut reached = self.reach(&starts, |a| &a.out);
+        reached.sort_unstable_by_key(|&n| self.ord[n as usize]);
+        Ok(reached.into_iter().map(|n| self.key(n)).collect())
     }
 
     /// True if `to` is reachable from `from` (a node reaches itself).
@@ -637,11 +670,11 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         let mut parent: AHashMap<Ix, Ix> = AHashMap::new();
         let mut queue = VecDeque::from([x]);
         parent.insert(x, x);
-        let target_ord = self.node(y).ord;
+        let target_ord = self.ord[y as usize];
         while let Some(n) = queue.pop_front() {
-            for &s in &self.node(n).out {
+            for &s in &self.adj[n as usize].out {
                 // Positions only grow along edges, so nothing past `to` can lead back to it.
-                if parent.contains_key(&s) || self.node(s).ord > target_ord {
+                if parent.contains_key(&s) || self.ord[s as usize] > target_ord {
                     continue;
                 }
                 parent.insert(s, n);
@@ -654,7 +687,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
                     }
                     path.reverse();
                     return Ok(Some(
-                        path.into_iter().map(|n| self.node(n).key.clone()).collect(),
+                        path.into_iter().map(|n| self.key(n).clone()).collect(),
                     ));
                 }
                 queue.push_back(s);
@@ -682,22 +715,16 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// Every edge as `(from, to, kind)`, sources in topological order.
     pub fn edges(&self) -> Vec<(K, K, EdgeKind)> {
         let mut nodes: Vec<Ix> = self.index.values().copied().collect();
-        nodes.sort_unstable_by_key(|&n| self.node(n).ord);
+        nodes.sort_unstable_by_key(|&n| self.ord[n as usize]);
         let mut out = Vec::with_capacity(self.edge_total);
         for x in nodes {
-            let node = self.node(x);
-            let mut succs: Vec<(Ix, u16)> = node
-                .out
-                .iter()
-                .copied()
-                .zip(node.out_kind.iter().copied())
-                .collect();
-            succs.sort_unstable_by_key(|&(s, _)| self.node(s).ord);
-            for (y, label) in succs {
+            let mut succs = self.adj[x as usize].out.to_vec();
+            succs.sort_unstable_by_key(|&s| self.ord[s as usize]);
+            for y in succs {
                 out.push((
-                    node.key.clone(),
-                    self.node(y).key.clone(),
-                    self.labels[usize::from(label)].clone(),
+                    self.key(x).clone(),
+                    self.key(y).clone(),
+                    self.labels[usize::from(self.label_of(x, y))].clone(),
                 ));
             }
         }
@@ -731,14 +758,10 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// Graphviz DOT text; `label` renders a node id.
     pub fn to_dot(&self, label: impl Fn(&K) -> String) -> String {
         let mut nodes: Vec<Ix> = self.index.values().copied().collect();
-        nodes.sort_unstable_by_key(|&n| self.node(n).ord);
+        nodes.sort_unstable_by_key(|&n| self.ord[n as usize]);
         let mut dot = String::from("digraph dependencies {\n  rankdir=LR;\n");
         for &n in &nodes {
-            let _ = writeln!(
-                dot,
-                "  n{n} [label={}];",
-                dot_quote(&label(&self.node(n).key))
-            );
+            let _ = writeln!(dot, "  n{n} [label={}];", dot_quote(&label(self.key(n))));
         }
         for (from, to, kind) in self.edges() {
             let _ = writeln!(
@@ -753,9 +776,9 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         dot
     }
 
-    fn reach(&self, starts: &[Ix], next: impl Fn(&Node<K>) -> &Vec<Ix>) -> Vec<Ix> {
+    fn reach(&self, starts: &[Ix], next: impl Fn(&Adj) -> &Adjacency) -> Vec<Ix> {
         // A bitset over slots: one small zeroed allocation beats hashing every visit.
-        let mut seen = vec![0u64; self.slots.len().div_ceil(64)];
+        let mut seen = vec![0u64; self.keys.len().div_ceil(64)];
         let mut visit = |ix: Ix| {
             let (word, bit) = (ix as usize / 64, 1u64 << (ix % 64));
             let fresh = seen[word] & bit == 0;
@@ -766,7 +789,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         let mut out = Vec::new();
         while let Some(n) = stack.pop() {
             out.push(n);
-            for &s in next(self.node(n)) {
+            for &s in next(&self.adj[n as usize]) {
                 if visit(s) {
                     stack.push(s);
                 }
@@ -776,39 +799,56 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     }
 
     fn keys_in_order(&self, mut ixs: Vec<Ix>) -> Vec<K> {
-        ixs.sort_unstable_by_key(|&n| self.node(n).ord);
-        ixs.into_iter().map(|n| self.node(n).key.clone()).collect()
+        ixs.sort_unstable_by_key(|&n| self.ord[n as usize]);
+        ixs.into_iter().map(|n| self.key(n).clone()).collect()
     }
 
-    /// Checks the internal invariants (every edge agrees with the order, indexes match).
-    /// Meant for tests; O(V + E).
+    /// Checks the internal invariants (every edge agrees with the order, indexes match,
+    /// labels only for edges that exist). Meant for tests; O(V + E).
     pub fn check_invariants(&self) -> bool {
         let mut ords = std::collections::HashSet::new();
         for (key, &ix) in &self.index {
-            let Some(node) = self.slots.get(ix as usize).and_then(|s| s.as_ref()) else {
+            let Some(stored) = self.keys.get(ix as usize).and_then(|s| s.as_ref()) else {
                 return false;
             };
-            if &node.key != key || !ords.insert(node.ord) {
+            if stored != key || !ords.insert(self.ord[ix as usize]) {
                 return false;
             }
-            if node.out.len() != node.out_kind.len() {
-                return false;
-            }
-            for &s in &node.out {
-                if self.node(s).ord <= node.ord || !self.node(s).inc.contains(&ix) {
+            for &s in &self.adj[ix as usize].out {
+                let live = self.keys[s as usize].is_some();
+                if !live
+                    || self.ord[s as usize] <= self.ord[ix as usize]
+                    || !self.adj[s as usize].inc.contains(&ix)
+                {
                     return false;
                 }
             }
         }
-        let out_total: usize = self.index.values().map(|&ix| self.node(ix).out.len()).sum();
-        let in_total: usize = self.index.values().map(|&ix| self.node(ix).inc.len()).sum();
-        out_total == self.edge_total && in_total == self.edge_total
+        let out_total: usize = self
+            .index
+            .values()
+            .map(|&ix| self.adj[ix as usize].out.len())
+            .sum();
+        let in_total: usize = self
+            .index
+            .values()
+            .map(|&ix| self.adj[ix as usize].inc.len())
+            .sum();
+        let labels_valid = self
+            .kinds
+            .iter()
+            .all(|(&(x, y), &label)| label != DATA && self.has_edge(x, y));
+        out_total == self.edge_total && in_total == self.edge_total && labels_valid
     }
 }
 
-fn detach(list: &mut Vec<Ix>, item: Ix) {
-    if let Some(pos) = list.iter().position(|&x| x == item) {
-        list.swap_remove(pos);
+fn detach(list: &mut Adjacency, item: Ix) -> bool {
+    match list.iter().position(|&x| x == item) {
+        Some(pos) => {
+            list.swap_remove(pos);
+            true
+        }
+        None => false,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Model-based tests of `DependencyGraph` against a brute-force model: a plain edge set with
 //! reachability computed by exhaustive search.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use dspex_core::graph::{DependencyGraph, EdgeKind, GraphError};
 use proptest::prelude::*;
@@ -10,7 +10,7 @@ const N: u8 = 12;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Add(u8, u8),
+    Add(u8, u8, u8),
     Remove(u8, u8),
     Clear(u8),
     Recreate(u8),
@@ -19,7 +19,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0..N, 0..N).prop_map(|(a, b)| Op::Add(a, b)),
+        6 => (0..N, 0..N, 0..4u8).prop_map(|(a, b, k)| Op::Add(a, b, k)),
         2 => (0..N, 0..N).prop_map(|(a, b)| Op::Remove(a, b)),
         1 => (0..N).prop_map(Op::Clear),
         1 => (0..N).prop_map(Op::Recreate),
@@ -27,9 +27,20 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+// Edge kinds drawn by the `Add` operation: plain data is stored differently from the rest.
+fn kind(k: u8) -> EdgeKind {
+    match k {
+        0 => EdgeKind::Data,
+        1 => EdgeKind::Compute,
+        2 => EdgeKind::Constraint,
+        _ => EdgeKind::Custom("weight".into()),
+    }
+}
+
 #[derive(Default)]
 struct Model {
     edges: BTreeSet<(u8, u8)>,
+    kinds: BTreeMap<(u8, u8), EdgeKind>,
 }
 
 impl Model {
@@ -77,6 +88,9 @@ fn check_cycle_path(model: &Model, from: u8, to: u8, path: &[u8]) -> Result<(), 
 fn check_orders(graph: &DependencyGraph<u8>, model: &Model) -> Result<(), TestCaseError> {
     prop_assert!(graph.check_invariants());
     prop_assert_eq!(graph.edge_count(), model.edges.len());
+    let kinds: BTreeMap<(u8, u8), EdgeKind> =
+        graph.edges().into_iter().map(|(a, b, k)| ((a, b), k)).collect();
+    prop_assert_eq!(&kinds, &model.kinds);
     for v in 0..N {
         let order = graph.update_order(&v).unwrap();
         prop_assert_eq!(order[0], v);
@@ -113,12 +127,13 @@ proptest! {
         }
         for op in ops {
             match op {
-                Op::Add(a, b) => {
+                Op::Add(a, b, k) => {
                     let expect_cycle = model.would_cycle(a, b);
-                    match graph.add_edge(&a, &b, EdgeKind::Data) {
-                        Ok(_) => {
+                    match graph.add_edge(&a, &b, kind(k)) {
+                        Ok(new) => {
                             prop_assert!(!expect_cycle, "accepted {}->{} closing a cycle", a, b);
-                            model.edges.insert((a, b));
+                            prop_assert_eq!(new, model.edges.insert((a, b)));
+                            model.kinds.insert((a, b), kind(k));
                         }
                         Err(GraphError::Cycle(path)) => {
                             prop_assert!(expect_cycle, "refused {}->{} needlessly", a, b);
@@ -131,19 +146,22 @@ proptest! {
                 }
                 Op::Remove(a, b) => {
                     prop_assert_eq!(graph.remove_edge(&a, &b), model.edges.remove(&(a, b)));
+                    model.kinds.remove(&(a, b));
                 }
                 Op::Clear(a) => {
                     let before = model.edges.len();
                     model.edges.retain(|&(x, y)| x != a && y != a);
+                    model.kinds.retain(|&(x, y), _| x != a && y != a);
                     prop_assert_eq!(graph.clear_edges(&a).unwrap(), before - model.edges.len());
                 }
                 Op::Recreate(a) => {
                     prop_assert!(graph.remove_node(&a));
                     model.edges.retain(|&(x, y)| x != a && y != a);
+                    model.kinds.retain(|&(x, y), _| x != a && y != a);
                     prop_assert!(graph.add_node(a));
                 }
                 Op::Batch(batch) => {
-                    let mut trial = Model { edges: model.edges.clone() };
+                    let mut trial = Model { edges: model.edges.clone(), kinds: model.kinds.clone() };
                     let mut first_failure = None;
                     for &(a, b) in &batch {
                         if trial.would_cycle(a, b) {
@@ -151,6 +169,7 @@ proptest! {
                             break;
                         }
                         trial.edges.insert((a, b));
+                        trial.kinds.insert((a, b), EdgeKind::Compute);
                     }
                     let triples: Vec<_> = batch.iter().map(|&(a, b)| (a, b, EdgeKind::Compute)).collect();
                     match (graph.add_edges(&triples), first_failure) {
