@@ -35,6 +35,9 @@ defmodule DSPex.Bridge.Events do
   # Analytics, Recorder, AccessControl, OptimizerCoordinator): a get hashes its key, and a
   # `{module, name}` tuple costs about twice an atom.
   @counter :dspex_bridge_event_subscriptions
+  # `true` while an event would reach anyone: hot paths check this one boolean before they
+  # build an event. Replacing a boolean persistent term costs no global GC.
+  @enabled :dspex_bridge_events_enabled
 
   @typedoc "An event name: a list of atoms such as `[:dspex, :bridge, :variable, :write]`."
   @type event :: [atom()]
@@ -44,12 +47,27 @@ defmodule DSPex.Bridge.Events do
   @doc false
   @spec init() :: :ok
   def init do
-    DSPex.Bridge.TelemetryAdapter.init()
-
     unless :persistent_term.get(@counter, nil) do
       :persistent_term.put(@counter, :atomics.new(1, signed: true))
     end
 
+    DSPex.Bridge.TelemetryAdapter.init()
+  end
+
+  @doc false
+  # Recomputes `enabled?/0` after the telemetry check changed. The server does it, so that
+  # it never races with a subscription changing the count.
+  @spec refresh() :: :ok
+  def refresh do
+    if GenServer.whereis(__MODULE__), do: GenServer.call(__MODULE__, :refresh), else: set_enabled()
+  end
+
+  defp set_enabled do
+    enabled =
+      :atomics.get(:persistent_term.get(@counter), 1) > 0 or
+        DSPex.Bridge.TelemetryAdapter.available?()
+
+    if :persistent_term.get(@enabled, nil) != enabled, do: :persistent_term.put(@enabled, enabled)
     :ok
   end
 
@@ -95,10 +113,7 @@ defmodule DSPex.Bridge.Events do
 
   @doc "True when an event emitted now would reach anyone (a subscriber or `:telemetry`)."
   @spec enabled?() :: boolean()
-  def enabled? do
-    :atomics.get(:persistent_term.get(@counter), 1) > 0 or
-      DSPex.Bridge.TelemetryAdapter.available?()
-  end
+  def enabled?, do: :persistent_term.get(@enabled, false)
 
   @doc """
   Emits `event` to its subscribers and to `:telemetry` (when loaded).
@@ -153,8 +168,10 @@ defmodule DSPex.Bridge.Events do
       end
 
     :atomics.add(:persistent_term.get(@counter), 1, 1)
-    {:reply, :ok, counts}
+    {:reply, set_enabled(), counts}
   end
+
+  def handle_call(:refresh, _from, counts), do: {:reply, set_enabled(), counts}
 
   def handle_call({:unsubscribed, pid}, _from, counts) do
     counts =
@@ -168,13 +185,14 @@ defmodule DSPex.Bridge.Events do
       end
 
     :atomics.sub(:persistent_term.get(@counter), 1, 1)
-    {:reply, :ok, counts}
+    {:reply, set_enabled(), counts}
   end
 
   @impl true
   def handle_info({:DOWN, _ref, :process, pid, _reason}, counts) do
     {{_ref, n}, counts} = Map.pop(counts, pid)
     :atomics.sub(:persistent_term.get(@counter), 1, n)
+    set_enabled()
     {:noreply, counts}
   end
 end

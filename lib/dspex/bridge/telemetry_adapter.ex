@@ -9,6 +9,7 @@ defmodule DSPex.Bridge.TelemetryAdapter do
   @spec init() :: :ok
   def init do
     :persistent_term.put(@key, Code.ensure_loaded?(:telemetry))
+    DSPex.Bridge.Events.refresh()
   end
 
   @spec available?() :: boolean()
@@ -16,7 +17,10 @@ defmodule DSPex.Bridge.TelemetryAdapter do
 
   @doc false
   # For tests that load a stand-in :telemetry and must leave none behind.
-  def forget, do: :persistent_term.put(@key, false)
+  def forget do
+    :persistent_term.put(@key, false)
+    DSPex.Bridge.Events.refresh()
+  end
 
   @spec attach(String.t(), [[atom()]], function()) :: :ok | {:error, term()}
   def attach(id, events, handler) do
