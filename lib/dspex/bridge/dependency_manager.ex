@@ -81,28 +81,47 @@ defmodule DSPex.Bridge.DependencyManager do
   """
   @spec add_dependency(session_id(), name(), name(), kind(), keyword()) ::
           :ok | {:error, term()}
-  def add_dependency(session_id, from_var, to_var, type \\ :data, opts \\ []) do
+  def add_dependency(session_id, from_var, to_var, type \\ :data, opts \\ [])
+
+  # The owner's call (no options): one NIF call finds the session's graph and adds the edge.
+  def add_dependency(session_id, from_var, to_var, type, [])
+      when is_id(session_id) and is_id(from_var) and is_id(to_var) and
+             (type in @kinds or is_binary(type)) do
+    case Native.graph_add_edge_in(session_id, from_var, to_var, type) do
+      :ok -> added(session_id, from_var, to_var, type)
+      error -> add_failed(error, session_id, from_var, to_var)
+    end
+  rescue
+    # Atom ids outside Latin-1 cannot cross the NIF boundary on OTP 25 (NIF API 2.16).
+    ArgumentError -> {:error, :invalid_name}
+  end
+
+  def add_dependency(session_id, from_var, to_var, type, opts) do
     with :ok <- check_pair(from_var, to_var),
          :ok <- check_kind(type),
          {:ok, graph} <- SessionStore.session_graph(session_id, opts, :write) do
       case Native.graph_add_edge(graph, from_var, to_var, type) do
-        {:ok, _new?} ->
-          if Events.enabled?(),
-            do: emit(:added, session_id, %{from: from_var, to: to_var, type: type}),
-            else: :ok
-
-        {:error, {:cycle, path}} ->
-          emit(:cycle_detected, session_id, %{from: from_var, to: to_var, path: path})
-          {:error, :would_create_cycle}
-
-        error ->
-          unknown_to_not_found(error)
+        {:ok, _new?} -> added(session_id, from_var, to_var, type)
+        error -> add_failed(error, session_id, from_var, to_var)
       end
     end
   rescue
     # Atom ids outside Latin-1 cannot cross the NIF boundary on OTP 25 (NIF API 2.16).
     ArgumentError -> {:error, :invalid_name}
   end
+
+  defp added(session_id, from_var, to_var, type) do
+    if Events.enabled?(),
+      do: emit(:added, session_id, %{from: from_var, to: to_var, type: type}),
+      else: :ok
+  end
+
+  defp add_failed({:error, {:cycle, path}}, session_id, from_var, to_var) do
+    emit(:cycle_detected, session_id, %{from: from_var, to: to_var, path: path})
+    {:error, :would_create_cycle}
+  end
+
+  defp add_failed(error, _session_id, _from_var, _to_var), do: unknown_to_not_found(error)
 
   @doc """
   Adds many `{from, to}` or `{from, to, kind}` edges, all or nothing, in one pass. On a

@@ -46,6 +46,10 @@ defmodule DSPex.Bridge.Native do
   def graph_to_dot(_graph), do: not_loaded()
   def graph_size(_graph), do: not_loaded()
   def graph_live_count, do: not_loaded()
+  def graph_publish(_session, _graph), do: not_loaded()
+  def graph_unpublish(_session), do: not_loaded()
+  def graph_of(_session), do: not_loaded()
+  def graph_add_edge_in(_session, _from, _to, _kind), do: not_loaded()
 
   # acl
   def acl_validate(_rules), do: not_loaded()

@@ -45,7 +45,7 @@ defmodule DSPex.Bridge.SessionStore do
 
   | reason                                 | when                                                |
   |----------------------------------------|-----------------------------------------------------|
-  | `{:invalid_session_id, term}`          | not an atom or a 1..255-byte string                 |
+  | `{:invalid_session_id, term}`          | not an atom or a 1..255-byte string (a new session's atom must be Latin-1: OTP 25 NIFs read atoms as Latin-1) |
   | `{:invalid_name, term}`                | a variable name that is not an id                   |
   | `{:invalid_option, detail}`            | unknown option, wrong option type, opts not a list  |
   | `:session_not_found`                   | no such session                                     |
@@ -79,7 +79,6 @@ defmodule DSPex.Bridge.SessionStore do
   @sessions :dspex_bridge_sessions
   @variables :dspex_bridge_variables
   @history :dspex_bridge_history
-  @graphs :dspex_bridge_graphs
 
   @default_ttl 3_600_000
   @default_history 50
@@ -128,7 +127,8 @@ defmodule DSPex.Bridge.SessionStore do
       propagation: &(&1 in [:sync, :async])
     }
 
-    with {:ok, o} <- Options.take(opts, spec) do
+    with :ok <- check_new_id(session_id),
+         {:ok, o} <- Options.take(opts, spec) do
       meta = %{
         id: session_id,
         created_at: System.system_time(:millisecond),
@@ -145,6 +145,17 @@ defmodule DSPex.Bridge.SessionStore do
   end
 
   def create_session(session_id, _opts), do: {:error, {:invalid_session_id, session_id}}
+
+  # Access policies key a session by its id's text, which the NIF reads from an atom in
+  # Latin-1 only (OTP 25): an atom beyond it could create a session it cannot protect.
+  defp check_new_id(id) when is_atom(id) do
+    case :unicode.characters_to_binary(Atom.to_string(id), :utf8, :latin1) do
+      latin1 when is_binary(latin1) -> :ok
+      _ -> {:error, {:invalid_session_id, id}}
+    end
+  end
+
+  defp check_new_id(_id), do: :ok
 
   defp start_session(meta, init, event) do
     {access, meta} = Map.pop(meta, :access, [])
@@ -701,11 +712,8 @@ defmodule DSPex.Bridge.SessionStore do
     end
   end
 
-  defp graph_of(session_id) do
-    {:ok, :ets.lookup_element(@graphs, session_id, 2)}
-  rescue
-    ArgumentError -> {:error, :session_not_found}
-  end
+  # Live sessions publish their graph in the NIF's directory (see Session.init/1).
+  defp graph_of(session_id), do: Native.graph_of(session_id)
 
   defp call(session_id, message, opts) do
     case :ets.lookup(@sessions, session_id) do

@@ -88,8 +88,11 @@ fn check_cycle_path(model: &Model, from: u8, to: u8, path: &[u8]) -> Result<(), 
 fn check_orders(graph: &DependencyGraph<u8>, model: &Model) -> Result<(), TestCaseError> {
     prop_assert!(graph.check_invariants());
     prop_assert_eq!(graph.edge_count(), model.edges.len());
-    let kinds: BTreeMap<(u8, u8), EdgeKind> =
-        graph.edges().into_iter().map(|(a, b, k)| ((a, b), k)).collect();
+    let kinds: BTreeMap<(u8, u8), EdgeKind> = graph
+        .edges()
+        .into_iter()
+        .map(|(a, b, k)| ((a, b), k))
+        .collect();
     prop_assert_eq!(&kinds, &model.kinds);
     for v in 0..N {
         let order = graph.update_order(&v).unwrap();

@@ -352,9 +352,17 @@ fn acl_set_policies<'a>(
 
 /// Drops the policies of every variable of `session`; how many there were. DirtyCpu: a
 /// large session has tens of thousands.
+///
+/// An atom whose text is outside Latin-1 cannot key a policy (see `var_key`), so a session
+/// named by one has none: 0.
 #[rustler::nif(schedule = "DirtyCpu")]
-fn acl_remove_session(session: VarKey) -> usize {
-    ENGINE.lock().remove_policies_where(|(s, _)| *s == session)
+fn acl_remove_session(session: Term) -> NifResult<usize> {
+    let session: VarKey = match session.decode() {
+        Ok(key) => key,
+        Err(_) if session.is_atom() => return Ok(0),
+        Err(err) => return Err(err),
+    };
+    Ok(ENGINE.lock().remove_policies_where(|(s, _)| *s == session))
 }
 
 /// Drops a variable's policy; `true` if it had one.

@@ -10,6 +10,7 @@ rustler::atoms! {
     cycle,
     unknown_variable,
     variable_exists,
+    session_not_found,
     dependencies,
     dependents,
     upstream,

@@ -1,15 +1,23 @@
 //! Dependency graph NIFs (`dspex_core::graph`). One resource per session graph, guarded by
 //! a mutex (the core graph is not `Sync`). All regular NIFs finish in microseconds on
 //! graphs of thousands of nodes, except those marked DirtyCpu, which walk the whole graph.
+//!
+//! Live sessions publish their graph in a directory keyed by session id, so that a
+//! dependency call finds the graph inside the NIF: an ETS lookup that copies the resource
+//! reference out cost more than the insert itself.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 
+use ahash::AHashMap;
 use dspex_core::graph::{DependencyGraph, EdgeKind, GraphError};
+use parking_lot::RwLock;
 use rustler::{Encoder, Env, Error, NifResult, ResourceArc, Term, TermType};
 
 use crate::atoms::{self, atom_is};
-use crate::var_key::VarKey;
+use crate::hot_nif::hot_nif;
+use crate::term_key::Key;
+use crate::var_key::{lookup_bytes, VarKey};
 
 /// A session's dependency graph.
 pub struct GraphResource(Mutex<DependencyGraph<VarKey>>);
@@ -27,6 +35,23 @@ impl Drop for GraphResource {
 }
 
 type Graph = ResourceArc<GraphResource>;
+
+// Session id -> its graph, for every live session of this node. Keyed by the id's term key
+// (an atom by its word, a string by its bytes): any atom can name a session, even one
+// whose text is outside Latin-1.
+static DIRECTORY: LazyLock<RwLock<AHashMap<Box<[u8]>, Graph>>> =
+    LazyLock::new(|| RwLock::new(AHashMap::new()));
+
+fn session_key(session: Term) -> NifResult<Key> {
+    let mut key = Key::new();
+    key.push_term(session, false).map_err(|_| Error::BadArg)?;
+    Ok(key)
+}
+
+fn published(session: Term) -> NifResult<Option<Graph>> {
+    let key = session_key(session)?;
+    Ok(DIRECTORY.read().get(key.bytes()).cloned())
+}
 
 fn with<T>(graph: &Graph, f: impl FnOnce(&mut DependencyGraph<VarKey>) -> T) -> T {
     // No core operation panics half-way, so a poisoned lock still guards a valid graph.
@@ -84,6 +109,32 @@ fn graph_new() -> Graph {
     ResourceArc::new(GraphResource(Mutex::new(DependencyGraph::new())))
 }
 
+/// Makes `graph` the graph of `session` (replacing any previous one).
+#[rustler::nif]
+fn graph_publish(session: Term, graph: Graph) -> NifResult<rustler::Atom> {
+    let key = session_key(session)?;
+    DIRECTORY.write().insert(key.bytes().into(), graph);
+    Ok(atoms::ok())
+}
+
+/// Forgets the graph of `session`; `false` if none was published.
+#[rustler::nif]
+fn graph_unpublish(session: Term) -> NifResult<bool> {
+    let key = session_key(session)?;
+    // Dropped outside the lock: the last reference frees the whole graph.
+    let graph = DIRECTORY.write().remove(key.bytes());
+    Ok(graph.is_some())
+}
+
+/// The graph of `session`: `{:ok, graph}` or `{:error, :session_not_found}`.
+#[rustler::nif]
+fn graph_of<'a>(env: Env<'a>, session: Term<'a>) -> NifResult<Term<'a>> {
+    Ok(match published(session)? {
+        Some(graph) => (atoms::ok(), graph).encode(env),
+        None => (atoms::error(), atoms::session_not_found()).encode(env),
+    })
+}
+
 /// Adds a node; `false` if it was already there.
 #[rustler::nif]
 fn graph_add_node(graph: Graph, key: VarKey) -> bool {
@@ -123,6 +174,29 @@ fn graph_add_edge<'a>(
         env,
         with(&graph, |g| g.add_edge(&from, &to, kind)),
     ))
+}
+
+hot_nif!("graph_add_edge_in", 4, add_edge_in);
+
+/// `graph_add_edge_in(session, from, to, kind)`: adds `from -> to` to the session's graph,
+/// found in the directory. `:ok`, `{:error, :session_not_found}`, `{:error, {:cycle, path}}`
+/// or `{:error, {:unknown_variable, id}}`. The ids are looked up as borrowed bytes: the
+/// call allocates nothing unless it adds a custom kind or reports an error.
+fn add_edge_in<'a>(env: Env<'a>, [session, from, to, kind]: [Term<'a>; 4]) -> NifResult<Term<'a>> {
+    let (mut from_key, mut to_key) = (Key::new(), Key::new());
+    lookup_bytes(from, &mut from_key)?;
+    lookup_bytes(to, &mut to_key)?;
+    let kind = decode_kind(kind)?;
+    let Some(graph) = published(session)? else {
+        return Ok((atoms::error(), atoms::session_not_found()).encode(env));
+    };
+    let result = with(&graph, |g| {
+        g.add_edge(from_key.bytes(), to_key.bytes(), kind)
+    });
+    Ok(match result {
+        Ok(_) => atoms::ok().encode(env),
+        Err(err) => encode_graph_error(env, err),
+    })
 }
 
 /// Adds a list of `{from, to, kind}` all or nothing: `{:ok, added}` or the first error.

@@ -4,60 +4,149 @@
 //! the caller passed it in (atoms are never collected), so no atom is ever created here.
 //! Atom text is read as Latin-1 (NIF API 2.16, OTP 25): atoms outside Latin-1 are refused
 //! with badarg; use strings for such names.
+//!
+//! A key is one byte string, a tag then the text, so that a table keyed by [`VarKey`] can
+//! be searched with bytes built on the stack ([`lookup_bytes`]) instead of an owned key.
+
+use std::borrow::Borrow;
 
 use rustler::{Atom, Binary, Decoder, Encoder, Env, Error, NifResult, Term, TermType};
+use smallvec::SmallVec;
 
 use crate::binary::to_binary;
+use crate::term_key::Key;
+
+const ATOM: u8 = 0;
+const STRING: u8 = 1;
 
 /// An atom or a string id.
+///
+/// Ids of up to 23 bytes are stored inline: a map keyed by ids then compares a key in the
+/// entry itself instead of chasing a pointer (a cache miss per lookup in a large session).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum VarKey {
-    /// An atom's text.
-    Atom(Box<str>),
-    /// A string's bytes.
-    Str(Box<[u8]>),
-}
+pub struct VarKey(SmallVec<[u8; 24]>);
 
 impl VarKey {
+    fn text_bytes(&self) -> &[u8] {
+        &self.0[1..]
+    }
+
+    fn is_atom(&self) -> bool {
+        self.0[0] == ATOM
+    }
+
     /// The id's text (an atom's name or a string's bytes), for matching session patterns.
     pub fn text(&self) -> String {
-        match self {
-            VarKey::Atom(a) => a.to_string(),
-            VarKey::Str(s) => String::from_utf8_lossy(s).into_owned(),
+        if self.is_atom() {
+            // Latin-1: every byte is the code point of the same value.
+            self.text_bytes().iter().map(|&b| char::from(b)).collect()
+        } else {
+            String::from_utf8_lossy(self.text_bytes()).into_owned()
         }
     }
 
     /// How the id reads in Elixir (`:name` or `"name"`), for DOT labels.
     pub fn label(&self) -> String {
-        match self {
-            VarKey::Atom(a) => format!(":{a}"),
-            VarKey::Str(_) => format!("{:?}", self.text()),
+        if self.is_atom() {
+            format!(":{}", self.text())
+        } else {
+            format!("{:?}", self.text())
         }
     }
 }
 
+impl Borrow<[u8]> for VarKey {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for VarKey {
+    fn from(bytes: Vec<u8>) -> Self {
+        VarKey(SmallVec::from_vec(bytes))
+    }
+}
+
+/// Writes the bytes a [`VarKey`] of `term` would hold into `key`, allocating nothing for
+/// ids of up to ~190 bytes; the bytes then find the id in any map keyed by `VarKey`.
+///
+/// # Errors
+/// `BadArg` if `term` is neither an atom nor a string, or an atom outside Latin-1.
+pub fn lookup_bytes(term: Term, key: &mut Key) -> NifResult<()> {
+    match term.get_type() {
+        TermType::Binary => {
+            let bin = Binary::from_term(term)?;
+            key.push(&[STRING]);
+            key.push(bin.as_slice());
+        }
+        TermType::Atom => {
+            key.push(&[ATOM]);
+            // Atom names are at most 255 characters; Latin-1 text needs one byte each.
+            let mut text = [0u8; 256];
+            let written = atom_latin1(term, &mut text).ok_or(Error::BadArg)?;
+            key.push(&text[..written]);
+        }
+        _ => return Err(Error::BadArg),
+    }
+    Ok(())
+}
+
+fn atom_latin1(term: Term, buf: &mut [u8; 256]) -> Option<usize> {
+    // SAFETY: `enif_get_atom` writes at most `buf.len()` bytes (the text and a NUL) into
+    // `buf` and returns the count including the NUL, or 0 for a non-atom or an atom whose
+    // text does not fit in Latin-1.
+    let written = unsafe {
+        rustler::sys::enif_get_atom(
+            term.get_env().as_c_arg(),
+            term.as_c_arg(),
+            buf.as_mut_ptr().cast(),
+            buf.len() as _,
+            rustler::sys::ErlNifCharEncoding::ERL_NIF_LATIN1,
+        )
+    };
+    (written > 0).then(|| written as usize - 1)
+}
+
 impl<'a> Decoder<'a> for VarKey {
     fn decode(term: Term<'a>) -> NifResult<Self> {
-        match term.get_type() {
-            TermType::Atom => Ok(VarKey::Atom(term.atom_to_string()?.into_boxed_str())),
-            TermType::Binary => {
-                let bin = Binary::from_term(term)?;
-                Ok(VarKey::Str(bin.as_slice().into()))
-            }
-            _ => Err(Error::BadArg),
-        }
+        let mut key = Key::new();
+        lookup_bytes(term, &mut key)?;
+        Ok(VarKey(SmallVec::from_slice(key.bytes())))
     }
 }
 
 impl Encoder for VarKey {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
-        match self {
-            VarKey::Atom(text) => match Atom::existing_from_bytes(env, text.as_bytes()) {
+        let text = self.text_bytes();
+        if self.is_atom() {
+            match Atom::existing_from_bytes(env, text) {
                 Ok(atom) => atom.encode(env),
                 // Unreachable for ids that came from the caller; never mint a new atom.
-                _ => text.as_ref().encode(env),
-            },
-            VarKey::Str(bytes) => to_binary(env, bytes),
+                _ => to_binary(env, text),
+            }
+        } else {
+            to_binary(env, text)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atoms_and_strings_of_the_same_text_differ_and_order_atoms_first() {
+        let atom = VarKey::from(vec![ATOM, b'a']);
+        let string = VarKey::from(vec![STRING, b'a']);
+        assert_ne!(atom, string);
+        assert!(atom < string);
+        assert_eq!(atom.label(), ":a");
+        assert_eq!(string.label(), "\"a\"");
+    }
+
+    #[test]
+    fn latin1_atom_text_reads_as_unicode() {
+        let atom = VarKey::from(vec![ATOM, 0xe9]);
+        assert_eq!(atom.text(), "é");
     }
 }

@@ -37,6 +37,20 @@ defmodule DSPex.Bridge.DependencyManagerTest do
       assert dot =~ ~s(label="feeds")
     end
 
+    test "Latin-1 atoms name sessions and variables; other atoms are refused up front" do
+      # Ids cross the NIF as text, which OTP 25 reads from an atom in Latin-1 only.
+      beyond = :"会话_#{System.unique_integer([:positive])}"
+      assert {:error, {:invalid_session_id, ^beyond}} = SessionStore.create_session(beyond)
+      id = :"sessão_#{System.unique_integer([:positive])}"
+      {:ok, ^id} = SessionStore.create_session(id)
+      vars!(id, [:é, "b"])
+      assert :ok = DependencyManager.add_dependency(id, :é, "b")
+      assert {:ok, [:é, "b"]} = DependencyManager.get_update_order(id, :é)
+      assert {:error, :invalid_name} = DependencyManager.add_dependency(id, :"😀", "b")
+      assert :ok = SessionStore.delete_session(id)
+      assert {:error, :session_not_found} = DependencyManager.add_dependency(id, :é, "b")
+    end
+
     test "a cycle is refused with its path in the event and from cycle_path/3" do
       :ok = Events.subscribe([:dspex, :bridge, :dependency, :cycle_detected])
       s = session!() |> vars!([:a, :b, :c])

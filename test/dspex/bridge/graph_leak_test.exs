@@ -28,7 +28,7 @@ defmodule DSPex.Bridge.GraphLeakTest do
     created = Native.graph_live_count()
     assert created >= 50
     for s <- ids, do: :ok = SessionStore.delete_session(s)
-    # The graph refs lived in ETS and the session processes; both are gone now.
+    # The graph refs lived in the NIF's directory and the session processes; both are gone.
     eventually(fn ->
       collect_everything()
       Native.graph_live_count() <= created - 50

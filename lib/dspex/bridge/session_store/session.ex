@@ -44,7 +44,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     touch = :atomics.new(1, signed: false)
 
     if :ets.insert_new(Tables.sessions(), {id, meta, self(), touch}) do
-      :ets.insert(Tables.graphs(), {id, meta.graph})
+      :ok = Native.graph_publish(id, meta.graph)
       state = schedule_idle_check(new_state(id, meta, touch))
 
       case init do
@@ -846,7 +846,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
     :ets.match_delete(Tables.variables(), {{id, :_}, :_, :_})
     Task.await(others, :infinity)
-    :ets.delete(Tables.graphs(), id)
+    Native.graph_unpublish(id)
     :ets.delete(Tables.sessions(), id)
     :ok
   end

@@ -6,8 +6,6 @@ defmodule DSPex.Bridge.SessionStore.Tables do
   # variables: {{session_id, name}, %Variable{}, touch}  ordered_set: a session's variables
   #            are one contiguous key range, so listing or deleting them never scans others
   # history:   {{session_id, name}, [entry]}             ordered_set, newest entry first
-  # graphs:    {session_id, graph_ref}                   set; its own table so that a
-  #            dependency call copies one reference, not the session's whole row
   # access:    {{session_id, name}, mode, [rule]}        ordered_set; the policies as given
   #            (canonical form), for export and get_policy; decisions come from the NIF
   # audit:     {unique_int, entry}                       ordered_set, bounded access log
@@ -19,14 +17,12 @@ defmodule DSPex.Bridge.SessionStore.Tables do
   @sessions :dspex_bridge_sessions
   @variables :dspex_bridge_variables
   @history :dspex_bridge_history
-  @graphs :dspex_bridge_graphs
   @access :dspex_bridge_access
   @audit :dspex_bridge_audit
 
   def sessions, do: @sessions
   def variables, do: @variables
   def history, do: @history
-  def graphs, do: @graphs
   def access, do: @access
 
   def start_link(_), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
@@ -37,7 +33,6 @@ defmodule DSPex.Bridge.SessionStore.Tables do
     :ets.new(@sessions, [:set | opts])
     :ets.new(@variables, [:ordered_set | opts])
     :ets.new(@history, [:ordered_set | opts])
-    :ets.new(@graphs, [:set | opts])
     :ets.new(@access, [:ordered_set | opts])
     :ets.new(@audit, [:ordered_set, :public, :named_table, write_concurrency: true])
     {:ok, nil}
