@@ -93,26 +93,36 @@ defmodule DSPex.Bridge.AccessControl do
   @doc "`:ok` if `session_id` may exercise `permission` on `variable`, else `{:error, :access_denied}`."
   @spec check_permission(variable(), SessionStore.session_id(), permission(), map()) ::
           :ok | {:error, term()}
-  def check_permission(variable, session_id, permission, context \\ %{}) do
-    with :ok <- check_request(variable, session_id, permission, context) do
-      decide(variable, session_id, permission, context)
-    end
-  end
+  def check_permission(variable, session_id, permission, context \\ %{})
+
+  def check_permission({owner, name} = variable, session_id, permission, context)
+      when is_id(owner) and is_id(name) and is_id(session_id) and permission in @permissions and
+             is_map(context),
+      do: decide(variable, session_id, permission, context)
+
+  def check_permission(variable, session_id, permission, context),
+    do: check_request(variable, session_id, permission, context)
 
   @doc false
   # The SessionStore's entry point: arguments already checked.
   def decide({owner, name} = variable, session_id, permission, context) do
-    observed = Events.enabled?()
-    start = if observed, do: System.monotonic_time(), else: 0
-    # The NIF reads the clock and counts the decision for analytics itself.
-    {allowed, hit} = Native.acl_check(owner, name, session_id, permission, context)
-
-    if observed or audit_mode() == :all or (not allowed and audit_mode() == :denials),
-      do: record(variable, session_id, permission, allowed, hit, start, observed)
-
-    if allowed, do: :ok, else: {:error, :access_denied}
+    # The NIF reads the clock and counts the decision for analytics itself, and answers a
+    # bare `:ok` when the decision is an allow that neither events nor the audit log need.
+    case Native.acl_check(owner, name, session_id, permission, context) do
+      :ok -> :ok
+      {allowed, hit, nanos} -> report(variable, session_id, permission, allowed, hit, nanos)
+    end
   rescue
     ArgumentError -> {:error, :access_denied}
+  end
+
+  defp report(variable, session_id, permission, allowed, hit, nanos) do
+    observed = Events.enabled?()
+
+    if observed or audit_mode() == :all or (not allowed and audit_mode() == :denials),
+      do: record(variable, session_id, permission, allowed, hit, nanos, observed)
+
+    if allowed, do: :ok, else: {:error, :access_denied}
   end
 
   @audit_key :dspex_bridge_access_audit
@@ -122,22 +132,24 @@ defmodule DSPex.Bridge.AccessControl do
   `config :dspex_bridge, access_audit: ...` at start; this changes it at run time.
   """
   @spec configure_audit(:denials | :all | :off) :: :ok | {:error, term()}
-  def configure_audit(mode) when mode in [:denials, :all, :off],
-    do: :persistent_term.put(@audit_key, mode)
+  def configure_audit(mode) when mode in [:denials, :all, :off] do
+    :persistent_term.put(@audit_key, mode)
+    Native.acl_set_audit_all(mode == :all)
+  end
 
   def configure_audit(mode), do: {:error, {:invalid_audit_mode, mode}}
 
-  defp audit_mode do
-    case :persistent_term.get(@audit_key, nil) do
-      nil ->
-        mode = Application.get_env(:dspex_bridge, :access_audit, :denials)
-        :persistent_term.put(@audit_key, mode)
-        mode
-
-      mode ->
-        mode
+  @doc false
+  # At start: the audit mode from the application environment.
+  @spec init_audit() :: :ok
+  def init_audit do
+    case configure_audit(Application.get_env(:dspex_bridge, :access_audit, :denials)) do
+      :ok -> :ok
+      {:error, reason} -> raise ArgumentError, "config :dspex_bridge, #{inspect(reason)}"
     end
   end
+
+  defp audit_mode, do: :persistent_term.get(@audit_key, :denials)
 
   @doc "The permissions `session_id` holds on `variable`: `{:ok, [permission]}`."
   @spec get_permissions(variable(), SessionStore.session_id(), map()) ::
@@ -155,12 +167,17 @@ defmodule DSPex.Bridge.AccessControl do
   """
   @spec explain(variable(), SessionStore.session_id(), permission(), map()) ::
           {:ok, map()} | {:error, term()}
-  def explain({owner, name} = variable, session_id, permission, context \\ %{}) do
-    with :ok <- check_request(variable, session_id, permission, context) do
-      {allowed, reason} = Native.acl_explain(owner, name, session_id, permission, context, now())
-      {:ok, %{allowed: allowed, decided_by: reason}}
-    end
+  def explain(variable, session_id, permission, context \\ %{})
+
+  def explain({owner, name}, session_id, permission, context)
+      when is_id(owner) and is_id(name) and is_id(session_id) and permission in @permissions and
+             is_map(context) do
+    {allowed, reason} = Native.acl_explain(owner, name, session_id, permission, context)
+    {:ok, %{allowed: allowed, decided_by: reason}}
   end
+
+  def explain(variable, session_id, permission, context),
+    do: check_request(variable, session_id, permission, context)
 
   @doc "The subset of `variables` on which `session_id` holds `permission`."
   @spec filter_accessible_variables([variable()], SessionStore.session_id(), permission(), map()) ::
@@ -451,10 +468,9 @@ defmodule DSPex.Bridge.AccessControl do
   @doc false
   def audit_table, do: @audit
 
-  defp record(variable, session, permission, allowed, hit, start, observed) do
+  defp record(variable, session, permission, allowed, hit, nanos, observed) do
     if observed do
-      us = System.convert_time_unit(System.monotonic_time() - start, :native, :microsecond)
-      m = %{duration_us: us, cache_hit: hit}
+      m = %{duration_us: div(nanos, 1_000), cache_hit: hit}
       meta = %{variable: variable, session_id: session, permission: permission, allowed: allowed}
       Events.emit([:dspex, :bridge, :access, :decision], m, meta)
       unless allowed, do: Events.emit([:dspex, :bridge, :access, :denied], m, meta)

@@ -5,6 +5,7 @@ defmodule DSPex.Bridge.Application do
   @impl true
   def start(_type, _args) do
     DSPex.Bridge.Events.init()
+    DSPex.Bridge.AccessControl.init_audit()
     DSPex.Bridge.Analytics.init()
     DSPex.Bridge.Analytics.Recorder.init_counters()
     DSPex.Bridge.HAManager.forget_ownership()

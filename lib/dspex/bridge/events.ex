@@ -68,7 +68,8 @@ defmodule DSPex.Bridge.Events do
         DSPex.Bridge.TelemetryAdapter.available?()
 
     if :persistent_term.get(@enabled, nil) != enabled, do: :persistent_term.put(@enabled, enabled)
-    :ok
+    # Hot NIFs read their own copy, so that they can tell the caller "nothing to report".
+    DSPex.Bridge.Native.events_set_enabled(enabled)
   end
 
   @doc false

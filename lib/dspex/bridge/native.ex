@@ -61,8 +61,10 @@ defmodule DSPex.Bridge.Native do
   def acl_remove_rule(_session, _name, _id), do: not_loaded()
   def acl_set_mode(_session, _name, _mode), do: not_loaded()
   def acl_check(_session, _name, _caller, _permission, _context), do: not_loaded()
+  def acl_set_audit_all(_all?), do: not_loaded()
+  def events_set_enabled(_enabled?), do: not_loaded()
   def acl_take_counts, do: not_loaded()
-  def acl_explain(_session, _name, _caller, _permission, _context, _now), do: not_loaded()
+  def acl_explain(_session, _name, _caller, _permission, _context), do: not_loaded()
   def acl_permissions(_session, _name, _caller, _context, _now), do: not_loaded()
   def acl_stats, do: not_loaded()
 

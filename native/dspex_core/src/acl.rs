@@ -32,10 +32,12 @@
 
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ahash::AHashMap;
 use ipnet::IpNet;
 use regex::{Regex, RegexBuilder};
+use smallvec::SmallVec;
 
 /// Compiled regexes are limited to this many bytes, so no pattern can exhaust memory; the
 /// `regex` crate matches in linear time, so none can take super-linear time either.
@@ -393,12 +395,22 @@ impl Condition {
 }
 
 /// The request context: key/value pairs, sorted by key, keys unique.
+///
+/// Keys are shared strings: a caller that sees the same few keys over and over (the NIF
+/// remembers the text of each atom key) builds a context without allocating them, and a
+/// handful of pairs live inline.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct Context(Vec<(String, Value)>);
+pub struct Context(SmallVec<[(Arc<str>, Value); 2]>);
 
 impl Context {
     /// Builds a context; later duplicates of a key replace earlier ones.
-    pub fn new(mut pairs: Vec<(String, Value)>) -> Self {
+    pub fn new(pairs: Vec<(String, Value)>) -> Self {
+        Self::from_shared(pairs.into_iter().map(|(k, v)| (Arc::from(k), v)))
+    }
+
+    /// [`new`](Self::new) from keys the caller already shares.
+    pub fn from_shared(pairs: impl IntoIterator<Item = (Arc<str>, Value)>) -> Self {
+        let mut pairs: SmallVec<[(Arc<str>, Value); 2]> = pairs.into_iter().collect();
         pairs.reverse();
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
         pairs.dedup_by(|a, b| a.0 == b.0);
@@ -408,7 +420,7 @@ impl Context {
     /// The value under `key`.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.0
-            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .binary_search_by(|(k, _)| (**k).cmp(key))
             .ok()
             .map(|i| &self.0[i].1)
     }
@@ -418,7 +430,7 @@ impl Context {
 #[derive(Debug, Clone)]
 pub struct Rule {
     /// Unique within its variable.
-    pub id: String,
+    pub id: Arc<str>,
     /// Which sessions.
     pub pattern: SessionPattern,
     permissions: u8,
@@ -442,7 +454,7 @@ impl Rule {
     /// An allow rule with priority 0, no conditions, no time window.
     pub fn new(id: &str, pattern: SessionPattern, permissions: &[Permission]) -> Self {
         Rule {
-            id: id.to_string(),
+            id: id.into(),
             pattern,
             permissions: bits_of(permissions),
             effect: Effect::Allow,
@@ -502,7 +514,7 @@ pub enum Decision {
     /// This rule decided.
     Rule {
         /// The rule's id.
-        id: String,
+        id: Arc<str>,
         /// Its effect.
         effect: Effect,
         /// Its priority.
@@ -622,6 +634,11 @@ impl<T> Cached<T> {
     fn fresh(&self, version: u64, now: u64) -> bool {
         self.version == version && self.valid_from <= now && now < self.valid_until
     }
+
+    /// Valid at any time: no rule of the variable has a window.
+    fn timeless(&self) -> bool {
+        self.valid_from == 0 && self.valid_until == u64::MAX
+    }
 }
 
 /// Inserts into a bounded cache: when full it starts over rather than track recency on the
@@ -695,8 +712,8 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
         let mut ids = std::collections::HashSet::new();
         for (i, rule) in rules.iter().enumerate() {
             rule.check().map_err(|e| (i, e))?;
-            if !ids.insert(rule.id.as_str()) {
-                return Err((i, RuleError::DuplicateId(rule.id.clone())));
+            if !ids.insert(&*rule.id) {
+                return Err((i, RuleError::DuplicateId(rule.id.to_string())));
             }
         }
         Ok(())
@@ -763,7 +780,7 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
             .ok_or(RuleError::UnknownVariable)?;
         rule.check()?;
         if policy.rules.iter().any(|r| r.id == rule.id) {
-            return Err(RuleError::DuplicateId(rule.id));
+            return Err(RuleError::DuplicateId(rule.id.to_string()));
         }
         if policy.rules.len() >= MAX_RULES_PER_VARIABLE {
             return Err(RuleError::TooManyRules);
@@ -783,7 +800,7 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
             .get_mut(variable)
             .ok_or(RuleError::UnknownVariable)?;
         let before = policy.rules.len();
-        policy.rules.retain(|r| r.id != id);
+        policy.rules.retain(|r| &*r.id != id);
         if policy.rules.len() == before {
             return Err(RuleError::UnknownRule(id.to_string()));
         }
@@ -803,6 +820,28 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
         policy.mode = mode;
         self.changed();
         Ok(())
+    }
+
+    /// [`explain`](Self::explain) reading the time only if a rule of the variable has a
+    /// window (no other decision depends on it).
+    pub fn explain_with(
+        &self,
+        variable: &V,
+        session: &str,
+        p: Permission,
+        ctx: &Context,
+        now: impl FnOnce() -> u64,
+    ) -> Decision {
+        match self.policies.get(variable) {
+            Some(policy) => {
+                let windowed = policy
+                    .rules
+                    .iter()
+                    .any(|r| r.not_before.is_some() || r.expires_at.is_some());
+                policy.decide(session, p, ctx, if windowed { now() } else { 0 })
+            }
+            None => Decision::NoPolicy,
+        }
     }
 
     /// The decision with its reason, never cached.
@@ -882,8 +921,19 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
     /// valid at `now` under the current policies. Allocates nothing; on `None` the caller
     /// decides with [`check_by_bytes`](Self::check_by_bytes).
     pub fn lookup_bytes(&mut self, key: &[u8], now: u64) -> Option<bool> {
+        self.lookup_bytes_with(key, || now)
+    }
+
+    /// [`lookup_bytes`](Self::lookup_bytes) reading the time only when it matters: a
+    /// decision no rule window bounds (the common case) is answered without calling `now`.
+    pub fn lookup_bytes_with(&mut self, key: &[u8], now: impl FnOnce() -> u64) -> Option<bool> {
         let e = self.by_bytes.get(key)?;
-        if e.fresh(self.version, now) {
+        let fresh = if e.timeless() {
+            e.version == self.version
+        } else {
+            e.fresh(self.version, now())
+        };
+        if fresh {
             self.stats.hits += 1;
             Some(e.value)
         } else {

@@ -263,6 +263,11 @@ proptest! {
             let expected = naive(mode, &rules, SESSIONS[*s], *p, x, *now);
             let c = to_ctx(x);
             prop_assert_eq!(acl.explain(&"v", SESSIONS[*s], PERMS[*p], &c, *now).allowed(), expected);
+            // Reading the clock only for windowed policies changes no explanation.
+            prop_assert_eq!(
+                acl.explain_with(&"v", SESSIONS[*s], PERMS[*p], &c, || *now),
+                acl.explain(&"v", SESSIONS[*s], PERMS[*p], &c, *now)
+            );
             // Cached twice: the second is a hit and must agree.
             prop_assert_eq!(acl.check(&"v", SESSIONS[*s], PERMS[*p], &c, *now).allowed(), expected);
             prop_assert_eq!(acl.check(&"v", SESSIONS[*s], PERMS[*p], &c, *now).allowed(), expected);
@@ -332,6 +337,14 @@ proptest! {
                     let (again, hit) = decide(&mut acl, *s, *p, x, t);
                     prop_assert_eq!(again, expected);
                     prop_assert!(hit, "the same request at the same time is a hit");
+                    // Asking for the time only when the decision depends on it: the same
+                    // answer, and no clock read at all while no rule has a window.
+                    let key = format!("{s}|{p}|{x:?}").into_bytes();
+                    let mut read = false;
+                    let lazily = acl.lookup_bytes_with(&key, || { read = true; t });
+                    prop_assert_eq!(lazily, Some(expected));
+                    let windowed = current.iter().any(|r| r.window.0.is_some() || r.window.1.is_some());
+                    prop_assert!(windowed || !read, "read the clock for a timeless decision");
                 }
             }
             match round {

@@ -8,9 +8,9 @@
 use std::cell::RefCell;
 
 use ahash::AHashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::LazyLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
 
 use dspex_core::acl::{
     AccessControl, AccessMode, Condition, Context, Decision, Effect, Permission, Rule, RuleError,
@@ -22,8 +22,10 @@ use rustler::{Atom, Encoder, Env, Error, MapIterator, NifResult, Term, TermType}
 
 use crate::atoms::{self, atom_is};
 use crate::hot_nif::hot_nif;
+use crate::reporting;
 use crate::term_key::{atom_word, Key};
-use crate::var_key::VarKey;
+use crate::var_key::{with_text, VarKey};
+use crate::wall_clock;
 
 type Engine = AccessControl<(VarKey, VarKey)>;
 
@@ -78,24 +80,24 @@ fn encode_mode(mode: AccessMode) -> Atom {
 thread_local! {
     // Atom texts this scheduler thread has read: reading one from the VM takes the atom
     // table's lock. Atoms live as long as the VM, so an atom's word always has the same text.
-    static ATOM_TEXT: RefCell<AHashMap<usize, Box<str>>> = RefCell::new(AHashMap::new());
+    static ATOM_TEXT: RefCell<AHashMap<usize, Arc<str>>> = RefCell::new(AHashMap::new());
 }
 
 /// Most atoms a thread remembers the text of before starting over.
 const ATOM_TEXT_LIMIT: usize = 4_096;
 
-fn atom_text(term: Term) -> NifResult<String> {
+fn atom_text(term: Term) -> NifResult<Arc<str>> {
     let word = atom_word(term);
-    if let Some(text) = ATOM_TEXT.with(|c| c.borrow().get(&word).map(|t| t.to_string())) {
+    if let Some(text) = ATOM_TEXT.with(|c| c.borrow().get(&word).cloned()) {
         return Ok(text);
     }
-    let text = term.atom_to_string()?;
+    let text: Arc<str> = term.atom_to_string()?.into();
     ATOM_TEXT.with(|c| {
         let mut c = c.borrow_mut();
         if c.len() >= ATOM_TEXT_LIMIT {
             c.clear();
         }
-        c.insert(word, text.as_str().into());
+        c.insert(word, text.clone());
     });
     Ok(text)
 }
@@ -103,17 +105,17 @@ fn atom_text(term: Term) -> NifResult<String> {
 fn decode_value(term: Term) -> Option<Value> {
     match term.get_type() {
         TermType::Binary => term.decode::<String>().ok().map(Value::Str),
-        TermType::Atom => atom_text(term).ok().map(Value::Atom),
+        TermType::Atom => atom_text(term).ok().map(|t| Value::Atom(t.to_string())),
         TermType::Integer => term.decode::<i64>().ok().map(Value::Int),
         TermType::Float => term.decode::<f64>().ok().map(Value::Float),
         _ => None,
     }
 }
 
-fn key_text(term: Term) -> NifResult<String> {
+fn key_text(term: Term) -> NifResult<Arc<str>> {
     match term.get_type() {
         TermType::Atom => atom_text(term),
-        TermType::Binary => term.decode::<String>(),
+        TermType::Binary => Ok(term.decode::<String>()?.into()),
         _ => Err(Error::BadArg),
     }
 }
@@ -121,13 +123,9 @@ fn key_text(term: Term) -> NifResult<String> {
 /// A context map; values of kinds no condition can test (lists, maps, pids) count as absent.
 fn decode_context(term: Term) -> NifResult<Context> {
     let iter = MapIterator::new(term).ok_or(Error::BadArg)?;
-    let mut pairs = Vec::new();
-    for (k, v) in iter {
-        if let (Ok(key), Some(value)) = (key_text(k), decode_value(v)) {
-            pairs.push((key, value));
-        }
-    }
-    Ok(Context::new(pairs))
+    Ok(Context::from_shared(iter.filter_map(|(k, v)| {
+        Some((key_text(k).ok()?, decode_value(v)?))
+    })))
 }
 
 type Compiled<T> = Result<T, RuleError>;
@@ -239,7 +237,7 @@ fn decode_rule(term: Term) -> NifResult<Compiled<Rule>> {
     for c in conds.decode::<Vec<Term>>()? {
         let (key, cond) = c.decode::<(Term, Term)>()?;
         match decode_condition(cond)? {
-            Ok(cond) => rule.conditions.push((key_text(key)?, cond)),
+            Ok(cond) => rule.conditions.push((key_text(key)?.to_string(), cond)),
             Err(e) => return Ok(Err(e)),
         }
     }
@@ -410,20 +408,12 @@ fn acl_set_mode<'a>(
 /// from the cache or computed. Counted here so the hot path makes no second call.
 static DECISIONS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
-/// Wall-clock milliseconds (the precise clock: rule windows are judged to the millisecond).
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The request as canonical bytes, when every part is an atom, a string or (for context
 /// values) an integer; `None` sends the request down the decoding path alone.
 fn request_key(terms: [Term; 4], context: Term) -> Option<Key> {
     let mut key = Key::new();
     for t in terms {
         key.push_term(t, false).ok()?;
-        key.push(&[0]);
     }
     if context.map_size().ok()? > 0 {
         for (k, v) in MapIterator::new(context)? {
@@ -434,22 +424,40 @@ fn request_key(terms: [Term; 4], context: Term) -> Option<Key> {
     Some(key)
 }
 
-/// The hot path, at the current time: `{allowed?, cache_hit?}`. A repeated request is found
-/// by its canonical bytes without decoding anything; a new one is decoded, decided and
-/// remembered under them.
+/// True while an allowed decision must be reported to Elixir: someone listens to events
+/// (see `reporting`) or the audit log keeps every decision. Starts true, so nothing goes
+/// unreported before the Elixir side has said what it needs.
+static AUDIT_ALL: AtomicBool = AtomicBool::new(true);
+
+/// Whether the audit log keeps every decision (`true`) or fewer (`false`).
+#[rustler::nif]
+fn acl_set_audit_all(all: bool) -> rustler::Atom {
+    AUDIT_ALL.store(all, Ordering::Relaxed);
+    atoms::ok()
+}
+
+/// The hot path, at the current time: `:ok` for an allowed request nobody needs to hear of,
+/// else `{allowed?, cache_hit?, nanoseconds}` (the time this call took when events are on,
+/// else 0). A repeated request is found by its canonical bytes without decoding anything; a
+/// new one is decoded, decided and remembered under them.
 fn acl_check<'a>(
     env: Env<'a>,
     [session, name, caller, permission, context]: [Term<'a>; 5],
 ) -> NifResult<Term<'a>> {
-    let now = now_ms();
+    let observed = reporting::events_enabled();
+    let started = observed.then(Instant::now);
     let key = request_key([session, name, caller, permission], context);
     let mut engine = ENGINE.lock();
-    let cached = key
-        .as_ref()
-        .and_then(|k| engine.lookup_bytes(k.bytes(), now));
+    // The clock is read (precisely: rule windows are judged to the millisecond) only when
+    // the cached decision has a window, or when there is none to use.
+    let mut now = None;
+    let cached = key.as_ref().and_then(|k| {
+        engine.lookup_bytes_with(k.bytes(), || *now.insert(wall_clock::precise_ms()))
+    });
     let (allowed, hit) = match cached {
         Some(allowed) => (allowed, true),
         None => {
+            let now = now.unwrap_or_else(wall_clock::precise_ms);
             let variable: (VarKey, VarKey) = (session.decode()?, name.decode()?);
             let caller: VarKey = caller.decode()?;
             let p = decode_permission(permission)?;
@@ -469,7 +477,11 @@ fn acl_check<'a>(
     };
     drop(engine);
     DECISIONS[usize::from(!allowed) * 2 + usize::from(!hit)].fetch_add(1, Ordering::Relaxed);
-    Ok((allowed, hit).encode(env))
+    if allowed && !observed && !AUDIT_ALL.load(Ordering::Relaxed) {
+        return Ok(atoms::ok().encode(env));
+    }
+    let nanos = started.map_or(0, |t| t.elapsed().as_nanos() as u64);
+    Ok((allowed, hit, nanos).encode(env))
 }
 
 hot_nif!("acl_check", 5, acl_check);
@@ -484,23 +496,22 @@ fn acl_take_counts() -> Vec<u64> {
         .collect()
 }
 
-/// Why: `:owner`, `{:rule, id, effect, priority}`, `{:default, mode}` or `:no_policy`,
-/// with the outcome: `{allowed?, reason}`.
-#[rustler::nif]
+/// `acl_explain(session, name, caller, permission, context)`, at the current time: why
+/// (`:owner`, `{:rule, id, effect, priority}`, `{:default, mode}` or `:no_policy`), with the
+/// outcome: `{allowed?, reason}`. Always evaluated, never from the cache. Registered hot:
+/// explaining is what an operator does in a loop over many requests.
 fn acl_explain<'a>(
     env: Env<'a>,
-    session: VarKey,
-    name: VarKey,
-    caller: VarKey,
-    permission: Term<'a>,
-    context: Term<'a>,
-    now: u64,
+    [session, name, caller, permission, context]: [Term<'a>; 5],
 ) -> NifResult<Term<'a>> {
+    let variable: (VarKey, VarKey) = (session.decode()?, name.decode()?);
     let p = decode_permission(permission)?;
     let ctx = decode_context(context)?;
-    let decision = ENGINE
-        .lock()
-        .explain(&(session, name), &caller.text(), p, &ctx, now);
+    let decision = with_text(caller, |caller| {
+        ENGINE
+            .lock()
+            .explain_with(&variable, caller, p, &ctx, wall_clock::precise_ms)
+    })?;
     let reason = match &decision {
         Decision::Owner => atoms::owner().encode(env),
         Decision::Rule {
@@ -513,13 +524,15 @@ fn acl_explain<'a>(
             } else {
                 atoms::deny()
             };
-            (atoms::rule(), id.as_str(), effect, *priority).encode(env)
+            (atoms::rule(), &**id, effect, *priority).encode(env)
         }
         Decision::Default { mode, .. } => (atoms::default(), encode_mode(*mode)).encode(env),
         Decision::NoPolicy => atoms::no_policy().encode(env),
     };
     Ok((decision.allowed(), reason).encode(env))
 }
+
+hot_nif!("acl_explain", 5, acl_explain);
 
 /// The permissions `caller` holds on the variable (uncached).
 #[rustler::nif]

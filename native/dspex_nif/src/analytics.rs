@@ -6,7 +6,6 @@
 //! text only the first time a shard meets a key.
 
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use dspex_core::analytics::alerts::{
     Alerts, Comparison, Effect, Expr, Rule, State, Term as AlertTerm,
@@ -21,6 +20,7 @@ use parking_lot::Mutex;
 use crate::binary::to_binary;
 use crate::hot_nif::hot_nif;
 use crate::term_key::{atom_word, Key};
+use crate::wall_clock;
 use rustler::types::map::MapIterator;
 use rustler::{Atom, Binary, Encoder, Env, Error, NifResult, ResourceArc, Term, TermType};
 
@@ -44,25 +44,6 @@ pub struct EngineResource(Engine);
 
 #[rustler::resource_impl]
 impl rustler::Resource for EngineResource {}
-
-/// Wall-clock milliseconds from the kernel's coarse clock: a few nanoseconds instead of the
-/// ~35 ns of a precise read, and its few-millisecond granularity is far below the one-second
-/// slots it picks.
-fn wall_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the call only writes it.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
-    if rc == 0 {
-        ts.tv_sec as u64 * 1_000 + ts.tv_nsec as u64 / 1_000_000
-    } else {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    }
-}
 
 fn error_term<'a>(env: Env<'a>, err: &AError) -> Term<'a> {
     let reason = Atom::from_str(env, err.reason()).expect("reason names are valid atoms");
@@ -186,9 +167,16 @@ fn analytics_record<'a>(
     let recorded = if size == 0 && name.is_atom() {
         // A label-less atom name: the atom's word names the series (see record_with_id).
         let id = atom_word(name) as u64;
-        analytics.record_with_id(id, key.bytes(), kind, value, wall_ms(), describe)
+        analytics.record_with_id(
+            id,
+            key.bytes(),
+            kind,
+            value,
+            wall_clock::coarse_ms(),
+            describe,
+        )
     } else {
-        analytics.record_keyed(key.bytes(), kind, value, wall_ms(), describe)
+        analytics.record_keyed(key.bytes(), kind, value, wall_clock::coarse_ms(), describe)
     };
     match recorded {
         Ok(()) => Ok(crate::atoms::ok().encode(env)),

@@ -16,8 +16,10 @@ mod ha;
 mod hot_nif;
 mod json;
 mod rate_limit;
+mod reporting;
 mod snapshot;
 mod term_key;
 mod var_key;
+mod wall_clock;
 
 rustler::init!("Elixir.DSPex.Bridge.Native");

@@ -21,36 +21,49 @@ impl Key {
 
     #[inline]
     pub fn push(&mut self, bytes: &[u8]) {
-        if let Some(h) = &mut self.heap {
-            h.extend_from_slice(bytes);
-        } else if self.len + bytes.len() <= self.inline.len() {
+        if self.heap.is_none() && self.len + bytes.len() <= self.inline.len() {
             self.inline[self.len..self.len + bytes.len()].copy_from_slice(bytes);
             self.len += bytes.len();
         } else {
-            let mut h = self.inline[..self.len].to_vec();
-            h.extend_from_slice(bytes);
-            self.heap = Some(h);
+            self.spill().extend_from_slice(bytes);
         }
     }
 
-    /// Appends an atom, string or integer, tagged so that no two terms share bytes.
+    /// Appends a tag byte and a word: a fixed-size copy, no `memcpy` call.
+    #[inline]
+    fn push_tagged(&mut self, tag: u8, word: u64) {
+        let at = self.len;
+        if self.heap.is_none() && at + 9 <= self.inline.len() {
+            self.inline[at] = tag;
+            self.inline[at + 1..at + 9].copy_from_slice(&word.to_le_bytes());
+            self.len = at + 9;
+        } else {
+            let heap = self.spill();
+            heap.push(tag);
+            heap.extend_from_slice(&word.to_le_bytes());
+        }
+    }
+
+    #[cold]
+    fn spill(&mut self) -> &mut Vec<u8> {
+        let inline = &self.inline[..self.len];
+        self.heap.get_or_insert_with(|| inline.to_vec())
+    }
+
+    /// Appends an atom, string or integer, tagged (and strings length-prefixed) so that no
+    /// two terms share bytes and a sequence of terms needs no separators.
     #[inline]
     pub fn push_term(&mut self, term: Term, allow_integer: bool) -> Result<(), &'static str> {
         match term.get_type() {
-            TermType::Atom => {
-                self.push(&[1]);
-                self.push(&atom_word(term).to_le_bytes());
-            }
+            TermType::Atom => self.push_tagged(1, atom_word(term) as u64),
             TermType::Binary => {
                 let bin = Binary::from_term(term).map_err(|_| "not a binary")?;
-                self.push(&[2]);
-                self.push(&(bin.len() as u64).to_le_bytes());
+                self.push_tagged(2, bin.len() as u64);
                 self.push(bin.as_slice());
             }
             TermType::Integer if allow_integer => {
                 let n: i64 = term.decode().map_err(|_| "integer out of range")?;
-                self.push(&[3]);
-                self.push(&n.to_le_bytes());
+                self.push_tagged(3, n as u64);
             }
             _ => {
                 return Err(

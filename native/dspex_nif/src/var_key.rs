@@ -107,11 +107,52 @@ fn atom_latin1(term: Term, buf: &mut [u8; 256]) -> Option<usize> {
     (written > 0).then(|| written as usize - 1)
 }
 
+/// Calls `f` with the text of an id (an atom's name or a string's bytes, as
+/// [`VarKey::text`] gives it) without allocating for strings that are valid UTF-8 or atoms
+/// that are ASCII.
+///
+/// # Errors
+/// `BadArg` if `term` is neither an atom nor a string, or an atom outside Latin-1.
+pub fn with_text<R>(term: Term, f: impl FnOnce(&str) -> R) -> NifResult<R> {
+    match term.get_type() {
+        TermType::Binary => {
+            let bin = Binary::from_term(term)?;
+            Ok(match std::str::from_utf8(bin.as_slice()) {
+                Ok(text) => f(text),
+                Err(_) => f(&String::from_utf8_lossy(bin.as_slice())),
+            })
+        }
+        TermType::Atom => {
+            let mut text = [0u8; 256];
+            let written = atom_latin1(term, &mut text).ok_or(Error::BadArg)?;
+            let latin1 = &text[..written];
+            Ok(match std::str::from_utf8(latin1) {
+                Ok(ascii) if latin1.is_ascii() => f(ascii),
+                _ => f(&latin1.iter().map(|&b| char::from(b)).collect::<String>()),
+            })
+        }
+        _ => Err(Error::BadArg),
+    }
+}
+
 impl<'a> Decoder<'a> for VarKey {
     fn decode(term: Term<'a>) -> NifResult<Self> {
-        let mut key = Key::new();
-        lookup_bytes(term, &mut key)?;
-        Ok(VarKey(SmallVec::from_slice(key.bytes())))
+        let mut bytes = SmallVec::new();
+        match term.get_type() {
+            TermType::Binary => {
+                let bin = Binary::from_term(term)?;
+                bytes.push(STRING);
+                bytes.extend_from_slice(bin.as_slice());
+            }
+            TermType::Atom => {
+                let mut text = [0u8; 256];
+                let written = atom_latin1(term, &mut text).ok_or(Error::BadArg)?;
+                bytes.push(ATOM);
+                bytes.extend_from_slice(&text[..written]);
+            }
+            _ => return Err(Error::BadArg),
+        }
+        Ok(VarKey(bytes))
     }
 }
 
@@ -127,26 +168,5 @@ impl Encoder for VarKey {
         } else {
             to_binary(env, text)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn atoms_and_strings_of_the_same_text_differ_and_order_atoms_first() {
-        let atom = VarKey::from(vec![ATOM, b'a']);
-        let string = VarKey::from(vec![STRING, b'a']);
-        assert_ne!(atom, string);
-        assert!(atom < string);
-        assert_eq!(atom.label(), ":a");
-        assert_eq!(string.label(), "\"a\"");
-    }
-
-    #[test]
-    fn latin1_atom_text_reads_as_unicode() {
-        let atom = VarKey::from(vec![ATOM, 0xe9]);
-        assert_eq!(atom.text(), "é");
     }
 }

@@ -142,6 +142,34 @@ defmodule DSPex.Bridge.AccessControlTest do
       assert {:error, :access_denied} = AccessControl.check_permission(v, "guest", :read)
     end
 
+    test "a cached allow ends exactly at the rule's expiry, call after call" do
+      # Hits are judged by the kernel's coarse clock when it can tell, by the precise clock
+      # otherwise: across the expiry every call must agree with the OS time around it.
+      s = session!()
+      v = variable!(s, :x)
+      expires = :os.system_time(:millisecond) + 40
+      :ok = AccessControl.add_rule(v, id: "brief", permissions: [:read], expires_at: expires)
+
+      outcomes =
+        Stream.repeatedly(fn ->
+          before = :os.system_time(:millisecond)
+          result = AccessControl.check_permission(v, "guest", :read)
+          {before, result, :os.system_time(:millisecond)}
+        end)
+        |> Enum.take_while(fn {before, _, _} -> before < expires + 10 end)
+
+      for {before, result, later} <- outcomes do
+        cond do
+          later < expires -> assert result == :ok
+          before >= expires -> assert result == {:error, :access_denied}
+          true -> :ok
+        end
+      end
+
+      assert Enum.count(outcomes, fn {_, r, later} -> r == :ok and later < expires end) > 100
+      assert Enum.any?(outcomes, fn {before, r, _} -> r != :ok and before >= expires end)
+    end
+
     test "a policy change is seen at once (no stale cached allow)" do
       s = session!()
       v = variable!(s, :x, access_rules: [[id: "r", permissions: [:read]]])
