@@ -187,12 +187,15 @@ fn add_edge_in<'a>(env: Env<'a>, [session, from, to, kind]: [Term<'a>; 4]) -> Ni
     lookup_bytes(from, &mut from_key)?;
     lookup_bytes(to, &mut to_key)?;
     let kind = decode_kind(kind)?;
-    let Some(graph) = published(session)? else {
+    let session = session_key(session)?;
+    // The graph is used under the directory's read lock rather than cloned out of it: a
+    // clone is a reference-count increment and decrement on a shared cache line.
+    let directory = DIRECTORY.read();
+    let Some(graph) = directory.get(session.bytes()) else {
         return Ok((atoms::error(), atoms::session_not_found()).encode(env));
     };
-    let result = with(&graph, |g| {
-        g.add_edge(from_key.bytes(), to_key.bytes(), kind)
-    });
+    let result = with(graph, |g| g.add_edge(from_key.bytes(), to_key.bytes(), kind));
+    drop(directory);
     Ok(match result {
         Ok(_) => atoms::ok().encode(env),
         Err(err) => encode_graph_error(env, err),
