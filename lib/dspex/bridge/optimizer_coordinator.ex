@@ -43,7 +43,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
       :ok
   """
 
-  alias DSPex.Bridge.{Events, Native, Options}
+  alias DSPex.Bridge.{Events, Native}
   alias DSPex.Bridge.OptimizerCoordinator.Progress
   import DSPex.Bridge.Options, only: [is_id: 1]
 
@@ -133,6 +133,19 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   def adopt(session, var_id, optimizer_id, token, lease_ms),
     do: Native.coordinator_adopt(coordinator(), session, var_id, optimizer_id, token, lease_ms)
 
+  # Defaults of acquire_lock/4; `session_id: nil` stands for "not given" (the global lock
+  # space, where no session's access rules apply).
+  @acquire_defaults %{
+    session_id: nil,
+    conflict_resolution: :wait,
+    timeout: 5_000,
+    priority: 0,
+    lease_ms: 300_000,
+    grace_ms: 1_000,
+    caller: nil,
+    context: %{}
+  }
+
   @doc """
   Acquires `var_id` for `optimizer_id`, held on behalf of `optimizer_pid` (monitored).
 
@@ -146,22 +159,11 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
 
   def acquire_lock(var_id, optimizer_id, optimizer_pid, opts)
       when is_id(var_id) and is_id(optimizer_id) and is_pid(optimizer_pid) do
-    spec = %{
-      session_id: &Options.id?/1,
-      conflict_resolution: &(&1 in [:wait, :abort, :preempt]),
-      timeout: &Options.non_neg_integer?/1,
-      priority: &is_integer/1,
-      lease_ms: &Options.pos_integer?/1,
-      grace_ms: &Options.non_neg_integer?/1,
-      caller: &Options.id?/1,
-      context: &is_map/1
-    }
-
-    with {:ok, o} <- Options.take(opts, spec),
+    with {:ok, o} <- acquire_options(opts, @acquire_defaults),
          :ok <- may_optimize(o, var_id) do
-      session = Map.get(o, :session_id, :global)
-      timeout = Map.get(o, :timeout, 5_000)
-      started = System.monotonic_time()
+      session = o.session_id || :global
+      observed = Events.enabled?()
+      started = if observed, do: System.monotonic_time(), else: 0
 
       answer =
         Native.coordinator_acquire(
@@ -170,11 +172,11 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
           var_id,
           optimizer_id,
           optimizer_pid,
-          Map.get(o, :priority, 0),
-          Map.get(o, :conflict_resolution, :wait),
-          timeout,
-          Map.get(o, :grace_ms, 1_000),
-          Map.get(o, :lease_ms, 300_000)
+          o.priority,
+          o.conflict_resolution,
+          o.timeout,
+          o.grace_ms,
+          o.lease_ms
         )
 
       result =
@@ -182,11 +184,11 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
           {:granted, token} -> {:ok, lock(session, var_id, optimizer_id, token)}
           {:already_held, token} -> {:ok, lock(session, var_id, optimizer_id, token)}
           {:held_by, holder} -> {:error, {:lock_held_by, holder}}
-          {:queued, ticket} -> await_grant(session, var_id, optimizer_id, ticket, timeout)
+          {:queued, ticket} -> await_grant(session, var_id, optimizer_id, ticket, o.timeout)
         end
 
       DSPex.Bridge.Analytics.Recorder.count_lock(match?({:ok, _}, result))
-      emit_acquire(result, session, var_id, optimizer_id, started)
+      if observed, do: emit_acquire(result, session, var_id, optimizer_id, started)
       result
     end
   rescue
@@ -201,15 +203,40 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
     end
   end
 
+  # The options walked once into a map of every setting (a hot path: no intermediate map).
+  defp acquire_options([], o), do: {:ok, o}
+
+  defp acquire_options([{key, value} | rest], o) when is_atom(key) do
+    case acquire_option(key, value) do
+      true -> acquire_options(rest, %{o | key => value})
+      false -> {:error, {:invalid_option, {key, value}}}
+      :unknown -> {:error, {:invalid_option, {:unknown, key}}}
+    end
+  end
+
+  defp acquire_options([other | _], _o), do: {:error, {:invalid_option, other}}
+  defp acquire_options(other, _o), do: {:error, {:invalid_option, {:not_a_keyword_list, other}}}
+
+  defp acquire_option(:session_id, v), do: is_id(v)
+  defp acquire_option(:conflict_resolution, v), do: v in [:wait, :abort, :preempt]
+  defp acquire_option(:timeout, v), do: is_integer(v) and v >= 0
+  defp acquire_option(:priority, v), do: is_integer(v)
+  defp acquire_option(:lease_ms, v), do: is_integer(v) and v > 0
+  defp acquire_option(:grace_ms, v), do: is_integer(v) and v >= 0
+  defp acquire_option(:caller, v), do: is_id(v)
+  defp acquire_option(:context, v), do: is_map(v)
+  defp acquire_option(_key, _v), do: :unknown
+
   # A lock on another session's variable needs :optimize on it.
-  defp may_optimize(%{caller: caller, session_id: session} = o, var_id) when caller != session,
-    do:
-      DSPex.Bridge.AccessControl.decide(
-        {session, var_id},
-        caller,
-        :optimize,
-        Map.get(o, :context, %{})
-      )
+  defp may_optimize(%{caller: caller, session_id: session} = o, var_id)
+       when caller != nil and session != nil and caller != session,
+       do:
+         DSPex.Bridge.AccessControl.decide(
+           {session, var_id},
+           caller,
+           :optimize,
+           o.context
+         )
 
   defp may_optimize(_o, _var_id), do: :ok
 
@@ -273,21 +300,35 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
 
   @doc "Releases: `:ok` or `{:error, :not_lock_owner}`. Option `session_id:`."
   @spec release_lock(term(), term(), keyword()) :: :ok | {:error, term()}
-  def release_lock(var_id, optimizer_id, opts \\ []) when is_list(opts) do
+  def release_lock(var_id, optimizer_id, opts \\ [])
+
+  def release_lock(var_id, optimizer_id, []) when is_id(var_id) and is_id(optimizer_id),
+    do: release(:global, var_id, optimizer_id)
+
+  def release_lock(var_id, optimizer_id, opts) when is_list(opts) do
     with {:ok, session} <- session_opt(opts),
          :ok <- ids(var_id, optimizer_id) do
-      result = Native.coordinator_release(coordinator(), session, var_id, optimizer_id)
-
-      if result == :ok and Events.enabled?(),
-        do:
-          Events.emit([:dspex, :bridge, :coordinator, :lock_released], %{}, %{
-            session_id: session,
-            var_id: var_id,
-            optimizer_id: optimizer_id
-          })
-
-      result
+      release(session, var_id, optimizer_id)
     end
+  end
+
+  def release_lock(_var_id, _optimizer_id, other),
+    do: {:error, {:invalid_option, {:not_a_keyword_list, other}}}
+
+  defp release(session, var_id, optimizer_id) do
+    result = Native.coordinator_release(coordinator(), session, var_id, optimizer_id)
+
+    if result == :ok and Events.enabled?(),
+      do:
+        Events.emit([:dspex, :bridge, :coordinator, :lock_released], %{}, %{
+          session_id: session,
+          var_id: var_id,
+          optimizer_id: optimizer_id
+        })
+
+    result
+  rescue
+    ArgumentError -> {:error, {:invalid_name, {var_id, optimizer_id}}}
   end
 
   @doc "Renews the lease: `:ok` or `{:error, :not_lock_owner}`. Options `session_id:`, `lease_ms:`."

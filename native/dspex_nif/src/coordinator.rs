@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use rustler::{Atom, Encoder, Env, Error, LocalPid, Monitor, NifResult, ResourceArc, Term};
 
 use crate::atoms::{self, atom_is};
+use crate::hot_nif::hot_nif;
 use crate::var_key::VarKey;
 
 static CLOCK: LazyLock<MonotonicClock> = LazyLock::new(MonotonicClock::new);
@@ -191,24 +192,23 @@ fn coordinator_new(env: Env) -> Term {
     ResourceArc::new(Coordinator(Mutex::new(State::default()))).encode(env)
 }
 
+hot_nif!("coordinator_acquire", 10, coordinator_acquire);
+
 /// `{:granted, token} | {:held_by, optimizer} | {:queued, ticket} | {:already_held, token}`.
 /// `conflict` is `:abort | :wait | :preempt`; a queued caller (the calling process) gets
-/// `{:dspex_lock_granted, ticket, token, waited_us}`.
-#[rustler::nif]
-#[allow(clippy::too_many_arguments)]
+/// `{:dspex_lock_granted, ticket, token, waited_us}`. Registered hot: ten arguments would
+/// cost the attribute wrapper an allocation per call.
 fn coordinator_acquire<'a>(
     env: Env<'a>,
-    handle: Handle,
-    session: VarKey,
-    var: VarKey,
-    optimizer: VarKey,
-    holder_pid: LocalPid,
-    priority: i64,
-    conflict: Term<'a>,
-    timeout_ms: u64,
-    grace_ms: u64,
-    lease_ms: u64,
+    [handle, session, var, optimizer, holder_pid, priority, conflict, timeout_ms, grace_ms, lease_ms]: [Term<'a>; 10],
 ) -> NifResult<Term<'a>> {
+    let handle: Handle = handle.decode()?;
+    let (session, var, optimizer): (VarKey, VarKey, VarKey) =
+        (session.decode()?, var.decode()?, optimizer.decode()?);
+    let holder_pid: LocalPid = holder_pid.decode()?;
+    let priority: i64 = priority.decode()?;
+    let (timeout_ms, grace_ms, lease_ms): (u64, u64, u64) =
+        (timeout_ms.decode()?, grace_ms.decode()?, lease_ms.decode()?);
     let t = now();
     let deadline = t.saturating_add(timeout_ms.saturating_mul(MS));
     let conflict = if atom_is(conflict, atoms::abort()) {
@@ -257,23 +257,24 @@ fn lock_error<'a>(env: Env<'a>, err: LockError<VarKey>) -> Term<'a> {
     (atoms::error(), reason).encode(env)
 }
 
+hot_nif!("coordinator_release", 4, coordinator_release);
+
 /// Releases: `:ok` or `{:error, :not_lock_owner}`.
-#[rustler::nif]
-fn coordinator_release(
-    env: Env,
-    handle: Handle,
-    session: VarKey,
-    var: VarKey,
-    optimizer: VarKey,
-) -> Term {
+fn coordinator_release<'a>(
+    env: Env<'a>,
+    [handle, session, var, optimizer]: [Term<'a>; 4],
+) -> NifResult<Term<'a>> {
+    let handle: Handle = handle.decode()?;
+    let (session, var, optimizer): (VarKey, VarKey, VarKey) =
+        (session.decode()?, var.decode()?, optimizer.decode()?);
     let mut st = handle.0.lock();
-    match st.table.release(&(session, var), &optimizer, now()) {
+    Ok(match st.table.release(&(session, var), &optimizer, now()) {
         Ok(out) => {
             deliver(env, &mut st, out.effects);
             atoms::ok().encode(env)
         }
         Err(e) => lock_error(env, e),
-    }
+    })
 }
 
 /// Renews the lease: `:ok` or `{:error, :not_lock_owner}`.

@@ -194,7 +194,9 @@ fn add_edge_in<'a>(env: Env<'a>, [session, from, to, kind]: [Term<'a>; 4]) -> Ni
     let Some(graph) = directory.get(session.bytes()) else {
         return Ok((atoms::error(), atoms::session_not_found()).encode(env));
     };
-    let result = with(graph, |g| g.add_edge(from_key.bytes(), to_key.bytes(), kind));
+    let result = with(graph, |g| {
+        g.add_edge(from_key.bytes(), to_key.bytes(), kind)
+    });
     drop(directory);
     Ok(match result {
         Ok(_) => atoms::ok().encode(env),

@@ -200,7 +200,20 @@ defmodule DSPex.Bridge.OptimizerCoordinatorTest do
     assert {:error, {:invalid_option, {:conflict_resolution, :fight}}} =
              C.acquire_lock(v, "b", self(), conflict_resolution: :fight)
 
+    assert {:error, {:invalid_option, {:unknown, :bogus}}} =
+             C.acquire_lock(v, "b", self(), bogus: 1)
+
+    assert {:error, {:invalid_option, :abort}} = C.acquire_lock(v, "b", self(), [:abort])
+
+    assert {:error, {:invalid_option, {:not_a_keyword_list, %{}}}} =
+             C.acquire_lock(v, "b", self(), %{})
+
+    assert {:error, {:invalid_option, {:lease_ms, 0}}} = C.acquire_lock(v, "b", self(), lease_ms: 0)
     assert {:error, {:invalid_session_id, 3.0}} = C.release_lock(v, "a", session_id: 3.0)
+
+    assert {:error, {:invalid_option, {:not_a_keyword_list, :now}}} = C.release_lock(v, "a", :now)
+
+    assert {:error, {:invalid_name, {:"😀", "a"}}} = C.release_lock(:"😀", "a")
     assert {:error, {:invalid_token, -5}} = C.check_write_allowed(v, -5)
     assert {:error, {:invalid_variables, :x}} = C.acquire_locks(:x, "a")
     assert {:error, :not_locked} = C.force_release(var())
