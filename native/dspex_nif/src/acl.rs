@@ -5,9 +5,6 @@
 //! Rules arrive in the canonical tuple form built by `DSPex.Bridge.AccessControl`; a term of
 //! another shape is a badarg (the Elixir layer has already refused it with a clear error).
 
-use std::cell::RefCell;
-
-use ahash::AHashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
@@ -23,7 +20,7 @@ use rustler::{Atom, Encoder, Env, Error, MapIterator, NifResult, Term, TermType}
 use crate::atoms::{self, atom_is};
 use crate::hot_nif::hot_nif;
 use crate::reporting;
-use crate::term_key::{atom_word, Key};
+use crate::term_key::{remembered, AtomMemo, Key};
 use crate::var_key::{with_text, VarKey};
 use crate::wall_clock;
 
@@ -78,28 +75,11 @@ fn encode_mode(mode: AccessMode) -> Atom {
 }
 
 thread_local! {
-    // Atom texts this scheduler thread has read: reading one from the VM takes the atom
-    // table's lock. Atoms live as long as the VM, so an atom's word always has the same text.
-    static ATOM_TEXT: RefCell<AHashMap<usize, Arc<str>>> = RefCell::new(AHashMap::new());
+    static ATOM_TEXT: AtomMemo<Arc<str>> = AtomMemo::default();
 }
 
-/// Most atoms a thread remembers the text of before starting over.
-const ATOM_TEXT_LIMIT: usize = 4_096;
-
 fn atom_text(term: Term) -> NifResult<Arc<str>> {
-    let word = atom_word(term);
-    if let Some(text) = ATOM_TEXT.with(|c| c.borrow().get(&word).cloned()) {
-        return Ok(text);
-    }
-    let text: Arc<str> = term.atom_to_string()?.into();
-    ATOM_TEXT.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.len() >= ATOM_TEXT_LIMIT {
-            c.clear();
-        }
-        c.insert(word, text.clone());
-    });
-    Ok(text)
+    remembered(&ATOM_TEXT, term, || Ok(term.atom_to_string()?.into()))
 }
 
 fn decode_value(term: Term) -> Option<Value> {

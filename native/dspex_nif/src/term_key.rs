@@ -1,7 +1,11 @@
 //! Canonical bytes for a handful of terms, built on the stack: the key a hot NIF looks a
 //! cached result up by without allocating (analytics series, access decisions).
 
-use rustler::{Binary, Term, TermType};
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
+use ahash::AHashMap;
+use rustler::{Binary, NifResult, Term, TermType};
 
 /// A key buffer on the stack, spilling to the heap only for very long names or labels.
 pub struct Key {
@@ -84,4 +88,33 @@ impl Key {
 pub fn atom_word(term: Term) -> usize {
     // SAFETY: `ErlNifTerm` is `#[repr(transparent)]` over `size_t` (`usize`).
     unsafe { std::mem::transmute::<rustler::sys::ErlNifTerm, usize>(term.as_c_arg()) }
+}
+
+/// A per-thread memo of something read from atoms, keyed by the atom's word.
+pub type AtomMemo<T> = RefCell<AHashMap<usize, T>>;
+
+/// Most atoms a memo holds before it starts over.
+const ATOM_MEMO_LIMIT: usize = 4_096;
+
+/// What `read` gives for the atom `term`, remembered in this scheduler thread's `memo`:
+/// reading an atom's text takes the VM's atom table lock, and an atom's word names the same
+/// atom for the life of the VM.
+pub fn remembered<T: Clone>(
+    memo: &'static LocalKey<AtomMemo<T>>,
+    term: Term,
+    read: impl FnOnce() -> NifResult<T>,
+) -> NifResult<T> {
+    let word = atom_word(term);
+    if let Some(known) = memo.with(|m| m.borrow().get(&word).cloned()) {
+        return Ok(known);
+    }
+    let value = read()?;
+    memo.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= ATOM_MEMO_LIMIT {
+            m.clear();
+        }
+        m.insert(word, value.clone());
+    });
+    Ok(value)
 }

@@ -9,15 +9,12 @@
 //! be searched with bytes built on the stack ([`lookup_bytes`]) instead of an owned key.
 
 use std::borrow::Borrow;
-use std::cell::RefCell;
-
-use ahash::AHashMap;
 
 use rustler::{Atom, Binary, Decoder, Encoder, Env, Error, NifResult, Term, TermType};
 use smallvec::SmallVec;
 
 use crate::binary::to_binary;
-use crate::term_key::{atom_word, Key};
+use crate::term_key::{remembered, AtomMemo, Key};
 
 const ATOM: u8 = 0;
 const STRING: u8 = 1;
@@ -155,33 +152,18 @@ impl<'a> Decoder<'a> for VarKey {
 }
 
 thread_local! {
-    // The keys of atoms this scheduler thread has read: reading an atom's text takes the
-    // VM's atom table lock, and an atom's word names the same atom for the life of the VM.
-    static ATOM_KEYS: RefCell<AHashMap<usize, VarKey>> = RefCell::new(AHashMap::new());
+    static ATOM_KEYS: AtomMemo<VarKey> = AtomMemo::default();
 }
 
-/// Most atom keys a thread remembers before starting over.
-const ATOM_KEYS_LIMIT: usize = 4_096;
-
 fn atom_key(term: Term) -> NifResult<VarKey> {
-    let word = atom_word(term);
-    if let Some(key) = ATOM_KEYS.with(|c| c.borrow().get(&word).cloned()) {
-        return Ok(key);
-    }
-    let mut text = [0u8; 256];
-    let written = atom_latin1(term, &mut text).ok_or(Error::BadArg)?;
-    let mut bytes = SmallVec::new();
-    bytes.push(ATOM);
-    bytes.extend_from_slice(&text[..written]);
-    let key = VarKey(bytes);
-    ATOM_KEYS.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.len() >= ATOM_KEYS_LIMIT {
-            c.clear();
-        }
-        c.insert(word, key.clone());
-    });
-    Ok(key)
+    remembered(&ATOM_KEYS, term, || {
+        let mut text = [0u8; 256];
+        let written = atom_latin1(term, &mut text).ok_or(Error::BadArg)?;
+        let mut bytes = SmallVec::new();
+        bytes.push(ATOM);
+        bytes.extend_from_slice(&text[..written]);
+        Ok(VarKey(bytes))
+    })
 }
 
 impl Encoder for VarKey {
