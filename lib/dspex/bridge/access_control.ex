@@ -48,15 +48,18 @@ defmodule DSPex.Bridge.AccessControl do
   Decisions are cached per (variable, session, permission, context). Any policy change
   invalidates the whole cache in O(1) (a version number); an entry never outlives the next
   `not_before`/`expires_at` boundary of the variable's rules; the cache holds at most
-  100,000 decisions.
+  100,000 decisions. A cached decision for a variable whose rules have no time window is
+  served without reading the clock; otherwise the precise wall clock judges it to the
+  millisecond.
 
   ## Audit and events
 
   Decisions are logged in a bounded audit log (`audit/1`); configure
   `config :dspex_bridge, access_audit: :denials | :all | :off` (default `:denials`) and
   `access_audit_size: 10_000`. Events: `[:dspex, :bridge, :access, :decision]` for every
-  check and `[:dspex, :bridge, :access, :denied]` for denials, with `duration_us` and
-  `cache_hit`.
+  check and `[:dspex, :bridge, :access, :denied]` for denials, with `duration_us` (the
+  decision inside the NIF) and `cache_hit`. An unknown audit mode in the configuration
+  stops the application at start with an `ArgumentError`.
 
   ## Example
 
