@@ -239,10 +239,26 @@ impl SessionPattern {
         match self {
             SessionPattern::Any => true,
             SessionPattern::Exact(s) => session == s,
-            SessionPattern::Prefix(p) => session.starts_with(p.as_str()),
-            SessionPattern::Suffix(s) => session.ends_with(s.as_str()),
+            SessionPattern::Prefix(p) => has_prefix(session.as_bytes(), p.as_bytes()),
+            SessionPattern::Suffix(s) => has_suffix(session.as_bytes(), s.as_bytes()),
             SessionPattern::Glob(_, re) | SessionPattern::Regex(re) => re.is_match(session),
         }
+    }
+}
+
+// Most rules a request is checked against do not match it, and most mismatches show in the
+// first byte compared: testing it first spares a `memcmp` call per rule.
+fn has_prefix(text: &[u8], prefix: &[u8]) -> bool {
+    match prefix.first() {
+        None => true,
+        Some(first) => text.first() == Some(first) && text.starts_with(prefix),
+    }
+}
+
+fn has_suffix(text: &[u8], suffix: &[u8]) -> bool {
+    match suffix.last() {
+        None => true,
+        Some(last) => text.last() == Some(last) && text.ends_with(suffix),
     }
 }
 
