@@ -134,8 +134,8 @@ defmodule DSPex.Bridge.DependencyManager do
 
   def add_dependencies(session_id, edges, opts)
       when is_list(edges) and length(edges) <= @max_batch do
-    with {:ok, edges} <- normalize_edges(edges),
-         {:ok, graph} <- SessionStore.session_graph(session_id, opts, :write) do
+    # The NIF checks every entry as it reads it (the first malformed one is the error).
+    with {:ok, graph} <- SessionStore.session_graph(session_id, opts, :write) do
       case Native.graph_add_edges(graph, edges) do
         {:ok, added} ->
           emit(:added, session_id, %{count: added})
@@ -292,19 +292,6 @@ defmodule DSPex.Bridge.DependencyManager do
       {nodes, edges} = Native.graph_size(graph)
       {:ok, %{variables: nodes, dependencies: edges}}
     end
-  end
-
-  defp normalize_edges(edges) do
-    DSPex.Bridge.Options.map_ok(edges, fn
-      {from, to} when is_id(from) and is_id(to) ->
-        {:ok, {from, to, :data}}
-
-      {from, to, kind} = edge when is_id(from) and is_id(to) ->
-        if kind in @kinds or is_binary(kind), do: {:ok, edge}, else: {:error, {:invalid_type, kind}}
-
-      other ->
-        {:error, {:invalid_option, {:edge, other}}}
-    end)
   end
 
   defp check_pair(a, b) when is_id(a) and is_id(b), do: :ok

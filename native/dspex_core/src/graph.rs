@@ -445,10 +445,29 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// As [`add_edge`](Self::add_edge), for the first edge (in input order) that fails given
     /// the edges before it; the graph is then unchanged.
     pub fn add_edges(&mut self, edges: &[(K, K, EdgeKind)]) -> Result<usize, GraphError<K>> {
+        let borrowed: Vec<(&K, &K, EdgeKind)> =
+            edges.iter().map(|(f, t, k)| (f, t, k.clone())).collect();
+        self.add_edges_by(&borrowed)
+    }
+
+    /// [`add_edges`](Self::add_edges) with the ids in any borrowed form of `K` (as
+    /// [`add_edge`](Self::add_edge)), so a caller decoding a large batch need not build an
+    /// owned key per id.
+    ///
+    /// # Errors
+    /// As [`add_edges`](Self::add_edges).
+    pub fn add_edges_by<Q>(&mut self, edges: &[(&Q, &Q, EdgeKind)]) -> Result<usize, GraphError<K>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned + ?Sized,
+        Q::Owned: Into<K>,
+    {
         // Resolve every id once; unknown ids fail before anything changes.
+        let unknown = |q: &Q| GraphError::UnknownNode(q.to_owned().into());
         let mut resolved = Vec::with_capacity(edges.len());
-        for (from, to, kind) in edges {
-            let (x, y) = (self.ix(from)?, self.ix(to)?);
+        for &(from, to, ref kind) in edges {
+            let x = *self.index.get(from).ok_or_else(|| unknown(from))?;
+            let y = *self.index.get(to).ok_or_else(|| unknown(to))?;
             resolved.push((x, y, self.label_id(kind.clone())));
         }
         if edges.len() * 4 >= self.edge_count() + self.node_count() {
@@ -488,8 +507,12 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     // falls back to edge-by-edge insertion to name the first offending edge.
     fn add_edges_by_sort(&mut self, edges: &[(Ix, Ix, u16)]) -> Option<usize> {
         let n = self.keys.len();
+        // Sorted by source (stably: of two entries for one edge the later sets its kind), so
+        // the passes below walk the nodes' edge lines in slot order instead of at random.
+        let mut by_source = edges.to_vec();
+        by_source.sort_by_key(|&(x, y, _)| (x, y));
         let mut fresh: Vec<(Ix, Ix)> = Vec::with_capacity(edges.len());
-        for &(x, y, _) in edges {
+        for &(x, y, _) in &by_source {
             if x == y {
                 return None;
             }
@@ -497,7 +520,6 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
                 fresh.push((x, y));
             }
         }
-        fresh.sort_unstable();
         fresh.dedup();
         // The new edges in compressed rows by source: the targets of x are
         // fresh[start[x]..start[x + 1]].
@@ -543,12 +565,18 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             self.ord[v as usize] = pos as u64;
         }
         self.next_ord = live.len() as u64;
-        for &(x, y, label) in edges {
-            if self.has_edge(x, y) {
-                self.set_label(x, y, label);
-            } else {
-                self.link(x, y, label);
+        // Out-lines in source order, then in-lines in target order.
+        for &(x, y, label) in &by_source {
+            if !self.has_edge(x, y) {
+                self.adj[x as usize].out.push(y);
+                self.edge_total += 1;
             }
+            self.set_label(x, y, label);
+        }
+        let mut by_target: Vec<(Ix, Ix)> = fresh.iter().map(|&(x, y)| (y, x)).collect();
+        by_target.sort_unstable();
+        for (y, x) in by_target {
+            self.adj[y as usize].inc.push(x);
         }
         Some(fresh.len())
     }

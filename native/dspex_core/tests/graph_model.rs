@@ -14,7 +14,7 @@ enum Op {
     Remove(u8, u8),
     Clear(u8),
     Recreate(u8),
-    Batch(Vec<(u8, u8)>),
+    Batch(Vec<(u8, u8, u8)>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -23,7 +23,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..N, 0..N).prop_map(|(a, b)| Op::Remove(a, b)),
         1 => (0..N).prop_map(Op::Clear),
         1 => (0..N).prop_map(Op::Recreate),
-        1 => proptest::collection::vec((0..N, 0..N), 0..20).prop_map(Op::Batch),
+        1 => proptest::collection::vec((0..N, 0..N, 0..4u8), 0..20).prop_map(Op::Batch),
     ]
 }
 
@@ -166,15 +166,16 @@ proptest! {
                 Op::Batch(batch) => {
                     let mut trial = Model { edges: model.edges.clone(), kinds: model.kinds.clone() };
                     let mut first_failure = None;
-                    for &(a, b) in &batch {
+                    // Of two entries for one edge, the later sets its kind.
+                    for &(a, b, k) in &batch {
                         if trial.would_cycle(a, b) {
                             first_failure = Some((a, b));
                             break;
                         }
                         trial.edges.insert((a, b));
-                        trial.kinds.insert((a, b), EdgeKind::Compute);
+                        trial.kinds.insert((a, b), kind(k));
                     }
-                    let triples: Vec<_> = batch.iter().map(|&(a, b)| (a, b, EdgeKind::Compute)).collect();
+                    let triples: Vec<_> = batch.iter().map(|&(a, b, k)| (a, b, kind(k))).collect();
                     match (graph.add_edges(&triples), first_failure) {
                         (Ok(_), None) => model = trial,
                         (Err(GraphError::Cycle(path)), Some((a, b))) => {

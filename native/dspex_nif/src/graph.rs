@@ -6,6 +6,7 @@
 //! dependency call finds the graph inside the NIF: an ETS lookup that copies the resource
 //! reference out cost more than the insert itself.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 
@@ -204,19 +205,76 @@ fn add_edge_in<'a>(env: Env<'a>, [session, from, to, kind]: [Term<'a>; 4]) -> Ni
     })
 }
 
-/// Adds a list of `{from, to, kind}` all or nothing: `{:ok, added}` or the first error.
-/// DirtyCpu: bulk imports can be large.
+/// Why an entry of a bulk insert was refused.
+enum BadEdge {
+    /// Not `{from, to}` or `{from, to, kind}` with ids that are atoms or 1..255-byte strings.
+    Shape,
+    /// A kind other than `:data`, `:compute`, `:constraint` or a string.
+    Kind,
+    /// An atom id whose text is outside Latin-1.
+    Name,
+}
+
+/// Appends the edge's ids to `arena` (as [`VarKey`] bytes): their ranges and the kind.
+fn decode_bulk_edge(
+    edge: Term,
+    arena: &mut Key,
+) -> Result<(Range<usize>, Range<usize>, EdgeKind), BadEdge> {
+    let parts = rustler::types::tuple::get_tuple(edge).map_err(|_| BadEdge::Shape)?;
+    let (from, to, kind) = match parts.as_slice() {
+        [from, to] => (*from, *to, EdgeKind::Data),
+        [from, to, kind] => (*from, *to, decode_kind(*kind).map_err(|_| BadEdge::Kind)?),
+        _ => return Err(BadEdge::Shape),
+    };
+    let mut id = |term: Term| {
+        if let Ok(bin) = rustler::Binary::from_term(term) {
+            if bin.is_empty() || bin.len() > 255 {
+                return Err(BadEdge::Shape);
+            }
+        } else if !term.is_atom() {
+            return Err(BadEdge::Shape);
+        }
+        let start = arena.bytes().len();
+        lookup_bytes(term, arena).map_err(|_| BadEdge::Name)?;
+        Ok(start..arena.bytes().len())
+    };
+    Ok((id(from)?, id(to)?, kind))
+}
+
+/// Adds a list of `{from, to}` or `{from, to, kind}` all or nothing: `{:ok, added}` or the
+/// first error, `{:error, {:invalid_option, {:edge, entry}}}` and
+/// `{:error, {:invalid_type, kind}}` for malformed entries (the first in list order). The ids
+/// are gathered into one buffer and looked up from there: no owned key per id. DirtyCpu:
+/// bulk imports can be large.
 #[rustler::nif(schedule = "DirtyCpu")]
-fn graph_add_edges<'a>(
-    env: Env<'a>,
-    graph: Graph,
-    edges: Vec<(VarKey, VarKey, Term<'a>)>,
-) -> NifResult<Term<'a>> {
-    let edges = edges
+fn graph_add_edges<'a>(env: Env<'a>, graph: Graph, edges: Term<'a>) -> NifResult<Term<'a>> {
+    let mut arena = Key::new();
+    let mut batch = Vec::with_capacity(edges.list_length()?);
+    for edge in edges.into_list_iterator()? {
+        match decode_bulk_edge(edge, &mut arena) {
+            Ok(decoded) => batch.push(decoded),
+            Err(bad) => {
+                let reason = match bad {
+                    BadEdge::Shape => (atoms::invalid_option(), (atoms::edge(), edge)).encode(env),
+                    BadEdge::Kind => {
+                        let kind = rustler::types::tuple::get_tuple(edge)?[2];
+                        (atoms::invalid_type(), kind).encode(env)
+                    }
+                    BadEdge::Name => atoms::invalid_name().encode(env),
+                };
+                return Ok((atoms::error(), reason).encode(env));
+            }
+        }
+    }
+    let bytes = arena.bytes();
+    let borrowed: Vec<(&[u8], &[u8], EdgeKind)> = batch
         .into_iter()
-        .map(|(f, t, k)| Ok((f, t, decode_kind(k)?)))
-        .collect::<NifResult<Vec<_>>>()?;
-    Ok(ok_or_error(env, with(&graph, |g| g.add_edges(&edges))))
+        .map(|(from, to, kind)| (&bytes[from], &bytes[to], kind))
+        .collect();
+    Ok(ok_or_error(
+        env,
+        with(&graph, |g| g.add_edges_by(&borrowed)),
+    ))
 }
 
 /// Removes `from -> to`; `false` if there was no such edge.

@@ -78,6 +78,29 @@ defmodule DSPex.Bridge.DependencyManagerTest do
       assert {:ok, %{dependencies: 2}} = DependencyManager.graph_size(s)
     end
 
+    test "bulk insert refuses the first malformed entry, in list order, and adds nothing" do
+      s = session!() |> vars!([:a, :b, "c"])
+      good = {:a, "c"}
+
+      for {entries, reason} <- [
+            {[good, {:a}], {:invalid_option, {:edge, {:a}}}},
+            {[good, {:a, :b, :likes}, {:a}], {:invalid_type, :likes}},
+            {[good, {"", :b}], {:invalid_option, {:edge, {"", :b}}}},
+            {[good, {:a, String.duplicate("x", 256)}],
+             {:invalid_option, {:edge, {:a, String.duplicate("x", 256)}}}},
+            {[good, {1, :b, :data}], {:invalid_option, {:edge, {1, :b, :data}}}},
+            {[good, [:a, :b]], {:invalid_option, {:edge, [:a, :b]}}},
+            {[good, {:a, :"😀"}], :invalid_name},
+            {[good, {:a, :zz}], {:variable_not_found, :zz}}
+          ] do
+        assert {:error, ^reason} = DependencyManager.add_dependencies(s, entries)
+      end
+
+      assert {:ok, %{dependencies: 0}} = DependencyManager.graph_size(s)
+      assert {:ok, 1} = DependencyManager.add_dependencies(s, [good, {:a, "c", "feeds"}])
+      assert {:ok, %{dependencies: 1}} = DependencyManager.graph_size(s)
+    end
+
     test "remove and clear" do
       s = session!() |> vars!([:a, :b, :c])
       :ok = DependencyManager.add_dependency(s, :a, :b)
