@@ -232,6 +232,18 @@ struct Lock<H> {
     last_token: u64,
 }
 
+impl<H> Lock<H> {
+    /// Something [`LockTable::expire`] would act on at `now`: a wait past its deadline, or a
+    /// holder past its lease or its preemption grace.
+    fn due(&self, now: u64) -> bool {
+        self.waiters.values().any(|w| now >= w.deadline)
+            || self
+                .holder
+                .as_ref()
+                .is_some_and(|h| now >= h.lease_until || h.revoked_at.is_some_and(|r| now >= r))
+    }
+}
+
 impl<H> Default for Lock<H> {
     fn default() -> Self {
         Lock {
@@ -279,11 +291,11 @@ impl<K: Eq + Hash + Clone, H: Eq + Clone> LockTable<K, H> {
         now: u64,
     ) -> Out<Acquired<H>, K, H> {
         let mut effects = Vec::new();
-        self.expire(&key, now, &mut effects);
-        if !self.locks.contains_key(&key) {
-            self.locks.insert(key.clone(), Lock::default());
+        // One lookup when nothing is due (the common case), besides the entry itself.
+        if self.locks.get(&key).is_some_and(|l| l.due(now)) {
+            self.expire(&key, now, &mut effects);
         }
-        let lock = self.locks.get_mut(&key).expect("present");
+        let lock = self.locks.entry(key.clone()).or_default();
         let answer = match &mut lock.holder {
             None => {
                 let token = self.next_token;
@@ -346,54 +358,74 @@ impl<K: Eq + Hash + Clone, H: Eq + Clone> LockTable<K, H> {
 
     /// Releases `key` if `who` holds it; the next waiter is granted at once.
     ///
-    /// # Errors
-    /// [`LockError::NotOwner`] (nothing changes).
-    pub fn release(&mut self, key: &K, who: &H, now: u64) -> Result<Out<(), K, H>, LockError<H>> {
-        let mut effects = Vec::new();
-        self.expire(key, now, &mut effects);
-        let lock = self
-            .locks
-            .get_mut(key)
-            .ok_or(LockError::NotOwner { holder: None })?;
-        match &lock.holder {
-            Some(h) if &h.who == who => {
-                lock.holder = None;
-                self.grant_next(key, now, &mut effects);
-                Ok(WithEffects::new((), effects))
-            }
-            other => Err(LockError::NotOwner {
-                holder: other.as_ref().map(|h| h.who.clone()),
-            }),
-        }
-    }
-
-    /// Extends `who`'s lease on `key` to `now + lease_ns` (a progress report does this too).
+    /// The effects are returned whatever the outcome: what fell due on `key` before the call
+    /// (a wait past its deadline, a lease that ended) is settled first, and its notices must
+    /// be delivered even when the release itself is refused.
     ///
     /// # Errors
-    /// [`LockError::NotOwner`].
+    /// In the value: [`LockError::NotOwner`] (nothing else changes).
+    pub fn release(&mut self, key: &K, who: &H, now: u64) -> Out<Result<(), LockError<H>>, K, H> {
+        let mut effects = Vec::new();
+        if self.locks.get(key).is_some_and(|l| l.due(now)) {
+            self.expire(key, now, &mut effects);
+        }
+        let result = match self.locks.get_mut(key) {
+            None => Err(LockError::NotOwner { holder: None }),
+            Some(lock) => match &lock.holder {
+                Some(h) if &h.who == who => {
+                    lock.holder = None;
+                    if !lock.waiters.is_empty() {
+                        self.grant_next(key, now, &mut effects);
+                    }
+                    Ok(())
+                }
+                other => Err(LockError::NotOwner {
+                    holder: other.as_ref().map(|h| h.who.clone()),
+                }),
+            },
+        };
+        WithEffects::new(result, effects)
+    }
+
+    /// Extends `who`'s lease on `key` to `now + lease_ns` (a progress report does this too):
+    /// the new end of the lease. Effects as for [`release`](Self::release).
+    ///
+    /// # Errors
+    /// In the value: [`LockError::NotOwner`].
     pub fn renew(
         &mut self,
         key: &K,
         who: &H,
         lease_ns: u64,
         now: u64,
-    ) -> Result<Out<u64, K, H>, LockError<H>> {
+    ) -> Out<Result<u64, LockError<H>>, K, H> {
         let mut effects = Vec::new();
-        self.expire(key, now, &mut effects);
-        let holder = self
+        if self.locks.get(key).is_some_and(|l| l.due(now)) {
+            self.expire(key, now, &mut effects);
+        }
+        let result = match self
             .locks
             .get_mut(key)
             .and_then(|l| l.holder.as_mut())
             .filter(|h| &h.who == who)
-            .ok_or(LockError::NotOwner { holder: None })?;
-        holder.lease_ns = lease_ns;
-        holder.lease_until = now.saturating_add(lease_ns);
-        Ok(WithEffects::new(holder.lease_until, effects))
+        {
+            Some(holder) => {
+                holder.lease_ns = lease_ns;
+                holder.lease_until = now.saturating_add(lease_ns);
+                Ok(holder.lease_until)
+            }
+            None => Err(LockError::NotOwner { holder: None }),
+        };
+        WithEffects::new(result, effects)
     }
 
     /// Takes `key` from its holder whatever it is doing.
     pub fn force_release(&mut self, key: &K, now: u64) -> Out<bool, K, H> {
         let mut effects = Vec::new();
+        // A lease that already ended is reported as such, not as forced.
+        if self.locks.get(key).is_some_and(|l| l.due(now)) {
+            self.expire(key, now, &mut effects);
+        }
         let released = self.take_from_holder(key, LossReason::Forced, now, &mut effects);
         if released {
             self.grant_next(key, now, &mut effects);
@@ -685,8 +717,20 @@ impl<K: Eq + Hash + Clone, H: Eq + Clone> LockTable<K, H> {
         if lock.holder.is_some() {
             return;
         }
-        let Some((_, w)) = lock.waiters.pop_first() else {
-            return;
+        // A wait whose deadline has passed leaves instead of being served, whichever path
+        // frees the lock (a release, a forced release, a holder that died).
+        let w = loop {
+            let Some((_, w)) = lock.waiters.pop_first() else {
+                return;
+            };
+            if now < w.deadline {
+                break w;
+            }
+            effects.push(Effect::WaitTimedOut {
+                key: key.clone(),
+                waiter: w.who,
+                ticket: w.ticket,
+            });
         };
         let token = self.next_token;
         self.next_token += 1;
@@ -740,7 +784,7 @@ mod tests {
         for _ in 0..5 {
             let g = source.acquire("x", "warmup", 0, Conflict::Abort, 1_000, 0);
             assert!(matches!(g.value, Acquired::Granted { .. }));
-            let _ = source.release(&"x", &"warmup", 0).unwrap();
+            source.release(&"x", &"warmup", 0).value.unwrap();
         }
         let Acquired::Granted { token } = source
             .acquire("v", "opt", 0, Conflict::Abort, 1_000, 10)
@@ -779,7 +823,7 @@ mod tests {
         target.adopt("v", "opt", token, 910, 100).unwrap();
         assert_eq!(target.check_write(&"v", token), Ok(()));
         assert!(target.adopt("v", "x", 1, 10, 100).is_err());
-        let _ = target.release(&"v", &"opt", 200).unwrap();
+        target.release(&"v", &"opt", 200).value.unwrap();
         let Acquired::Granted { token: next } =
             target.acquire("v", "b", 0, Conflict::Abort, 10, 300).value
         else {

@@ -26,7 +26,9 @@ enum Op {
         who: u8,
         lease: u64,
     },
-    Advance(u64),
+    // Moves the clock; with `true` also runs `tick`. Without it, what fell due is left for
+    // the next operation on its key to notice.
+    Advance(u64, bool),
     Down(u8),
     Cancel(usize),
     Force(u8),
@@ -39,7 +41,7 @@ fn op() -> impl Strategy<Value = Op> {
         }),
         4 => (0u8..3, 0u8..5).prop_map(|(key, who)| Op::Release { key, who }),
         1 => (0u8..3, 0u8..5, 1u64..8).prop_map(|(key, who, lease)| Op::Renew { key, who, lease: lease * 10 }),
-        3 => (0u64..6).prop_map(|k| Op::Advance(k * 5)),
+        3 => (0u64..6, any::<bool>()).prop_map(|(k, tick)| Op::Advance(k * 5, tick)),
         1 => (0u8..5).prop_map(Op::Down),
         1 => (0usize..16).prop_map(Op::Cancel),
         1 => (0u8..3).prop_map(Op::Force),
@@ -53,6 +55,9 @@ struct Record {
     outstanding: BTreeMap<u64, (u8, u8)>,
     // ticket -> priority, for checking service order
     priority: BTreeMap<u64, i64>,
+    // ticket -> the wait's deadline, and the clock now: no wait is granted late
+    deadline: BTreeMap<u64, u64>,
+    now: u64,
 }
 
 // Every wait granted by an operation must outrank every wait still queued on its key.
@@ -85,6 +90,10 @@ fn absorb(rec: &mut Record, effects: &[Effect<u8, u8>]) -> Result<(), TestCaseEr
         match e {
             Effect::Granted { ticket, token, .. } => {
                 prop_assert!(*token > rec.last_token, "tokens strictly increase");
+                prop_assert!(
+                    rec.now < rec.deadline[ticket],
+                    "granted a wait past its deadline"
+                );
                 rec.last_token = *token;
                 prop_assert!(
                     rec.outstanding.remove(ticket).is_some(),
@@ -121,6 +130,17 @@ proptest! {
                     };
                     let out = table.acquire(key, who, priority, conflict, lease, now);
                     absorb(&mut rec, &out.effects)?;
+                    // Whoever is reported as the holder holds a live lease.
+                    let live = |h: &dspex_core::coordinator::HolderInfo<u8>| {
+                        now < h.lease_until && h.revoked_at.is_none_or(|r| now < r)
+                    };
+                    if matches!(out.value, Acquired::HeldBy { .. } | Acquired::AlreadyHeld { .. }) {
+                        let h = table.info(&key).0;
+                        prop_assert!(h.as_ref().is_some_and(live), "an ended lease still holds");
+                    }
+                    if let Acquired::HeldBy { holder } = &out.value {
+                        prop_assert_eq!(table.info(&key).0.map(|h| h.holder), Some(*holder));
+                    }
                     match out.value {
                         Acquired::Granted { token } => {
                             prop_assert!(token > rec.last_token);
@@ -129,6 +149,7 @@ proptest! {
                         Acquired::Queued { ticket } => {
                             rec.outstanding.insert(ticket, (key, who));
                             rec.priority.insert(ticket, priority);
+                            rec.deadline.insert(ticket, now + patience);
                         }
                         Acquired::HeldBy { holder } => prop_assert_ne!(holder, who),
                         Acquired::AlreadyHeld { .. } => {
@@ -138,22 +159,33 @@ proptest! {
                 }
                 Op::Release { key, who } => {
                     let held = table.info(&key).0.is_some_and(|h| h.holder == who && now < h.lease_until && h.revoked_at.is_none_or(|r| now < r));
-                    match table.release(&key, &who, now) {
-                        Ok(out) => {
-                            absorb(&mut rec, &out.effects)?;
-                            check_service_order(&table, &rec, &out.effects)?;
-                        }
+                    let out = table.release(&key, &who, now);
+                    // Notices of what fell due are delivered whether or not the release works.
+                    absorb(&mut rec, &out.effects)?;
+                    check_service_order(&table, &rec, &out.effects)?;
+                    // A waiter may be granted by the settling that precedes its own release.
+                    let held = held || out.effects.iter().any(|e| {
+                        matches!(e, Effect::Granted { key: k, holder, .. } if *k == key && *holder == who)
+                    });
+                    match out.value {
+                        Ok(()) => prop_assert!(held, "released a lock whose lease had ended"),
                         Err(_) => prop_assert!(!held, "the holder could not release"),
                     }
                 }
                 Op::Renew { key, who, lease } => {
-                    if let Ok(out) = table.renew(&key, &who, lease, now) {
-                        absorb(&mut rec, &out.effects)?;
-                        prop_assert_eq!(out.value, now + lease);
+                    let out = table.renew(&key, &who, lease, now);
+                    absorb(&mut rec, &out.effects)?;
+                    if let Ok(until) = out.value {
+                        prop_assert_eq!(until, now + lease);
                     }
                 }
-                Op::Advance(dt) => {
+                Op::Advance(dt, false) => {
                     now += dt;
+                    rec.now = now;
+                }
+                Op::Advance(dt, true) => {
+                    now += dt;
+                    rec.now = now;
                     let out = table.tick(now);
                     absorb(&mut rec, &out.effects)?;
                     check_service_order(&table, &rec, &out.effects)?;
@@ -218,6 +250,7 @@ proptest! {
 
         // Expired leases and waits are released by tick.
         now += 1_000;
+        rec.now = now;
         let out = table.tick(now);
         absorb(&mut rec, &out.effects)?;
         for key in 0..3u8 {
@@ -306,7 +339,7 @@ fn a_cancel_racing_a_grant_reports_the_grant() {
     else {
         panic!()
     };
-    let _ = t.release(&"v", &"a", 5).unwrap();
+    t.release(&"v", &"a", 5).value.unwrap();
     assert!(matches!(
         t.cancel_wait(&"v", ticket),
         Cancelled::AlreadyGranted { .. }

@@ -268,11 +268,10 @@ fn coordinator_release<'a>(
     let (session, var, optimizer): (VarKey, VarKey, VarKey) =
         (session.decode()?, var.decode()?, optimizer.decode()?);
     let mut st = handle.0.lock();
-    Ok(match st.table.release(&(session, var), &optimizer, now()) {
-        Ok(out) => {
-            deliver(env, &mut st, out.effects);
-            atoms::ok().encode(env)
-        }
+    let out = st.table.release(&(session, var), &optimizer, now());
+    deliver(env, &mut st, out.effects);
+    Ok(match out.value {
+        Ok(()) => atoms::ok().encode(env),
         Err(e) => lock_error(env, e),
     })
 }
@@ -288,16 +287,15 @@ fn coordinator_renew(
     lease_ms: u64,
 ) -> Term {
     let mut st = handle.0.lock();
-    match st.table.renew(
+    let out = st.table.renew(
         &(session, var),
         &optimizer,
         lease_ms.saturating_mul(MS),
         now(),
-    ) {
-        Ok(out) => {
-            deliver(env, &mut st, out.effects);
-            atoms::ok().encode(env)
-        }
+    );
+    deliver(env, &mut st, out.effects);
+    match out.value {
+        Ok(_) => atoms::ok().encode(env),
         Err(e) => lock_error(env, e),
     }
 }
