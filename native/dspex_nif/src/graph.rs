@@ -222,8 +222,8 @@ fn decode_bulk_edge(
 ) -> Result<(Range<usize>, Range<usize>, EdgeKind), BadEdge> {
     let parts = rustler::types::tuple::get_tuple(edge).map_err(|_| BadEdge::Shape)?;
     let (from, to, kind) = match parts.as_slice() {
-        [from, to] => (*from, *to, EdgeKind::Data),
-        [from, to, kind] => (*from, *to, decode_kind(*kind).map_err(|_| BadEdge::Kind)?),
+        [from, to] => (*from, *to, None),
+        [from, to, kind] => (*from, *to, Some(*kind)),
         _ => return Err(BadEdge::Shape),
     };
     let mut id = |term: Term| {
@@ -238,7 +238,12 @@ fn decode_bulk_edge(
         lookup_bytes(term, arena).map_err(|_| BadEdge::Name)?;
         Ok(start..arena.bytes().len())
     };
-    Ok((id(from)?, id(to)?, kind))
+    let (from, to) = (id(from)?, id(to)?);
+    let kind = match kind {
+        None => EdgeKind::Data,
+        Some(kind) => decode_kind(kind).map_err(|_| BadEdge::Kind)?,
+    };
+    Ok((from, to, kind))
 }
 
 /// Adds a list of `{from, to}` or `{from, to, kind}` all or nothing: `{:ok, added}` or the

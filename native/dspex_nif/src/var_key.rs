@@ -79,13 +79,7 @@ pub fn lookup_bytes(term: Term, key: &mut Key) -> NifResult<()> {
             key.push(&[STRING]);
             key.push(bin.as_slice());
         }
-        TermType::Atom => {
-            key.push(&[ATOM]);
-            // Atom names are at most 255 characters; Latin-1 text needs one byte each.
-            let mut text = [0u8; 256];
-            let written = atom_latin1(term, &mut text).ok_or(Error::BadArg)?;
-            key.push(&text[..written]);
-        }
+        TermType::Atom => key.push(&atom_key(term)?.0),
         _ => return Err(Error::BadArg),
     }
     Ok(())
@@ -157,6 +151,7 @@ thread_local! {
 
 fn atom_key(term: Term) -> NifResult<VarKey> {
     remembered(&ATOM_KEYS, term, || {
+        // Atom names are at most 255 characters; Latin-1 text needs one byte each.
         let mut text = [0u8; 256];
         let written = atom_latin1(term, &mut text).ok_or(Error::BadArg)?;
         let mut bytes = SmallVec::new();

@@ -89,6 +89,7 @@ defmodule DSPex.Bridge.DependencyManagerTest do
             {[good, {:a, String.duplicate("x", 256)}],
              {:invalid_option, {:edge, {:a, String.duplicate("x", 256)}}}},
             {[good, {1, :b, :data}], {:invalid_option, {:edge, {1, :b, :data}}}},
+            {[good, {1, :b, :likes}], {:invalid_option, {:edge, {1, :b, :likes}}}},
             {[good, [:a, :b]], {:invalid_option, {:edge, [:a, :b]}}},
             {[good, {:a, :"😀"}], :invalid_name},
             {[good, {:a, :zz}], {:variable_not_found, :zz}}
