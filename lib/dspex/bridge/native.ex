@@ -118,10 +118,11 @@ defmodule DSPex.Bridge.Native do
   # coordinator
   def coordinator_new, do: not_loaded()
 
-  def coordinator_acquire(_c, _s, _v, _o, _pid, _prio, _conflict, _timeout, _grace, _lease),
+  # These two work on the coordinator made last by coordinator_new/0 (no handle to decode).
+  def coordinator_acquire(_s, _v, _o, _pid, _prio, _conflict, _timeout, _grace, _lease),
     do: not_loaded()
 
-  def coordinator_release(_c, _s, _v, _o), do: not_loaded()
+  def coordinator_release(_s, _v, _o), do: not_loaded()
   def coordinator_renew(_c, _s, _v, _o, _lease), do: not_loaded()
   def coordinator_cancel(_c, _s, _v, _ticket), do: not_loaded()
   def coordinator_force_release(_c, _s, _v), do: not_loaded()

@@ -167,7 +167,6 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
 
       answer =
         Native.coordinator_acquire(
-          coordinator(),
           session,
           var_id,
           optimizer_id,
@@ -181,8 +180,8 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
 
       result =
         case answer do
-          {:granted, token} -> {:ok, lock(session, var_id, optimizer_id, token)}
-          {:already_held, token} -> {:ok, lock(session, var_id, optimizer_id, token)}
+          {:granted, token, at} -> {:ok, lock(session, var_id, optimizer_id, token, at)}
+          {:already_held, token, at} -> {:ok, lock(session, var_id, optimizer_id, token, at)}
           {:held_by, holder} -> {:error, {:lock_held_by, holder}}
           {:queued, ticket} -> await_grant(session, var_id, optimizer_id, ticket, o.timeout)
         end
@@ -244,13 +243,13 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
     receive do
       {:dspex_lock_granted, ^ticket, token, waited_us} ->
         DSPex.Bridge.Analytics.observe(:lock_wait_seconds, waited_us / 1.0e6)
-        {:ok, lock(session, var_id, optimizer_id, token)}
+        {:ok, lock(session, var_id, optimizer_id, token, System.system_time(:millisecond))}
     after
       timeout ->
         case Native.coordinator_cancel(coordinator(), session, var_id, ticket) do
           # The grant raced the timeout: give the lock back and drop the message.
           {:granted, _token} ->
-            Native.coordinator_release(coordinator(), session, var_id, optimizer_id)
+            Native.coordinator_release(session, var_id, optimizer_id)
 
             receive do
               {:dspex_lock_granted, ^ticket, _, _} -> :ok
@@ -316,7 +315,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
     do: {:error, {:invalid_option, {:not_a_keyword_list, other}}}
 
   defp release(session, var_id, optimizer_id) do
-    result = Native.coordinator_release(coordinator(), session, var_id, optimizer_id)
+    result = Native.coordinator_release(session, var_id, optimizer_id)
 
     if result == :ok and Events.enabled?(),
       do:
@@ -440,12 +439,12 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   """
   @spec complete_optimization(String.t(), term(), map()) :: {:ok, term()} | {:error, term()}
   def complete_optimization(optimization_id, final_value, final_metrics \\ %{}),
-    do: Progress.complete(optimization_id, final_value, final_metrics, coordinator())
+    do: Progress.complete(optimization_id, final_value, final_metrics)
 
   @doc "Ends a run as failed and releases its lock."
   @spec fail_optimization(String.t(), term()) :: :ok | {:error, term()}
   def fail_optimization(optimization_id, reason),
-    do: Progress.fail(optimization_id, reason, coordinator())
+    do: Progress.fail(optimization_id, reason)
 
   @doc "The state of a run, running or finished."
   @spec get_optimization_status(String.t()) :: {:ok, map()} | {:error, term()}
@@ -474,13 +473,13 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
     ArgumentError -> {:error, {:invalid_name, name}}
   end
 
-  defp lock(session, var_id, optimizer_id, token) do
+  defp lock(session, var_id, optimizer_id, token, acquired_at) do
     %Lock{
       session_id: session,
       var_id: var_id,
       optimizer_id: optimizer_id,
       token: token,
-      acquired_at: System.system_time(:millisecond)
+      acquired_at: acquired_at
     }
   end
 

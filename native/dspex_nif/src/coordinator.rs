@@ -13,12 +13,13 @@ use dspex_core::clock::{Clock, MonotonicClock};
 use dspex_core::coordinator::{
     Acquired, Cancelled, Conflict, Effect, LockError, LockTable, LossReason,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rustler::{Atom, Encoder, Env, Error, LocalPid, Monitor, NifResult, ResourceArc, Term};
 
 use crate::atoms::{self, atom_is};
 use crate::hot_nif::hot_nif;
 use crate::var_key::VarKey;
+use crate::wall_clock::precise_ms;
 
 static CLOCK: LazyLock<MonotonicClock> = LazyLock::new(MonotonicClock::new);
 const MS: u64 = 1_000_000;
@@ -184,25 +185,40 @@ fn deliver(env: Env, st: &mut State, effects: Vec<Effect<Key, VarKey>>) {
     }
 }
 
-/// The coordinator (one per VM; the Elixir side keeps it).
-#[rustler::nif]
-fn coordinator_new(env: Env) -> Term {
-    // Encoded here rather than returned as a ResourceArc: parking_lot's mutex is not
-    // RefUnwindSafe, which rustler requires of resources returned directly.
-    ResourceArc::new(Coordinator(Mutex::new(State::default()))).encode(env)
+// The coordinator the hot NIFs (acquire, release) work on: the one made last. Read under a
+// read lock rather than decoded from an argument: decoding a resource costs ~40 ns.
+static INSTALLED: LazyLock<RwLock<Option<Handle>>> = LazyLock::new(|| RwLock::new(None));
+
+fn installed<T>(f: impl FnOnce(&Handle) -> NifResult<T>) -> NifResult<T> {
+    match INSTALLED.read().as_ref() {
+        Some(handle) => f(handle),
+        None => Err(Error::RaiseAtom("coordinator_not_started")),
+    }
 }
 
-hot_nif!("coordinator_acquire", 10, coordinator_acquire);
+/// The coordinator (one per VM; the Elixir side keeps it). It becomes the one `acquire`
+/// and `release` work on.
+#[rustler::nif]
+fn coordinator_new(env: Env) -> Term {
+    let handle = ResourceArc::new(Coordinator(Mutex::new(State::default())));
+    *INSTALLED.write() = Some(handle.clone());
+    // Encoded here rather than returned as a ResourceArc: parking_lot's mutex is not
+    // RefUnwindSafe, which rustler requires of resources returned directly.
+    handle.encode(env)
+}
 
-/// `{:granted, token} | {:held_by, optimizer} | {:queued, ticket} | {:already_held, token}`.
+hot_nif!("coordinator_acquire", 9, coordinator_acquire);
+
+/// `acquire(session, var, optimizer, holder_pid, priority, conflict, timeout_ms, grace_ms,
+/// lease_ms)` on the installed coordinator: `{:granted, token, at_ms} | {:held_by, optimizer}
+/// | {:queued, ticket} | {:already_held, token, at_ms}` (`at_ms`: wall-clock milliseconds).
 /// `conflict` is `:abort | :wait | :preempt`; a queued caller (the calling process) gets
-/// `{:dspex_lock_granted, ticket, token, waited_us}`. Registered hot: ten arguments would
+/// `{:dspex_lock_granted, ticket, token, waited_us}`. Registered hot: nine arguments would
 /// cost the attribute wrapper an allocation per call.
 fn coordinator_acquire<'a>(
     env: Env<'a>,
-    [handle, session, var, optimizer, holder_pid, priority, conflict, timeout_ms, grace_ms, lease_ms]: [Term<'a>; 10],
+    [session, var, optimizer, holder_pid, priority, conflict, timeout_ms, grace_ms, lease_ms]: [Term<'a>; 9],
 ) -> NifResult<Term<'a>> {
-    let handle: Handle = handle.decode()?;
     let (session, var, optimizer): (VarKey, VarKey, VarKey) =
         (session.decode()?, var.decode()?, optimizer.decode()?);
     let holder_pid: LocalPid = holder_pid.decode()?;
@@ -224,28 +240,32 @@ fn coordinator_acquire<'a>(
         return Err(Error::BadArg);
     };
     let caller = env.pid();
-    let mut st = handle.0.lock();
-    bind(env, &handle, &mut st, &optimizer, holder_pid);
-    let out = st.table.acquire(
-        (session, var),
-        optimizer,
-        priority,
-        conflict,
-        lease_ms.saturating_mul(MS),
-        t,
-    );
-    let answer = match out.value {
-        Acquired::Granted { token } => (atoms::granted(), token).encode(env),
-        Acquired::AlreadyHeld { token } => (atoms::already_held(), token).encode(env),
-        Acquired::HeldBy { holder } => (atoms::held_by(), holder).encode(env),
-        Acquired::Queued { ticket } => {
-            watch(env, &handle, &mut st, caller);
-            st.waits.insert(ticket, caller);
-            (atoms::queued(), ticket).encode(env)
-        }
-    };
-    deliver(env, &mut st, out.effects);
-    Ok(answer)
+    installed(|handle| {
+        let mut st = handle.0.lock();
+        bind(env, handle, &mut st, &optimizer, holder_pid);
+        let out = st.table.acquire(
+            (session, var),
+            optimizer,
+            priority,
+            conflict,
+            lease_ms.saturating_mul(MS),
+            t,
+        );
+        let answer = match out.value {
+            Acquired::Granted { token } => (atoms::granted(), token, precise_ms()).encode(env),
+            Acquired::AlreadyHeld { token } => {
+                (atoms::already_held(), token, precise_ms()).encode(env)
+            }
+            Acquired::HeldBy { holder } => (atoms::held_by(), holder).encode(env),
+            Acquired::Queued { ticket } => {
+                watch(env, handle, &mut st, caller);
+                st.waits.insert(ticket, caller);
+                (atoms::queued(), ticket).encode(env)
+            }
+        };
+        deliver(env, &mut st, out.effects);
+        Ok(answer)
+    })
 }
 
 fn lock_error<'a>(env: Env<'a>, err: LockError<VarKey>) -> Term<'a> {
@@ -257,22 +277,24 @@ fn lock_error<'a>(env: Env<'a>, err: LockError<VarKey>) -> Term<'a> {
     (atoms::error(), reason).encode(env)
 }
 
-hot_nif!("coordinator_release", 4, coordinator_release);
+hot_nif!("coordinator_release", 3, coordinator_release);
 
-/// Releases: `:ok` or `{:error, :not_lock_owner}`.
+/// `release(session, var, optimizer)` on the installed coordinator: `:ok` or
+/// `{:error, :not_lock_owner}`.
 fn coordinator_release<'a>(
     env: Env<'a>,
-    [handle, session, var, optimizer]: [Term<'a>; 4],
+    [session, var, optimizer]: [Term<'a>; 3],
 ) -> NifResult<Term<'a>> {
-    let handle: Handle = handle.decode()?;
     let (session, var, optimizer): (VarKey, VarKey, VarKey) =
         (session.decode()?, var.decode()?, optimizer.decode()?);
-    let mut st = handle.0.lock();
-    let out = st.table.release(&(session, var), &optimizer, now());
-    deliver(env, &mut st, out.effects);
-    Ok(match out.value {
-        Ok(()) => atoms::ok().encode(env),
-        Err(e) => lock_error(env, e),
+    installed(|handle| {
+        let mut st = handle.0.lock();
+        let out = st.table.release(&(session, var), &optimizer, now());
+        deliver(env, &mut st, out.effects);
+        Ok(match out.value {
+            Ok(()) => atoms::ok().encode(env),
+            Err(e) => lock_error(env, e),
+        })
     })
 }
 

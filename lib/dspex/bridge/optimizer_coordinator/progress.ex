@@ -128,13 +128,13 @@ defmodule DSPex.Bridge.OptimizerCoordinator.Progress do
     end
   end
 
-  def complete(id, final_value, final_metrics, coordinator) when is_map(final_metrics) do
+  def complete(id, final_value, final_metrics) when is_map(final_metrics) do
     with {:ok, run} <- fetch(id) do
       case SessionStore.update_variable(run.session_id, run.var_id, final_value,
              lock_token: run.token
            ) do
         {:ok, var} ->
-          Native.coordinator_release(coordinator, run.session_id, run.var_id, run.optimizer_id)
+          Native.coordinator_release(run.session_id, run.var_id, run.optimizer_id)
           finish(run, :completed, %{final_value: final_value, final_metrics: final_metrics})
           {:ok, var}
 
@@ -144,11 +144,11 @@ defmodule DSPex.Bridge.OptimizerCoordinator.Progress do
     end
   end
 
-  def complete(_id, _value, metrics, _c), do: {:error, {:invalid_metrics, metrics}}
+  def complete(_id, _value, metrics), do: {:error, {:invalid_metrics, metrics}}
 
-  def fail(id, reason, coordinator) do
+  def fail(id, reason) do
     with {:ok, run} <- fetch(id) do
-      Native.coordinator_release(coordinator, run.session_id, run.var_id, run.optimizer_id)
+      Native.coordinator_release(run.session_id, run.var_id, run.optimizer_id)
       finish(run, :failed, %{reason: reason})
       :ok
     end
