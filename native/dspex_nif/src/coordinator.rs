@@ -21,11 +21,19 @@ use crate::hot_nif::hot_nif;
 use crate::var_key::VarKey;
 use crate::wall_clock::precise_ms;
 
-static CLOCK: LazyLock<MonotonicClock> = LazyLock::new(MonotonicClock::new);
+// The table's clock, and the wall-clock milliseconds at its zero: a grant's wall time is
+// derived from the monotonic reading the table uses anyway (as Erlang derives its system
+// time), which saves a second clock read per acquire.
+static CLOCK: LazyLock<(MonotonicClock, u64)> =
+    LazyLock::new(|| (MonotonicClock::new(), precise_ms()));
 const MS: u64 = 1_000_000;
 
 fn now() -> u64 {
-    CLOCK.now_nanos()
+    CLOCK.0.now_nanos()
+}
+
+fn wall_ms(t: u64) -> u64 {
+    CLOCK.1 + t / MS
 }
 
 type Key = (VarKey, VarKey);
@@ -252,9 +260,9 @@ fn coordinator_acquire<'a>(
             t,
         );
         let answer = match out.value {
-            Acquired::Granted { token } => (atoms::granted(), token, precise_ms()).encode(env),
+            Acquired::Granted { token } => (atoms::granted(), token, wall_ms(t)).encode(env),
             Acquired::AlreadyHeld { token } => {
-                (atoms::already_held(), token, precise_ms()).encode(env)
+                (atoms::already_held(), token, wall_ms(t)).encode(env)
             }
             Acquired::HeldBy { holder } => (atoms::held_by(), holder).encode(env),
             Acquired::Queued { ticket } => {

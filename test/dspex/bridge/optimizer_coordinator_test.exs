@@ -189,6 +189,18 @@ defmodule DSPex.Bridge.OptimizerCoordinatorTest do
     for v <- vars, do: refute(C.is_locked?(v))
   end
 
+  test "a lock carries its token and the wall-clock time it was granted" do
+    v = var()
+    before = :os.system_time(:millisecond)
+    {:ok, lock} = C.acquire_lock(v, "a", self())
+    later = :os.system_time(:millisecond)
+    # The NIF derives it from its monotonic clock: equal to the OS clock up to its slewing.
+    assert lock.acquired_at >= before - 1_000 and lock.acquired_at <= later + 1_000
+    assert {:ok, %{token: token}} = C.acquire_lock(v, "a", self())
+    assert token == lock.token
+    :ok = C.release_lock(v, "a")
+  end
+
   test "bad input, lock state unchanged" do
     v = var()
     {:ok, _} = C.acquire_lock(v, "a", self())
