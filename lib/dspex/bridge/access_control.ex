@@ -81,6 +81,12 @@ defmodule DSPex.Bridge.AccessControl do
   import DSPex.Bridge.Options, only: [is_id: 1]
 
   @permissions [:read, :write, :observe, :optimize]
+
+  # A well-formed decision request; check_request/4 names what is wrong with any other.
+  defguardp is_request(owner, name, session_id, permission, context)
+            when is_id(owner) and is_id(name) and is_id(session_id) and
+                   permission in @permissions and is_map(context)
+
   @modes [:private, :protected, :public]
   @max_rules 1_000
   @audit :dspex_bridge_audit
@@ -99,8 +105,7 @@ defmodule DSPex.Bridge.AccessControl do
   def check_permission(variable, session_id, permission, context \\ %{})
 
   def check_permission({owner, name} = variable, session_id, permission, context)
-      when is_id(owner) and is_id(name) and is_id(session_id) and permission in @permissions and
-             is_map(context),
+      when is_request(owner, name, session_id, permission, context),
       do: decide(variable, session_id, permission, context)
 
   def check_permission(variable, session_id, permission, context),
@@ -173,8 +178,7 @@ defmodule DSPex.Bridge.AccessControl do
   def explain(variable, session_id, permission, context \\ %{})
 
   def explain({owner, name}, session_id, permission, context)
-      when is_id(owner) and is_id(name) and is_id(session_id) and permission in @permissions and
-             is_map(context) do
+      when is_request(owner, name, session_id, permission, context) do
     {allowed, reason} = Native.acl_explain(owner, name, session_id, permission, context)
     {:ok, %{allowed: allowed, decided_by: reason}}
   end
@@ -513,6 +517,7 @@ defmodule DSPex.Bridge.AccessControl do
 
   # ---------------------------------------------------------------------------------------
 
+  # The error for a request that is_request/5 refused (`:ok` for one it accepts).
   defp check_request({owner, name}, session_id, permission, context)
        when is_id(owner) and is_id(name) and is_id(session_id) do
     cond do

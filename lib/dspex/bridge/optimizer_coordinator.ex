@@ -43,7 +43,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
       :ok
   """
 
-  alias DSPex.Bridge.{Events, Native}
+  alias DSPex.Bridge.{Events, Native, Options}
   alias DSPex.Bridge.OptimizerCoordinator.Progress
   import DSPex.Bridge.Options, only: [is_id: 1]
 
@@ -218,10 +218,10 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
 
   defp acquire_option(:session_id, v), do: is_id(v)
   defp acquire_option(:conflict_resolution, v), do: v in [:wait, :abort, :preempt]
-  defp acquire_option(:timeout, v), do: is_integer(v) and v >= 0
+  defp acquire_option(:timeout, v), do: Options.non_neg_integer?(v)
   defp acquire_option(:priority, v), do: is_integer(v)
-  defp acquire_option(:lease_ms, v), do: is_integer(v) and v > 0
-  defp acquire_option(:grace_ms, v), do: is_integer(v) and v >= 0
+  defp acquire_option(:lease_ms, v), do: Options.pos_integer?(v)
+  defp acquire_option(:grace_ms, v), do: Options.non_neg_integer?(v)
   defp acquire_option(:caller, v), do: is_id(v)
   defp acquire_option(:context, v), do: is_map(v)
   defp acquire_option(_key, _v), do: :unknown

@@ -291,10 +291,7 @@ impl<K: Eq + Hash + Clone, H: Eq + Clone> LockTable<K, H> {
         now: u64,
     ) -> Out<Acquired<H>, K, H> {
         let mut effects = Vec::new();
-        // One lookup when nothing is due (the common case), besides the entry itself.
-        if self.locks.get(&key).is_some_and(|l| l.due(now)) {
-            self.expire(&key, now, &mut effects);
-        }
+        self.expire(&key, now, &mut effects);
         let lock = self.locks.entry(key.clone()).or_default();
         let answer = match &mut lock.holder {
             None => {
@@ -366,9 +363,7 @@ impl<K: Eq + Hash + Clone, H: Eq + Clone> LockTable<K, H> {
     /// In the value: [`LockError::NotOwner`] (nothing else changes).
     pub fn release(&mut self, key: &K, who: &H, now: u64) -> Out<Result<(), LockError<H>>, K, H> {
         let mut effects = Vec::new();
-        if self.locks.get(key).is_some_and(|l| l.due(now)) {
-            self.expire(key, now, &mut effects);
-        }
+        self.expire(key, now, &mut effects);
         let result = match self.locks.get_mut(key) {
             None => Err(LockError::NotOwner { holder: None }),
             Some(lock) => match &lock.holder {
@@ -400,9 +395,7 @@ impl<K: Eq + Hash + Clone, H: Eq + Clone> LockTable<K, H> {
         now: u64,
     ) -> Out<Result<u64, LockError<H>>, K, H> {
         let mut effects = Vec::new();
-        if self.locks.get(key).is_some_and(|l| l.due(now)) {
-            self.expire(key, now, &mut effects);
-        }
+        self.expire(key, now, &mut effects);
         let result = match self
             .locks
             .get_mut(key)
@@ -423,9 +416,7 @@ impl<K: Eq + Hash + Clone, H: Eq + Clone> LockTable<K, H> {
     pub fn force_release(&mut self, key: &K, now: u64) -> Out<bool, K, H> {
         let mut effects = Vec::new();
         // A lease that already ended is reported as such, not as forced.
-        if self.locks.get(key).is_some_and(|l| l.due(now)) {
-            self.expire(key, now, &mut effects);
-        }
+        self.expire(key, now, &mut effects);
         let released = self.take_from_holder(key, LossReason::Forced, now, &mut effects);
         if released {
             self.grant_next(key, now, &mut effects);
@@ -658,7 +649,8 @@ impl<K: Eq + Hash + Clone, H: Eq + Clone> LockTable<K, H> {
     }
 
     fn expire(&mut self, key: &K, now: u64, effects: &mut Vec<Effect<K, H>>) {
-        let Some(lock) = self.locks.get_mut(key) else {
+        // Most calls find nothing due: one lookup and a look at the lock, nothing collected.
+        let Some(lock) = self.locks.get_mut(key).filter(|l| l.due(now)) else {
             return;
         };
         // Waits past their deadline leave first, so they are never granted late.

@@ -294,11 +294,17 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         out.len() + inc.len()
     }
 
-    fn ix(&self, key: &K) -> Result<Ix, GraphError<K>> {
+    // The slot of an id given in any borrowed form of `K`, or the error naming it.
+    fn ix<Q>(&self, key: &Q) -> Result<Ix, GraphError<K>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned + ?Sized,
+        Q::Owned: Into<K>,
+    {
         self.index
             .get(key)
             .copied()
-            .ok_or_else(|| GraphError::UnknownNode(key.clone()))
+            .ok_or_else(|| GraphError::UnknownNode(key.to_owned().into()))
     }
 
     fn key(&self, ix: Ix) -> &K {
@@ -330,9 +336,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         Q: Hash + Eq + ToOwned + ?Sized,
         Q::Owned: Into<K>,
     {
-        let unknown = |q: &Q| GraphError::UnknownNode(q.to_owned().into());
-        let x = *self.index.get(from).ok_or_else(|| unknown(from))?;
-        let y = *self.index.get(to).ok_or_else(|| unknown(to))?;
+        let (x, y) = (self.ix(from)?, self.ix(to)?);
         let label = self.label_id(kind);
         self.add_edge_ix(x, y, label)
     }
@@ -463,11 +467,9 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         Q::Owned: Into<K>,
     {
         // Resolve every id once; unknown ids fail before anything changes.
-        let unknown = |q: &Q| GraphError::UnknownNode(q.to_owned().into());
         let mut resolved = Vec::with_capacity(edges.len());
         for &(from, to, ref kind) in edges {
-            let x = *self.index.get(from).ok_or_else(|| unknown(from))?;
-            let y = *self.index.get(to).ok_or_else(|| unknown(to))?;
+            let (x, y) = (self.ix(from)?, self.ix(to)?);
             resolved.push((x, y, self.label_id(kind.clone())));
         }
         if edges.len() * 4 >= self.edge_count() + self.node_count() {

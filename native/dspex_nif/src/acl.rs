@@ -79,7 +79,7 @@ thread_local! {
 }
 
 fn atom_text(term: Term) -> NifResult<Arc<str>> {
-    remembered(&ATOM_TEXT, term, || Ok(term.atom_to_string()?.into()))
+    remembered(&ATOM_TEXT, term, || with_text(term, |text| Arc::from(text)))
 }
 
 fn decode_value(term: Term) -> Option<Value> {

@@ -49,9 +49,12 @@ fn session_key(session: Term) -> NifResult<Key> {
     Ok(key)
 }
 
-fn published(session: Term) -> NifResult<Option<Graph>> {
+// Runs `f` on the graph `session` published, under the directory's read lock: borrowing
+// it there saves the reference-count increment and decrement of a clone on a shared line.
+fn with_published<T>(session: Term, f: impl FnOnce(Option<&Graph>) -> T) -> NifResult<T> {
     let key = session_key(session)?;
-    Ok(DIRECTORY.read().get(key.bytes()).cloned())
+    let directory = DIRECTORY.read();
+    Ok(f(directory.get(key.bytes())))
 }
 
 fn with<T>(graph: &Graph, f: impl FnOnce(&mut DependencyGraph<VarKey>) -> T) -> T {
@@ -130,7 +133,7 @@ fn graph_unpublish(session: Term) -> NifResult<bool> {
 /// The graph of `session`: `{:ok, graph}` or `{:error, :session_not_found}`.
 #[rustler::nif]
 fn graph_of<'a>(env: Env<'a>, session: Term<'a>) -> NifResult<Term<'a>> {
-    Ok(match published(session)? {
+    with_published(session, |graph| match graph {
         Some(graph) => (atoms::ok(), graph).encode(env),
         None => (atoms::error(), atoms::session_not_found()).encode(env),
     })
@@ -188,20 +191,16 @@ fn add_edge_in<'a>(env: Env<'a>, [session, from, to, kind]: [Term<'a>; 4]) -> Ni
     lookup_bytes(from, &mut from_key)?;
     lookup_bytes(to, &mut to_key)?;
     let kind = decode_kind(kind)?;
-    let session = session_key(session)?;
-    // The graph is used under the directory's read lock rather than cloned out of it: a
-    // clone is a reference-count increment and decrement on a shared cache line.
-    let directory = DIRECTORY.read();
-    let Some(graph) = directory.get(session.bytes()) else {
-        return Ok((atoms::error(), atoms::session_not_found()).encode(env));
-    };
-    let result = with(graph, |g| {
-        g.add_edge(from_key.bytes(), to_key.bytes(), kind)
-    });
-    drop(directory);
-    Ok(match result {
-        Ok(_) => atoms::ok().encode(env),
-        Err(err) => encode_graph_error(env, err),
+    with_published(session, |graph| {
+        let Some(graph) = graph else {
+            return (atoms::error(), atoms::session_not_found()).encode(env);
+        };
+        match with(graph, |g| {
+            g.add_edge(from_key.bytes(), to_key.bytes(), kind)
+        }) {
+            Ok(_) => atoms::ok().encode(env),
+            Err(err) => encode_graph_error(env, err),
+        }
     })
 }
 

@@ -8,7 +8,7 @@
 //! A key is one byte string, a tag then the text, so that a table keyed by [`VarKey`] can
 //! be searched with bytes built on the stack ([`lookup_bytes`]) instead of an owned key.
 
-use std::borrow::Borrow;
+use std::borrow::{Borrow, Cow};
 
 use rustler::{Atom, Binary, Decoder, Encoder, Env, Error, NifResult, Term, TermType};
 use smallvec::SmallVec;
@@ -38,8 +38,7 @@ impl VarKey {
     /// The id's text (an atom's name or a string's bytes), for matching session patterns.
     pub fn text(&self) -> String {
         if self.is_atom() {
-            // Latin-1: every byte is the code point of the same value.
-            self.text_bytes().iter().map(|&b| char::from(b)).collect()
+            latin1_text(self.text_bytes()).into_owned()
         } else {
             String::from_utf8_lossy(self.text_bytes()).into_owned()
         }
@@ -85,6 +84,15 @@ pub fn lookup_bytes(term: Term, key: &mut Key) -> NifResult<()> {
     Ok(())
 }
 
+// Latin-1 text as Unicode: every byte is the code point of the same value, so ASCII text is
+// already UTF-8 and is borrowed.
+fn latin1_text(latin1: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(latin1) {
+        Ok(ascii) if latin1.is_ascii() => Cow::Borrowed(ascii),
+        _ => Cow::Owned(latin1.iter().map(|&b| char::from(b)).collect()),
+    }
+}
+
 fn atom_latin1(term: Term, buf: &mut [u8; 256]) -> Option<usize> {
     // SAFETY: `enif_get_atom` writes at most `buf.len()` bytes (the text and a NUL) into
     // `buf` and returns the count including the NUL, or 0 for a non-atom or an atom whose
@@ -119,11 +127,7 @@ pub fn with_text<R>(term: Term, f: impl FnOnce(&str) -> R) -> NifResult<R> {
         TermType::Atom => {
             let mut text = [0u8; 256];
             let written = atom_latin1(term, &mut text).ok_or(Error::BadArg)?;
-            let latin1 = &text[..written];
-            Ok(match std::str::from_utf8(latin1) {
-                Ok(ascii) if latin1.is_ascii() => f(ascii),
-                _ => f(&latin1.iter().map(|&b| char::from(b)).collect::<String>()),
-            })
+            Ok(f(&latin1_text(&text[..written])))
         }
         _ => Err(Error::BadArg),
     }
