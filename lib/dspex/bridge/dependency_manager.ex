@@ -84,19 +84,23 @@ defmodule DSPex.Bridge.DependencyManager do
   def add_dependency(session_id, from_var, to_var, type \\ :data, opts \\ [])
 
   # The owner's call (no options): one NIF call finds the session's graph and adds the edge.
-  def add_dependency(session_id, from_var, to_var, type, [])
-      when is_id(session_id) and is_id(from_var) and is_id(to_var) and
-             (type in @kinds or is_binary(type)) do
+  # The NIF checks the arguments (it refuses whatever the guards below would), so the ids
+  # are not read here first: on a large caller heap each read can be a cache miss, and the
+  # NIF asks for both ids' data at once.
+  def add_dependency(session_id, from_var, to_var, type, []) do
     case Native.graph_add_edge_in(session_id, from_var, to_var, type) do
       :ok -> added(session_id, from_var, to_var, type)
       error -> add_failed(error, session_id, from_var, to_var)
     end
   rescue
-    # Atom ids outside Latin-1 cannot cross the NIF boundary on OTP 25 (NIF API 2.16).
-    ArgumentError -> {:error, :invalid_name}
+    # The checked path says why.
+    ArgumentError -> add_checked(session_id, from_var, to_var, type, [])
   end
 
-  def add_dependency(session_id, from_var, to_var, type, opts) do
+  def add_dependency(session_id, from_var, to_var, type, opts),
+    do: add_checked(session_id, from_var, to_var, type, opts)
+
+  defp add_checked(session_id, from_var, to_var, type, opts) do
     with :ok <- check_pair(from_var, to_var),
          :ok <- check_kind(type),
          {:ok, graph} <- SessionStore.session_graph(session_id, opts, :write) do
@@ -304,7 +308,11 @@ defmodule DSPex.Bridge.DependencyManager do
     end
   end
 
-  defp check_kind(kind) when kind in @kinds or is_binary(kind), do: :ok
+  defp check_kind(kind) when kind in @kinds, do: :ok
+
+  defp check_kind(kind) when is_binary(kind),
+    do: if(String.valid?(kind), do: :ok, else: {:error, {:invalid_type, kind}})
+
   defp check_kind(kind), do: {:error, {:invalid_type, kind}}
 
   defp unknown_to_not_found({:error, {:unknown_variable, name}}),

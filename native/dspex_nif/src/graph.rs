@@ -17,8 +17,8 @@ use rustler::{Encoder, Env, Error, NifResult, ResourceArc, Term, TermType};
 
 use crate::atoms::{self, atom_is};
 use crate::hot_nif::hot_nif;
-use crate::term_key::Key;
-use crate::var_key::{lookup_bytes, VarKey};
+use crate::term_key::{prefetch, Key};
+use crate::var_key::{is_id_length, lookup_bytes, VarKey};
 
 /// A session's dependency graph.
 pub struct GraphResource(Mutex<DependencyGraph<VarKey>>);
@@ -43,7 +43,13 @@ type Graph = ResourceArc<GraphResource>;
 static DIRECTORY: LazyLock<RwLock<AHashMap<Box<[u8]>, Graph>>> =
     LazyLock::new(|| RwLock::new(AHashMap::new()));
 
+// A session id is an id as for variables (an atom, or a string of 1..=255 bytes).
 fn session_key(session: Term) -> NifResult<Key> {
+    if let Ok(bin) = rustler::Binary::from_term(session) {
+        if !is_id_length(bin.len()) {
+            return Err(Error::BadArg);
+        }
+    }
     let mut key = Key::new();
     key.push_term(session, false).map_err(|_| Error::BadArg)?;
     Ok(key)
@@ -187,21 +193,27 @@ hot_nif!("graph_add_edge_in", 4, add_edge_in);
 /// or `{:error, {:unknown_variable, id}}`. The ids are looked up as borrowed bytes: the
 /// call allocates nothing unless it adds a custom kind or reports an error.
 fn add_edge_in<'a>(env: Env<'a>, [session, from, to, kind]: [Term<'a>; 4]) -> NifResult<Term<'a>> {
-    let (mut from_key, mut to_key) = (Key::new(), Key::new());
-    lookup_bytes(from, &mut from_key)?;
-    lookup_bytes(to, &mut to_key)?;
+    // The ids' data are likely cache misses on a large caller heap: ask for both now and
+    // find the session's graph while they arrive.
+    prefetch(from);
+    prefetch(to);
     let kind = decode_kind(kind)?;
     with_published(session, |graph| {
+        let (mut from_key, mut to_key) = (Key::new(), Key::new());
+        lookup_bytes(from, &mut from_key)?;
+        lookup_bytes(to, &mut to_key)?;
         let Some(graph) = graph else {
-            return (atoms::error(), atoms::session_not_found()).encode(env);
+            return Ok((atoms::error(), atoms::session_not_found()).encode(env));
         };
-        match with(graph, |g| {
-            g.add_edge(from_key.bytes(), to_key.bytes(), kind)
-        }) {
-            Ok(_) => atoms::ok().encode(env),
-            Err(err) => encode_graph_error(env, err),
-        }
-    })
+        Ok(
+            match with(graph, |g| {
+                g.add_edge(from_key.bytes(), to_key.bytes(), kind)
+            }) {
+                Ok(_) => atoms::ok().encode(env),
+                Err(err) => encode_graph_error(env, err),
+            },
+        )
+    })?
 }
 
 /// Why an entry of a bulk insert was refused.
@@ -227,7 +239,7 @@ fn decode_bulk_edge(
     };
     let mut id = |term: Term| {
         if let Ok(bin) = rustler::Binary::from_term(term) {
-            if bin.is_empty() || bin.len() > 255 {
+            if !is_id_length(bin.len()) {
                 return Err(BadEdge::Shape);
             }
         } else if !term.is_atom() {

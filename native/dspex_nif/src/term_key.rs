@@ -118,3 +118,20 @@ pub fn remembered<T: Clone>(
     });
     Ok(value)
 }
+
+/// Starts loading the data of a boxed term (a binary's header, a tuple's elements) into the
+/// cache, so that several terms a NIF is about to read arrive together rather than one
+/// memory round trip after another. Only a hint: nothing is read, and for an immediate
+/// term (an atom, a small integer) the address is meaningless and the CPU ignores it.
+pub fn prefetch(term: Term) {
+    // A boxed term's word is the address of its data with the low two (tag) bits set.
+    let addr = atom_word(term) & !0b11;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch does not access memory architecturally and cannot fault, whatever
+    // the address; SSE is part of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}

@@ -66,15 +66,27 @@ impl From<Vec<u8>> for VarKey {
     }
 }
 
+/// The longest string id, in bytes (as the Elixir side's `is_id` guard has it).
+pub const MAX_ID_BYTES: usize = 255;
+
+/// Whether a string of `len` bytes may be an id.
+pub fn is_id_length(len: usize) -> bool {
+    (1..=MAX_ID_BYTES).contains(&len)
+}
+
 /// Writes the bytes a [`VarKey`] of `term` would hold into `key`, allocating nothing for
 /// ids of up to ~190 bytes; the bytes then find the id in any map keyed by `VarKey`.
 ///
 /// # Errors
-/// `BadArg` if `term` is neither an atom nor a string, or an atom outside Latin-1.
+/// `BadArg` for what is not an id (the Elixir side's `is_id`): neither an atom nor a string
+/// of 1 to [`MAX_ID_BYTES`] bytes; also for an atom outside Latin-1.
 pub fn lookup_bytes(term: Term, key: &mut Key) -> NifResult<()> {
     match term.get_type() {
         TermType::Binary => {
             let bin = Binary::from_term(term)?;
+            if !is_id_length(bin.len()) {
+                return Err(Error::BadArg);
+            }
             key.push(&[STRING]);
             key.push(bin.as_slice());
         }

@@ -126,6 +126,29 @@ defmodule DSPex.Bridge.DependencyManagerTest do
       assert {:error, {:variable_not_found, :b}} = DependencyManager.get_dependents(s, :b)
     end
 
+    test "the option-less call refuses exactly what the checked path refuses" do
+      s = session!() |> vars!([:a, :b])
+      long = String.duplicate("x", 256)
+      bad_utf8 = <<0xFF, 0xFE>>
+
+      for {args, expected} <- [
+            {["", :a, :b], {:error, {:invalid_session_id, ""}}},
+            {[long, :a, :b], {:error, {:invalid_session_id, long}}},
+            {[{:s}, :a, :b], {:error, {:invalid_session_id, {:s}}}},
+            {[s, "", :b], {:error, {:invalid_name, ""}}},
+            {[s, :a, long], {:error, {:invalid_name, long}}},
+            {[s, :a, 1.5], {:error, {:invalid_name, 1.5}}},
+            {[s, :a, :b, :likes], {:error, {:invalid_type, :likes}}},
+            {[s, :a, :b, 7], {:error, {:invalid_type, 7}}},
+            {[s, :a, :b, bad_utf8], {:error, {:invalid_type, bad_utf8}}},
+            {[s, :a, :"😀"], {:error, :invalid_name}}
+          ] do
+        assert apply(DependencyManager, :add_dependency, args) == expected, inspect(args)
+      end
+
+      assert {:ok, []} = DependencyManager.get_dependents(s, :a)
+    end
+
     test "bad input leaves the graph unchanged" do
       s = session!() |> vars!([:a, :b])
       :ok = DependencyManager.add_dependency(s, :a, :b)
