@@ -17,7 +17,7 @@ use rustler::{Encoder, Env, Error, NifResult, ResourceArc, Term, TermType};
 
 use crate::atoms::{self, atom_is};
 use crate::hot_nif::hot_nif;
-use crate::term_key::{prefetch, Key};
+use crate::term_key::{prefetch, prefetch_elements, Key};
 use crate::var_key::{is_id_length, lookup_bytes, VarKey};
 
 /// A session's dependency graph.
@@ -216,6 +216,9 @@ fn add_edge_in<'a>(env: Env<'a>, [session, from, to, kind]: [Term<'a>; 4]) -> Ni
     })?
 }
 
+/// How many entries ahead a bulk insert asks for the data of its entries.
+const PREFETCH_AHEAD: usize = 8;
+
 /// Why an entry of a bulk insert was refused.
 enum BadEdge {
     /// Not `{from, to}` or `{from, to, kind}` with ids that are atoms or 1..255-byte strings.
@@ -265,8 +268,17 @@ fn decode_bulk_edge(
 #[rustler::nif(schedule = "DirtyCpu")]
 fn graph_add_edges<'a>(env: Env<'a>, graph: Graph, edges: Term<'a>) -> NifResult<Term<'a>> {
     let mut arena = Key::new();
-    let mut batch = Vec::with_capacity(edges.list_length()?);
-    for edge in edges.into_list_iterator()? {
+    let entries: Vec<Term> = edges.into_list_iterator()?.collect();
+    let mut batch = Vec::with_capacity(entries.len());
+    for (i, &edge) in entries.iter().enumerate() {
+        // The ids' data are scattered over the caller's heap: ask for them a few entries
+        // ahead (and for the entries' tuples further ahead still) so the misses overlap.
+        if let Some(&ahead) = entries.get(i + 2 * PREFETCH_AHEAD) {
+            prefetch(ahead);
+        }
+        if let Some(&near) = entries.get(i + PREFETCH_AHEAD) {
+            prefetch_elements(near, 2);
+        }
         match decode_bulk_edge(edge, &mut arena) {
             Ok(decoded) => batch.push(decoded),
             Err(bad) => {

@@ -124,8 +124,12 @@ pub fn remembered<T: Clone>(
 /// memory round trip after another. Only a hint: nothing is read, and for an immediate
 /// term (an atom, a small integer) the address is meaningless and the CPU ignores it.
 pub fn prefetch(term: Term) {
+    prefetch_word(atom_word(term));
+}
+
+fn prefetch_word(word: usize) {
     // A boxed term's word is the address of its data with the low two (tag) bits set.
-    let addr = atom_word(term) & !0b11;
+    let addr = word & !0b11;
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch does not access memory architecturally and cannot fault, whatever
     // the address; SSE is part of the x86_64 baseline.
@@ -134,4 +138,32 @@ pub fn prefetch(term: Term) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = addr;
+}
+
+/// [`prefetch`] for the first `n` elements of `term` if it is a tuple (nothing otherwise):
+/// readers of a list of tuples call it a few entries ahead, so that the data the elements
+/// point to is in the cache when they get there.
+pub fn prefetch_elements(term: Term, n: usize) {
+    let mut arity = 0;
+    let mut elements: *const rustler::sys::ErlNifTerm = std::ptr::null();
+    // SAFETY: `enif_get_tuple` only reads `term` and, for a tuple, points `elements` at its
+    // `arity` elements, which live as long as the term (the calling NIF's arguments).
+    let is_tuple = unsafe {
+        rustler::sys::enif_get_tuple(
+            term.get_env().as_c_arg(),
+            term.as_c_arg(),
+            &mut arity,
+            &mut elements,
+        )
+    } != 0;
+    if is_tuple {
+        for i in 0..n.min(arity as usize) {
+            // SAFETY: `i < arity`, within the tuple.
+            let element = unsafe { *elements.add(i) };
+            // SAFETY: `ErlNifTerm` is `#[repr(transparent)]` over `size_t` (`usize`).
+            prefetch_word(unsafe {
+                std::mem::transmute::<rustler::sys::ErlNifTerm, usize>(element)
+            });
+        }
+    }
 }
