@@ -268,7 +268,9 @@ fn decode_bulk_edge(
 #[rustler::nif(schedule = "DirtyCpu")]
 fn graph_add_edges<'a>(env: Env<'a>, graph: Graph, edges: Term<'a>) -> NifResult<Term<'a>> {
     let mut arena = Key::new();
-    let entries: Vec<Term> = edges.into_list_iterator()?.collect();
+    // `list_length` refuses an improper list, which the iterator would end early on.
+    let mut entries: Vec<Term> = Vec::with_capacity(edges.list_length()?);
+    entries.extend(edges.into_list_iterator()?);
     let mut batch = Vec::with_capacity(entries.len());
     for (i, &edge) in entries.iter().enumerate() {
         // The ids' data are scattered over the caller's heap: ask for them a few entries

@@ -121,14 +121,20 @@ pub fn remembered<T: Clone>(
 
 /// Starts loading the data of a boxed term (a binary's header, a tuple's elements) into the
 /// cache, so that several terms a NIF is about to read arrive together rather than one
-/// memory round trip after another. Only a hint: nothing is read, and for an immediate
-/// term (an atom, a small integer) the address is meaningless and the CPU ignores it.
+/// memory round trip after another. Only a hint: nothing is read, and immediate terms
+/// (atoms, small integers), which have no data elsewhere, are left alone.
 pub fn prefetch(term: Term) {
     prefetch_word(atom_word(term));
 }
 
+// The primary tag of a boxed term (ERTS `TAG_PRIMARY_BOXED`): its word is the address of its
+// data with these two low bits set.
+const BOXED: usize = 0b10;
+
 fn prefetch_word(word: usize) {
-    // A boxed term's word is the address of its data with the low two (tag) bits set.
+    if word & 0b11 != BOXED {
+        return;
+    }
     let addr = word & !0b11;
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch does not access memory architecturally and cannot fault, whatever

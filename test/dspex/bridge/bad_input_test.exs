@@ -193,4 +193,27 @@ defmodule DSPex.Bridge.BadInputTest do
 
     assert {:ok, _} = Native.snapshot_encode("still alive")
   end
+
+  test "graph NIFs given wrong terms raise ArgumentError and change nothing", %{session: s} do
+    {:ok, _} = SessionStore.register_variable(s, :y, :integer, 1)
+    {:ok, graph} = Native.graph_of(s)
+
+    for bad <- [42, 1.5, "", :binary.copy("a", 256), {:t}, [:l], self()] do
+      assert_raise ArgumentError, fn -> Native.graph_add_edge_in(s, bad, :y, :data) end
+      assert_raise ArgumentError, fn -> Native.graph_add_edge_in(s, :x, bad, :data) end
+      assert_raise ArgumentError, fn -> Native.graph_add_edge_in(bad, :x, :y, :data) end
+
+      unless is_list(bad),
+        do: assert_raise(ArgumentError, fn -> Native.graph_add_edges(graph, bad) end)
+    end
+
+    assert {:error, {:invalid_option, {:edge, :l}}} = Native.graph_add_edges(graph, [:l])
+
+    assert_raise ArgumentError, fn -> Native.graph_add_edge_in(s, :x, :y, :bogus) end
+    # An improper list is refused whole, not read up to its tail.
+    assert_raise ArgumentError, fn -> Native.graph_add_edges(graph, [{:x, :y} | :tail]) end
+    assert {:ok, []} = DSPex.Bridge.DependencyManager.get_dependents(s, :x)
+    assert :ok = Native.graph_add_edge_in(s, :x, :y, :data)
+    assert {:ok, [:y]} = DSPex.Bridge.DependencyManager.get_dependents(s, :x)
+  end
 end
