@@ -107,7 +107,9 @@ rustler::atoms! {
     dspex_coordinator_event,
 }
 
-/// True when `term` is `atom` (an identity comparison; no atom is made from `term`).
+/// True when `term` is `atom`. Atoms are immediate terms, the same atom always the same
+/// word and no other term that word, so comparing words is the identity test (`==` on
+/// terms would call into the VM for it).
 pub fn atom_is(term: rustler::Term, atom: rustler::Atom) -> bool {
-    term == atom.to_term(term.get_env())
+    crate::term_key::atom_word(term) == crate::term_key::atom_word(atom.to_term(term.get_env()))
 }

@@ -17,7 +17,7 @@ use rustler::{Encoder, Env, Error, NifResult, ResourceArc, Term, TermType};
 
 use crate::atoms::{self, atom_is};
 use crate::hot_nif::hot_nif;
-use crate::term_key::{prefetch, prefetch_elements, Key};
+use crate::term_key::{atom_word, prefetch, prefetch_elements, IdKey, Key};
 use crate::var_key::{is_id_length, lookup_bytes, VarKey};
 
 /// A session's dependency graph.
@@ -37,30 +37,65 @@ impl Drop for GraphResource {
 
 type Graph = ResourceArc<GraphResource>;
 
-// Session id -> its graph, for every live session of this node. Keyed by the id's term key
-// (an atom by its word, a string by its bytes): any atom can name a session, even one
-// whose text is outside Latin-1.
-static DIRECTORY: LazyLock<RwLock<AHashMap<Box<[u8]>, Graph>>> =
-    LazyLock::new(|| RwLock::new(AHashMap::new()));
+// Session id -> its graph, for every live session of this node. Atoms are keyed by their
+// word (any atom can name a session, even one whose text is outside Latin-1), strings by
+// their bytes; both are looked up as the caller's term gives them, nothing copied.
+#[derive(Default)]
+struct Directory {
+    by_atom: AHashMap<usize, Graph>,
+    by_text: AHashMap<Box<[u8]>, Graph>,
+}
 
-// A session id is an id as for variables (an atom, or a string of 1..=255 bytes).
-fn session_key(session: Term) -> NifResult<Key> {
-    if let Ok(bin) = rustler::Binary::from_term(session) {
-        if !is_id_length(bin.len()) {
-            return Err(Error::BadArg);
+/// A session id as the caller's term holds it.
+#[derive(Clone, Copy)]
+enum SessionId<'a> {
+    Atom(usize),
+    Text(&'a [u8]),
+}
+
+impl Directory {
+    fn get(&self, id: SessionId) -> Option<&Graph> {
+        match id {
+            SessionId::Atom(word) => self.by_atom.get(&word),
+            SessionId::Text(bytes) => self.by_text.get(bytes),
         }
     }
-    let mut key = Key::new();
-    key.push_term(session, false).map_err(|_| Error::BadArg)?;
-    Ok(key)
+
+    fn insert(&mut self, id: SessionId, graph: Graph) {
+        match id {
+            SessionId::Atom(word) => self.by_atom.insert(word, graph),
+            SessionId::Text(bytes) => self.by_text.insert(bytes.into(), graph),
+        };
+    }
+
+    fn remove(&mut self, id: SessionId) -> Option<Graph> {
+        match id {
+            SessionId::Atom(word) => self.by_atom.remove(&word),
+            SessionId::Text(bytes) => self.by_text.remove(bytes),
+        }
+    }
+}
+
+static DIRECTORY: LazyLock<RwLock<Directory>> = LazyLock::new(Default::default);
+
+// A session id is an id as for variables (an atom, or a string of 1..=255 bytes).
+fn session_id(session: Term) -> NifResult<SessionId> {
+    if let Ok(bin) = rustler::Binary::from_term(session) {
+        if is_id_length(bin.len()) {
+            return Ok(SessionId::Text(bin.as_slice()));
+        }
+    } else if session.is_atom() {
+        return Ok(SessionId::Atom(atom_word(session)));
+    }
+    Err(Error::BadArg)
 }
 
 // Runs `f` on the graph `session` published, under the directory's read lock: borrowing
 // it there saves the reference-count increment and decrement of a clone on a shared line.
 fn with_published<T>(session: Term, f: impl FnOnce(Option<&Graph>) -> T) -> NifResult<T> {
-    let key = session_key(session)?;
+    let id = session_id(session)?;
     let directory = DIRECTORY.read();
-    Ok(f(directory.get(key.bytes())))
+    Ok(f(directory.get(id)))
 }
 
 fn with<T>(graph: &Graph, f: impl FnOnce(&mut DependencyGraph<VarKey>) -> T) -> T {
@@ -122,17 +157,17 @@ fn graph_new() -> Graph {
 /// Makes `graph` the graph of `session` (replacing any previous one).
 #[rustler::nif]
 fn graph_publish(session: Term, graph: Graph) -> NifResult<rustler::Atom> {
-    let key = session_key(session)?;
-    DIRECTORY.write().insert(key.bytes().into(), graph);
+    let id = session_id(session)?;
+    DIRECTORY.write().insert(id, graph);
     Ok(atoms::ok())
 }
 
 /// Forgets the graph of `session`; `false` if none was published.
 #[rustler::nif]
 fn graph_unpublish(session: Term) -> NifResult<bool> {
-    let key = session_key(session)?;
+    let id = session_id(session)?;
     // Dropped outside the lock: the last reference frees the whole graph.
-    let graph = DIRECTORY.write().remove(key.bytes());
+    let graph = DIRECTORY.write().remove(id);
     Ok(graph.is_some())
 }
 
@@ -199,7 +234,7 @@ fn add_edge_in<'a>(env: Env<'a>, [session, from, to, kind]: [Term<'a>; 4]) -> Ni
     prefetch(to);
     let kind = decode_kind(kind)?;
     with_published(session, |graph| {
-        let (mut from_key, mut to_key) = (Key::new(), Key::new());
+        let (mut from_key, mut to_key) = (IdKey::empty(), IdKey::empty());
         lookup_bytes(from, &mut from_key)?;
         lookup_bytes(to, &mut to_key)?;
         let Some(graph) = graph else {

@@ -7,17 +7,28 @@ use std::thread::LocalKey;
 use ahash::AHashMap;
 use rustler::{Binary, NifResult, Term, TermType};
 
-/// A key buffer on the stack, spilling to the heap only for very long names or labels.
-pub struct Key {
-    inline: [u8; 192],
+/// A key buffer on the stack of `N` bytes, spilling to the heap only for longer keys.
+pub struct Key<const N: usize = 192> {
+    inline: [u8; N],
     len: usize,
     heap: Option<Vec<u8>>,
 }
 
+/// A buffer for one id (spills past 63 bytes): smaller to set up than a [`Key`], which a hot
+/// NIF looking up two ids notices.
+pub type IdKey = Key<64>;
+
 impl Key {
+    /// A buffer for keys made of several terms (names, labels, contexts).
     pub fn new() -> Self {
+        Key::empty()
+    }
+}
+
+impl<const N: usize> Key<N> {
+    pub fn empty() -> Self {
         Key {
-            inline: [0; 192],
+            inline: [0; N],
             len: 0,
             heap: None,
         }

@@ -74,24 +74,25 @@ pub fn is_id_length(len: usize) -> bool {
     (1..=MAX_ID_BYTES).contains(&len)
 }
 
-/// Writes the bytes a [`VarKey`] of `term` would hold into `key`, allocating nothing for
-/// ids of up to ~190 bytes; the bytes then find the id in any map keyed by `VarKey`.
+/// Writes the bytes a [`VarKey`] of `term` would hold into `key` (on the stack while they
+/// fit its inline buffer); the bytes then find the id in any map keyed by `VarKey`.
 ///
 /// # Errors
 /// `BadArg` for what is not an id (the Elixir side's `is_id`): neither an atom nor a string
 /// of 1 to [`MAX_ID_BYTES`] bytes; also for an atom outside Latin-1.
-pub fn lookup_bytes(term: Term, key: &mut Key) -> NifResult<()> {
-    match term.get_type() {
-        TermType::Binary => {
-            let bin = Binary::from_term(term)?;
-            if !is_id_length(bin.len()) {
-                return Err(Error::BadArg);
-            }
-            key.push(&[STRING]);
-            key.push(bin.as_slice());
+pub fn lookup_bytes<const N: usize>(term: Term, key: &mut Key<N>) -> NifResult<()> {
+    // Inspecting the term as a binary first answers "is it a string?" and gives its bytes
+    // in one call into the VM, where asking for its type first would take two.
+    if let Ok(bin) = Binary::from_term(term) {
+        if !is_id_length(bin.len()) {
+            return Err(Error::BadArg);
         }
-        TermType::Atom => key.push(&atom_key(term)?.0),
-        _ => return Err(Error::BadArg),
+        key.push(&[STRING]);
+        key.push(bin.as_slice());
+    } else if term.is_atom() {
+        key.push(&atom_key(term)?.0);
+    } else {
+        return Err(Error::BadArg);
     }
     Ok(())
 }
