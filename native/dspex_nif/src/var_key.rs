@@ -148,17 +148,17 @@ pub fn with_text<R>(term: Term, f: impl FnOnce(&str) -> R) -> NifResult<R> {
 
 impl<'a> Decoder<'a> for VarKey {
     fn decode(term: Term<'a>) -> NifResult<Self> {
-        let mut bytes = SmallVec::new();
-        match term.get_type() {
-            TermType::Binary => {
-                let bin = Binary::from_term(term)?;
-                bytes.push(STRING);
-                bytes.extend_from_slice(bin.as_slice());
-            }
-            TermType::Atom => return atom_key(term),
-            _ => return Err(Error::BadArg),
+        // A binary first: one call into the VM answers the type and gives the bytes.
+        if let Ok(bin) = Binary::from_term(term) {
+            let mut bytes = SmallVec::new();
+            bytes.push(STRING);
+            bytes.extend_from_slice(bin.as_slice());
+            Ok(VarKey(bytes))
+        } else if term.is_atom() {
+            atom_key(term)
+        } else {
+            Err(Error::BadArg)
         }
-        Ok(VarKey(bytes))
     }
 }
 
