@@ -23,10 +23,33 @@ const STRING: u8 = 1;
 ///
 /// Ids of up to 23 bytes are stored inline: a map keyed by ids then compares a key in the
 /// entry itself instead of chasing a pointer (a cache miss per lookup in a large session).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VarKey(SmallVec<[u8; 24]>);
 
+// `SmallVec`'s own `clone` and `extend_from_slice` go element by element or through a
+// general insert; a key is copied as one block instead (ids are decoded and cloned on
+// every lock and graph call).
+impl Clone for VarKey {
+    fn clone(&self) -> Self {
+        VarKey(SmallVec::from_slice(&self.0))
+    }
+}
+
 impl VarKey {
+    fn tagged(tag: u8, text: &[u8]) -> VarKey {
+        let mut inline = [0u8; 24];
+        if text.len() < inline.len() {
+            inline[0] = tag;
+            inline[1..=text.len()].copy_from_slice(text);
+            VarKey(SmallVec::from_buf_and_len(inline, text.len() + 1))
+        } else {
+            let mut bytes = Vec::with_capacity(text.len() + 1);
+            bytes.push(tag);
+            bytes.extend_from_slice(text);
+            VarKey(SmallVec::from_vec(bytes))
+        }
+    }
+
     fn text_bytes(&self) -> &[u8] {
         &self.0[1..]
     }
@@ -150,10 +173,7 @@ impl<'a> Decoder<'a> for VarKey {
     fn decode(term: Term<'a>) -> NifResult<Self> {
         // A binary first: one call into the VM answers the type and gives the bytes.
         if let Ok(bin) = Binary::from_term(term) {
-            let mut bytes = SmallVec::new();
-            bytes.push(STRING);
-            bytes.extend_from_slice(bin.as_slice());
-            Ok(VarKey(bytes))
+            Ok(VarKey::tagged(STRING, bin.as_slice()))
         } else if term.is_atom() {
             atom_key(term)
         } else {
@@ -171,10 +191,7 @@ fn atom_key(term: Term) -> NifResult<VarKey> {
         // Atom names are at most 255 characters; Latin-1 text needs one byte each.
         let mut text = [0u8; 256];
         let written = atom_latin1(term, &mut text).ok_or(Error::BadArg)?;
-        let mut bytes = SmallVec::new();
-        bytes.push(ATOM);
-        bytes.extend_from_slice(&text[..written]);
-        Ok(VarKey(bytes))
+        Ok(VarKey::tagged(ATOM, &text[..written]))
     })
 }
 

@@ -12,6 +12,25 @@ defmodule DSPex.Bridge.DependencyManagerTest do
   end
 
   describe "the graph" do
+    test "ids of every length, inline and spilled, are found and come back as given" do
+      # The native key keeps up to 23 bytes of id inline; longer ones live on the heap.
+      texts = for n <- [1, 22, 23, 24, 100, 255], do: String.duplicate("k", n)
+      ids = texts ++ Enum.map(texts, &String.to_atom/1) ++ [:"é#{String.duplicate("x", 30)}"]
+      s = session!() |> vars!([:root | ids])
+
+      for id <- ids, do: :ok = DependencyManager.add_dependency(s, :root, id)
+
+      assert {:ok, dependents} = DependencyManager.get_dependents(s, :root)
+      assert Enum.sort(dependents) == Enum.sort(ids)
+
+      for id <- ids do
+        assert {:ok, [^id]} = DependencyManager.get_update_order(s, id)
+        assert {:ok, [:root]} = DependencyManager.get_dependencies(s, id)
+      end
+
+      assert {:ok, 0} = DependencyManager.add_dependencies(s, Enum.map(ids, &{:root, &1}))
+    end
+
     test "edges, neighbours, update order; string and atom ids come back as given" do
       s = session!() |> vars!([:a, "b", :c, "d"])
       :ok = DependencyManager.add_dependency(s, :a, "b")
