@@ -26,6 +26,7 @@ impl Key {
 }
 
 impl<const N: usize> Key<N> {
+    /// An empty buffer of this size.
     pub fn empty() -> Self {
         Key {
             inline: [0; N],
