@@ -18,7 +18,7 @@ use rustler::{Encoder, Env, Error, NifResult, ResourceArc, Term, TermType};
 use crate::atoms::{self, atom_is};
 use crate::hot_nif::hot_nif;
 use crate::term_key::{atom_word, prefetch, prefetch_elements, IdKey, Key};
-use crate::var_key::{is_id_length, lookup_bytes, VarKey};
+use crate::var_key::{id_term, lookup_bytes, push_id, IdTerm, VarKey};
 
 /// A session's dependency graph.
 pub struct GraphResource(Mutex<DependencyGraph<VarKey>>);
@@ -78,16 +78,13 @@ impl Directory {
 
 static DIRECTORY: LazyLock<RwLock<Directory>> = LazyLock::new(Default::default);
 
-// A session id is an id as for variables (an atom, or a string of 1..=255 bytes).
+// A session id is an id as for variables.
 fn session_id(session: Term) -> NifResult<SessionId> {
-    if let Ok(bin) = rustler::Binary::from_term(session) {
-        if is_id_length(bin.len()) {
-            return Ok(SessionId::Text(bin.as_slice()));
-        }
-    } else if session.is_atom() {
-        return Ok(SessionId::Atom(atom_word(session)));
+    match id_term(session) {
+        Some(IdTerm::Text(bytes)) => Ok(SessionId::Text(bytes)),
+        Some(IdTerm::Atom(atom)) => Ok(SessionId::Atom(atom_word(atom))),
+        None => Err(Error::BadArg),
     }
-    Err(Error::BadArg)
 }
 
 // Runs `f` on the graph `session` published, under the directory's read lock: borrowing
@@ -276,15 +273,9 @@ fn decode_bulk_edge(
         _ => return Err(BadEdge::Shape),
     };
     let mut id = |term: Term| {
-        if let Ok(bin) = rustler::Binary::from_term(term) {
-            if !is_id_length(bin.len()) {
-                return Err(BadEdge::Shape);
-            }
-        } else if !term.is_atom() {
-            return Err(BadEdge::Shape);
-        }
+        let id = id_term(term).ok_or(BadEdge::Shape)?;
         let start = arena.bytes().len();
-        lookup_bytes(term, arena).map_err(|_| BadEdge::Name)?;
+        push_id(id, arena).map_err(|_| BadEdge::Name)?;
         Ok(start..arena.bytes().len())
     };
     let (from, to) = (id(from)?, id(to)?);
