@@ -84,7 +84,7 @@ defmodule DSPex.Bridge.DependencyManager do
   def add_dependency(session_id, from_var, to_var, type \\ :data, opts \\ [])
 
   # The owner's call (no options): one NIF call finds the session's graph and adds the edge.
-  # The NIF checks the arguments (it refuses whatever the guards below would), so the ids
+  # The NIF checks the arguments (it refuses whatever `add_checked/5` would), so the ids
   # are not read here first: on a large caller heap each read can be a cache miss, and the
   # NIF asks for both ids' data at once.
   def add_dependency(session_id, from_var, to_var, type, []) do
