@@ -41,6 +41,7 @@ use std::fmt::Write as _;
 use std::hash::Hash;
 
 use ahash::AHashMap;
+use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
@@ -111,14 +112,17 @@ const DATA: u16 = 0;
 ///
 /// Nodes live in slots; a slot's key, position and edges are kept in separate dense
 /// arrays, because the hot paths (inserts, searches) read positions and edges of many nodes
-/// and the keys of almost none.
+/// and the keys of almost none. The id index holds slot numbers only (4 bytes each) and
+/// confirms a candidate against the key array: a small index stays in cache where one
+/// holding the keys would not, and the key array is read at the same time as the edges.
 #[derive(Debug, Clone)]
 pub struct DependencyGraph<K> {
     keys: Vec<Option<K>>,
     ord: Vec<u64>,
     adj: Vec<Adj>,
     free: Vec<Ix>,
-    index: AHashMap<K, Ix>,
+    index: HashTable<Ix>,
+    hasher: ahash::RandomState,
     labels: Vec<EdgeKind>,
     // The label of every edge that is not plain data; most edges are.
     kinds: AHashMap<(Ix, Ix), u16>,
@@ -161,7 +165,8 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             ord: Vec::new(),
             adj: Vec::new(),
             free: Vec::new(),
-            index: AHashMap::new(),
+            index: HashTable::new(),
+            hasher: ahash::RandomState::new(),
             labels: vec![EdgeKind::Data, EdgeKind::Compute, EdgeKind::Constraint],
             kinds: AHashMap::new(),
             edge_total: 0,
@@ -240,12 +245,35 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
 
     /// True if `key` is a node.
     pub fn contains(&self, key: &K) -> bool {
-        self.index.contains_key(key)
+        self.find(key).is_some()
+    }
+
+    // The slot of `key` (any borrowed form of `K`), if it is a node.
+    #[inline]
+    fn find<Q>(&self, key: &Q) -> Option<Ix>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let keys = &self.keys;
+        self.index
+            .find(self.hasher.hash_one(key), |&ix| {
+                keys[ix as usize]
+                    .as_ref()
+                    .is_some_and(|k| k.borrow() == key)
+            })
+            .copied()
+    }
+
+    // Every live slot, in no particular order.
+    fn slots(&self) -> impl Iterator<Item = Ix> + '_ {
+        self.index.iter().copied()
     }
 
     /// Adds a node at the end of the order; returns false (and changes nothing) if present.
     pub fn add_node(&mut self, key: K) -> bool {
-        if self.index.contains_key(&key) {
+        let hash = self.hasher.hash_one(&key);
+        if self.find(&key).is_some() {
             return false;
         }
         let ord = self.next_ord;
@@ -264,17 +292,29 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
                 (self.keys.len() - 1) as Ix
             }
         };
-        self.index.insert(key, ix);
+        let (keys, hasher) = (&self.keys, &self.hasher);
+        self.index.insert_unique(hash, ix, |&slot| {
+            hasher.hash_one(
+                keys[slot as usize]
+                    .as_ref()
+                    .expect("indexed slots are live"),
+            )
+        });
         true
     }
 
     /// Removes a node and every edge touching it; returns false if it was absent.
     pub fn remove_node(&mut self, key: &K) -> bool {
-        let Some(&ix) = self.index.get(key) else {
+        let Some(ix) = self.find(key) else {
             return false;
         };
         self.clear_ix(ix);
-        self.index.remove(key);
+        if let Ok(entry) = self
+            .index
+            .find_entry(self.hasher.hash_one(key), |&slot| slot == ix)
+        {
+            entry.remove();
+        }
         self.keys[ix as usize] = None;
         // A freed slot keeps no heap memory.
         self.adj[ix as usize] = Adj::default();
@@ -301,9 +341,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         Q: Hash + Eq + ToOwned + ?Sized,
         Q::Owned: Into<K>,
     {
-        self.index
-            .get(key)
-            .copied()
+        self.find(key)
             .ok_or_else(|| GraphError::UnknownNode(key.to_owned().into()))
     }
 
@@ -538,7 +576,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             indeg[ix] += adj.inc.len() as u32;
         }
         // Seed in current order so unrelated nodes keep their relative positions.
-        let mut live: Vec<Ix> = self.index.values().copied().collect();
+        let mut live: Vec<Ix> = self.slots().collect();
         live.sort_unstable_by_key(|&v| self.ord[v as usize]);
         let mut queue: VecDeque<Ix> = live
             .iter()
@@ -585,8 +623,8 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
 
     /// Removes `from -> to`; returns false if there was no such edge.
     pub fn remove_edge(&mut self, from: &K, to: &K) -> bool {
-        match (self.index.get(from), self.index.get(to)) {
-            (Some(&x), Some(&y)) => self.unlink(x, y),
+        match (self.find(from), self.find(to)) {
+            (Some(x), Some(y)) => self.unlink(x, y),
             _ => false,
         }
     }
@@ -602,7 +640,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
 
     /// The kind of edge `from -> to`, if present.
     pub fn edge_kind(&self, from: &K, to: &K) -> Option<&EdgeKind> {
-        let (x, y) = (*self.index.get(from)?, *self.index.get(to)?);
+        let (x, y) = (self.find(from)?, self.find(to)?);
         self.has_edge(x, y)
             .then(|| &self.labels[usize::from(self.label_of(x, y))])
     }
@@ -739,12 +777,12 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
 
     /// Every node in topological order.
     pub fn topological_order(&self) -> Vec<K> {
-        self.keys_in_order(self.index.values().copied().collect())
+        self.keys_in_order(self.slots().collect())
     }
 
     /// Every edge as `(from, to, kind)`, sources in topological order.
     pub fn edges(&self) -> Vec<(K, K, EdgeKind)> {
-        let mut nodes: Vec<Ix> = self.index.values().copied().collect();
+        let mut nodes: Vec<Ix> = self.slots().collect();
         nodes.sort_unstable_by_key(|&n| self.ord[n as usize]);
         let mut out = Vec::with_capacity(self.edge_total);
         for x in nodes {
@@ -787,7 +825,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
 
     /// Graphviz DOT text; `label` renders a node id.
     pub fn to_dot(&self, label: impl Fn(&K) -> String) -> String {
-        let mut nodes: Vec<Ix> = self.index.values().copied().collect();
+        let mut nodes: Vec<Ix> = self.slots().collect();
         nodes.sort_unstable_by_key(|&n| self.ord[n as usize]);
         let mut dot = String::from("digraph dependencies {\n  rankdir=LR;\n");
         for &n in &nodes {
@@ -797,8 +835,8 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             let _ = writeln!(
                 dot,
                 "  n{} -> n{} [label={}];",
-                self.index[&from],
-                self.index[&to],
+                self.find(&from).expect("an edge's source is a node"),
+                self.find(&to).expect("an edge's target is a node"),
                 dot_quote(kind.name())
             );
         }
@@ -837,11 +875,15 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// labels only for edges that exist). Meant for tests; O(V + E).
     pub fn check_invariants(&self) -> bool {
         let mut ords = std::collections::HashSet::new();
-        for (key, &ix) in &self.index {
-            let Some(stored) = self.keys.get(ix as usize).and_then(|s| s.as_ref()) else {
+        let live = self.keys.iter().filter(|k| k.is_some()).count();
+        if live != self.index.len() {
+            return false;
+        }
+        for ix in self.slots() {
+            let Some(key) = self.keys.get(ix as usize).and_then(|s| s.as_ref()) else {
                 return false;
             };
-            if stored != key || !ords.insert(self.ord[ix as usize]) {
+            if self.find(key) != Some(ix) || !ords.insert(self.ord[ix as usize]) {
                 return false;
             }
             for &s in &self.adj[ix as usize].out {
@@ -854,16 +896,8 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
                 }
             }
         }
-        let out_total: usize = self
-            .index
-            .values()
-            .map(|&ix| self.adj[ix as usize].out.len())
-            .sum();
-        let in_total: usize = self
-            .index
-            .values()
-            .map(|&ix| self.adj[ix as usize].inc.len())
-            .sum();
+        let out_total: usize = self.slots().map(|ix| self.adj[ix as usize].out.len()).sum();
+        let in_total: usize = self.slots().map(|ix| self.adj[ix as usize].inc.len()).sum();
         let labels_valid = self
             .kinds
             .iter()

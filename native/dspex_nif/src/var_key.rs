@@ -9,9 +9,10 @@
 //! be searched with bytes built on the stack ([`lookup_bytes`]) instead of an owned key.
 
 use std::borrow::{Borrow, Cow};
+use std::cmp::Ordering;
+use std::hash::{Hash, Hasher};
 
 use rustler::{Atom, Binary, Decoder, Encoder, Env, Error, NifResult, Term, TermType};
-use smallvec::SmallVec;
 
 use crate::binary::to_binary;
 use crate::term_key::{remembered, AtomMemo, Key};
@@ -21,41 +22,119 @@ const STRING: u8 = 1;
 
 /// An atom or a string id.
 ///
-/// Ids of up to 23 bytes are stored inline: a map keyed by ids then compares a key in the
-/// entry itself instead of chasing a pointer (a cache miss per lookup in a large session).
-#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct VarKey(SmallVec<[u8; 24]>);
+/// 16 bytes, inline when the tag and the text fit in 15 (strings of up to 14 bytes, the
+/// usual case): the graph keeps one key per variable in a dense array that it reads on
+/// every insert, and small keys keep that array in cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VarKey(Repr);
 
-// `SmallVec`'s own `clone` and `extend_from_slice` go element by element or through a
-// general insert; a key is copied as one block instead (ids are decoded and cloned on
-// every lock and graph call).
-impl Clone for VarKey {
-    fn clone(&self) -> Self {
-        VarKey(SmallVec::from_slice(&self.0))
+// A byte string has one representation (inline exactly when it fits), so the derived
+// equality is equality of the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Repr {
+    Inline {
+        len: InlineLen,
+        bytes: [u8; INLINE],
+    },
+    // Boxed twice so the pointer is thin and the whole key stays 16 bytes.
+    #[allow(clippy::box_collection, clippy::redundant_allocation)]
+    Heap(Box<Box<[u8]>>),
+}
+
+const INLINE: usize = 15;
+
+// The length of an inline key. An enum rather than a `u8` so that its unused values give
+// `Repr` and `Option<VarKey>` room for their discriminants: both stay 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum InlineLen {
+    L1 = 1,
+    L2,
+    L3,
+    L4,
+    L5,
+    L6,
+    L7,
+    L8,
+    L9,
+    L10,
+    L11,
+    L12,
+    L13,
+    L14,
+    L15,
+}
+
+const INLINE_LENS: [InlineLen; INLINE] = [
+    InlineLen::L1,
+    InlineLen::L2,
+    InlineLen::L3,
+    InlineLen::L4,
+    InlineLen::L5,
+    InlineLen::L6,
+    InlineLen::L7,
+    InlineLen::L8,
+    InlineLen::L9,
+    InlineLen::L10,
+    InlineLen::L11,
+    InlineLen::L12,
+    InlineLen::L13,
+    InlineLen::L14,
+    InlineLen::L15,
+];
+
+impl Hash for VarKey {
+    // As the bytes hash: maps keyed by `VarKey` are searched with bytes (`Borrow<[u8]>`).
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.bytes().hash(state);
+    }
+}
+
+impl PartialOrd for VarKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for VarKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.bytes().cmp(other.bytes())
     }
 }
 
 impl VarKey {
     fn tagged(tag: u8, text: &[u8]) -> VarKey {
-        let mut inline = [0u8; 24];
-        if text.len() < inline.len() {
-            inline[0] = tag;
-            inline[1..=text.len()].copy_from_slice(text);
-            VarKey(SmallVec::from_buf_and_len(inline, text.len() + 1))
-        } else {
-            let mut bytes = Vec::with_capacity(text.len() + 1);
-            bytes.push(tag);
-            bytes.extend_from_slice(text);
-            VarKey(SmallVec::from_vec(bytes))
+        match INLINE_LENS.get(text.len()) {
+            Some(&len) => {
+                let mut bytes = [0u8; INLINE];
+                bytes[0] = tag;
+                bytes[1..=text.len()].copy_from_slice(text);
+                VarKey(Repr::Inline { len, bytes })
+            }
+            None => {
+                let mut bytes = Vec::with_capacity(text.len() + 1);
+                bytes.push(tag);
+                bytes.extend_from_slice(text);
+                VarKey(Repr::Heap(Box::new(bytes.into_boxed_slice())))
+            }
+        }
+    }
+
+    /// The key's bytes: the tag, then the text.
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..*len as usize],
+            Repr::Heap(bytes) => bytes,
         }
     }
 
     fn text_bytes(&self) -> &[u8] {
-        &self.0[1..]
+        &self.bytes()[1..]
     }
 
     fn is_atom(&self) -> bool {
-        self.0[0] == ATOM
+        self.bytes()[0] == ATOM
     }
 
     /// The id's text (an atom's name or a string's bytes), for matching session patterns.
@@ -79,13 +158,16 @@ impl VarKey {
 
 impl Borrow<[u8]> for VarKey {
     fn borrow(&self) -> &[u8] {
-        &self.0
+        self.bytes()
     }
 }
 
 impl From<Vec<u8>> for VarKey {
     fn from(bytes: Vec<u8>) -> Self {
-        VarKey(SmallVec::from_vec(bytes))
+        match bytes.split_first() {
+            Some((&tag, text)) if text.len() < INLINE => VarKey::tagged(tag, text),
+            _ => VarKey(Repr::Heap(Box::new(bytes.into_boxed_slice()))),
+        }
     }
 }
 
@@ -134,7 +216,7 @@ pub fn push_id<const N: usize>(id: IdTerm, key: &mut Key<N>) -> NifResult<()> {
             key.push(&[STRING]);
             key.push(bytes);
         }
-        IdTerm::Atom(term) => key.push(&atom_key(term)?.0),
+        IdTerm::Atom(term) => key.push(atom_key(term)?.bytes()),
     }
     Ok(())
 }
@@ -237,3 +319,6 @@ impl Encoder for VarKey {
         }
     }
 }
+
+// The graph's key array holds `Option<VarKey>`: keep it at 16 bytes.
+const _: () = assert!(std::mem::size_of::<Option<VarKey>>() == 16);

@@ -13,8 +13,8 @@ defmodule DSPex.Bridge.DependencyManagerTest do
 
   describe "the graph" do
     test "ids of every length, inline and spilled, are found and come back as given" do
-      # The native key keeps up to 23 bytes of id inline; longer ones live on the heap.
-      texts = for n <- [1, 22, 23, 24, 100, 255], do: String.duplicate("k", n)
+      # The native key keeps up to 14 bytes of id inline; longer ones live on the heap.
+      texts = for n <- [1, 13, 14, 15, 16, 22, 23, 24, 100, 255], do: String.duplicate("k", n)
       ids = texts ++ Enum.map(texts, &String.to_atom/1) ++ [:"é#{String.duplicate("x", 30)}"]
       s = session!() |> vars!([:root | ids])
 
