@@ -41,9 +41,12 @@ use std::fmt::Write as _;
 use std::hash::Hash;
 
 use ahash::AHashMap;
-use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
+
+mod prefetch;
+mod slot_table;
+use slot_table::SlotTable;
 
 /// The kind of a dependency edge.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -110,19 +113,18 @@ const DATA: u16 = 0;
 
 /// A directed acyclic graph with an incrementally maintained topological order.
 ///
-/// Nodes live in slots; a slot's key, position and edges are kept in separate dense
-/// arrays, because the hot paths (inserts, searches) read positions and edges of many nodes
-/// and the keys of almost none. The id index holds slot numbers only (4 bytes each) and
-/// confirms a candidate against the key array: a small index stays in cache where one
-/// holding the keys would not, and the key array is read at the same time as the edges.
+/// Nodes live in slots; a slot's key, position and edges are kept in separate arrays,
+/// because the hot paths (inserts, searches) read positions and edges of many nodes and the
+/// keys of almost none. A node's slot is found from its id's hash (open addressing, see
+/// [`SlotTable`]): no index maps ids to slots, so an insert knows where both ends most
+/// likely are before it reads anything, and asks for all of it at once.
 #[derive(Debug, Clone)]
 pub struct DependencyGraph<K> {
+    // Indexed by slot: a node's slot is where its id hashes to (below).
     keys: Vec<Option<K>>,
     ord: Vec<u64>,
     adj: Vec<Adj>,
-    free: Vec<Ix>,
-    index: HashTable<Ix>,
-    hasher: ahash::RandomState,
+    slots: SlotTable,
     labels: Vec<EdgeKind>,
     // The label of every edge that is not plain data; most edges are.
     kinds: AHashMap<(Ix, Ix), u16>,
@@ -164,9 +166,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             keys: Vec::new(),
             ord: Vec::new(),
             adj: Vec::new(),
-            free: Vec::new(),
-            index: HashTable::new(),
-            hasher: ahash::RandomState::new(),
+            slots: SlotTable::new(),
             labels: vec![EdgeKind::Data, EdgeKind::Compute, EdgeKind::Constraint],
             kinds: AHashMap::new(),
             edge_total: 0,
@@ -179,7 +179,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
 
     /// Number of nodes.
     pub fn node_count(&self) -> usize {
-        self.index.len()
+        self.slots.len
     }
 
     /// Number of edges.
@@ -255,52 +255,80 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let keys = &self.keys;
-        self.index
-            .find(self.hasher.hash_one(key), |&ix| {
-                keys[ix as usize]
-                    .as_ref()
-                    .is_some_and(|k| k.borrow() == key)
-            })
-            .copied()
+        self.find_hashed(key, self.slots.hash(key))
     }
 
-    // Every live slot, in no particular order.
-    fn slots(&self) -> impl Iterator<Item = Ix> + '_ {
-        self.index.iter().copied()
+    #[inline]
+    fn find_hashed<Q>(&self, key: &Q, hash: u64) -> Option<Ix>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let keys = &self.keys;
+        self.slots
+            .find(hash, |slot| {
+                keys[slot].as_ref().is_some_and(|k| k.borrow() == key)
+            })
+            .map(|slot| slot as Ix)
+    }
+
+    // Every live slot, in slot order.
+    fn live(&self) -> impl Iterator<Item = Ix> + '_ {
+        self.slots.live().map(|slot| slot as Ix)
     }
 
     /// Adds a node at the end of the order; returns false (and changes nothing) if present.
     pub fn add_node(&mut self, key: K) -> bool {
-        let hash = self.hasher.hash_one(&key);
         if self.find(&key).is_some() {
             return false;
         }
-        let ord = self.next_ord;
+        if self.slots.is_full() {
+            self.grow();
+        }
+        let slot = self.slots.claim(self.slots.hash(&key));
+        self.keys[slot] = Some(key);
+        self.ord[slot] = self.next_ord;
         self.next_ord += 1;
-        let ix = match self.free.pop() {
-            Some(ix) => {
-                self.keys[ix as usize] = Some(key.clone());
-                self.ord[ix as usize] = ord;
-                ix
-            }
-            None => {
-                self.keys.push(Some(key.clone()));
-                self.ord.push(ord);
-                self.adj.push(Adj::default());
-                self.mark.push(0);
-                (self.keys.len() - 1) as Ix
-            }
-        };
-        let (keys, hasher) = (&self.keys, &self.hasher);
-        self.index.insert_unique(hash, ix, |&slot| {
-            hasher.hash_one(
-                keys[slot as usize]
-                    .as_ref()
-                    .expect("indexed slots are live"),
-            )
-        });
         true
+    }
+
+    // Moves every node to a table twice the size (or the same size when removals left
+    // enough room) and renames the slots its edges name.
+    fn grow(&mut self) {
+        let old_capacity = self.keys.len();
+        let capacity = if self.slots.len * 2 < old_capacity {
+            old_capacity
+        } else {
+            (old_capacity * 2).max(16)
+        };
+        let mut slots = self.slots.emptied(capacity);
+        let mut keys: Vec<Option<K>> = vec![None; capacity];
+        let mut ord = vec![0; capacity];
+        let mut adj = vec![Adj::default(); capacity];
+        let mut renamed = vec![Ix::MAX; old_capacity];
+        for old in self.slots.live().collect::<Vec<_>>() {
+            let key = self.keys[old].take().expect("live slots hold a key");
+            let new = slots.claim(slots.hash(&key));
+            renamed[old] = new as Ix;
+            keys[new] = Some(key);
+            ord[new] = self.ord[old];
+            adj[new] = std::mem::take(&mut self.adj[old]);
+        }
+        for line in &mut adj {
+            for n in line.out.iter_mut().chain(line.inc.iter_mut()) {
+                *n = renamed[*n as usize];
+            }
+        }
+        self.kinds = self
+            .kinds
+            .drain()
+            .map(|((x, y), label)| ((renamed[x as usize], renamed[y as usize]), label))
+            .collect();
+        self.slots = slots;
+        self.keys = keys;
+        self.ord = ord;
+        self.adj = adj;
+        self.mark = vec![0; capacity];
     }
 
     /// Removes a node and every edge touching it; returns false if it was absent.
@@ -309,16 +337,10 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             return false;
         };
         self.clear_ix(ix);
-        if let Ok(entry) = self
-            .index
-            .find_entry(self.hasher.hash_one(key), |&slot| slot == ix)
-        {
-            entry.remove();
-        }
+        self.slots.release(ix as usize);
         self.keys[ix as usize] = None;
         // A freed slot keeps no heap memory.
         self.adj[ix as usize] = Adj::default();
-        self.free.push(ix);
         true
     }
 
@@ -374,9 +396,27 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         Q: Hash + Eq + ToOwned + ?Sized,
         Q::Owned: Into<K>,
     {
-        let (x, y) = (self.ix(from)?, self.ix(to)?);
+        // Both ends' first slots are known from the hashes alone: ask for their control
+        // bytes, keys, positions and edges at once, so the cache misses of the two ends
+        // overlap instead of following one another.
+        let (from_hash, to_hash) = (self.slots.hash(from), self.slots.hash(to));
+        self.prefetch_first_slot(from_hash);
+        self.prefetch_first_slot(to_hash);
+        let x = self.find_hashed(from, from_hash);
+        let y = self.find_hashed(to, to_hash);
+        let x = x.ok_or_else(|| GraphError::UnknownNode(from.to_owned().into()))?;
+        let y = y.ok_or_else(|| GraphError::UnknownNode(to.to_owned().into()))?;
         let label = self.label_id(kind);
         self.add_edge_ix(x, y, label)
+    }
+
+    #[inline(always)]
+    fn prefetch_first_slot(&self, hash: u64) {
+        if let Some(slot) = self.slots.first_slot(hash) {
+            prefetch::read(&self.keys[slot]);
+            prefetch::read(&self.adj[slot]);
+            prefetch::read(&self.ord[slot]);
+        }
     }
 
     fn add_edge_ix(&mut self, x: Ix, y: Ix, label: u16) -> Result<bool, GraphError<K>> {
@@ -576,7 +616,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             indeg[ix] += adj.inc.len() as u32;
         }
         // Seed in current order so unrelated nodes keep their relative positions.
-        let mut live: Vec<Ix> = self.slots().collect();
+        let mut live: Vec<Ix> = self.live().collect();
         live.sort_unstable_by_key(|&v| self.ord[v as usize]);
         let mut queue: VecDeque<Ix> = live
             .iter()
@@ -777,12 +817,12 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
 
     /// Every node in topological order.
     pub fn topological_order(&self) -> Vec<K> {
-        self.keys_in_order(self.slots().collect())
+        self.keys_in_order(self.live().collect())
     }
 
     /// Every edge as `(from, to, kind)`, sources in topological order.
     pub fn edges(&self) -> Vec<(K, K, EdgeKind)> {
-        let mut nodes: Vec<Ix> = self.slots().collect();
+        let mut nodes: Vec<Ix> = self.live().collect();
         nodes.sort_unstable_by_key(|&n| self.ord[n as usize]);
         let mut out = Vec::with_capacity(self.edge_total);
         for x in nodes {
@@ -825,7 +865,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
 
     /// Graphviz DOT text; `label` renders a node id.
     pub fn to_dot(&self, label: impl Fn(&K) -> String) -> String {
-        let mut nodes: Vec<Ix> = self.slots().collect();
+        let mut nodes: Vec<Ix> = self.live().collect();
         nodes.sort_unstable_by_key(|&n| self.ord[n as usize]);
         let mut dot = String::from("digraph dependencies {\n  rankdir=LR;\n");
         for &n in &nodes {
@@ -876,10 +916,10 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     pub fn check_invariants(&self) -> bool {
         let mut ords = std::collections::HashSet::new();
         let live = self.keys.iter().filter(|k| k.is_some()).count();
-        if live != self.index.len() {
+        if live != self.slots.len {
             return false;
         }
-        for ix in self.slots() {
+        for ix in self.live() {
             let Some(key) = self.keys.get(ix as usize).and_then(|s| s.as_ref()) else {
                 return false;
             };
@@ -896,8 +936,8 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
                 }
             }
         }
-        let out_total: usize = self.slots().map(|ix| self.adj[ix as usize].out.len()).sum();
-        let in_total: usize = self.slots().map(|ix| self.adj[ix as usize].inc.len()).sum();
+        let out_total: usize = self.live().map(|ix| self.adj[ix as usize].out.len()).sum();
+        let in_total: usize = self.live().map(|ix| self.adj[ix as usize].inc.len()).sum();
         let labels_valid = self
             .kinds
             .iter()

@@ -346,3 +346,46 @@ fn large_bulk_insert_matches_incremental() {
         Err(GraphError::Cycle(_))
     ));
 }
+
+#[test]
+fn edges_and_kinds_survive_the_node_table_growing_and_churning() {
+    let mut g = DependencyGraph::new();
+    for v in 0..3u32 {
+        g.add_node(v);
+    }
+    g.add_edge(&0, &1, EdgeKind::Compute).unwrap();
+    g.add_edge(&1, &2, EdgeKind::Data).unwrap();
+    // Edges exist while the table grows many times over.
+    let custom = EdgeKind::Custom("feeds".into());
+    for v in 3..5_000u32 {
+        assert!(g.add_node(v));
+        if v % 2 == 1 {
+            g.add_edge(&(v - 1), &v, custom.clone()).unwrap();
+        }
+    }
+    // Nodes removed and added again at a constant size: freed slots are reused or the
+    // table is rebuilt in place.
+    for round in 0..20_000u32 {
+        let v = 5_000 + round % 7;
+        if round >= 7 {
+            assert!(g.remove_node(&v));
+        }
+        assert!(g.add_node(v));
+        g.add_edge(&4, &v, EdgeKind::Data).unwrap();
+    }
+    assert!(g.check_invariants());
+    assert_eq!(g.node_count(), 5_007);
+    assert_eq!(g.edge_count(), 2 + 2_499 + 7);
+    assert_eq!(g.update_order(&0).unwrap(), vec![0, 1, 2, 3]);
+    assert_eq!(g.edge_kind(&0, &1), Some(&EdgeKind::Compute));
+    for v in (3..5_000u32).filter(|v| v % 2 == 1) {
+        assert_eq!(g.dependencies(&v).unwrap(), vec![v - 1]);
+        assert_eq!(g.edge_kind(&(v - 1), &v), Some(&custom));
+    }
+    let mut churned = g.dependents(&4).unwrap();
+    churned.sort_unstable();
+    assert_eq!(
+        churned,
+        [5].into_iter().chain(5_000..5_007).collect::<Vec<_>>()
+    );
+}
