@@ -115,8 +115,8 @@ const DATA: u16 = 0;
 ///
 /// Nodes live in slots; a slot's key, position and edges are kept in separate arrays,
 /// because the hot paths (inserts, searches) read positions and edges of many nodes and the
-/// keys of almost none. A node's slot is found from its id's hash (open addressing, see
-/// [`SlotTable`]): no index maps ids to slots, so an insert knows where both ends most
+/// keys of almost none. A node's slot is found from its id's hash (open addressing with linear
+/// probing): no index maps ids to slots, so an insert knows where both ends most
 /// likely are before it reads anything, and asks for all of it at once.
 #[derive(Debug, Clone)]
 pub struct DependencyGraph<K> {
