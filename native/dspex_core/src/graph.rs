@@ -587,30 +587,44 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     // falls back to edge-by-edge insertion to name the first offending edge.
     fn add_edges_by_sort(&mut self, edges: &[(Ix, Ix, u16)]) -> Option<usize> {
         let n = self.keys.len();
-        // Sorted by source (stably: of two entries for one edge the later sets its kind), so
-        // the passes below walk the nodes' edge lines in slot order instead of at random.
-        let mut by_source = edges.to_vec();
-        by_source.sort_by_key(|&(x, y, _)| (x, y));
-        let mut fresh: Vec<(Ix, Ix)> = Vec::with_capacity(edges.len());
-        for &(x, y, _) in &by_source {
-            if x == y {
-                return None;
-            }
-            if !self.has_edge(x, y) {
-                fresh.push((x, y));
-            }
-        }
-        fresh.dedup();
-        // The new edges in compressed rows by source: the targets of x are
-        // fresh[start[x]..start[x + 1]].
-        let mut start = vec![0u32; n + 1];
-        let mut indeg = vec![0u32; n];
-        for &(x, y) in &fresh {
-            start[x as usize + 1] += 1;
-            indeg[y as usize] += 1;
+        // Grouped by source with a counting sort, which keeps input order within a group (of
+        // two entries for one edge the later sets its kind), so the passes below walk the
+        // nodes' edge lines in slot order instead of at random.
+        let mut group_start = vec![0u32; n + 1];
+        for &(x, _, _) in edges {
+            group_start[x as usize + 1] += 1;
         }
         for i in 0..n {
-            start[i + 1] += start[i];
+            group_start[i + 1] += group_start[i];
+        }
+        let mut by_source = vec![(0, 0, DATA); edges.len()];
+        let mut fill = group_start.clone();
+        for &edge in edges {
+            let at = &mut fill[edge.0 as usize];
+            by_source[*at as usize] = edge;
+            *at += 1;
+        }
+        // The new edges in compressed rows by source: the targets of x are
+        // fresh[start[x]..start[x + 1]]. A target seen twice in one group is new once.
+        let mut fresh: Vec<(Ix, Ix)> = Vec::with_capacity(edges.len());
+        let mut start = vec![0u32; n + 1];
+        let mut indeg = vec![0u32; n];
+        for x in 0..n {
+            let group = &by_source[group_start[x] as usize..group_start[x + 1] as usize];
+            if !group.is_empty() {
+                let epoch = self.next_epoch();
+                for &(_, y, _) in group {
+                    if x == y as usize {
+                        return None;
+                    }
+                    if self.mark[y as usize] != epoch && !self.has_edge(x as Ix, y) {
+                        self.mark[y as usize] = epoch;
+                        fresh.push((x as Ix, y));
+                        indeg[y as usize] += 1;
+                    }
+                }
+            }
+            start[x + 1] = fresh.len() as u32;
         }
         for (ix, adj) in self.adj.iter().enumerate() {
             indeg[ix] += adj.inc.len() as u32;
