@@ -444,6 +444,17 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         let epoch = self.next_epoch();
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
+        // Both searches begin at an end whose edge line is in cache: ask for the positions,
+        // marks and edge lines of both ends' neighbours now, before either search waits.
+        for &n in self.adj[y as usize]
+            .out
+            .iter()
+            .chain(&self.adj[x as usize].inc)
+        {
+            prefetch::read(&self.ord[n as usize]);
+            prefetch::read(&self.mark[n as usize]);
+            prefetch::read(&self.adj[n as usize]);
+        }
         let found_cycle = {
             let (adj, ord, mark) = (&self.adj, &self.ord, &mut self.mark);
             let Scratch {
@@ -457,6 +468,10 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             let mut found = false;
             'search: while let Some(n) = stack.pop() {
                 forward.push(n);
+                // Whichever successor the search goes on to, its edge line is on its way.
+                for &s in &adj[n as usize].out {
+                    prefetch::read(&adj[s as usize]);
+                }
                 for &s in &adj[n as usize].out {
                     if s == x {
                         found = true;
@@ -474,6 +489,9 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
                 mark[x as usize] = epoch;
                 while let Some(n) = stack.pop() {
                     backward.push(n);
+                    for &p in &adj[n as usize].inc {
+                        prefetch::read(&adj[p as usize]);
+                    }
                     for &p in &adj[n as usize].inc {
                         if mark[p as usize] != epoch && ord[p as usize] > lb {
                             mark[p as usize] = epoch;
