@@ -545,30 +545,44 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// As [`add_edge`](Self::add_edge), for the first edge (in input order) that fails given
     /// the edges before it; the graph is then unchanged.
     pub fn add_edges(&mut self, edges: &[(K, K, EdgeKind)]) -> Result<usize, GraphError<K>> {
-        let borrowed: Vec<(&K, &K, EdgeKind)> =
-            edges.iter().map(|(f, t, k)| (f, t, k.clone())).collect();
-        self.add_edges_by(&borrowed)
+        self.add_edges_by(edges.iter().map(|(f, t, k)| (f, t, k.clone())))
     }
 
-    /// [`add_edges`](Self::add_edges) with the ids in any borrowed form of `K` (as
-    /// [`add_edge`](Self::add_edge)), so a caller decoding a large batch need not build an
-    /// owned key per id.
+    /// [`add_edges`](Self::add_edges) for edges given by an iterator, with the ids in any
+    /// borrowed form of `K` (as [`add_edge`](Self::add_edge)), so a caller decoding a large
+    /// batch need build neither an owned key per id nor a list of the edges.
+    ///
+    /// ```
+    /// use dspex_core::graph::{DependencyGraph, EdgeKind};
+    ///
+    /// let mut g: DependencyGraph<String> = DependencyGraph::new();
+    /// for v in ["a", "b", "c"] {
+    ///     g.add_node(v.to_string());
+    /// }
+    /// let pairs = [("a", "b"), ("b", "c")];
+    /// let added = g.add_edges_by(pairs.iter().map(|&(f, t)| (f, t, EdgeKind::Data)));
+    /// assert_eq!(added, Ok(2));
+    /// ```
     ///
     /// # Errors
     /// As [`add_edges`](Self::add_edges).
-    pub fn add_edges_by<Q>(&mut self, edges: &[(&Q, &Q, EdgeKind)]) -> Result<usize, GraphError<K>>
+    pub fn add_edges_by<'q, Q>(
+        &mut self,
+        edges: impl IntoIterator<Item = (&'q Q, &'q Q, EdgeKind)>,
+    ) -> Result<usize, GraphError<K>>
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ToOwned + ?Sized,
+        Q: Hash + Eq + ToOwned + ?Sized + 'q,
         Q::Owned: Into<K>,
     {
         // Resolve every id once; unknown ids fail before anything changes.
-        let mut resolved = Vec::with_capacity(edges.len());
-        for &(from, to, ref kind) in edges {
+        let edges = edges.into_iter();
+        let mut resolved = Vec::with_capacity(edges.size_hint().0);
+        for (from, to, kind) in edges {
             let (x, y) = (self.ix(from)?, self.ix(to)?);
-            resolved.push((x, y, self.label_id(kind.clone())));
+            resolved.push((x, y, self.label_id(kind)));
         }
-        if edges.len() * 4 >= self.edge_count() + self.node_count() {
+        if resolved.len() * 4 >= self.edge_count() + self.node_count() {
             if let Some(added) = self.add_edges_by_sort(&resolved) {
                 return Ok(added);
             }

@@ -6,7 +6,6 @@
 //! dependency call finds the graph inside the NIF: an ETS lookup that copies the resource
 //! reference out cost more than the insert itself.
 
-use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 
@@ -261,11 +260,57 @@ enum BadEdge {
     Name,
 }
 
-/// Appends the edge's ids to `arena` (as [`VarKey`] bytes): their ranges and the kind.
+/// An entry of a bulk insert, decoded: where its ids' bytes are in the batch's arena, and
+/// its kind. Small, because a batch holds one per edge.
+struct BulkEdge {
+    from: (u32, u32),
+    to: (u32, u32),
+    kind: u16,
+}
+
+/// The kinds of a batch's edges, each kept once: `:data`, `:compute`, `:constraint`, then
+/// custom labels as they come.
+struct BatchKinds(Vec<EdgeKind>);
+
+impl BatchKinds {
+    fn new() -> Self {
+        BatchKinds(vec![
+            EdgeKind::Data,
+            EdgeKind::Compute,
+            EdgeKind::Constraint,
+        ])
+    }
+
+    fn index(&mut self, kind: EdgeKind) -> u16 {
+        match kind {
+            EdgeKind::Data => 0,
+            EdgeKind::Compute => 1,
+            EdgeKind::Constraint => 2,
+            custom => match self.0.iter().position(|k| *k == custom) {
+                Some(i) => i as u16,
+                None => {
+                    // Past u16::MAX distinct labels the last one is reused, as the core does.
+                    if self.0.len() <= usize::from(u16::MAX) {
+                        self.0.push(custom);
+                    }
+                    (self.0.len() - 1) as u16
+                }
+            },
+        }
+    }
+
+    fn get(&self, index: u16) -> EdgeKind {
+        self.0[usize::from(index)].clone()
+    }
+}
+
+/// Appends the edge's ids to `arena` (as [`VarKey`] bytes) and returns where they are, with
+/// the kind.
 fn decode_bulk_edge(
     edge: Term,
     arena: &mut Key,
-) -> Result<(Range<usize>, Range<usize>, EdgeKind), BadEdge> {
+    kinds: &mut BatchKinds,
+) -> Result<BulkEdge, BadEdge> {
     let parts = rustler::types::tuple::get_tuple(edge).map_err(|_| BadEdge::Shape)?;
     let (from, to, kind) = match parts.as_slice() {
         [from, to] => (*from, *to, None),
@@ -276,14 +321,17 @@ fn decode_bulk_edge(
         let id = id_term(term).ok_or(BadEdge::Shape)?;
         let start = arena.bytes().len();
         push_id(id, arena).map_err(|_| BadEdge::Name)?;
-        Ok(start..arena.bytes().len())
+        // Offsets are 32-bit: `add_dependencies` caps a batch at 1,000,000 edges (at most
+        // 512 MB of id bytes); a larger batch given to the NIF directly is refused here.
+        let span = |at: usize| u32::try_from(at).map_err(|_| BadEdge::Shape);
+        Ok((span(start)?, span(arena.bytes().len())?))
     };
     let (from, to) = (id(from)?, id(to)?);
     let kind = match kind {
-        None => EdgeKind::Data,
-        Some(kind) => decode_kind(kind).map_err(|_| BadEdge::Kind)?,
+        None => 0,
+        Some(kind) => kinds.index(decode_kind(kind).map_err(|_| BadEdge::Kind)?),
     };
-    Ok((from, to, kind))
+    Ok(BulkEdge { from, to, kind })
 }
 
 /// Adds a list of `{from, to}` or `{from, to, kind}` all or nothing: `{:ok, added}` or the
@@ -298,6 +346,7 @@ fn graph_add_edges<'a>(env: Env<'a>, graph: Graph, edges: Term<'a>) -> NifResult
     let mut entries: Vec<Term> = Vec::with_capacity(edges.list_length()?);
     entries.extend(edges.into_list_iterator()?);
     let mut batch = Vec::with_capacity(entries.len());
+    let mut kinds = BatchKinds::new();
     for (i, &edge) in entries.iter().enumerate() {
         // The ids' data are scattered over the caller's heap: ask for them a few entries
         // ahead (and for the entries' tuples further ahead still) so the misses overlap.
@@ -307,7 +356,7 @@ fn graph_add_edges<'a>(env: Env<'a>, graph: Graph, edges: Term<'a>) -> NifResult
         if let Some(&near) = entries.get(i + PREFETCH_AHEAD) {
             prefetch_elements(near, 2);
         }
-        match decode_bulk_edge(edge, &mut arena) {
+        match decode_bulk_edge(edge, &mut arena, &mut kinds) {
             Ok(decoded) => batch.push(decoded),
             Err(bad) => {
                 let reason = match bad {
@@ -323,14 +372,11 @@ fn graph_add_edges<'a>(env: Env<'a>, graph: Graph, edges: Term<'a>) -> NifResult
         }
     }
     let bytes = arena.bytes();
-    let borrowed: Vec<(&[u8], &[u8], EdgeKind)> = batch
-        .into_iter()
-        .map(|(from, to, kind)| (&bytes[from], &bytes[to], kind))
-        .collect();
-    Ok(ok_or_error(
-        env,
-        with(&graph, |g| g.add_edges_by(&borrowed)),
-    ))
+    let id = |(start, end): (u32, u32)| &bytes[start as usize..end as usize];
+    let edges = batch
+        .iter()
+        .map(|edge| (id(edge.from), id(edge.to), kinds.get(edge.kind)));
+    Ok(ok_or_error(env, with(&graph, |g| g.add_edges_by(edges))))
 }
 
 /// Removes `from -> to`; `false` if there was no such edge.
