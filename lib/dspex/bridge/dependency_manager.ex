@@ -88,8 +88,10 @@ defmodule DSPex.Bridge.DependencyManager do
   # are not read here first: on a large caller heap each read can be a cache miss, and the
   # NIF asks for both ids' data at once.
   def add_dependency(session_id, from_var, to_var, type, []) do
+    # The NIF knows whether events are listened to: `:added` asks for the event.
     case Native.graph_add_edge_in(session_id, from_var, to_var, type) do
-      :ok -> added(session_id, from_var, to_var, type)
+      :ok -> :ok
+      :added -> emit(:added, session_id, %{from: from_var, to: to_var, type: type})
       error -> add_failed(error, session_id, from_var, to_var)
     end
   rescue

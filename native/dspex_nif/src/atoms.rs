@@ -3,6 +3,7 @@
 
 rustler::atoms! {
     ok,
+    added,
     error,
     data,
     compute,

@@ -16,6 +16,7 @@ use rustler::{Encoder, Env, Error, NifResult, ResourceArc, Term, TermType};
 
 use crate::atoms::{self, atom_is};
 use crate::hot_nif::hot_nif;
+use crate::reporting;
 use crate::term_key::{atom_word, prefetch, prefetch_elements, IdKey, Key};
 use crate::var_key::{id_term, lookup_bytes, push_id, IdTerm, VarKey};
 
@@ -220,7 +221,8 @@ fn graph_add_edge<'a>(
 hot_nif!("graph_add_edge_in", 4, add_edge_in);
 
 /// `graph_add_edge_in(session, from, to, kind)`: adds `from -> to` to the session's graph,
-/// found in the directory. `:ok`, `{:error, :session_not_found}`, `{:error, {:cycle, path}}`
+/// found in the directory. `:ok` when nothing listens for events, `:added` when the caller
+/// should emit the `added` event, `{:error, :session_not_found}`, `{:error, {:cycle, path}}`
 /// or `{:error, {:unknown_variable, id}}`. The ids are looked up as borrowed bytes: the
 /// call allocates nothing unless it adds a custom kind or reports an error.
 fn add_edge_in<'a>(env: Env<'a>, [session, from, to, kind]: [Term<'a>; 4]) -> NifResult<Term<'a>> {
@@ -240,6 +242,8 @@ fn add_edge_in<'a>(env: Env<'a>, [session, from, to, kind]: [Term<'a>; 4]) -> Ni
             match with(graph, |g| {
                 g.add_edge(from_key.bytes(), to_key.bytes(), kind)
             }) {
+                // The events flag is mirrored here, so the caller need not read it.
+                Ok(_) if reporting::events_enabled() => atoms::added().encode(env),
                 Ok(_) => atoms::ok().encode(env),
                 Err(err) => encode_graph_error(env, err),
             },

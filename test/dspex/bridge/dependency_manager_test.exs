@@ -31,6 +31,20 @@ defmodule DSPex.Bridge.DependencyManagerTest do
       assert {:ok, 0} = DependencyManager.add_dependencies(s, Enum.map(ids, &{:root, &1}))
     end
 
+    test "an added edge is announced with its ends and kind, by either path" do
+      :ok = Events.subscribe([:dspex, :bridge, :dependency, :added])
+      s = session!() |> vars!([:a, "b", :c])
+      :ok = DependencyManager.add_dependency(s, :a, "b", :compute)
+
+      assert_receive {:dspex_event, [:dspex, :bridge, :dependency, :added], _,
+                      %{session_id: ^s, from: :a, to: "b", type: :compute}}
+
+      :ok = DependencyManager.add_dependency(s, "b", :c, :data, timeout: 1_000)
+
+      assert_receive {:dspex_event, [:dspex, :bridge, :dependency, :added], _,
+                      %{session_id: ^s, from: "b", to: :c, type: :data}}
+    end
+
     test "edges, neighbours, update order; string and atom ids come back as given" do
       s = session!() |> vars!([:a, "b", :c, "d"])
       :ok = DependencyManager.add_dependency(s, :a, "b")
