@@ -120,7 +120,7 @@ const DATA: u16 = 0;
 /// likely are before it reads anything, and asks for all of it at once.
 #[derive(Debug, Clone)]
 pub struct DependencyGraph<K> {
-    // Indexed by slot: a node's slot is where its id hashes to (below).
+    // Indexed by slot: a node sits at the slot its id hashes to (`slot_table`).
     keys: Vec<Option<K>>,
     ord: Vec<u64>,
     adj: Vec<Adj>,
