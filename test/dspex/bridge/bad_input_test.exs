@@ -213,7 +213,8 @@ defmodule DSPex.Bridge.BadInputTest do
     # An improper list is refused whole, not read up to its tail.
     assert_raise ArgumentError, fn -> Native.graph_add_edges(graph, [{:x, :y} | :tail]) end
     assert {:ok, []} = DSPex.Bridge.DependencyManager.get_dependents(s, :x)
-    assert :ok = Native.graph_add_edge_in(s, :x, :y, :data)
+    # `:added` instead of `:ok` while some other test listens for events.
+    assert Native.graph_add_edge_in(s, :x, :y, :data) in [:ok, :added]
     assert {:ok, [:y]} = DSPex.Bridge.DependencyManager.get_dependents(s, :x)
   end
 end
