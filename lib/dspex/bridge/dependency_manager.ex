@@ -91,7 +91,7 @@ defmodule DSPex.Bridge.DependencyManager do
     # The NIF knows whether events are listened to: `:added` asks for the event.
     case Native.graph_add_edge_in(session_id, from_var, to_var, type) do
       :ok -> :ok
-      :added -> emit(:added, session_id, %{from: from_var, to: to_var, type: type})
+      :added -> emit_added(session_id, from_var, to_var, type)
       error -> add_failed(error, session_id, from_var, to_var)
     end
   rescue
@@ -117,10 +117,11 @@ defmodule DSPex.Bridge.DependencyManager do
   end
 
   defp added(session_id, from_var, to_var, type) do
-    if Events.enabled?(),
-      do: emit(:added, session_id, %{from: from_var, to: to_var, type: type}),
-      else: :ok
+    if Events.enabled?(), do: emit_added(session_id, from_var, to_var, type), else: :ok
   end
+
+  defp emit_added(session_id, from_var, to_var, type),
+    do: emit(:added, session_id, %{from: from_var, to: to_var, type: type})
 
   defp add_failed({:error, {:cycle, path}}, session_id, from_var, to_var) do
     emit(:cycle_detected, session_id, %{from: from_var, to: to_var, path: path})

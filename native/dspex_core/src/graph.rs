@@ -44,9 +44,10 @@ use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-mod prefetch;
 mod slot_table;
 use slot_table::SlotTable;
+
+use crate::prefetch;
 
 /// The kind of a dependency edge.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -111,6 +112,66 @@ struct Adj {
 /// Label id of [`EdgeKind::Data`]; edges of any other kind are listed in `kinds`.
 const DATA: u16 = 0;
 
+/// Edge kinds numbered by small ids, each kind once: `Data` is 0, `Compute` 1,
+/// `Constraint` 2, then custom labels in the order they are first seen. The graph keeps an
+/// edge's kind as its id; a caller holding many edges can do the same.
+///
+/// ```
+/// use dspex_core::graph::{EdgeKind, EdgeLabels};
+///
+/// let mut labels = EdgeLabels::new();
+/// let feeds = labels.id(EdgeKind::Custom("feeds".into()));
+/// assert_eq!(labels.id(EdgeKind::Custom("feeds".into())), feeds);
+/// assert_eq!(labels.id(EdgeKind::Data), 0);
+/// assert_eq!(labels.get(feeds), &EdgeKind::Custom("feeds".into()));
+/// ```
+#[derive(Debug, Clone)]
+pub struct EdgeLabels(Vec<EdgeKind>);
+
+impl Default for EdgeLabels {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EdgeLabels {
+    /// The three built-in kinds.
+    pub fn new() -> Self {
+        EdgeLabels(vec![
+            EdgeKind::Data,
+            EdgeKind::Compute,
+            EdgeKind::Constraint,
+        ])
+    }
+
+    /// The id of `kind`, numbering it if it is new. Labels are few in practice; past
+    /// `u16::MAX` of them the last one is reused.
+    pub fn id(&mut self, kind: EdgeKind) -> u16 {
+        match kind {
+            EdgeKind::Data => DATA,
+            EdgeKind::Compute => 1,
+            EdgeKind::Constraint => 2,
+            custom => match self.0.iter().position(|l| *l == custom) {
+                Some(i) => i as u16,
+                None => {
+                    if self.0.len() <= usize::from(u16::MAX) {
+                        self.0.push(custom);
+                    }
+                    (self.0.len() - 1) as u16
+                }
+            },
+        }
+    }
+
+    /// The kind numbered `id`.
+    ///
+    /// # Panics
+    /// If no kind has that id.
+    pub fn get(&self, id: u16) -> &EdgeKind {
+        &self.0[usize::from(id)]
+    }
+}
+
 /// A directed acyclic graph with an incrementally maintained topological order.
 ///
 /// Nodes live in slots; a slot's key, position and edges are kept in separate arrays,
@@ -125,7 +186,7 @@ pub struct DependencyGraph<K> {
     ord: Vec<u64>,
     adj: Vec<Adj>,
     slots: SlotTable,
-    labels: Vec<EdgeKind>,
+    labels: EdgeLabels,
     // The label of every edge that is not plain data; most edges are.
     kinds: AHashMap<(Ix, Ix), u16>,
     edge_total: usize,
@@ -167,7 +228,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             ord: Vec::new(),
             adj: Vec::new(),
             slots: SlotTable::new(),
-            labels: vec![EdgeKind::Data, EdgeKind::Compute, EdgeKind::Constraint],
+            labels: EdgeLabels::new(),
             kinds: AHashMap::new(),
             edge_total: 0,
             next_ord: 0,
@@ -185,24 +246,6 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// Number of edges.
     pub fn edge_count(&self) -> usize {
         self.edge_total
-    }
-
-    fn label_id(&mut self, kind: EdgeKind) -> u16 {
-        match kind {
-            EdgeKind::Data => DATA,
-            EdgeKind::Compute => 1,
-            EdgeKind::Constraint => 2,
-            custom => match self.labels.iter().position(|l| *l == custom) {
-                Some(i) => i as u16,
-                None => {
-                    // Labels are few in practice; past u16::MAX the last one is reused.
-                    if self.labels.len() <= usize::from(u16::MAX) {
-                        self.labels.push(custom);
-                    }
-                    (self.labels.len() - 1) as u16
-                }
-            },
-        }
     }
 
     fn label_of(&self, x: Ix, y: Ix) -> u16 {
@@ -406,7 +449,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         let y = self.find_hashed(to, to_hash);
         let x = x.ok_or_else(|| GraphError::UnknownNode(from.to_owned().into()))?;
         let y = y.ok_or_else(|| GraphError::UnknownNode(to.to_owned().into()))?;
-        let label = self.label_id(kind);
+        let label = self.labels.id(kind);
         self.add_edge_ix(x, y, label)
     }
 
@@ -580,7 +623,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         let mut resolved = Vec::with_capacity(edges.size_hint().0);
         for (from, to, kind) in edges {
             let (x, y) = (self.ix(from)?, self.ix(to)?);
-            resolved.push((x, y, self.label_id(kind)));
+            resolved.push((x, y, self.labels.id(kind)));
         }
         if resolved.len() * 4 >= self.edge_count() + self.node_count() {
             if let Some(added) = self.add_edges_by_sort(&resolved) {
@@ -728,7 +771,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     pub fn edge_kind(&self, from: &K, to: &K) -> Option<&EdgeKind> {
         let (x, y) = (self.find(from)?, self.find(to)?);
         self.has_edge(x, y)
-            .then(|| &self.labels[usize::from(self.label_of(x, y))])
+            .then(|| self.labels.get(self.label_of(x, y)))
     }
 
     /// Direct dependencies of `key` (the nodes it is computed from), in topological order.
@@ -878,7 +921,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
                 out.push((
                     self.key(x).clone(),
                     self.key(y).clone(),
-                    self.labels[usize::from(self.label_of(x, y))].clone(),
+                    self.labels.get(self.label_of(x, y)).clone(),
                 ));
             }
         }

@@ -35,8 +35,8 @@
 //! assert_eq!(clock.now_nanos(), 1_500_000_000);
 //! ```
 
-// No unsafe code but one reviewed exception: the graph's cache prefetch hint
-// (`graph/prefetch.rs`), which reads nothing and cannot fault.
+// No unsafe code but one reviewed exception: the cache prefetch hint (`prefetch.rs`),
+// which reads nothing and cannot fault.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -49,6 +49,7 @@ pub mod effects;
 pub mod error;
 pub mod graph;
 pub mod ha;
+pub mod prefetch;
 pub mod rate_limit;
 pub mod snapshot;
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 
 use ahash::AHashMap;
-use dspex_core::graph::{DependencyGraph, EdgeKind, GraphError};
+use dspex_core::graph::{DependencyGraph, EdgeKind, EdgeLabels, GraphError};
 use parking_lot::RwLock;
 use rustler::{Encoder, Env, Error, NifResult, ResourceArc, Term, TermType};
 
@@ -265,47 +265,11 @@ enum BadEdge {
 }
 
 /// An entry of a bulk insert, decoded: where its ids' bytes are in the batch's arena, and
-/// its kind. Small, because a batch holds one per edge.
+/// its kind's id in the batch's [`EdgeLabels`]. Small, because a batch holds one per edge.
 struct BulkEdge {
     from: (u32, u32),
     to: (u32, u32),
     kind: u16,
-}
-
-/// The kinds of a batch's edges, each kept once: `:data`, `:compute`, `:constraint`, then
-/// custom labels as they come.
-struct BatchKinds(Vec<EdgeKind>);
-
-impl BatchKinds {
-    fn new() -> Self {
-        BatchKinds(vec![
-            EdgeKind::Data,
-            EdgeKind::Compute,
-            EdgeKind::Constraint,
-        ])
-    }
-
-    fn index(&mut self, kind: EdgeKind) -> u16 {
-        match kind {
-            EdgeKind::Data => 0,
-            EdgeKind::Compute => 1,
-            EdgeKind::Constraint => 2,
-            custom => match self.0.iter().position(|k| *k == custom) {
-                Some(i) => i as u16,
-                None => {
-                    // Past u16::MAX distinct labels the last one is reused, as the core does.
-                    if self.0.len() <= usize::from(u16::MAX) {
-                        self.0.push(custom);
-                    }
-                    (self.0.len() - 1) as u16
-                }
-            },
-        }
-    }
-
-    fn get(&self, index: u16) -> EdgeKind {
-        self.0[usize::from(index)].clone()
-    }
 }
 
 /// Appends the edge's ids to `arena` (as [`VarKey`] bytes) and returns where they are, with
@@ -313,7 +277,7 @@ impl BatchKinds {
 fn decode_bulk_edge(
     edge: Term,
     arena: &mut Key,
-    kinds: &mut BatchKinds,
+    kinds: &mut EdgeLabels,
 ) -> Result<BulkEdge, BadEdge> {
     let parts = rustler::types::tuple::get_tuple(edge).map_err(|_| BadEdge::Shape)?;
     let (from, to, kind) = match parts.as_slice() {
@@ -333,7 +297,7 @@ fn decode_bulk_edge(
     let (from, to) = (id(from)?, id(to)?);
     let kind = match kind {
         None => 0,
-        Some(kind) => kinds.index(decode_kind(kind).map_err(|_| BadEdge::Kind)?),
+        Some(kind) => kinds.id(decode_kind(kind).map_err(|_| BadEdge::Kind)?),
     };
     Ok(BulkEdge { from, to, kind })
 }
@@ -350,7 +314,7 @@ fn graph_add_edges<'a>(env: Env<'a>, graph: Graph, edges: Term<'a>) -> NifResult
     let mut entries: Vec<Term> = Vec::with_capacity(edges.list_length()?);
     entries.extend(edges.into_list_iterator()?);
     let mut batch = Vec::with_capacity(entries.len());
-    let mut kinds = BatchKinds::new();
+    let mut kinds = EdgeLabels::new();
     for (i, &edge) in entries.iter().enumerate() {
         // The ids' data are scattered over the caller's heap: ask for them a few entries
         // ahead (and for the entries' tuples further ahead still) so the misses overlap.
@@ -379,7 +343,7 @@ fn graph_add_edges<'a>(env: Env<'a>, graph: Graph, edges: Term<'a>) -> NifResult
     let id = |(start, end): (u32, u32)| &bytes[start as usize..end as usize];
     let edges = batch
         .iter()
-        .map(|edge| (id(edge.from), id(edge.to), kinds.get(edge.kind)));
+        .map(|edge| (id(edge.from), id(edge.to), kinds.get(edge.kind).clone()));
     Ok(ok_or_error(env, with(&graph, |g| g.add_edges_by(edges))))
 }
 

@@ -144,18 +144,9 @@ pub fn prefetch(term: Term) {
 const BOXED: usize = 0b10;
 
 fn prefetch_word(word: usize) {
-    if word & 0b11 != BOXED {
-        return;
+    if word & 0b11 == BOXED {
+        dspex_core::prefetch::address(word & !0b11);
     }
-    let addr = word & !0b11;
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch does not access memory architecturally and cannot fault, whatever
-    // the address; SSE is part of the x86_64 baseline.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = addr;
 }
 
 /// [`prefetch`] for the first `n` elements of `term` if it is a tuple (nothing otherwise):

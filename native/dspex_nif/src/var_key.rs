@@ -162,11 +162,12 @@ impl Borrow<[u8]> for VarKey {
     }
 }
 
+// The owned form of looked-up bytes (a tag, then the text), for the ids errors name.
 impl From<Vec<u8>> for VarKey {
     fn from(bytes: Vec<u8>) -> Self {
         match bytes.split_first() {
-            Some((&tag, text)) if text.len() < INLINE => VarKey::tagged(tag, text),
-            _ => VarKey(Repr::Heap(Box::new(bytes.into_boxed_slice()))),
+            Some((&tag, text)) => VarKey::tagged(tag, text),
+            None => VarKey(Repr::Heap(Box::default())),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::hash::Hash;
 
-use super::prefetch;
+use crate::prefetch;
 
 /// Where nodes live: open addressing with linear probing over slots, one control byte per
 /// slot (free, freed, or seven bits of the id's hash). A node's key, position and edges sit
