@@ -6,7 +6,9 @@
 //!
 //! Every node carries a position in a topological order that is kept valid on every insert
 //! (the dynamic topological sort of Pearce and Kelly). An edge that already agrees with the
-//! order costs O(1), which is the common case of a new variable depending on existing ones.
+//! order costs O(1), which is the common case of a new variable depending on existing ones;
+//! so does one into a node that has no successors yet, or out of one that has no
+//! predecessors yet, since that node can move to the end (or the front) of the order.
 //! Otherwise only the *affected region* — nodes whose positions lie between the two
 //! endpoints and that are reachable from (or reach) them — is searched and re-ordered,
 //! never the whole graph. Transitive downstream sets then come out topologically sorted by
@@ -109,6 +111,10 @@ struct Adj {
     inc: Adjacency,
 }
 
+/// Where positions start: new nodes and nodes moved to the end count up from here, nodes
+/// moved to the front count down, and 2^62 moves either way outlast any graph.
+const MIDDLE: u64 = 1 << 62;
+
 /// Label id of [`EdgeKind::Data`]; edges of any other kind are listed in `kinds`.
 const DATA: u16 = 0;
 
@@ -190,7 +196,9 @@ pub struct DependencyGraph<K> {
     // The label of every edge that is not plain data; most edges are.
     kinds: AHashMap<(Ix, Ix), u16>,
     edge_total: usize,
-    next_ord: u64,
+    // Positions handed out so far lie in `front..back` (see `last_ord` and `first_ord`).
+    front: u64,
+    back: u64,
     // Scratch space reused across searches so inserts do not allocate per call.
     mark: Vec<u32>,
     epoch: u32,
@@ -231,7 +239,8 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             labels: EdgeLabels::new(),
             kinds: AHashMap::new(),
             edge_total: 0,
-            next_ord: 0,
+            front: MIDDLE,
+            back: MIDDLE,
             mark: Vec::new(),
             epoch: 0,
             scratch: Scratch::default(),
@@ -330,9 +339,21 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         }
         let slot = self.slots.claim(self.slots.hash(&key));
         self.keys[slot] = Some(key);
-        self.ord[slot] = self.next_ord;
-        self.next_ord += 1;
+        self.ord[slot] = self.last_ord();
         true
+    }
+
+    // A position after every node's.
+    fn last_ord(&mut self) -> u64 {
+        let ord = self.back;
+        self.back += 1;
+        ord
+    }
+
+    // A position before every node's.
+    fn first_ord(&mut self) -> u64 {
+        self.front -= 1;
+        self.front
     }
 
     // Moves every node to a table twice the size (or the same size when removals left
@@ -473,7 +494,17 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         }
         let (lb, ub) = (self.ord[y as usize], self.ord[x as usize]);
         if lb < ub {
-            self.reorder(x, y, lb, ub)?;
+            // A node with no successors may move to the end of the order, and one with no
+            // predecessors to the front, without a search: nothing that must stay on the
+            // other side of it exists, and the edge cannot close a cycle. A graph being
+            // built edge by edge meets one of the two in about half of its re-orders.
+            if self.adj[y as usize].out.is_empty() {
+                self.ord[y as usize] = self.last_ord();
+            } else if self.adj[x as usize].inc.is_empty() {
+                self.ord[x as usize] = self.first_ord();
+            } else {
+                self.reorder(x, y, lb, ub)?;
+            }
         }
         self.link(x, y, label);
         Ok(true)
@@ -730,10 +761,11 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         if order.len() != live.len() {
             return None;
         }
-        for (pos, v) in order.into_iter().enumerate() {
-            self.ord[v as usize] = pos as u64;
+        self.front = MIDDLE;
+        self.back = MIDDLE;
+        for v in order {
+            self.ord[v as usize] = self.last_ord();
         }
-        self.next_ord = live.len() as u64;
         // Out-lines in source order, then in-lines in target order.
         for &(x, y, label) in &by_source {
             if !self.has_edge(x, y) {

@@ -389,3 +389,29 @@ fn edges_and_kinds_survive_the_node_table_growing_and_churning() {
         [5].into_iter().chain(5_000..5_007).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn chains_built_against_the_order_end_in_order() {
+    // Registered 0..10, so every edge below goes against the order. Built from the sink
+    // up, each new edge's target has no successors yet; built from the source down, each
+    // new edge's source has no predecessors yet. Either way the chain runs 9 -> ... -> 0.
+    let expected: Vec<u32> = (0..10).rev().collect();
+    let from_the_sink: Vec<(u32, u32)> = (0..9).map(|i| (i + 1, i)).collect();
+    let from_the_source: Vec<(u32, u32)> = (0..9).rev().map(|i| (i + 1, i)).collect();
+    for edges in [from_the_sink, from_the_source] {
+        let mut g = DependencyGraph::new();
+        for v in 0..10u32 {
+            g.add_node(v);
+        }
+        for (a, b) in &edges {
+            assert_eq!(g.add_edge(a, b, EdgeKind::Data), Ok(true));
+            assert!(g.check_invariants());
+        }
+        assert_eq!(g.topological_order(), expected);
+        assert_eq!(g.update_order(&9).unwrap(), expected);
+        assert!(matches!(
+            g.add_edge(&0, &9, EdgeKind::Data),
+            Err(GraphError::Cycle(path)) if path.len() == 11
+        ));
+    }
+}
