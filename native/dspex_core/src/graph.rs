@@ -152,20 +152,26 @@ impl EdgeLabels {
 
     /// The id of `kind`, numbering it if it is new. Labels are few in practice; past
     /// `u16::MAX` of them the last one is reused.
+    // Inlined so that a built-in kind, as every insert names one, costs a match.
+    #[inline]
     pub fn id(&mut self, kind: EdgeKind) -> u16 {
         match kind {
             EdgeKind::Data => DATA,
             EdgeKind::Compute => 1,
             EdgeKind::Constraint => 2,
-            custom => match self.0.iter().position(|l| *l == custom) {
-                Some(i) => i as u16,
-                None => {
-                    if self.0.len() <= usize::from(u16::MAX) {
-                        self.0.push(custom);
-                    }
-                    (self.0.len() - 1) as u16
+            custom => self.custom_id(custom),
+        }
+    }
+
+    fn custom_id(&mut self, custom: EdgeKind) -> u16 {
+        match self.0.iter().position(|l| *l == custom) {
+            Some(i) => i as u16,
+            None => {
+                if self.0.len() <= usize::from(u16::MAX) {
+                    self.0.push(custom);
                 }
-            },
+                (self.0.len() - 1) as u16
+            }
         }
     }
 

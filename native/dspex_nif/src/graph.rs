@@ -102,6 +102,10 @@ fn with<T>(graph: &Graph, f: impl FnOnce(&mut DependencyGraph<VarKey>) -> T) -> 
 }
 
 fn decode_kind(term: Term) -> NifResult<EdgeKind> {
+    // The usual kind first, by its word: no call into the VM for the term's type.
+    if atom_is(term, atoms::data()) {
+        return Ok(EdgeKind::Data);
+    }
     match term.get_type() {
         TermType::Atom => {
             if atom_is(term, atoms::data()) {

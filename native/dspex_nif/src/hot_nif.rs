@@ -18,6 +18,7 @@ pub type Body<const N: usize> = for<'a> fn(Env<'a>, [Term<'a>; N]) -> NifResult<
 /// # Safety
 /// `env` and `argv` are those the VM passed to the NIF, and `argv` holds `N` terms (the VM
 /// guarantees the arity the NIF was registered with).
+#[inline(always)]
 pub unsafe fn call<const N: usize>(
     env: *mut ErlNifEnv,
     argv: *const ErlNifTerm,
