@@ -44,9 +44,10 @@ use std::hash::Hash;
 
 use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 
+mod node_line;
 mod slot_table;
+use node_line::NodeLine;
 use slot_table::SlotTable;
 
 use crate::prefetch;
@@ -97,19 +98,6 @@ pub struct GraphSnapshot<K> {
 }
 
 type Ix = u32;
-
-// Most variables have a handful of edges: kept inline, they cost no allocation and no
-// pointer to chase.
-type Adjacency = SmallVec<[Ix; 6]>;
-
-// A node's edges, one cache line: an insert touches the adjacency of both ends, so each end
-// should cost one memory access.
-#[derive(Debug, Clone, Default)]
-#[repr(align(64))]
-struct Adj {
-    out: Adjacency,
-    inc: Adjacency,
-}
 
 /// Where positions start: new nodes and nodes moved to the end count up from here, nodes
 /// moved to the front count down, and 2^62 moves either way outlast any graph.
@@ -186,17 +174,17 @@ impl EdgeLabels {
 
 /// A directed acyclic graph with an incrementally maintained topological order.
 ///
-/// Nodes live in slots; a slot's key, position and edges are kept in separate arrays,
-/// because the hot paths (inserts, searches) read positions and edges of many nodes and the
-/// keys of almost none. A node's slot is found from its id's hash (open addressing with linear
+/// Nodes live in slots; a slot's key is kept apart from its position and edges (one
+/// 64-byte line per node), because the hot paths (inserts, searches) read positions and
+/// edges of many nodes and the keys of almost none. A node's slot is found from its id's hash (open addressing with linear
 /// probing): no index maps ids to slots, so an insert knows where both ends most
 /// likely are before it reads anything, and asks for all of it at once.
 #[derive(Debug, Clone)]
 pub struct DependencyGraph<K> {
     // Indexed by slot: a node sits at the slot its id hashes to (`slot_table`).
     keys: Vec<Option<K>>,
-    ord: Vec<u64>,
-    adj: Vec<Adj>,
+    // Each node's position and edges.
+    adj: Vec<NodeLine>,
     slots: SlotTable,
     labels: EdgeLabels,
     // The label of every edge that is not plain data; most edges are.
@@ -239,7 +227,6 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     pub fn new() -> Self {
         Self {
             keys: Vec::new(),
-            ord: Vec::new(),
             adj: Vec::new(),
             slots: SlotTable::new(),
             labels: EdgeLabels::new(),
@@ -281,22 +268,22 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     }
 
     fn has_edge(&self, x: Ix, y: Ix) -> bool {
-        self.adj[x as usize].out.contains(&y)
+        self.adj[x as usize].out().contains(&y)
     }
 
     fn unlink(&mut self, x: Ix, y: Ix) -> bool {
-        if !detach(&mut self.adj[x as usize].out, y) {
+        if !self.adj[x as usize].detach_out(y) {
             return false;
         }
-        detach(&mut self.adj[y as usize].inc, x);
+        self.adj[y as usize].detach_inc(x);
         self.set_label(x, y, DATA);
         self.edge_total -= 1;
         true
     }
 
     fn link(&mut self, x: Ix, y: Ix, label: u16) {
-        self.adj[x as usize].out.push(y);
-        self.adj[y as usize].inc.push(x);
+        self.adj[x as usize].push_out(y);
+        self.adj[y as usize].push_inc(x);
         self.set_label(x, y, label);
         self.edge_total += 1;
     }
@@ -345,7 +332,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         }
         let slot = self.slots.claim(self.slots.hash(&key));
         self.keys[slot] = Some(key);
-        self.ord[slot] = self.last_ord();
+        self.adj[slot].ord = self.last_ord();
         true
     }
 
@@ -373,19 +360,17 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         };
         let mut slots = self.slots.emptied(capacity);
         let mut keys: Vec<Option<K>> = vec![None; capacity];
-        let mut ord = vec![0; capacity];
-        let mut adj = vec![Adj::default(); capacity];
+        let mut adj = vec![NodeLine::default(); capacity];
         let mut renamed = vec![Ix::MAX; old_capacity];
         for old in self.slots.live().collect::<Vec<_>>() {
             let key = self.keys[old].take().expect("live slots hold a key");
             let new = slots.claim(slots.hash(&key));
             renamed[old] = new as Ix;
             keys[new] = Some(key);
-            ord[new] = self.ord[old];
             adj[new] = std::mem::take(&mut self.adj[old]);
         }
         for line in &mut adj {
-            for n in line.out.iter_mut().chain(line.inc.iter_mut()) {
+            for n in line.neighbours_mut() {
                 *n = renamed[*n as usize];
             }
         }
@@ -396,7 +381,6 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             .collect();
         self.slots = slots;
         self.keys = keys;
-        self.ord = ord;
         self.adj = adj;
         self.mark = vec![0; capacity];
     }
@@ -410,13 +394,13 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         self.slots.release(ix as usize);
         self.keys[ix as usize] = None;
         // A freed slot keeps no heap memory.
-        self.adj[ix as usize] = Adj::default();
+        self.adj[ix as usize] = NodeLine::default();
         true
     }
 
     fn clear_ix(&mut self, ix: Ix) -> usize {
-        let out = self.adj[ix as usize].out.clone();
-        let inc = self.adj[ix as usize].inc.clone();
+        let out = self.adj[ix as usize].out().to_vec();
+        let inc = self.adj[ix as usize].inc().to_vec();
         for &y in &out {
             self.unlink(ix, y);
         }
@@ -485,7 +469,6 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         if let Some(slot) = self.slots.first_slot(hash) {
             prefetch::read(&self.keys[slot]);
             prefetch::read(&self.adj[slot]);
-            prefetch::read(&self.ord[slot]);
         }
     }
 
@@ -498,16 +481,16 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             self.set_label(x, y, label);
             return Ok(false);
         }
-        let (lb, ub) = (self.ord[y as usize], self.ord[x as usize]);
+        let (lb, ub) = (self.adj[y as usize].ord, self.adj[x as usize].ord);
         if lb < ub {
             // A node with no successors may move to the end of the order, and one with no
             // predecessors to the front, without a search: nothing that must stay on the
             // other side of it exists, and the edge cannot close a cycle. A graph being
             // built edge by edge meets one of the two in about half of its re-orders.
-            if self.adj[y as usize].out.is_empty() {
-                self.ord[y as usize] = self.last_ord();
-            } else if self.adj[x as usize].inc.is_empty() {
-                self.ord[x as usize] = self.first_ord();
+            if self.adj[y as usize].out().is_empty() {
+                self.adj[y as usize].ord = self.last_ord();
+            } else if self.adj[x as usize].inc().is_empty() {
+                self.adj[x as usize].ord = self.first_ord();
             } else {
                 self.reorder(x, y, lb, ub)?;
             }
@@ -524,19 +507,18 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         let epoch = self.next_epoch();
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        // Both searches begin at an end whose edge line is in cache: ask for the positions,
-        // marks and edge lines of both ends' neighbours now, before either search waits.
+        // Both searches begin at an end whose line is in cache: ask for the marks and lines
+        // (positions and edges) of both ends' neighbours now, before either search waits.
         for &n in self.adj[y as usize]
-            .out
+            .out()
             .iter()
-            .chain(&self.adj[x as usize].inc)
+            .chain(self.adj[x as usize].inc())
         {
-            prefetch::read(&self.ord[n as usize]);
             prefetch::read(&self.mark[n as usize]);
             prefetch::read(&self.adj[n as usize]);
         }
         let found_cycle = {
-            let (adj, ord, mark) = (&self.adj, &self.ord, &mut self.mark);
+            let (adj, mark) = (&self.adj, &mut self.mark);
             let Scratch {
                 forward,
                 backward,
@@ -548,16 +530,16 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             let mut found = false;
             'search: while let Some(n) = stack.pop() {
                 forward.push(n);
-                // Whichever successor the search goes on to, its edge line is on its way.
-                for &s in &adj[n as usize].out {
+                // Whichever successor the search looks at, its line is on its way.
+                for &s in adj[n as usize].out() {
                     prefetch::read(&adj[s as usize]);
                 }
-                for &s in &adj[n as usize].out {
+                for &s in adj[n as usize].out() {
                     if s == x {
                         found = true;
                         break 'search;
                     }
-                    if mark[s as usize] != epoch && ord[s as usize] < ub {
+                    if mark[s as usize] != epoch && adj[s as usize].ord < ub {
                         mark[s as usize] = epoch;
                         stack.push(s);
                     }
@@ -569,11 +551,11 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
                 mark[x as usize] = epoch;
                 while let Some(n) = stack.pop() {
                     backward.push(n);
-                    for &p in &adj[n as usize].inc {
+                    for &p in adj[n as usize].inc() {
                         prefetch::read(&adj[p as usize]);
                     }
-                    for &p in &adj[n as usize].inc {
-                        if mark[p as usize] != epoch && ord[p as usize] > lb {
+                    for &p in adj[n as usize].inc() {
+                        if mark[p as usize] != epoch && adj[p as usize].ord > lb {
                             mark[p as usize] = epoch;
                             stack.push(p);
                         }
@@ -599,18 +581,18 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             positions,
             ..
         } = &mut scratch;
-        let ord = &mut self.ord;
-        forward.sort_unstable_by_key(|&n| ord[n as usize]);
-        backward.sort_unstable_by_key(|&n| ord[n as usize]);
+        let adj = &mut self.adj;
+        forward.sort_unstable_by_key(|&n| adj[n as usize].ord);
+        backward.sort_unstable_by_key(|&n| adj[n as usize].ord);
         positions.extend(
             forward
                 .iter()
                 .chain(backward.iter())
-                .map(|&n| ord[n as usize]),
+                .map(|&n| adj[n as usize].ord),
         );
         positions.sort_unstable();
         for (&n, &pos) in backward.iter().chain(forward.iter()).zip(positions.iter()) {
-            ord[n as usize] = pos;
+            adj[n as usize].ord = pos;
         }
         self.scratch = scratch;
         Ok(())
@@ -739,11 +721,11 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             start[x + 1] = fresh.len() as u32;
         }
         for (ix, adj) in self.adj.iter().enumerate() {
-            indeg[ix] += adj.inc.len() as u32;
+            indeg[ix] += adj.inc().len() as u32;
         }
         // Seed in current order so unrelated nodes keep their relative positions.
         let mut live: Vec<Ix> = self.live().collect();
-        live.sort_unstable_by_key(|&v| self.ord[v as usize]);
+        live.sort_unstable_by_key(|&v| self.adj[v as usize].ord);
         let mut queue: VecDeque<Ix> = live
             .iter()
             .copied()
@@ -754,7 +736,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             order.push(v);
             let extra = &fresh[start[v as usize] as usize..start[v as usize + 1] as usize];
             let succs = self.adj[v as usize]
-                .out
+                .out()
                 .iter()
                 .chain(extra.iter().map(|e| &e.1));
             for &s in succs {
@@ -770,12 +752,12 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         self.front = MIDDLE;
         self.back = MIDDLE;
         for v in order {
-            self.ord[v as usize] = self.last_ord();
+            self.adj[v as usize].ord = self.last_ord();
         }
         // Out-lines in source order, then in-lines in target order.
         for &(x, y, label) in &by_source {
             if !self.has_edge(x, y) {
-                self.adj[x as usize].out.push(y);
+                self.adj[x as usize].push_out(y);
                 self.edge_total += 1;
             }
             self.set_label(x, y, label);
@@ -783,7 +765,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         let mut by_target: Vec<(Ix, Ix)> = fresh.iter().map(|&(x, y)| (y, x)).collect();
         by_target.sort_unstable();
         for (y, x) in by_target {
-            self.adj[y as usize].inc.push(x);
+            self.adj[y as usize].push_inc(x);
         }
         Some(fresh.len())
     }
@@ -818,7 +800,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// [`GraphError::UnknownNode`].
     pub fn dependencies(&self, key: &K) -> Result<Vec<K>, GraphError<K>> {
         let ix = self.ix(key)?;
-        Ok(self.keys_in_order(self.adj[ix as usize].inc.to_vec()))
+        Ok(self.keys_in_order(self.adj[ix as usize].inc().to_vec()))
     }
 
     /// Direct dependents of `key` (the nodes computed from it), in topological order.
@@ -827,7 +809,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// [`GraphError::UnknownNode`].
     pub fn dependents(&self, key: &K) -> Result<Vec<K>, GraphError<K>> {
         let ix = self.ix(key)?;
-        Ok(self.keys_in_order(self.adj[ix as usize].out.to_vec()))
+        Ok(self.keys_in_order(self.adj[ix as usize].out().to_vec()))
     }
 
     /// Every node `key` transitively depends on, in topological order.
@@ -836,7 +818,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// [`GraphError::UnknownNode`].
     pub fn upstream(&self, key: &K) -> Result<Vec<K>, GraphError<K>> {
         let ix = self.ix(key)?;
-        let reached = self.reach(&[ix], |a| &a.inc);
+        let reached = self.reach(&[ix], |a| a.inc());
         Ok(self.keys_in_order(reached.into_iter().filter(|&n| n != ix).collect()))
     }
 
@@ -846,7 +828,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// [`GraphError::UnknownNode`].
     pub fn downstream(&self, key: &K) -> Result<Vec<K>, GraphError<K>> {
         let ix = self.ix(key)?;
-        let reached = self.reach(&[ix], |a| &a.out);
+        let reached = self.reach(&[ix], |a| a.out());
         Ok(self.keys_in_order(reached.into_iter().filter(|&n| n != ix).collect()))
     }
 
@@ -880,8 +862,8 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             .iter()
             .map(|k| self.ix(k))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut reached = self.reach(&starts, |a| &a.out);
-        reached.sort_unstable_by_key(|&n| self.ord[n as usize]);
+        let mut reached = self.reach(&starts, |a| a.out());
+        reached.sort_unstable_by_key(|&n| self.adj[n as usize].ord);
         Ok(reached.into_iter().map(|n| self.key(n)).collect())
     }
 
@@ -905,11 +887,11 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         let mut parent: AHashMap<Ix, Ix> = AHashMap::new();
         let mut queue = VecDeque::from([x]);
         parent.insert(x, x);
-        let target_ord = self.ord[y as usize];
+        let target_ord = self.adj[y as usize].ord;
         while let Some(n) = queue.pop_front() {
-            for &s in &self.adj[n as usize].out {
+            for &s in self.adj[n as usize].out() {
                 // Positions only grow along edges, so nothing past `to` can lead back to it.
-                if parent.contains_key(&s) || self.ord[s as usize] > target_ord {
+                if parent.contains_key(&s) || self.adj[s as usize].ord > target_ord {
                     continue;
                 }
                 parent.insert(s, n);
@@ -950,11 +932,11 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// Every edge as `(from, to, kind)`, sources in topological order.
     pub fn edges(&self) -> Vec<(K, K, EdgeKind)> {
         let mut nodes: Vec<Ix> = self.live().collect();
-        nodes.sort_unstable_by_key(|&n| self.ord[n as usize]);
+        nodes.sort_unstable_by_key(|&n| self.adj[n as usize].ord);
         let mut out = Vec::with_capacity(self.edge_total);
         for x in nodes {
-            let mut succs = self.adj[x as usize].out.to_vec();
-            succs.sort_unstable_by_key(|&s| self.ord[s as usize]);
+            let mut succs = self.adj[x as usize].out().to_vec();
+            succs.sort_unstable_by_key(|&s| self.adj[s as usize].ord);
             for y in succs {
                 out.push((
                     self.key(x).clone(),
@@ -993,7 +975,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     /// Graphviz DOT text; `label` renders a node id.
     pub fn to_dot(&self, label: impl Fn(&K) -> String) -> String {
         let mut nodes: Vec<Ix> = self.live().collect();
-        nodes.sort_unstable_by_key(|&n| self.ord[n as usize]);
+        nodes.sort_unstable_by_key(|&n| self.adj[n as usize].ord);
         let mut dot = String::from("digraph dependencies {\n  rankdir=LR;\n");
         for &n in &nodes {
             let _ = writeln!(dot, "  n{n} [label={}];", dot_quote(&label(self.key(n))));
@@ -1011,7 +993,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         dot
     }
 
-    fn reach(&self, starts: &[Ix], next: impl Fn(&Adj) -> &Adjacency) -> Vec<Ix> {
+    fn reach(&self, starts: &[Ix], next: impl Fn(&NodeLine) -> &[Ix]) -> Vec<Ix> {
         // A bitset over slots: one small zeroed allocation beats hashing every visit.
         let mut seen = vec![0u64; self.keys.len().div_ceil(64)];
         let mut visit = |ix: Ix| {
@@ -1034,7 +1016,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
     }
 
     fn keys_in_order(&self, mut ixs: Vec<Ix>) -> Vec<K> {
-        ixs.sort_unstable_by_key(|&n| self.ord[n as usize]);
+        ixs.sort_unstable_by_key(|&n| self.adj[n as usize].ord);
         ixs.into_iter().map(|n| self.key(n).clone()).collect()
     }
 
@@ -1050,36 +1032,32 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             let Some(key) = self.keys.get(ix as usize).and_then(|s| s.as_ref()) else {
                 return false;
             };
-            if self.find(key) != Some(ix) || !ords.insert(self.ord[ix as usize]) {
+            if self.find(key) != Some(ix) || !ords.insert(self.adj[ix as usize].ord) {
                 return false;
             }
-            for &s in &self.adj[ix as usize].out {
+            for &s in self.adj[ix as usize].out() {
                 let live = self.keys[s as usize].is_some();
                 if !live
-                    || self.ord[s as usize] <= self.ord[ix as usize]
-                    || !self.adj[s as usize].inc.contains(&ix)
+                    || self.adj[s as usize].ord <= self.adj[ix as usize].ord
+                    || !self.adj[s as usize].inc().contains(&ix)
                 {
                     return false;
                 }
             }
         }
-        let out_total: usize = self.live().map(|ix| self.adj[ix as usize].out.len()).sum();
-        let in_total: usize = self.live().map(|ix| self.adj[ix as usize].inc.len()).sum();
+        let out_total: usize = self
+            .live()
+            .map(|ix| self.adj[ix as usize].out().len())
+            .sum();
+        let in_total: usize = self
+            .live()
+            .map(|ix| self.adj[ix as usize].inc().len())
+            .sum();
         let labels_valid = self
             .kinds
             .iter()
             .all(|(&(x, y), &label)| label != DATA && self.has_edge(x, y));
         out_total == self.edge_total && in_total == self.edge_total && labels_valid
-    }
-}
-
-fn detach(list: &mut Adjacency, item: Ix) -> bool {
-    match list.iter().position(|&x| x == item) {
-        Some(pos) => {
-            list.swap_remove(pos);
-            true
-        }
-        None => false,
     }
 }
 
