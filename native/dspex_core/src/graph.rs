@@ -99,6 +99,19 @@ pub struct GraphSnapshot<K> {
 
 type Ix = u32;
 
+/// How many edges ahead a batch asks for the memory an edge will need.
+const BATCH_AHEAD: usize = 8;
+
+/// How a batch inserted edge by edge ended.
+enum BatchOutcome<K> {
+    /// Committed: this many edges were new.
+    Added(usize),
+    /// Undone: this edge failed, given the ones before it.
+    Failed(GraphError<K>),
+    /// Undone: re-ordering went over its budget.
+    OverBudget,
+}
+
 /// Where positions start: new nodes and nodes moved to the end count up from here, nodes
 /// moved to the front count down, and 2^62 moves either way outlast any graph.
 const MIDDLE: u64 = 1 << 62;
@@ -197,6 +210,8 @@ pub struct DependencyGraph<K> {
     mark: Vec<u32>,
     epoch: u32,
     scratch: Scratch,
+    // Nodes re-ordering has visited, ever: batches watch it to bound their work.
+    visited: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -237,6 +252,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             mark: Vec::new(),
             epoch: 0,
             scratch: Scratch::default(),
+            visited: 0,
         }
     }
 
@@ -564,6 +580,7 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             }
             found
         };
+        self.visited += (scratch.forward.len() + scratch.backward.len()) as u64;
         if found_cycle {
             self.scratch = scratch;
             let to = self.key(y).clone();
@@ -600,8 +617,11 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
 
     /// Adds many edges, all or nothing.
     ///
-    /// Large batches are checked with one topological sort over the whole graph plus the
-    /// batch (linear in its size) instead of one search per edge.
+    /// The edges go in one by one, in input order, each one's memory asked for a few edges
+    /// ahead (faster than as many [`add_edge`](Self::add_edge) calls). A batch that makes
+    /// re-ordering visit more than a few times as many nodes as graph and batch hold is
+    /// undone and checked instead with one topological sort over the whole graph plus the
+    /// batch, so no batch costs more than linear time on top of that budget.
     ///
     /// # Errors
     /// As [`add_edge`](Self::add_edge), for the first edge (in input order) that fails given
@@ -637,43 +657,104 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         Q: Hash + Eq + ToOwned + ?Sized + 'q,
         Q::Owned: Into<K>,
     {
-        // Resolve every id once; unknown ids fail before anything changes.
-        let edges = edges.into_iter();
+        let resolved = self.resolve_batch(edges)?;
+        // Edge by edge, each one's lines asked for a few edges ahead: on the usual batch
+        // this beats sorting the whole graph. Re-ordering work beyond a few times the
+        // graph's size means the batch fights the current order: it is undone, and one
+        // topological sort of graph and batch together settles it in linear time.
+        let budget = 4 * (self.node_count() + self.edge_count() + resolved.len()) as u64;
+        match self.insert_batch(&resolved, Some(budget)) {
+            BatchOutcome::Added(added) => Ok(added),
+            BatchOutcome::Failed(err) => Err(err),
+            BatchOutcome::OverBudget => match self.add_edges_by_sort(&resolved) {
+                Some(added) => Ok(added),
+                // A cycle: the edge that closes it first, in input order, is the one to name.
+                None => match self.insert_batch(&resolved, None) {
+                    BatchOutcome::Failed(err) => Err(err),
+                    BatchOutcome::Added(_) | BatchOutcome::OverBudget => {
+                        unreachable!("the sort found a cycle among these edges")
+                    }
+                },
+            },
+        }
+    }
+
+    // Every id of a batch to its slot, in input order; an unknown id fails the batch before
+    // anything changes. The ids' first slots are asked for a few edges ahead.
+    fn resolve_batch<'q, Q>(
+        &mut self,
+        edges: impl IntoIterator<Item = (&'q Q, &'q Q, EdgeKind)>,
+    ) -> Result<Vec<(Ix, Ix, u16)>, GraphError<K>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned + ?Sized + 'q,
+        Q::Owned: Into<K>,
+    {
+        let mut edges = edges.into_iter();
         let mut resolved = Vec::with_capacity(edges.size_hint().0);
-        for (from, to, kind) in edges {
-            let (x, y) = (self.ix(from)?, self.ix(to)?);
-            resolved.push((x, y, self.labels.id(kind)));
-        }
-        if resolved.len() * 4 >= self.edge_count() + self.node_count() {
-            if let Some(added) = self.add_edges_by_sort(&resolved) {
-                return Ok(added);
+        let mut ahead: VecDeque<(&Q, &Q, u16, u64, u64)> = VecDeque::with_capacity(BATCH_AHEAD);
+        loop {
+            while ahead.len() < BATCH_AHEAD {
+                let Some((from, to, kind)) = edges.next() else {
+                    break;
+                };
+                let (from_hash, to_hash) = (self.slots.hash(from), self.slots.hash(to));
+                for hash in [from_hash, to_hash] {
+                    if let Some(slot) = self.slots.first_slot(hash) {
+                        prefetch::read(&self.keys[slot]);
+                    }
+                }
+                ahead.push_back((from, to, self.labels.id(kind), from_hash, to_hash));
             }
+            let Some((from, to, label, from_hash, to_hash)) = ahead.pop_front() else {
+                return Ok(resolved);
+            };
+            let x = self.find_hashed(from, from_hash);
+            let y = self.find_hashed(to, to_hash);
+            let x = x.ok_or_else(|| GraphError::UnknownNode(from.to_owned().into()))?;
+            let y = y.ok_or_else(|| GraphError::UnknownNode(to.to_owned().into()))?;
+            resolved.push((x, y, label));
         }
-        // What to undo if a later edge fails: new edges go, re-labelled ones get their kind back.
-        let mut undo: Vec<(Ix, Ix, Option<u16>)> = Vec::new();
+    }
+
+    // Inserts resolved edges one by one in input order, asking for each one's lines a few
+    // edges ahead. On a failure, or once re-ordering has visited more than `budget` nodes,
+    // every change is undone (removing edges keeps any topological order valid).
+    fn insert_batch(&mut self, edges: &[(Ix, Ix, u16)], budget: Option<u64>) -> BatchOutcome<K> {
+        let visited_before = self.visited;
+        // What to undo: new edges go, re-labelled ones get their kind back.
+        let mut undo: Vec<(Ix, Ix, Option<u16>)> = Vec::with_capacity(edges.len());
         let mut fresh = 0;
-        for &(x, y, label) in &resolved {
+        for (i, &(x, y, label)) in edges.iter().enumerate() {
+            if let Some(&(ax, ay, _)) = edges.get(i + BATCH_AHEAD) {
+                prefetch::read(&self.adj[ax as usize]);
+                prefetch::read(&self.adj[ay as usize]);
+            }
             let previous = self.has_edge(x, y).then(|| self.label_of(x, y));
-            match self.add_edge_ix(x, y, label) {
+            let outcome = match self.add_edge_ix(x, y, label) {
                 Ok(is_new) => {
                     fresh += usize::from(is_new);
                     undo.push((x, y, previous));
-                }
-                Err(err) => {
-                    // Undo in reverse. Removing edges keeps any topological order valid.
-                    for (ux, uy, previous) in undo.into_iter().rev() {
-                        match previous {
-                            None => {
-                                self.unlink(ux, uy);
-                            }
-                            Some(old) => self.set_label(ux, uy, old),
+                    match budget {
+                        Some(budget) if self.visited - visited_before > budget => {
+                            BatchOutcome::OverBudget
                         }
+                        _ => continue,
                     }
-                    return Err(err);
+                }
+                Err(err) => BatchOutcome::Failed(err),
+            };
+            for (ux, uy, previous) in undo.into_iter().rev() {
+                match previous {
+                    None => {
+                        self.unlink(ux, uy);
+                    }
+                    Some(old) => self.set_label(ux, uy, old),
                 }
             }
+            return outcome;
         }
-        Ok(fresh)
+        BatchOutcome::Added(fresh)
     }
 
     // Kahn's algorithm over graph + batch. On success the batch is committed and every node
@@ -1074,4 +1155,62 @@ fn dot_quote(text: &str) -> String {
     }
     out.push('"');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Chains of `len` nodes, each linked from the end of the next one, in an order that
+    // makes every link re-order all the chains linked before it.
+    fn chains_linked_backwards(
+        chains: u32,
+        len: u32,
+    ) -> (DependencyGraph<u32>, Vec<(u32, u32, EdgeKind)>) {
+        let mut g = DependencyGraph::new();
+        for v in 0..chains * len {
+            g.add_node(v);
+        }
+        let mut batch = Vec::new();
+        for c in 0..chains {
+            for i in 0..len - 1 {
+                batch.push((c * len + i, c * len + i + 1, EdgeKind::Data));
+            }
+        }
+        for c in (1..chains).rev() {
+            batch.push((c * len + len - 1, (c - 1) * len, EdgeKind::Data));
+        }
+        (g, batch)
+    }
+
+    #[test]
+    fn a_batch_over_its_budget_is_sorted_instead() {
+        let (mut g, batch) = chains_linked_backwards(60, 10);
+        let budget = 4 * (g.node_count() + batch.len()) as u64;
+        assert_eq!(g.add_edges(&batch), Ok(batch.len()));
+        // The edge-by-edge pass gave up as soon as it went over its budget (one insert
+        // visits at most every node), and sorting finished the job.
+        assert!(g.visited > budget && g.visited <= budget + g.node_count() as u64);
+        assert!(g.check_invariants());
+        assert_eq!(g.edge_count(), batch.len());
+        // The last chain now comes first.
+        assert_eq!(g.topological_order()[0], 590);
+    }
+
+    #[test]
+    fn a_batch_over_its_budget_names_its_first_cycle_in_input_order() {
+        let (mut g, mut batch) = chains_linked_backwards(60, 10);
+        // Two edges that each close a cycle given the chains and links before them.
+        batch.push((9, 590, EdgeKind::Data));
+        batch.push((5, 3, EdgeKind::Data));
+        match g.add_edges(&batch) {
+            Err(GraphError::Cycle(path)) => {
+                assert_eq!((path.first(), path.last()), (Some(&590), Some(&590)));
+                assert!(path.contains(&9));
+            }
+            other => panic!("expected the cycle through 9 -> 590, got {other:?}"),
+        }
+        assert_eq!(g.edge_count(), 0);
+        assert!(g.check_invariants());
+    }
 }
