@@ -14,7 +14,8 @@ enum Op {
     Remove(u8, u8),
     Clear(u8),
     Recreate(u8),
-    Batch(Vec<(u8, u8, u8)>),
+    // The batch, and whether it goes in by the whole-graph sort.
+    Batch(Vec<(u8, u8, u8)>, bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -23,7 +24,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..N, 0..N).prop_map(|(a, b)| Op::Remove(a, b)),
         1 => (0..N).prop_map(Op::Clear),
         1 => (0..N).prop_map(Op::Recreate),
-        1 => proptest::collection::vec((0..N, 0..N, 0..4u8), 0..20).prop_map(Op::Batch),
+        1 => (proptest::collection::vec((0..N, 0..N, 0..4u8), 0..20), any::<bool>())
+            .prop_map(|(batch, sorted)| Op::Batch(batch, sorted)),
     ]
 }
 
@@ -163,7 +165,7 @@ proptest! {
                     model.kinds.retain(|&(x, y), _| x != a && y != a);
                     prop_assert!(graph.add_node(a));
                 }
-                Op::Batch(batch) => {
+                Op::Batch(batch, sorted) => {
                     let mut trial = Model { edges: model.edges.clone(), kinds: model.kinds.clone() };
                     let mut first_failure = None;
                     // Of two entries for one edge, the later sets its kind.
@@ -176,7 +178,12 @@ proptest! {
                         trial.kinds.insert((a, b), kind(k));
                     }
                     let triples: Vec<_> = batch.iter().map(|&(a, b, k)| (a, b, kind(k))).collect();
-                    match (graph.add_edges(&triples), first_failure) {
+                    let added = if sorted {
+                        graph.add_edges_sorted(&triples)
+                    } else {
+                        graph.add_edges(&triples)
+                    };
+                    match (added, first_failure) {
                         (Ok(_), None) => model = trial,
                         (Err(GraphError::Cycle(path)), Some((a, b))) => {
                             // Reported against the edges of the batch before the failing one.
