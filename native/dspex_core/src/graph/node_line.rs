@@ -12,7 +12,7 @@ const INLINE: usize = 11;
 ///
 /// Successors fill the storage from the front and predecessors from the back, so the two
 /// lists share one allocation (or the inline space) whatever their sizes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone)]
 #[repr(align(64))]
 pub(super) struct NodeLine {
     /// Position in the topological order.
@@ -22,13 +22,24 @@ pub(super) struct NodeLine {
     store: Store,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 enum Store {
     Inline([Ix; INLINE]),
     Heap(Box<[Ix]>),
 }
 
 const _: () = assert!(std::mem::size_of::<NodeLine>() == 64);
+
+// The lists, not the unused storage between them.
+impl std::fmt::Debug for NodeLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeLine")
+            .field("ord", &self.ord)
+            .field("out", &self.out())
+            .field("inc", &self.inc())
+            .finish()
+    }
+}
 
 impl Default for NodeLine {
     fn default() -> Self {
