@@ -434,7 +434,18 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         Q: Hash + Eq + ToOwned + ?Sized,
         Q::Owned: Into<K>,
     {
-        self.find(key)
+        self.ix_hashed(key, self.slots.hash(key))
+    }
+
+    // `ix` for an id whose hash the caller already has.
+    #[inline]
+    fn ix_hashed<Q>(&self, key: &Q, hash: u64) -> Result<Ix, GraphError<K>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ToOwned + ?Sized,
+        Q::Owned: Into<K>,
+    {
+        self.find_hashed(key, hash)
             .ok_or_else(|| GraphError::UnknownNode(key.to_owned().into()))
     }
 
@@ -473,10 +484,8 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         let (from_hash, to_hash) = (self.slots.hash(from), self.slots.hash(to));
         self.prefetch_first_slot(from_hash);
         self.prefetch_first_slot(to_hash);
-        let x = self.find_hashed(from, from_hash);
-        let y = self.find_hashed(to, to_hash);
-        let x = x.ok_or_else(|| GraphError::UnknownNode(from.to_owned().into()))?;
-        let y = y.ok_or_else(|| GraphError::UnknownNode(to.to_owned().into()))?;
+        let x = self.ix_hashed(from, from_hash)?;
+        let y = self.ix_hashed(to, to_hash)?;
         let label = self.labels.id(kind);
         self.add_edge_ix(x, y, label)
     }
@@ -740,11 +749,11 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
             let Some((from, to, label, from_hash, to_hash)) = ahead.pop_front() else {
                 return Ok(resolved);
             };
-            let x = self.find_hashed(from, from_hash);
-            let y = self.find_hashed(to, to_hash);
-            let x = x.ok_or_else(|| GraphError::UnknownNode(from.to_owned().into()))?;
-            let y = y.ok_or_else(|| GraphError::UnknownNode(to.to_owned().into()))?;
-            resolved.push((x, y, label));
+            resolved.push((
+                self.ix_hashed(from, from_hash)?,
+                self.ix_hashed(to, to_hash)?,
+                label,
+            ));
         }
     }
 

@@ -108,9 +108,7 @@ fn decode_kind(term: Term) -> NifResult<EdgeKind> {
     }
     match term.get_type() {
         TermType::Atom => {
-            if atom_is(term, atoms::data()) {
-                Ok(EdgeKind::Data)
-            } else if atom_is(term, atoms::compute()) {
+            if atom_is(term, atoms::compute()) {
                 Ok(EdgeKind::Compute)
             } else if atom_is(term, atoms::constraint()) {
                 Ok(EdgeKind::Constraint)
