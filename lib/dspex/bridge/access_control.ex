@@ -162,8 +162,9 @@ defmodule DSPex.Bridge.AccessControl do
   @doc "The permissions `session_id` holds on `variable`: `{:ok, [permission]}`."
   @spec get_permissions(variable(), SessionStore.session_id(), map()) ::
           {:ok, [permission()]} | {:error, term()}
-  def get_permissions({owner, name} = variable, session_id, context \\ %{}) do
+  def get_permissions(variable, session_id, context \\ %{}) do
     with :ok <- check_request(variable, session_id, :read, context) do
+      {owner, name} = variable
       {:ok, Native.acl_permissions(owner, name, session_id, context, now())}
     end
   end
@@ -193,7 +194,9 @@ defmodule DSPex.Bridge.AccessControl do
 
   def filter_accessible_variables(variables, session_id, permission, context)
       when is_list(variables) do
-    Enum.filter(variables, &(check_permission(&1, session_id, permission, context) == :ok))
+    if Options.proper_list?(variables),
+      do: Enum.filter(variables, &(check_permission(&1, session_id, permission, context) == :ok)),
+      else: {:error, {:invalid_variables, variables}}
   end
 
   def filter_accessible_variables(other, _, _, _), do: {:error, {:invalid_variables, other}}
@@ -207,6 +210,14 @@ defmodule DSPex.Bridge.AccessControl do
   def check_permissions_batch(requests, session_id, context \\ %{})
 
   def check_permissions_batch(requests, session_id, context) when is_list(requests) do
+    if Options.proper_list?(requests),
+      do: batch(requests, session_id, context),
+      else: {:error, {:invalid_requests, requests}}
+  end
+
+  def check_permissions_batch(other, _, _), do: {:error, {:invalid_requests, other}}
+
+  defp batch(requests, session_id, context) do
     Enum.map(requests, fn
       {variable, permission} ->
         {variable, permission, check_permission(variable, session_id, permission, context)}
@@ -215,8 +226,6 @@ defmodule DSPex.Bridge.AccessControl do
         {other, nil, {:error, {:invalid_request, other}}}
     end)
   end
-
-  def check_permissions_batch(other, _, _), do: {:error, {:invalid_requests, other}}
 
   # ---------------------------------------------------------------------------------------
   # policy changes (owner only; serialized by the variable's session process)
@@ -243,9 +252,10 @@ defmodule DSPex.Bridge.AccessControl do
   @doc "Removes the rule with `rule_id` from `variable` (owner only)."
   @spec remove_rule(variable(), String.t() | atom(), keyword()) :: :ok | {:error, term()}
   def remove_rule(variable, rule_id, opts \\ []) do
-    if is_binary(rule_id) or is_atom(rule_id),
-      do: policy_call(variable, {:remove_rule, to_string(rule_id)}, opts),
-      else: {:error, {:invalid_rule_id, rule_id}}
+    case given_rule_id(rule_id) do
+      {:ok, id} -> policy_call(variable, {:remove_rule, id}, opts)
+      {:error, _} -> {:error, {:invalid_rule_id, rule_id}}
+    end
   end
 
   @doc "Sets `variable`'s access mode: `:private`, `:protected` or `:public` (owner only)."
@@ -276,6 +286,14 @@ defmodule DSPex.Bridge.AccessControl do
     do: {:error, {:invalid_rule, @max_rules, :too_many_rules}}
 
   def normalize_rules(rules) when is_list(rules) do
+    if Options.proper_list?(rules),
+      do: normalize_each(rules),
+      else: {:error, {:invalid_rule, 0, {:not_a_list, rules}}}
+  end
+
+  def normalize_rules(other), do: {:error, {:invalid_rule, 0, {:not_a_list, other}}}
+
+  defp normalize_each(rules) do
     rules
     |> Enum.with_index()
     |> Options.map_ok(fn {rule, i} ->
@@ -285,8 +303,6 @@ defmodule DSPex.Bridge.AccessControl do
       end
     end)
   end
-
-  def normalize_rules(other), do: {:error, {:invalid_rule, 0, {:not_a_list, other}}}
 
   @rule_keys [
     :id,
@@ -333,9 +349,15 @@ defmodule DSPex.Bridge.AccessControl do
   end
 
   defp rule_id(nil), do: {:ok, "rule_#{System.unique_integer([:positive])}"}
-  defp rule_id(id) when is_binary(id) and byte_size(id) in 1..255, do: {:ok, id}
-  defp rule_id(id) when is_atom(id), do: {:ok, Atom.to_string(id)}
-  defp rule_id(id), do: {:error, {:bad_id, id}}
+  defp rule_id(id), do: given_rule_id(id)
+
+  # Rule ids are text (the NIF keeps them as Rust strings): UTF-8 of 1..255 bytes, or an atom.
+  defp given_rule_id(id) when is_binary(id) and byte_size(id) in 1..255 do
+    if String.valid?(id), do: {:ok, id}, else: {:error, {:bad_id, id}}
+  end
+
+  defp given_rule_id(id) when is_atom(id), do: {:ok, Atom.to_string(id)}
+  defp given_rule_id(id), do: {:error, {:bad_id, id}}
 
   defp pattern(:any), do: {:ok, :any}
 

@@ -75,7 +75,11 @@ defmodule DSPex.Bridge.Analytics do
   """
 
   alias DSPex.Bridge.Analytics.Recorder
-  alias DSPex.Bridge.Native
+  alias DSPex.Bridge.{Native, Options}
+
+  @max_name_bytes 255
+  # Times and steps cross the NIF as u64 milliseconds; 2^62 ms is far past any real time.
+  @max_time_ms 4_611_686_018_427_387_904
 
   @engine :dspex_bridge_analytics_engine
 
@@ -224,7 +228,7 @@ defmodule DSPex.Bridge.Analytics do
   def query_time_series(type, start_time, end_time, step_ms, opts \\ [])
 
   def query_time_series(type, start_time, end_time, step_ms, opts)
-      when is_integer(step_ms) and step_ms > 0 do
+      when is_integer(step_ms) and step_ms > 0 and step_ms <= @max_time_ms do
     Recorder.flush()
 
     with {:ok, name} <- metric_name(type),
@@ -337,10 +341,12 @@ defmodule DSPex.Bridge.Analytics do
   """
   @spec merge_snapshots([binary()]) :: {:ok, reference()} | error()
   def merge_snapshots(frames) when is_list(frames) do
-    if Enum.all?(frames, &is_binary/1),
+    if Options.proper_list?(frames) and Enum.all?(frames, &is_binary/1),
       do: Native.analytics_merge(frames),
       else: {:error, {:bad_snapshot, "frames must be binaries"}}
   end
+
+  def merge_snapshots(_frames), do: {:error, {:bad_snapshot, "frames must be a list of binaries"}}
 
   @doc false
   # What get_dashboard(:cluster) fetches from each node: its tallies flushed first, so the
@@ -373,12 +379,16 @@ defmodule DSPex.Bridge.Analytics do
       :ok
   """
   @spec put_alert(keyword() | map()) :: :ok | error()
-  def put_alert(rule) when is_list(rule) or is_map(rule) do
-    rule = Map.new(rule)
-
+  def put_alert(rule) when is_map(rule) do
     with {:ok, tuple} <- alert_tuple(rule) do
       Native.analytics_put_alert(engine(), tuple)
     end
+  end
+
+  def put_alert(rule) when is_list(rule) do
+    if Options.proper_list?(rule) and Keyword.keyword?(rule),
+      do: put_alert(Map.new(rule)),
+      else: {:error, {:invalid_alert, rule}}
   end
 
   def put_alert(rule), do: {:error, {:invalid_alert, rule}}
@@ -432,8 +442,10 @@ defmodule DSPex.Bridge.Analytics do
 
   @doc "Removes an alert rule; `:ok` or `{:error, :not_found}`."
   @spec remove_alert(String.t()) :: :ok | {:error, :not_found}
-  def remove_alert(name) when is_binary(name) do
-    if Native.analytics_remove_alert(engine(), name), do: :ok, else: {:error, :not_found}
+  def remove_alert(name) when is_binary(name) and byte_size(name) <= @max_name_bytes do
+    if String.valid?(name) and Native.analytics_remove_alert(engine(), name),
+      do: :ok,
+      else: {:error, :not_found}
   end
 
   def remove_alert(_name), do: {:error, :not_found}
@@ -491,17 +503,32 @@ defmodule DSPex.Bridge.Analytics do
   defp metric_name(name) when is_atom(name) and name not in [nil, true, false],
     do: {:ok, Atom.to_string(name)}
 
-  defp metric_name(name) when is_binary(name), do: {:ok, name}
+  defp metric_name(name) when is_binary(name) and byte_size(name) <= @max_name_bytes do
+    if String.valid?(name), do: {:ok, name}, else: {:error, {:invalid_name, name}}
+  end
+
   defp metric_name(name), do: {:error, {:invalid_name, name}}
 
   defp metric_names([_ | _] = names) do
-    checked = Enum.map(names, &metric_name/1)
-    Enum.find(checked, {:ok, for({:ok, n} <- checked, do: n)}, &match?({:error, _}, &1))
+    if Options.proper_list?(names) do
+      checked = Enum.map(names, &metric_name/1)
+      Enum.find(checked, {:ok, for({:ok, n} <- checked, do: n)}, &match?({:error, _}, &1))
+    else
+      {:error, {:invalid_name, names}}
+    end
   end
 
   defp metric_names(name), do: with({:ok, n} <- metric_name(name), do: {:ok, [n]})
 
   defp filter(opts) when is_list(opts) do
+    if Options.proper_list?(opts) and Keyword.keyword?(opts),
+      do: labels_filter(opts),
+      else: {:error, {:invalid_options, opts}}
+  end
+
+  defp filter(opts), do: {:error, {:invalid_options, opts}}
+
+  defp labels_filter(opts) do
     case Keyword.get(opts, :labels, %{}) do
       labels when is_map(labels) ->
         pairs = for {k, v} <- labels, do: {label_text(k), label_text(v)}
@@ -515,9 +542,10 @@ defmodule DSPex.Bridge.Analytics do
     end
   end
 
-  defp filter(opts), do: {:error, {:invalid_options, opts}}
+  defp label_text(v) when is_binary(v) do
+    if String.valid?(v), do: v, else: nil
+  end
 
-  defp label_text(v) when is_binary(v), do: v
   defp label_text(v) when is_atom(v), do: Atom.to_string(v)
   defp label_text(v) when is_integer(v), do: Integer.to_string(v)
   defp label_text(v), do: v
@@ -535,6 +563,6 @@ defmodule DSPex.Bridge.Analytics do
   end
 
   defp ms(%DateTime{} = t), do: {:ok, DateTime.to_unix(t, :millisecond)}
-  defp ms(t) when is_integer(t) and t >= 0, do: {:ok, t}
+  defp ms(t) when is_integer(t) and t >= 0 and t <= @max_time_ms, do: {:ok, t}
   defp ms(t), do: {:error, {:invalid_time, t}}
 end

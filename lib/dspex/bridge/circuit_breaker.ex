@@ -11,7 +11,7 @@ defmodule DSPex.Bridge.CircuitBreaker do
   | option                | meaning                                                        | default   |
   |-----------------------|----------------------------------------------------------------|-----------|
   | `:failure_threshold`  | trip after this many failures in a row (used unless `:window`) | `5`       |
-  | `:window`             | `{:count, n}` (last n calls) or `{:time, ms}` (last ms)         | —         |
+  | `:window`             | `{:count, n}` (last n calls, n ≤ 1,000,000) or `{:time, ms}` (last ms) | —  |
   | `:min_calls`          | calls in the window before any rate is judged                  | `10`      |
   | `:failure_rate`       | trip when failures / calls ≥ this (0.0..1.0)                   | `0.5`     |
   | `:slow_call_ms`       | a call at least this long is slow                              | `10_000`  |
@@ -23,6 +23,9 @@ defmodule DSPex.Bridge.CircuitBreaker do
   | `:half_open_calls`    | concurrent probes in `:half_open`; this many successes close   | `3`       |
   | `:max_half_open_ms`   | longest stay in `:half_open` before reopening                  | `60_000`  |
   | `:max_concurrent`     | bulkhead: calls running at once; more are rejected at once     | `:infinity` |
+
+  Every time is in milliseconds, at most `4_294_967_295` (the VM's timer limit); counts are
+  at most `4_294_967_295`. A value out of range is `{:error, {:invalid_option, {key, value}}}`.
 
   ## Results of `call/3`
 
@@ -101,24 +104,33 @@ defmodule DSPex.Bridge.CircuitBreaker do
     end
   end
 
+  # Bounds of the Rust core (`dspex_core::breaker`): counts are u32, a count window holds
+  # at most 1,000,000 calls; times are at most Options.max_ms/0.
+  @max_u32 4_294_967_295
+  @max_count_window 1_000_000
+
   defp option_spec do
     rate = &(is_number(&1) and &1 >= 0 and &1 <= 1)
-    ms = &(is_integer(&1) and &1 >= 0)
+    count = &Options.int_in?(&1, 1, @max_u32)
 
     %{
-      failure_threshold: &Options.pos_integer?/1,
-      window: &match?({kind, n} when kind in [:count, :time] and is_integer(n) and n > 0, &1),
-      min_calls: &Options.non_neg_integer?/1,
+      failure_threshold: count,
+      window: fn
+        {:count, n} -> Options.int_in?(n, 1, @max_count_window)
+        {:time, ms} -> Options.pos_ms?(ms)
+        _ -> false
+      end,
+      min_calls: &Options.int_in?(&1, 0, @max_u32),
       failure_rate: rate,
-      slow_call_ms: ms,
+      slow_call_ms: &Options.ms?/1,
       slow_rate: &(is_nil(&1) or rate.(&1)),
-      open_timeout_ms: ms,
-      max_open_timeout_ms: ms,
-      backoff: &(is_number(&1) and &1 >= 1),
+      open_timeout_ms: &Options.ms?/1,
+      max_open_timeout_ms: &Options.ms?/1,
+      backoff: &(is_number(&1) and &1 >= 1 and &1 <= 1.0e6),
       jitter: rate,
-      half_open_calls: &Options.pos_integer?/1,
-      max_half_open_ms: &Options.pos_integer?/1,
-      max_concurrent: &(&1 == :infinity or Options.pos_integer?(&1))
+      half_open_calls: count,
+      max_half_open_ms: &Options.pos_ms?/1,
+      max_concurrent: &(&1 == :infinity or Options.int_in?(&1, 1, @max_u32))
     }
   end
 

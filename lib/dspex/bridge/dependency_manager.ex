@@ -64,7 +64,7 @@ defmodule DSPex.Bridge.DependencyManager do
   `:access_denied`, `{:too_many, n, limit}`. The graph is unchanged when a call fails.
   """
 
-  alias DSPex.Bridge.{Events, Native, SessionStore, Variable}
+  alias DSPex.Bridge.{Events, Native, Options, SessionStore, Variable}
   import DSPex.Bridge.Options, only: [is_id: 1]
 
   @type session_id :: Variable.id()
@@ -162,8 +162,11 @@ defmodule DSPex.Bridge.DependencyManager do
     ArgumentError -> {:error, :invalid_name}
   end
 
-  def add_dependencies(_session_id, edges, _opts) when is_list(edges),
-    do: {:error, {:too_many, length(edges), @max_batch}}
+  def add_dependencies(_session_id, edges, _opts) when is_list(edges) do
+    if Options.proper_list?(edges),
+      do: {:error, {:too_many, length(edges), @max_batch}},
+      else: {:error, {:invalid_option, {:edges, edges}}}
+  end
 
   def add_dependencies(_session_id, other, _opts), do: {:error, {:invalid_option, {:edges, other}}}
 
@@ -305,9 +308,13 @@ defmodule DSPex.Bridge.DependencyManager do
   defp check_pair(a, b), do: check_names([a, b])
 
   defp check_names(names) do
-    case Enum.find(names, &(not is_id(&1))) do
-      nil -> :ok
-      bad -> {:error, {:invalid_name, bad}}
+    if Options.proper_list?(names) do
+      case Enum.reject(names, &is_id/1) do
+        [] -> :ok
+        [bad | _] -> {:error, {:invalid_name, bad}}
+      end
+    else
+      {:error, {:invalid_name, names}}
     end
   end
 

@@ -119,9 +119,10 @@ defmodule DSPex.Bridge.Events do
   @doc """
   Emits `event` to its subscribers and to `:telemetry` (when loaded).
 
-  Measurements and metadata must be maps.
+  Measurements and metadata must be maps; anything else is
+  `{:error, {:invalid_event, {event, measurements, metadata}}}`.
   """
-  @spec emit(event(), map(), map()) :: :ok
+  @spec emit(event(), map(), map()) :: :ok | {:error, term()}
   def emit(event, measurements, metadata)
       when is_list(event) and is_map(measurements) and is_map(metadata) do
     if DSPex.Bridge.TelemetryAdapter.available?() do
@@ -135,6 +136,9 @@ defmodule DSPex.Bridge.Events do
     :ok
   end
 
+  def emit(event, measurements, metadata),
+    do: {:error, {:invalid_event, {event, measurements, metadata}}}
+
   defp dispatch(prefix, rest, message) do
     Registry.dispatch(@registry, prefix, fn entries ->
       for {pid, _} <- entries, do: send(pid, message)
@@ -142,14 +146,17 @@ defmodule DSPex.Bridge.Events do
 
     case rest do
       [next | more] -> dispatch(prefix ++ [next], more, message)
-      [] -> :ok
+      # [] at the end of the name, or the tail of an improper one: nothing more to reach.
+      _ -> :ok
     end
   end
 
   defp subscribed?(prefix), do: prefix in Registry.keys(@registry, self())
 
   defp check_prefix(prefix) when is_list(prefix) do
-    if Enum.all?(prefix, &is_atom/1), do: :ok, else: {:error, {:invalid_prefix, prefix}}
+    if DSPex.Bridge.Options.proper_list?(prefix) and Enum.all?(prefix, &is_atom/1),
+      do: :ok,
+      else: {:error, {:invalid_prefix, prefix}}
   end
 
   defp check_prefix(prefix), do: {:error, {:invalid_prefix, prefix}}

@@ -68,7 +68,7 @@ defmodule DSPex.Bridge.HAManager do
   """
   use GenServer
 
-  alias DSPex.Bridge.{Events, Native, SessionStore}
+  alias DSPex.Bridge.{Events, Native, Options, SessionStore}
   alias DSPex.Bridge.HAManager.{Directory, Replication}
   import DSPex.Bridge.Options, only: [is_id: 1]
 
@@ -155,8 +155,16 @@ defmodule DSPex.Bridge.HAManager do
   def migrate_session(session_id, target, opts \\ [])
 
   def migrate_session(session_id, target, opts) when is_atom(target) and is_list(opts) do
-    timeout = Keyword.get(opts, :timeout, 30_000)
+    case Options.take(opts, %{timeout: &Options.pos_ms?/1}) do
+      {:ok, o} -> migrate_checked(session_id, target, opts, Map.get(o, :timeout, 30_000))
+      error -> error
+    end
+  end
 
+  def migrate_session(_session_id, target, opts),
+    do: {:error, {:invalid_option, {:migrate, target, opts}}}
+
+  defp migrate_checked(session_id, target, opts, timeout) do
     case Directory.lookup(session_id) do
       nil ->
         {:error, :not_registered}
@@ -170,9 +178,6 @@ defmodule DSPex.Bridge.HAManager do
   catch
     :error, {:erpc, reason} -> {:error, {:owner_unreachable, reason}}
   end
-
-  def migrate_session(_session_id, target, opts),
-    do: {:error, {:invalid_option, {:migrate, target, opts}}}
 
   defp migrate_here(session_id, target, timeout) do
     key = key(session_id)

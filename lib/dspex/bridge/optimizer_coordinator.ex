@@ -21,6 +21,8 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
     `completed`, `failed`, `stalled`.
   * When the optimizer process dies its locks go to the next waiter at once; a waiter that
     dies leaves the queue.
+    An acquire for a process that is already gone is refused with
+    `{:error, {:holder_down, pid}}`: nothing is ever held for it.
   * When a session moves to another node (`DSPex.Bridge.HAManager`), its locks move with it:
     the holder gets `{:lock_lost, var_id, :moved, held_ms}` here (event `lock_moved`), and the
     new owner holds the lock for it with the **same token** for the rest of its lease, so its
@@ -184,6 +186,8 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
           {:already_held, token, at} -> {:ok, lock(session, var_id, optimizer_id, token, at)}
           {:held_by, holder} -> {:error, {:lock_held_by, holder}}
           {:queued, ticket} -> await_grant(session, var_id, optimizer_id, ticket, o.timeout)
+          # Nothing is held for a process that is already gone (its exit would never come).
+          :holder_down -> {:error, {:holder_down, optimizer_pid}}
         end
 
       DSPex.Bridge.Analytics.Recorder.count_lock(match?({:ok, _}, result))
@@ -203,6 +207,10 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   end
 
   # The options walked once into a map of every setting (a hot path: no intermediate map).
+  @min_i64 -9_223_372_036_854_775_808
+  @max_i64 9_223_372_036_854_775_807
+  @max_u64 18_446_744_073_709_551_615
+
   defp acquire_options([], o), do: {:ok, o}
 
   defp acquire_options([{key, value} | rest], o) when is_atom(key) do
@@ -218,10 +226,10 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
 
   defp acquire_option(:session_id, v), do: is_id(v)
   defp acquire_option(:conflict_resolution, v), do: v in [:wait, :abort, :preempt]
-  defp acquire_option(:timeout, v), do: Options.non_neg_integer?(v)
-  defp acquire_option(:priority, v), do: is_integer(v)
-  defp acquire_option(:lease_ms, v), do: Options.pos_integer?(v)
-  defp acquire_option(:grace_ms, v), do: Options.non_neg_integer?(v)
+  defp acquire_option(:timeout, v), do: Options.ms?(v)
+  defp acquire_option(:priority, v), do: Options.int_in?(v, @min_i64, @max_i64)
+  defp acquire_option(:lease_ms, v), do: Options.pos_ms?(v)
+  defp acquire_option(:grace_ms, v), do: Options.ms?(v)
   defp acquire_option(:caller, v), do: is_id(v)
   defp acquire_option(:context, v), do: is_map(v)
   defp acquire_option(_key, _v), do: :unknown
@@ -274,8 +282,22 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   def acquire_locks(var_ids, optimizer_id, opts \\ [])
 
   def acquire_locks(var_ids, optimizer_id, opts) when is_list(var_ids) do
-    {pid, opts} = Keyword.pop(opts, :optimizer_pid, self())
+    cond do
+      not Options.proper_list?(var_ids) ->
+        {:error, {:invalid_variables, var_ids}}
 
+      not (Options.proper_list?(opts) and Keyword.keyword?(opts)) ->
+        {:error, {:invalid_option, {:not_a_keyword_list, opts}}}
+
+      true ->
+        {pid, opts} = Keyword.pop(opts, :optimizer_pid, self())
+        acquire_all(var_ids, optimizer_id, pid, opts)
+    end
+  end
+
+  def acquire_locks(other, _optimizer_id, _opts), do: {:error, {:invalid_variables, other}}
+
+  defp acquire_all(var_ids, optimizer_id, pid, opts) do
     var_ids
     |> Enum.uniq()
     |> Enum.sort()
@@ -295,8 +317,6 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
     end
   end
 
-  def acquire_locks(other, _optimizer_id, _opts), do: {:error, {:invalid_variables, other}}
-
   @doc "Releases: `:ok` or `{:error, :not_lock_owner}`. Option `session_id:`."
   @spec release_lock(term(), term(), keyword()) :: :ok | {:error, term()}
   def release_lock(var_id, optimizer_id, opts \\ [])
@@ -304,15 +324,12 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   def release_lock(var_id, optimizer_id, []) when is_id(var_id) and is_id(optimizer_id),
     do: release(:global, var_id, optimizer_id)
 
-  def release_lock(var_id, optimizer_id, opts) when is_list(opts) do
-    with {:ok, session} <- session_opt(opts),
+  def release_lock(var_id, optimizer_id, opts) do
+    with {:ok, %{session_id: session}} <- options(opts),
          :ok <- ids(var_id, optimizer_id) do
       release(session, var_id, optimizer_id)
     end
   end
-
-  def release_lock(_var_id, _optimizer_id, other),
-    do: {:error, {:invalid_option, {:not_a_keyword_list, other}}}
 
   defp release(session, var_id, optimizer_id) do
     result = Native.coordinator_release(session, var_id, optimizer_id)
@@ -333,13 +350,10 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   @doc "Renews the lease: `:ok` or `{:error, :not_lock_owner}`. Options `session_id:`, `lease_ms:`."
   @spec renew_lock(term(), term(), keyword()) :: :ok | {:error, term()}
   def renew_lock(var_id, optimizer_id, opts \\ []) do
-    with {:ok, session} <- session_opt(opts),
+    with {:ok, o} <- options(opts, %{lease_ms: &Options.pos_ms?/1}),
          :ok <- ids(var_id, optimizer_id) do
-      lease = Keyword.get(opts, :lease_ms, 300_000)
-
-      if is_integer(lease) and lease > 0,
-        do: Native.coordinator_renew(coordinator(), session, var_id, optimizer_id, lease),
-        else: {:error, {:invalid_option, {:lease_ms, lease}}}
+      lease = Map.get(o, :lease_ms, 300_000)
+      Native.coordinator_renew(coordinator(), o.session_id, var_id, optimizer_id, lease)
     end
   end
 
@@ -355,7 +369,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   """
   @spec get_lock_info(term(), keyword()) :: {:ok, map()} | {:error, term()}
   def get_lock_info(var_id, opts \\ []) do
-    with {:ok, session} <- session_opt(opts),
+    with {:ok, %{session_id: session}} <- options(opts),
          :ok <- ids(var_id, :x) do
       {holder, waiters} = Native.coordinator_info(coordinator(), session, var_id)
 
@@ -376,11 +390,19 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
     end
   end
 
-  @doc "Takes `var_id` from its holder (it gets `{:lock_lost, var_id, :forced, held_ms}`)."
-  @spec force_release(term(), term(), keyword()) :: :ok | {:error, :not_locked}
+  @doc """
+  Takes `var_id` from its holder (it gets `{:lock_lost, var_id, :forced, held_ms}`).
+
+  Options `session_id:` and `caller:`. Taking a lock away is a session-wide operation: a
+  `caller:` other than the variable's session is refused with `{:error, :access_denied}`
+  (a `:global` lock belongs to no session, so any `caller:` is refused for it). Code that
+  passes no `caller:` acts for the owner.
+  """
+  @spec force_release(term(), term(), keyword()) :: :ok | {:error, term()}
   def force_release(var_id, reason \\ :forced, opts \\ []) do
-    with {:ok, session} <- session_opt(opts),
-         :ok <- ids(var_id, :x) do
+    with {:ok, %{session_id: session} = o} <- options(opts, %{caller: &Options.id?/1}),
+         :ok <- ids(var_id, :x),
+         :ok <- owner_only(o) do
       if Native.coordinator_force_release(coordinator(), session, var_id) do
         Events.emit([:dspex, :bridge, :coordinator, :lock_released], %{}, %{
           session_id: session,
@@ -401,9 +423,9 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   """
   @spec check_write_allowed(term(), pos_integer() | nil, keyword()) :: :ok | {:error, term()}
   def check_write_allowed(var_id, token, opts \\ []) do
-    with {:ok, session} <- session_opt(opts),
+    with {:ok, %{session_id: session}} <- options(opts),
          :ok <- ids(var_id, :x) do
-      if is_nil(token) or (is_integer(token) and token > 0),
+      if is_nil(token) or Options.int_in?(token, 1, @max_u64),
         do: Native.coordinator_check_write(coordinator(), session, var_id, token),
         else: {:error, {:invalid_token, token}}
     end
@@ -421,7 +443,9 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   the lease each report renews (default 300_000).
   """
   @spec start_optimization(Lock.t(), keyword()) :: {:ok, String.t()} | {:error, term()}
-  def start_optimization(%Lock{} = lock, opts \\ []), do: Progress.start(lock, opts, coordinator())
+  def start_optimization(lock, opts \\ [])
+  def start_optimization(%Lock{} = lock, opts), do: Progress.start(lock, opts, coordinator())
+  def start_optimization(other, _opts), do: {:error, {:invalid_lock, other}}
 
   @doc """
   Reports an iteration: renews the lease, keeps the best so far by the objective (on
@@ -457,7 +481,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   @doc "Finished runs on `var_id`, newest first (at most 100 are kept). Option `session_id:`."
   @spec get_optimization_history(term(), pos_integer(), keyword()) :: [map()] | {:error, term()}
   def get_optimization_history(var_id, limit \\ 10, opts \\ []) do
-    with {:ok, session} <- session_opt(opts),
+    with {:ok, %{session_id: session}} <- options(opts),
          :ok <- ids(var_id, :x) do
       if is_integer(limit) and limit > 0,
         do: Progress.history(session, var_id, limit),
@@ -483,14 +507,19 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
     }
   end
 
-  defp session_opt(opts) when is_list(opts) do
-    case Keyword.get(opts, :session_id, :global) do
-      s when is_id(s) -> {:ok, s}
-      other -> {:error, {:invalid_session_id, other}}
+  # `session_id:` (default `:global`) and the function's own options, checked.
+  defp options(opts, spec \\ %{}) do
+    case Options.take(opts, Map.put(spec, :session_id, fn _ -> true end)) do
+      {:ok, %{session_id: s}} when not is_id(s) -> {:error, {:invalid_session_id, s}}
+      {:ok, o} -> {:ok, Map.put_new(o, :session_id, :global)}
+      error -> error
     end
   end
 
-  defp session_opt(other), do: {:error, {:invalid_option, {:not_a_keyword_list, other}}}
+  defp owner_only(%{caller: caller, session_id: session}) when caller !== session,
+    do: {:error, :access_denied}
+
+  defp owner_only(_o), do: :ok
 
   defp ids(var_id, optimizer_id) do
     cond do

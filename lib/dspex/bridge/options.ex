@@ -5,6 +5,8 @@ defmodule DSPex.Bridge.Options do
   # instead of a silently ignored key.
 
   @max_id_bytes 255
+  # The longest wait the VM's timers take (`Process.send_after/3`, `receive ... after`).
+  @max_ms 4_294_967_295
 
   @doc "True for an id the bridge accepts: an atom or a non-empty string of at most 255 bytes."
   defguard is_id(id)
@@ -21,6 +23,14 @@ defmodule DSPex.Bridge.Options do
   def take([], _spec), do: {:ok, %{}}
 
   def take(opts, spec) when is_list(opts) do
+    if proper_list?(opts),
+      do: take_each(opts, spec),
+      else: {:error, {:invalid_option, {:not_a_keyword_list, opts}}}
+  end
+
+  def take(other, _spec), do: {:error, {:invalid_option, {:not_a_keyword_list, other}}}
+
+  defp take_each(opts, spec) do
     Enum.reduce_while(opts, {:ok, %{}}, fn
       {key, value}, {:ok, acc} when is_atom(key) ->
         case spec do
@@ -38,7 +48,11 @@ defmodule DSPex.Bridge.Options do
     end)
   end
 
-  def take(other, _spec), do: {:error, {:invalid_option, {:not_a_keyword_list, other}}}
+  @doc "True for a proper list (`[1 | 2]` is not); false for anything else."
+  @spec proper_list?(term()) :: boolean()
+  def proper_list?([]), do: true
+  def proper_list?([_ | tail]), do: proper_list?(tail)
+  def proper_list?(_), do: false
 
   @doc """
   Applies `fun` (returning `{:ok, x}` or an error) to each item in order: `{:ok, [x]}`, or the
@@ -62,9 +76,21 @@ defmodule DSPex.Bridge.Options do
   def id?(id) when is_id(id), do: true
   def id?(_), do: false
 
+  @doc "The longest time in milliseconds any option takes: the VM's timer limit (~49.7 days)."
+  def max_ms, do: @max_ms
+
   @doc false
   def timeout?(:infinity), do: true
-  def timeout?(t), do: is_integer(t) and t >= 0
+  def timeout?(t), do: ms?(t)
+
+  @doc "A duration in milliseconds the VM's timers accept: an integer in 0..max_ms()."
+  def ms?(t), do: is_integer(t) and t >= 0 and t <= @max_ms
+
+  @doc "A positive duration in milliseconds the VM's timers accept."
+  def pos_ms?(t), do: is_integer(t) and t > 0 and t <= @max_ms
+
+  @doc false
+  def int_in?(n, lo, hi), do: is_integer(n) and n >= lo and n <= hi
 
   @doc false
   def pos_integer?(n), do: is_integer(n) and n > 0

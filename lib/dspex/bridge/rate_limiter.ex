@@ -19,13 +19,19 @@ defmodule DSPex.Bridge.RateLimiter do
   def child_spec(_),
     do: DSPex.Bridge.TableOwner.child_spec({@table, [:set, read_concurrency: true]})
 
-  @doc "Creates a named limiter. Options: `capacity:` (burst), `per_second:`, `max_sessions:`."
+  @max_rate 1.0e12
+  @max_sessions 10_000_000
+
+  @doc """
+  Creates a named limiter. Options: `capacity:` (burst, 1..10^12, default 10), `per_second:`
+  (0..10^12, default 10), `max_sessions:` (1..10,000,000, default 100,000).
+  """
   @spec start_limiter(atom() | String.t(), keyword()) :: :ok | {:error, term()}
   def start_limiter(name, opts) when is_atom(name) or is_binary(name) do
     spec = %{
-      capacity: &Options.pos_integer?/1,
-      per_second: &(is_number(&1) and &1 >= 0),
-      max_sessions: &Options.pos_integer?/1
+      capacity: &(Options.pos_integer?(&1) and &1 <= @max_rate),
+      per_second: &(is_number(&1) and &1 >= 0 and &1 <= @max_rate),
+      max_sessions: &Options.int_in?(&1, 1, @max_sessions)
     }
 
     with {:ok, o} <- Options.take(opts, spec) do

@@ -45,7 +45,7 @@ defmodule DSPex.Bridge.SessionStore do
 
   | reason                                 | when                                                |
   |----------------------------------------|-----------------------------------------------------|
-  | `{:invalid_session_id, term}`          | not an atom or a 1..255-byte string (a new session's atom must be Latin-1: OTP 25 NIFs read atoms as Latin-1) |
+  | `{:invalid_session_id, term}`          | not an atom or a 1..255-byte string                |
   | `{:invalid_name, term}`                | a variable name that is not an id                   |
   | `{:invalid_option, detail}`            | unknown option, wrong option type, opts not a list  |
   | `:session_not_found`                   | no such session                                     |
@@ -127,8 +127,7 @@ defmodule DSPex.Bridge.SessionStore do
       propagation: &(&1 in [:sync, :async])
     }
 
-    with :ok <- check_new_id(session_id),
-         {:ok, o} <- Options.take(opts, spec) do
+    with {:ok, o} <- Options.take(opts, spec) do
       meta = %{
         id: session_id,
         created_at: System.system_time(:millisecond),
@@ -145,17 +144,6 @@ defmodule DSPex.Bridge.SessionStore do
   end
 
   def create_session(session_id, _opts), do: {:error, {:invalid_session_id, session_id}}
-
-  # Access policies key a session by its id's text, which the NIF reads from an atom in
-  # Latin-1 only (OTP 25): an atom beyond it could create a session it cannot protect.
-  defp check_new_id(id) when is_atom(id) do
-    case :unicode.characters_to_binary(Atom.to_string(id), :utf8, :latin1) do
-      latin1 when is_binary(latin1) -> :ok
-      _ -> {:error, {:invalid_session_id, id}}
-    end
-  end
-
-  defp check_new_id(_id), do: :ok
 
   defp start_session(meta, init, event) do
     {access, meta} = Map.pop(meta, :access, [])
@@ -460,15 +448,19 @@ defmodule DSPex.Bridge.SessionStore do
   defp check_updates(updates) when is_map(updates), do: check_updates(Map.to_list(updates))
 
   defp check_updates(updates) when is_list(updates) and length(updates) <= @max_batch do
-    case Enum.find(updates, &(not match?({name, _} when is_id(name), &1))) do
-      nil -> {:ok, updates}
-      {name, _} -> {:error, {:invalid_name, name}}
-      other -> {:error, {:invalid_option, {:updates, other}}}
+    # Enum.reject, not Enum.find: a bad entry may itself be nil or false.
+    case Enum.reject(updates, &match?({name, _} when is_id(name), &1)) do
+      [] -> {:ok, updates}
+      [{name, _} | _] -> {:error, {:invalid_name, name}}
+      [other | _] -> {:error, {:invalid_option, {:updates, other}}}
     end
   end
 
-  defp check_updates(updates) when is_list(updates),
-    do: {:error, {:invalid_option, {:updates, {:too_many, length(updates), @max_batch}}}}
+  defp check_updates(updates) when is_list(updates) do
+    if Options.proper_list?(updates),
+      do: {:error, {:invalid_option, {:updates, {:too_many, length(updates), @max_batch}}}},
+      else: {:error, {:invalid_option, {:updates, updates}}}
+  end
 
   defp check_updates(other), do: {:error, {:invalid_option, {:updates, other}}}
 

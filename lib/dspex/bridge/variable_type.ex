@@ -29,6 +29,8 @@ defmodule DSPex.Bridge.VariableType do
   @types [:float, :integer, :string, :boolean, :choice, :module, :embedding, :tensor]
   @max_string_bytes 1_048_576
   @max_embedding_dims 65_536
+  # The largest integer with a float value (the largest finite double, as an integer).
+  @max_float_int trunc(1.7976931348623157e308)
   @max_tensor_elements 1_000_000
 
   @allowed %{
@@ -184,7 +186,16 @@ defmodule DSPex.Bridge.VariableType do
       {:error, {:invalid_value, {:not_in_choices, ["a"]}}}
   """
   @spec validate(DSPex.Bridge.Variable.type(), term(), map()) :: {:ok, term()} | {:error, term()}
-  def validate(:float, v, c) when is_number(v), do: bounded(v * 1.0, c)
+  def validate(_type, _v, c) when not is_map(c),
+    do: {:error, {:invalid_constraints, {:not_a_map, c}}}
+
+  def validate(:float, v, c) when is_float(v), do: bounded(v, c)
+
+  # An integer past the largest float (~1.8e308) has no float value.
+  def validate(:float, v, c) when is_integer(v) do
+    if abs(v) <= @max_float_int, do: bounded(v * 1.0, c), else: bad({:out_of_range, :float})
+  end
+
   def validate(:integer, v, c) when is_integer(v), do: bounded(v, c)
 
   def validate(:string, v, c) when is_binary(v) do
@@ -255,7 +266,10 @@ defmodule DSPex.Bridge.VariableType do
   defp float_list([], n, acc), do: {:ok, :lists.reverse(acc), n}
   defp float_list(_, n, _) when n >= @max_embedding_dims, do: bad({:too_large, @max_embedding_dims})
 
-  defp float_list([x | rest], n, acc) when is_number(x),
+  defp float_list([x | rest], n, acc) when is_float(x),
+    do: float_list(rest, n + 1, [x | acc])
+
+  defp float_list([x | rest], n, acc) when is_integer(x) and abs(x) <= @max_float_int,
     do: float_list(rest, n + 1, [x * 1.0 | acc])
 
   defp float_list(_, _, _), do: bad({:expected, :embedding})

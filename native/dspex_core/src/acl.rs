@@ -9,6 +9,12 @@
 //! 3. if none applies, the access mode decides: `Private` denies everything, `Protected`
 //!    allows read, `Public` allows read and observe.
 //!
+//! The owner is recognised by identity, not by text: a [`Caller`] carries the exact id the
+//! policy's owner is compared with byte for byte, and the text that session patterns match.
+//! For plain Rust use both are the same string (`"alice".into()`); a host whose ids are
+//! typed (an Erlang atom `:bob` and a string `"bob"` are different sessions) gives each a
+//! distinct id.
+//!
 //! Permissions imply others: `Write` ⇒ `Read`, `Optimize` ⇒ `Write` and `Read`,
 //! `Observe` ⇒ `Read`. An allow rule grants what its permissions imply; a deny rule refuses
 //! every request that would imply one of its permissions (denying `Read` denies `Write`).
@@ -559,11 +565,66 @@ impl Decision {
     }
 }
 
+/// Who makes a request: `id`, compared byte for byte with a policy's owner, and `text`,
+/// which session patterns match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Caller<'a> {
+    /// The exact identity.
+    pub id: &'a [u8],
+    /// The text patterns see.
+    pub text: &'a str,
+}
+
+impl<'a> From<&'a str> for Caller<'a> {
+    /// A caller whose identity is its text.
+    fn from(text: &'a str) -> Self {
+        Caller {
+            id: text.as_bytes(),
+            text,
+        }
+    }
+}
+
+impl<'a> From<&'a String> for Caller<'a> {
+    fn from(text: &'a String) -> Self {
+        Caller::from(text.as_str())
+    }
+}
+
+/// A [`Caller`] that owns its id and text (a cache key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OwnedCaller {
+    /// The exact identity.
+    pub id: Box<[u8]>,
+    /// The text patterns see.
+    pub text: String,
+}
+
+impl OwnedCaller {
+    /// Borrowed as a [`Caller`].
+    pub fn as_caller(&self) -> Caller<'_> {
+        Caller {
+            id: &self.id,
+            text: &self.text,
+        }
+    }
+}
+
+impl From<String> for OwnedCaller {
+    /// A caller whose identity is its text.
+    fn from(text: String) -> Self {
+        OwnedCaller {
+            id: text.as_bytes().into(),
+            text,
+        }
+    }
+}
+
 /// A variable's policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    /// The owner session.
-    pub owner: String,
+    /// The owner session's identity ([`Caller::id`]).
+    pub owner: Box<[u8]>,
     /// The default for requests no rule decides.
     pub mode: AccessMode,
     /// The rules, in the order given (order never changes a decision).
@@ -571,10 +632,11 @@ pub struct Policy {
 }
 
 impl Policy {
-    fn decide(&self, session: &str, p: Permission, ctx: &Context, now: u64) -> Decision {
-        if session == self.owner {
+    fn decide(&self, caller: Caller, p: Permission, ctx: &Context, now: u64) -> Decision {
+        if caller.id == &*self.owner {
             return Decision::Owner;
         }
+        let session = caller.text;
         let mut best: Option<&Rule> = None;
         for rule in self
             .rules
@@ -631,7 +693,7 @@ impl Policy {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct CacheKey<V> {
     variable: V,
-    session: String,
+    session: OwnedCaller,
     permission: Permission,
     context: Context,
 }
@@ -742,7 +804,7 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
     pub fn set_policy(
         &mut self,
         variable: V,
-        owner: &str,
+        owner: impl AsRef<[u8]>,
         mode: AccessMode,
         rules: Vec<Rule>,
     ) -> Result<(), (usize, RuleError)> {
@@ -750,7 +812,7 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
         self.policies.insert(
             variable,
             Policy {
-                owner: owner.to_string(),
+                owner: owner.as_ref().into(),
                 mode,
                 rules,
             },
@@ -840,10 +902,10 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
 
     /// [`explain`](Self::explain) reading the time only if a rule of the variable has a
     /// window (no other decision depends on it).
-    pub fn explain_with(
+    pub fn explain_with<'c>(
         &self,
         variable: &V,
-        session: &str,
+        session: impl Into<Caller<'c>>,
         p: Permission,
         ctx: &Context,
         now: impl FnOnce() -> u64,
@@ -854,37 +916,42 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
                     .rules
                     .iter()
                     .any(|r| r.not_before.is_some() || r.expires_at.is_some());
-                policy.decide(session, p, ctx, if windowed { now() } else { 0 })
+                policy.decide(session.into(), p, ctx, if windowed { now() } else { 0 })
             }
             None => Decision::NoPolicy,
         }
     }
 
     /// The decision with its reason, never cached.
-    pub fn explain(
+    pub fn explain<'c>(
         &self,
         variable: &V,
-        session: &str,
+        session: impl Into<Caller<'c>>,
         p: Permission,
         ctx: &Context,
         now: u64,
     ) -> Decision {
         match self.policies.get(variable) {
-            Some(policy) => policy.decide(session, p, ctx, now),
+            Some(policy) => policy.decide(session.into(), p, ctx, now),
             None => Decision::NoPolicy,
         }
     }
 
     /// The decision, from the cache when a valid entry exists; returns whether it was a hit.
-    pub fn check_cached(
+    pub fn check_cached<'c>(
         &mut self,
         variable: &V,
-        session: &str,
+        session: impl Into<Caller<'c>>,
         p: Permission,
         ctx: &Context,
         now: u64,
     ) -> (Decision, bool) {
-        self.check_owned(variable.clone(), session.to_string(), p, ctx.clone(), now)
+        let c = session.into();
+        let owned = OwnedCaller {
+            id: c.id.into(),
+            text: c.text.to_string(),
+        };
+        self.check_owned(variable.clone(), owned, p, ctx.clone(), now)
     }
 
     /// [`check_cached`](Self::check_cached) taking its arguments by value, so a caller that
@@ -893,14 +960,14 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
     pub fn check_owned(
         &mut self,
         variable: V,
-        session: String,
+        session: impl Into<OwnedCaller>,
         p: Permission,
         ctx: Context,
         now: u64,
     ) -> (Decision, bool) {
         let key = CacheKey {
             variable,
-            session,
+            session: session.into(),
             permission: p,
             context: ctx,
         };
@@ -911,7 +978,7 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
             }
         }
         self.stats.misses += 1;
-        let decision = self.explain(&key.variable, &key.session, p, &key.context, now);
+        let decision = self.explain(&key.variable, key.session.as_caller(), p, &key.context, now);
         let entry = self.cached(&key.variable, decision.clone(), now);
         remember(&mut self.cache, self.capacity, key, entry);
         (decision, false)
@@ -961,11 +1028,11 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
     /// `p` and `ctx`) and remembers the outcome under `key` for
     /// [`lookup_bytes`](Self::lookup_bytes), valid as long as a
     /// [`check_cached`](Self::check_cached) entry would be.
-    pub fn check_by_bytes(
+    pub fn check_by_bytes<'c>(
         &mut self,
         key: &[u8],
         variable: &V,
-        session: &str,
+        session: impl Into<Caller<'c>>,
         p: Permission,
         ctx: &Context,
         now: u64,
@@ -978,10 +1045,10 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
     }
 
     /// [`check_cached`](Self::check_cached) without the hit flag.
-    pub fn check(
+    pub fn check<'c>(
         &mut self,
         variable: &V,
-        session: &str,
+        session: impl Into<Caller<'c>>,
         p: Permission,
         ctx: &Context,
         now: u64,
@@ -990,13 +1057,14 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
     }
 
     /// The permissions `session` holds on `variable` (uncached).
-    pub fn permissions(
+    pub fn permissions<'c>(
         &self,
         variable: &V,
-        session: &str,
+        session: impl Into<Caller<'c>>,
         ctx: &Context,
         now: u64,
     ) -> Vec<Permission> {
+        let session = session.into();
         Permission::ALL
             .into_iter()
             .filter(|&p| self.explain(variable, session, p, ctx, now).allowed())

@@ -46,6 +46,12 @@ pub enum State {
     Disabled,
 }
 
+/// Most calls a count window remembers ([`Window::Count`]'s `size`).
+pub const MAX_COUNT_WINDOW: u32 = 1_000_000;
+/// Most slices of a time window ([`Window::Time`]'s `buckets`); each slice is 24 bytes,
+/// allocated when the breaker is made.
+pub const MAX_TIME_BUCKETS: u32 = 10_000;
+
 /// How outcomes are judged in `Closed`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Window {
@@ -56,7 +62,7 @@ pub enum Window {
     },
     /// Rates over the last `size` calls, judged once `min_calls` are in.
     Count {
-        /// Calls remembered.
+        /// Calls remembered, at most [`MAX_COUNT_WINDOW`].
         size: u32,
         /// Calls needed before any rate is judged.
         min_calls: u32,
@@ -65,7 +71,8 @@ pub enum Window {
     Time {
         /// Window length.
         span_ns: u64,
-        /// Slices of the window; a call leaves the window a slice at a time.
+        /// Slices of the window, at most [`MAX_TIME_BUCKETS`]; a call leaves the window a
+        /// slice at a time.
         buckets: u32,
         /// Calls needed before any rate is judged.
         min_calls: u32,
@@ -129,7 +136,24 @@ pub enum ConfigError {
     ZeroSize,
     /// Backoff below 1, jitter outside 0..=1, or max wait below the first wait.
     BadBackoff,
+    /// A count window over [`MAX_COUNT_WINDOW`] or a time window over [`MAX_TIME_BUCKETS`].
+    TooLarge,
 }
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConfigError::BadRate => "a rate outside 0..=1",
+            ConfigError::ZeroSize => "a zero size, threshold, span, bucket count or probe count",
+            ConfigError::BadBackoff => {
+                "backoff below 1, jitter outside 0..=1, or max wait below the first wait"
+            }
+            ConfigError::TooLarge => "a window larger than its documented maximum",
+        })
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 impl Config {
     /// Checks the settings.
@@ -150,6 +174,14 @@ impl Config {
         };
         if zero || self.half_open_calls == 0 {
             return Err(ConfigError::ZeroSize);
+        }
+        let too_large = match self.window {
+            Window::Consecutive { .. } => false,
+            Window::Count { size, .. } => size > MAX_COUNT_WINDOW,
+            Window::Time { buckets, .. } => buckets > MAX_TIME_BUCKETS,
+        };
+        if too_large {
+            return Err(ConfigError::TooLarge);
         }
         // `backoff >= 1.0` written so that NaN fails it too.
         if self.backoff.partial_cmp(&1.0).is_none_or(|o| o.is_lt())
@@ -280,10 +312,13 @@ pub struct Breaker {
 }
 
 impl Breaker {
-    /// A closed breaker. Use [`Config::validate`] first for settings from outside.
+    /// A closed breaker. Use [`Config::validate`] first for settings from outside; a time
+    /// window is never given more than [`MAX_TIME_BUCKETS`] slices, whatever the settings.
     pub fn new(config: Config) -> Self {
         let buckets = match config.window {
-            Window::Time { buckets, .. } => vec![Bucket::default(); buckets as usize],
+            Window::Time { buckets, .. } => {
+                vec![Bucket::default(); buckets.min(MAX_TIME_BUCKETS) as usize]
+            }
             _ => Vec::new(),
         };
         let rng = config.seed | 1;

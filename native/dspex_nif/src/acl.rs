@@ -10,8 +10,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use dspex_core::acl::{
-    AccessControl, AccessMode, Condition, Context, Decision, Effect, Permission, Rule, RuleError,
-    SessionPattern, Value,
+    AccessControl, AccessMode, Caller, Condition, Context, Decision, Effect, OwnedCaller,
+    Permission, Rule, RuleError, SessionPattern, Value,
 };
 use parking_lot::Mutex;
 use rustler::types::tuple::get_tuple;
@@ -19,6 +19,7 @@ use rustler::{Atom, Encoder, Env, Error, MapIterator, NifResult, Term, TermType}
 
 use crate::atoms::{self, atom_is};
 use crate::hot_nif::hot_nif;
+use crate::list::List;
 use crate::reporting;
 use crate::term_key::{remembered, AtomMemo, Key};
 use crate::var_key::{with_text, VarKey};
@@ -135,8 +136,8 @@ fn decode_pattern(term: Term) -> NifResult<Compiled<SessionPattern>> {
 }
 
 fn values(term: Term) -> NifResult<Vec<Value>> {
-    let list: Vec<Term> = term.decode()?;
-    list.into_iter()
+    crate::list::terms(term)?
+        .into_iter()
         .map(|t| decode_value(t).ok_or(Error::BadArg))
         .collect()
 }
@@ -163,7 +164,7 @@ fn decode_condition(term: Term) -> NifResult<Compiled<Condition>> {
     } else if atom_is(tag, atoms::matches()) {
         return Ok(Condition::matches(&arg(1)?.decode::<String>()?));
     } else if atom_is(tag, atoms::cidr()) {
-        return Ok(Condition::cidr(&arg(1)?.decode::<Vec<String>>()?));
+        return Ok(Condition::cidr(&arg(1)?.decode::<List<String>>()?.0));
     } else if atom_is(tag, atoms::gt()) {
         Condition::Gt(number(1)?)
     } else if atom_is(tag, atoms::gte()) {
@@ -202,7 +203,8 @@ fn decode_rule(term: Term) -> NifResult<Compiled<Rule>> {
         Err(e) => return Ok(Err(e)),
     };
     let perms: Vec<Permission> = perms
-        .decode::<Vec<Term>>()?
+        .decode::<List<Term>>()?
+        .0
         .into_iter()
         .map(decode_permission)
         .collect::<NifResult<_>>()?;
@@ -214,7 +216,7 @@ fn decode_rule(term: Term) -> NifResult<Compiled<Rule>> {
     } else {
         return Err(Error::BadArg);
     };
-    for c in conds.decode::<Vec<Term>>()? {
+    for c in crate::list::terms(*conds)? {
         let (key, cond) = c.decode::<(Term, Term)>()?;
         match decode_condition(cond)? {
             Ok(cond) => rule.conditions.push((key_text(key)?.to_string(), cond)),
@@ -230,7 +232,7 @@ fn decode_rule(term: Term) -> NifResult<Compiled<Rule>> {
 }
 
 fn decode_rules(list: Term) -> NifResult<Result<Vec<Rule>, (usize, RuleError)>> {
-    let terms: Vec<Term> = list.decode()?;
+    let terms = crate::list::terms(list)?;
     let mut rules = Vec::with_capacity(terms.len());
     for (i, t) in terms.into_iter().enumerate() {
         match decode_rule(t)? {
@@ -289,7 +291,7 @@ fn acl_set_policy<'a>(
     rules: Term<'a>,
 ) -> NifResult<Term<'a>> {
     let mode = decode_mode(mode)?;
-    let owner = session.text();
+    let owner = session.id_bytes().to_vec();
     Ok(match decode_rules(rules)? {
         Err((i, e)) => invalid_rule(env, i, &e),
         Ok(rules) => match ENGINE
@@ -309,9 +311,10 @@ fn acl_set_policy<'a>(
 fn acl_set_policies<'a>(
     env: Env<'a>,
     session: VarKey,
-    policies: Vec<(VarKey, Term<'a>, Term<'a>)>,
+    policies: List<(VarKey, Term<'a>, Term<'a>)>,
 ) -> NifResult<Term<'a>> {
-    let owner = session.text();
+    let policies = policies.0;
+    let owner = session.id_bytes().to_vec();
     let mut decoded = Vec::with_capacity(policies.len());
     for (name, mode, rules) in policies {
         match decode_rules(rules)? {
@@ -444,12 +447,20 @@ fn acl_check<'a>(
             let ctx = decode_context(context)?;
             match &key {
                 Some(k) => {
-                    let allowed =
-                        engine.check_by_bytes(k.bytes(), &variable, &caller.text(), p, &ctx, now);
+                    let text = caller.text();
+                    let who = Caller {
+                        id: caller.id_bytes(),
+                        text: &text,
+                    };
+                    let allowed = engine.check_by_bytes(k.bytes(), &variable, who, p, &ctx, now);
                     (allowed, false)
                 }
                 None => {
-                    let (d, hit) = engine.check_owned(variable, caller.text(), p, ctx, now);
+                    let who = OwnedCaller {
+                        id: caller.id_bytes().into(),
+                        text: caller.text(),
+                    };
+                    let (d, hit) = engine.check_owned(variable, who, p, ctx, now);
                     (d.allowed(), hit)
                 }
             }
@@ -487,11 +498,15 @@ fn acl_explain<'a>(
     let variable: (VarKey, VarKey) = (session.decode()?, name.decode()?);
     let p = decode_permission(permission)?;
     let ctx = decode_context(context)?;
-    let decision = with_text(caller, |caller| {
-        ENGINE
-            .lock()
-            .explain_with(&variable, caller, p, &ctx, wall_clock::precise_ms)
-    })?;
+    let caller: VarKey = caller.decode()?;
+    let text = caller.text();
+    let who = Caller {
+        id: caller.id_bytes(),
+        text: &text,
+    };
+    let decision = ENGINE
+        .lock()
+        .explain_with(&variable, who, p, &ctx, wall_clock::precise_ms);
     let reason = match &decision {
         Decision::Owner => atoms::owner().encode(env),
         Decision::Rule {
@@ -524,9 +539,12 @@ fn acl_permissions<'a>(
     now: u64,
 ) -> NifResult<Vec<Atom>> {
     let ctx = decode_context(context)?;
-    let perms = ENGINE
-        .lock()
-        .permissions(&(session, name), &caller.text(), &ctx, now);
+    let text = caller.text();
+    let who = Caller {
+        id: caller.id_bytes(),
+        text: &text,
+    };
+    let perms = ENGINE.lock().permissions(&(session, name), who, &ctx, now);
     Ok(perms.into_iter().map(encode_permission).collect())
 }
 

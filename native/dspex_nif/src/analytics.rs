@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 
 use crate::binary::to_binary;
 use crate::hot_nif::hot_nif;
+use crate::list::List;
 use crate::term_key::{atom_word, Key};
 use crate::wall_clock;
 use rustler::types::map::MapIterator;
@@ -249,7 +250,7 @@ fn encode_summary<'a>(env: Env<'a>, s: &Summary) -> NifResult<Term<'a>> {
 }
 
 fn decode_filter<'a>(term: Term<'a>) -> NifResult<Vec<(String, String)>> {
-    term.decode()
+    term.decode::<List<(String, String)>>().map(|l| l.0)
 }
 
 /// The label filter as the core's borrowed pairs.
@@ -266,11 +267,12 @@ fn pairs(filter: &[(String, String)]) -> Vec<(&str, &str)> {
 fn analytics_summary<'a>(
     env: Env<'a>,
     engine: ResourceArc<EngineResource>,
-    metrics: Vec<String>,
+    metrics: List<String>,
     filter: Term<'a>,
     range: Term<'a>,
     now_ms: u64,
 ) -> NifResult<Term<'a>> {
+    let metrics = metrics.0;
     let filter = decode_filter(filter)?;
     let pairs = pairs(&filter);
     let names: Vec<&str> = metrics.iter().map(String::as_str).collect();
@@ -373,9 +375,9 @@ fn analytics_snapshot(env: Env, engine: ResourceArc<EngineResource>, now_ms: u64
 
 /// A frozen engine merging snapshot frames: `{:ok, engine}` or `{:error, {reason, msg}}`.
 #[rustler::nif(schedule = "DirtyCpu")]
-fn analytics_merge<'a>(env: Env<'a>, frames: Vec<Binary<'a>>) -> Term<'a> {
+fn analytics_merge<'a>(env: Env<'a>, frames: List<Binary<'a>>) -> Term<'a> {
     let mut merged = Snapshot::default();
-    for frame in frames {
+    for frame in frames.0 {
         let result = Snapshot::from_frame(frame.as_slice()).and_then(|s| merged.merge(&s));
         if let Err(err) = result {
             return error_term(env, &err);
@@ -429,9 +431,9 @@ fn decode_aggregation(term: Term) -> NifResult<Aggregation> {
 }
 
 fn decode_term(term: Term) -> NifResult<AlertTerm> {
-    let (metrics, agg): (Vec<String>, Term) = term.decode()?;
+    let (metrics, agg): (List<String>, Term) = term.decode()?;
     Ok(AlertTerm {
-        metrics,
+        metrics: metrics.0,
         aggregation: decode_aggregation(agg)?,
     })
 }

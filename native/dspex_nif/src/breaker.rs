@@ -128,6 +128,7 @@ fn breaker_new<'a>(env: Env<'a>, config: Term<'a>) -> NifResult<Term<'a>> {
                 ConfigError::BadRate => atoms::bad_rate(),
                 ConfigError::ZeroSize => atoms::zero_size(),
                 ConfigError::BadBackoff => atoms::bad_backoff(),
+                ConfigError::TooLarge => atoms::too_large(),
             };
             (atoms::error(), (atoms::invalid_config(), reason)).encode(env)
         }

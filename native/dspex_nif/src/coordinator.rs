@@ -85,25 +85,36 @@ impl rustler::Resource for Coordinator {
 
 type Handle = ResourceArc<Coordinator>;
 
-fn watch(env: Env, handle: &Handle, st: &mut State, pid: LocalPid) {
-    if !st.monitored.contains_key(&pid) {
-        if let Some(mon) = handle.monitor(Some(env), &pid) {
+/// Monitors `pid` (once); false when it is not alive, so that nothing is held for a
+/// process whose exit would never be reported.
+fn watch(env: Env, handle: &Handle, st: &mut State, pid: LocalPid) -> bool {
+    if st.monitored.contains_key(&pid) {
+        return true;
+    }
+    match handle.monitor(Some(env), &pid) {
+        Some(mon) => {
             st.monitored.insert(pid, mon);
+            true
         }
+        None => false,
     }
 }
 
-fn bind(env: Env, handle: &Handle, st: &mut State, optimizer: &VarKey, pid: LocalPid) {
+/// Binds `optimizer` to its holder process; false when that process is not alive.
+fn bind(env: Env, handle: &Handle, st: &mut State, optimizer: &VarKey, pid: LocalPid) -> bool {
     if st.pid_of.get(optimizer) == Some(&pid) {
-        return;
+        return true;
     }
-    watch(env, handle, st, pid);
+    if !watch(env, handle, st, pid) {
+        return false;
+    }
     if st.pid_of.insert(optimizer.clone(), pid) != Some(pid) {
         let list = st.optimizers_of.entry(pid).or_default();
         if !list.contains(optimizer) {
             list.push(optimizer.clone());
         }
     }
+    true
 }
 
 fn loss_atom(r: LossReason) -> Atom {
@@ -250,7 +261,9 @@ fn coordinator_acquire<'a>(
     let caller = env.pid();
     installed(|handle| {
         let mut st = handle.0.lock();
-        bind(env, handle, &mut st, &optimizer, holder_pid);
+        if !bind(env, handle, &mut st, &optimizer, holder_pid) {
+            return Ok(atoms::holder_down().encode(env));
+        }
         let out = st.table.acquire(
             (session, var),
             optimizer,

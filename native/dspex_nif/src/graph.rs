@@ -16,6 +16,7 @@ use rustler::{Encoder, Env, Error, NifResult, ResourceArc, Term, TermType};
 
 use crate::atoms::{self, atom_is};
 use crate::hot_nif::hot_nif;
+use crate::list::List;
 use crate::reporting;
 use crate::term_key::{atom_word, prefetch, prefetch_elements, IdKey, Key};
 use crate::var_key::{id_term, lookup_bytes, push_id, IdTerm, VarKey};
@@ -188,9 +189,10 @@ fn graph_add_node(graph: Graph, key: VarKey) -> bool {
 /// Adds many nodes at once (an import): the number that were new. DirtyCpu: a large
 /// session's import adds tens of thousands.
 #[rustler::nif(schedule = "DirtyCpu")]
-fn graph_add_nodes(graph: Graph, keys: Vec<VarKey>) -> usize {
+fn graph_add_nodes(graph: Graph, keys: List<VarKey>) -> usize {
     with(&graph, |g| {
-        keys.into_iter()
+        keys.0
+            .into_iter()
             .map(|k| g.add_node(k))
             .filter(|&new| new)
             .count()
@@ -387,7 +389,8 @@ fn graph_neighbours<'a>(
 
 /// The changed variables and everything downstream, in topological order: `{:ok, list}`.
 #[rustler::nif]
-fn graph_update_order(env: Env, graph: Graph, changed: Vec<VarKey>) -> Term {
+fn graph_update_order(env: Env, graph: Graph, changed: List<VarKey>) -> Term {
+    let changed = changed.0;
     // Encoded under the lock, straight from the graph's own ids: no clone per variable.
     with(&graph, |g| match g.update_order_refs(&changed) {
         Ok(order) => (atoms::ok(), order).encode(env),

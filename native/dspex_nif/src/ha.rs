@@ -15,6 +15,7 @@ use rustler::{Atom, Binary, Encoder, Env, Error, NifResult, ResourceArc, Term};
 use crate::atoms::atom_is;
 use crate::binary::to_binary;
 use crate::error::encode_error;
+use crate::list::List;
 
 mod atoms {
     rustler::atoms! {
@@ -198,8 +199,9 @@ fn ha_forget(table: ResourceArc<HaTable>, key: Term) -> NifResult<Atom> {
 /// Indices of `nodes` (a list of `{name, weight}`) in placement order for `key`: the owner
 /// first. Nodes with a weight that is not positive are left out.
 #[rustler::nif]
-fn ha_rank(key: Binary, nodes: Vec<(Binary, f64)>) -> Vec<usize> {
+fn ha_rank(key: Binary, nodes: List<(Binary, f64)>) -> Vec<usize> {
     let nodes: Vec<Node> = nodes
+        .0
         .iter()
         .map(|(n, w)| Node::new(String::from_utf8_lossy(n.as_slice()), *w))
         .collect();
@@ -215,10 +217,11 @@ fn ha_envelope_encode<'a>(
     key: Binary,
     epoch: Term<'a>,
     session_frame: Binary,
-    locks: Vec<(Binary, Binary, u64, u64)>,
+    locks: List<(Binary, Binary, u64, u64)>,
 ) -> NifResult<Term<'a>> {
     let epoch = decode_epoch(epoch)?;
     let locks = locks
+        .0
         .into_iter()
         .map(|(v, h, token, lease_ms)| LockFence {
             variable: v.as_slice().to_vec(),

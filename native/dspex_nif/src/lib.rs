@@ -15,6 +15,7 @@ mod graph;
 mod ha;
 mod hot_nif;
 mod json;
+mod list;
 mod rate_limit;
 mod reporting;
 mod snapshot;

@@ -1,9 +1,10 @@
 //! Variable ids as they cross the boundary: the caller's atom or string, kept as text.
 //!
-//! An atom comes back as the same atom through `enif_make_existing_atom`: it exists because
-//! the caller passed it in (atoms are never collected), so no atom is ever created here.
-//! Atom text is read as Latin-1 (NIF API 2.16, OTP 25): atoms outside Latin-1 are refused
-//! with badarg; use strings for such names.
+//! An atom comes back as the same atom: it exists because the caller passed it in (atoms
+//! are never collected), so no atom is ever created here. NIF API 2.16 (OTP 25) reads atom
+//! text as Latin-1 only, so an atom whose text is outside Latin-1 (`:"π"`) is read from its
+//! external format instead (UTF-8) and keyed under a tag of its own: every atom has exactly
+//! one key, and no atom's key equals a string's.
 //!
 //! A key is one byte string, a tag then the text, so that a table keyed by [`VarKey`] can
 //! be searched with bytes built on the stack ([`lookup_bytes`]) instead of an owned key.
@@ -19,6 +20,13 @@ use crate::term_key::{remembered, AtomMemo, Key};
 
 const ATOM: u8 = 0;
 const STRING: u8 = 1;
+/// An atom outside Latin-1, keyed by its UTF-8 text.
+const ATOM_UTF8: u8 = 2;
+
+// External term format tags (erl_ext_dist): the version byte and the UTF-8 atom forms.
+const EXT_VERSION: u8 = 131;
+const EXT_SMALL_ATOM_UTF8: u8 = 119;
+const EXT_ATOM_UTF8: u8 = 118;
 
 /// An atom or a string id.
 ///
@@ -120,6 +128,13 @@ impl VarKey {
         }
     }
 
+    /// The id exactly (its type and its bytes): equal for the same id, different for any
+    /// two different ids, such as `:bob` and `"bob"`. What an owner is compared by.
+    #[inline]
+    pub fn id_bytes(&self) -> &[u8] {
+        self.bytes()
+    }
+
     /// The key's bytes: the tag, then the text.
     #[inline]
     fn bytes(&self) -> &[u8] {
@@ -134,15 +149,16 @@ impl VarKey {
     }
 
     fn is_atom(&self) -> bool {
-        self.bytes()[0] == ATOM
+        matches!(self.bytes().first(), Some(&ATOM) | Some(&ATOM_UTF8))
     }
 
     /// The id's text (an atom's name or a string's bytes), for matching session patterns.
+    /// Lossy for a string that is not UTF-8: never use it to tell ids apart
+    /// ([`id_bytes`](Self::id_bytes) does that).
     pub fn text(&self) -> String {
-        if self.is_atom() {
-            latin1_text(self.text_bytes()).into_owned()
-        } else {
-            String::from_utf8_lossy(self.text_bytes()).into_owned()
+        match self.bytes().first() {
+            Some(&ATOM) => latin1_text(self.text_bytes()).into_owned(),
+            _ => String::from_utf8_lossy(self.text_bytes()).into_owned(),
         }
     }
 
@@ -209,7 +225,7 @@ pub fn id_term(term: Term) -> Option<IdTerm> {
 /// its inline buffer); the bytes then find the id in any map keyed by `VarKey`.
 ///
 /// # Errors
-/// `BadArg` for an atom outside Latin-1.
+/// None today; `NifResult` for symmetry with the decoders.
 #[inline(always)]
 pub fn push_id<const N: usize>(id: IdTerm, key: &mut Key<N>) -> NifResult<()> {
     match id {
@@ -225,7 +241,7 @@ pub fn push_id<const N: usize>(id: IdTerm, key: &mut Key<N>) -> NifResult<()> {
 /// [`push_id`] for a term that must be an id.
 ///
 /// # Errors
-/// `BadArg` for what is not an id ([`id_term`]) and for an atom outside Latin-1.
+/// `BadArg` for what is not an id ([`id_term`]).
 #[inline(always)]
 pub fn lookup_bytes<const N: usize>(term: Term, key: &mut Key<N>) -> NifResult<()> {
     push_id(id_term(term).ok_or(Error::BadArg)?, key)
@@ -261,7 +277,7 @@ fn atom_latin1(term: Term, buf: &mut [u8; 256]) -> Option<usize> {
 /// that are ASCII.
 ///
 /// # Errors
-/// `BadArg` if `term` is neither an atom nor a string, or an atom outside Latin-1.
+/// `BadArg` if `term` is neither an atom nor a string.
 pub fn with_text<R>(term: Term, f: impl FnOnce(&str) -> R) -> NifResult<R> {
     match term.get_type() {
         TermType::Binary => {
@@ -273,11 +289,50 @@ pub fn with_text<R>(term: Term, f: impl FnOnce(&str) -> R) -> NifResult<R> {
         }
         TermType::Atom => {
             let mut text = [0u8; 256];
-            let written = atom_latin1(term, &mut text).ok_or(Error::BadArg)?;
-            Ok(f(&latin1_text(&text[..written])))
+            match atom_latin1(term, &mut text) {
+                Some(written) => Ok(f(&latin1_text(&text[..written]))),
+                None => Ok(f(&atom_key(term)?.text())),
+            }
         }
         _ => Err(Error::BadArg),
     }
+}
+
+/// The UTF-8 text of any atom, read from its external format (`enif_term_to_binary`): the
+/// way to read an atom outside Latin-1 on NIF API 2.16.
+fn atom_utf8(term: Term) -> NifResult<Vec<u8>> {
+    if !term.is_atom() {
+        return Err(Error::BadArg);
+    }
+    let ext = term.to_binary();
+    let ext = ext.as_slice();
+    match ext {
+        [EXT_VERSION, EXT_SMALL_ATOM_UTF8, len, text @ ..] if text.len() == *len as usize => {
+            Ok(text.to_vec())
+        }
+        [EXT_VERSION, EXT_ATOM_UTF8, hi, lo, text @ ..]
+            if text.len() == usize::from(u16::from_be_bytes([*hi, *lo])) =>
+        {
+            Ok(text.to_vec())
+        }
+        _ => Err(Error::BadArg),
+    }
+}
+
+/// The existing atom whose UTF-8 text is `text`, through the VM's safe external-format
+/// decoder (which never creates an atom).
+fn existing_utf8_atom<'a>(env: Env<'a>, text: &[u8]) -> Option<Term<'a>> {
+    let mut ext = Vec::with_capacity(text.len() + 4);
+    ext.push(EXT_VERSION);
+    if let Ok(len) = u8::try_from(text.len()) {
+        ext.extend_from_slice(&[EXT_SMALL_ATOM_UTF8, len]);
+    } else {
+        let len = u16::try_from(text.len()).ok()?;
+        ext.push(EXT_ATOM_UTF8);
+        ext.extend_from_slice(&len.to_be_bytes());
+    }
+    ext.extend_from_slice(text);
+    env.binary_to_term(&ext).map(|(term, _)| term)
 }
 
 impl<'a> Decoder<'a> for VarKey {
@@ -301,22 +356,26 @@ fn atom_key(term: Term) -> NifResult<VarKey> {
     remembered(&ATOM_KEYS, term, || {
         // Atom names are at most 255 characters; Latin-1 text needs one byte each.
         let mut text = [0u8; 256];
-        let written = atom_latin1(term, &mut text).ok_or(Error::BadArg)?;
-        Ok(VarKey::tagged(ATOM, &text[..written]))
+        match atom_latin1(term, &mut text) {
+            Some(written) => Ok(VarKey::tagged(ATOM, &text[..written])),
+            None => Ok(VarKey::tagged(ATOM_UTF8, &atom_utf8(term)?)),
+        }
     })
 }
 
 impl Encoder for VarKey {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
         let text = self.text_bytes();
-        if self.is_atom() {
-            match Atom::existing_from_bytes(env, text) {
+        // Unreachable fallbacks for ids that came from the caller; never mint a new atom.
+        match self.bytes().first() {
+            Some(&ATOM) => match Atom::existing_from_bytes(env, text) {
                 Ok(atom) => atom.encode(env),
-                // Unreachable for ids that came from the caller; never mint a new atom.
                 _ => to_binary(env, text),
+            },
+            Some(&ATOM_UTF8) => {
+                existing_utf8_atom(env, text).unwrap_or_else(|| to_binary(env, text))
             }
-        } else {
-            to_binary(env, text)
+            _ => to_binary(env, text),
         }
     }
 }

@@ -70,18 +70,27 @@ defmodule DSPex.Bridge.DependencyManagerTest do
       assert dot =~ ~s(label="feeds")
     end
 
-    test "Latin-1 atoms name sessions and variables; other atoms are refused up front" do
-      # Ids cross the NIF as text, which OTP 25 reads from an atom in Latin-1 only.
-      beyond = :"会话_#{System.unique_integer([:positive])}"
-      assert {:error, {:invalid_session_id, ^beyond}} = SessionStore.create_session(beyond)
-      id = :"sessão_#{System.unique_integer([:positive])}"
-      {:ok, ^id} = SessionStore.create_session(id)
-      vars!(id, [:é, "b"])
-      assert :ok = DependencyManager.add_dependency(id, :é, "b")
-      assert {:ok, [:é, "b"]} = DependencyManager.get_update_order(id, :é)
-      assert {:error, :invalid_name} = DependencyManager.add_dependency(id, :"😀", "b")
-      assert :ok = SessionStore.delete_session(id)
-      assert {:error, :session_not_found} = DependencyManager.add_dependency(id, :é, "b")
+    test "any atom names sessions and variables, exactly as given" do
+      # NIF API 2.16 reads only Latin-1 atom text; other atoms cross by their UTF-8 text
+      # under a key of their own.
+      for id <- [
+            :"会话_#{System.unique_integer([:positive])}",
+            :"sessão_#{System.unique_integer([:positive])}"
+          ] do
+        {:ok, ^id} = SessionStore.create_session(id)
+        vars!(id, [:é, "b", :π])
+        assert :ok = DependencyManager.add_dependency(id, :é, "b")
+        assert :ok = DependencyManager.add_dependency(id, "b", :π)
+        assert {:ok, [:é, "b", :π]} = DependencyManager.get_update_order(id, :é)
+
+        assert {:error, {:variable_not_found, :"😀"}} =
+                 DependencyManager.add_dependency(id, :"😀", "b")
+
+        assert :ok = DependencyManager.remove_dependency(id, "b", :π)
+        assert {:error, :dependency_not_found} = DependencyManager.remove_dependency(id, :π, :x)
+        assert :ok = SessionStore.delete_session(id)
+        assert {:error, :session_not_found} = DependencyManager.add_dependency(id, :é, "b")
+      end
     end
 
     test "a cycle is refused with its path in the event and from cycle_path/3" do
@@ -124,7 +133,7 @@ defmodule DSPex.Bridge.DependencyManagerTest do
             {[good, {1, :b, :data}], {:invalid_option, {:edge, {1, :b, :data}}}},
             {[good, {1, :b, :likes}], {:invalid_option, {:edge, {1, :b, :likes}}}},
             {[good, [:a, :b]], {:invalid_option, {:edge, [:a, :b]}}},
-            {[good, {:a, :"😀"}], :invalid_name},
+            {[good, {:a, :"😀"}], {:variable_not_found, :"😀"}},
             {[good, {:a, :zz}], {:variable_not_found, :zz}}
           ] do
         assert {:error, ^reason} = DependencyManager.add_dependencies(s, entries)
@@ -174,7 +183,7 @@ defmodule DSPex.Bridge.DependencyManagerTest do
             {[s, :a, :b, :likes], {:error, {:invalid_type, :likes}}},
             {[s, :a, :b, 7], {:error, {:invalid_type, 7}}},
             {[s, :a, :b, bad_utf8], {:error, {:invalid_type, bad_utf8}}},
-            {[s, :a, :"😀"], {:error, :invalid_name}}
+            {[s, :a, :"😀"], {:error, {:variable_not_found, :"😀"}}}
           ] do
         assert apply(DependencyManager, :add_dependency, args) == expected, inspect(args)
       end
@@ -201,7 +210,7 @@ defmodule DSPex.Bridge.DependencyManagerTest do
       assert {:error, :access_denied} =
                DependencyManager.add_dependency(s, :b, :a, :data, caller: "x")
 
-      assert {:error, :invalid_name} = DependencyManager.get_update_order(s, :"😀")
+      assert {:error, {:variable_not_found, :"😀"}} = DependencyManager.get_update_order(s, :"😀")
 
       assert {:error, {:invalid_compute, {:f, []}}} =
                DependencyManager.define_computed(s, :b, :f, [])

@@ -225,7 +225,13 @@ defmodule DSPex.Bridge.OptimizerCoordinatorTest do
 
     assert {:error, {:invalid_option, {:not_a_keyword_list, :now}}} = C.release_lock(v, "a", :now)
 
-    assert {:error, {:invalid_name, {:"😀", "a"}}} = C.release_lock(:"😀", "a")
+    # Any atom is an id (not only Latin-1 ones), compared exactly.
+    assert {:error, :not_lock_owner} = C.release_lock(:"😀", "a")
+    assert {:ok, emoji} = C.acquire_lock(:"😀", :优化器, self())
+    assert {:ok, %{holder: %{optimizer_id: :优化器}}} = C.get_lock_info(:"😀")
+    assert {:error, :not_lock_owner} = C.release_lock(:"😀", "优化器")
+    assert :ok = C.release_lock(:"😀", :优化器)
+    assert emoji.token > 0
     assert {:error, {:invalid_token, -5}} = C.check_write_allowed(v, -5)
     assert {:error, {:invalid_variables, :x}} = C.acquire_locks(:x, "a")
     assert {:error, :not_locked} = C.force_release(var())

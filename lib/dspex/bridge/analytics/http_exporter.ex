@@ -21,8 +21,16 @@ defmodule DSPex.Bridge.Analytics.HTTPExporter do
   """
   @spec start(keyword()) :: {:ok, pid(), :inet.port_number()} | {:error, term()}
   def start(opts \\ []) do
-    port = Keyword.get(opts, :port, 9568)
-    ip = Keyword.get(opts, :ip, {127, 0, 0, 1})
+    spec = %{port: &DSPex.Bridge.Options.int_in?(&1, 0, 65_535), ip: &ip?/1}
+
+    with {:ok, o} <- DSPex.Bridge.Options.take(opts, spec) do
+      listen(Map.get(o, :port, 9568), Map.get(o, :ip, {127, 0, 0, 1}))
+    end
+  end
+
+  defp ip?(ip), do: is_tuple(ip) and match?({:ok, _}, :inet.ntoa(ip))
+
+  defp listen(port, ip) do
     root = String.to_charlist(System.tmp_dir!())
 
     with {:ok, _} <- Application.ensure_all_started(:inets),
@@ -41,7 +49,15 @@ defmodule DSPex.Bridge.Analytics.HTTPExporter do
 
   @doc "Stops a listener started by `start/1`."
   @spec stop(pid()) :: :ok | {:error, term()}
-  def stop(pid), do: :inets.stop(:httpd, pid)
+  def stop(pid) when is_pid(pid) do
+    services = if Process.whereis(:inets_sup), do: :inets.services(), else: []
+
+    if is_list(services) and {:httpd, pid} in services,
+      do: :inets.stop(:httpd, pid),
+      else: {:error, {:not_a_listener, pid}}
+  end
+
+  def stop(other), do: {:error, {:not_a_listener, other}}
 
   @doc false
   # The httpd callback.

@@ -89,17 +89,35 @@ defmodule DSPex.Bridge.HAManager.LocalCluster do
     {:ok, nodes}
   end
 
-  @doc "Connects two peers (again)."
-  @spec connect(node(), node()) :: boolean()
-  def connect(a, b), do: :erpc.call(a, Node, :connect, [b])
+  @doc "Connects two peers (again). `{:error, reason}` when `a` cannot be reached."
+  @spec connect(node(), node()) :: boolean() | {:error, term()}
+  def connect(a, b) when is_atom(a) and is_atom(b), do: on(a, Node, :connect, [b])
+  def connect(a, b), do: {:error, {:invalid_nodes, {a, b}}}
 
   @doc "Cuts the link between two peers; it stays cut until `connect/2`."
-  @spec disconnect(node(), node()) :: boolean()
-  def disconnect(a, b), do: :erpc.call(a, :erlang, :disconnect_node, [b])
+  @spec disconnect(node(), node()) :: boolean() | {:error, term()}
+  def disconnect(a, b) when is_atom(a) and is_atom(b),
+    do: on(a, :erlang, :disconnect_node, [b])
+
+  def disconnect(a, b), do: {:error, {:invalid_nodes, {a, b}}}
+
+  defp on(node, m, f, args, timeout \\ 15_000) do
+    :erpc.call(node, m, f, args, timeout)
+  rescue
+    e in ErlangError -> {:error, e.original}
+  end
 
   @doc "Stops peers (gracefully) and waits until they are gone; `kill/1` halts one abruptly."
-  @spec stop_peers([node()]) :: :ok
-  def stop_peers(nodes) do
+  @spec stop_peers([node()]) :: :ok | {:error, term()}
+  def stop_peers(nodes) when is_list(nodes) do
+    if DSPex.Bridge.Options.proper_list?(nodes) and Enum.all?(nodes, &is_atom/1),
+      do: stop_all(nodes),
+      else: {:error, {:invalid_nodes, nodes}}
+  end
+
+  def stop_peers(nodes), do: {:error, {:invalid_nodes, nodes}}
+
+  defp stop_all(nodes) do
     live = Enum.filter(nodes, &(&1 in Node.list()))
     for n <- live, do: Node.monitor(n, true)
     for n <- live, do: :erpc.cast(n, :init, :stop, [])
@@ -121,9 +139,11 @@ defmodule DSPex.Bridge.HAManager.LocalCluster do
   value whose write was acknowledged.
   """
   @spec write_sequence(node(), term(), term(), Range.t()) :: {:ok, integer()} | {:error, term()}
-  def write_sequence(node, session_id, variable, first..last) do
-    :erpc.call(node, __MODULE__, :write_here, [session_id, variable, first, last], :infinity)
-  end
+  def write_sequence(node, session_id, variable, first..last//1) when is_atom(node),
+    do: on(node, __MODULE__, :write_here, [session_id, variable, first, last], :infinity)
+
+  def write_sequence(node, _session_id, _variable, range),
+    do: {:error, {:invalid_arguments, {node, range}}}
 
   @doc false
   def write_here(session_id, variable, first, last) do

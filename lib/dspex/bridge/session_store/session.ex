@@ -3,13 +3,18 @@ defmodule DSPex.Bridge.SessionStore.Session do
   # One process per session. It exists to serialize that session's writes (so version checks
   # and history are race-free without a global lock), to own its idle timer and to monitor
   # its watchers. Reads never come here: they are ETS lookups in the caller.
-  use GenServer, restart: :transient
+  #
+  # A temporary child: if it crashes, SessionStore.Keeper starts it again over its rows (or
+  # removes the session whole), so crashes never count against the supervisor. A call that
+  # raises is answered with {:error, {:internal_error, message}} instead of a crash.
+  use GenServer, restart: :temporary
+  require Logger
 
   alias DSPex.Bridge.{Events, Native, Variable, VariableType}
   alias DSPex.Bridge.HAManager
   alias DSPex.Bridge.HAManager.Replication
   alias DSPex.Bridge.DependencyManager.Propagation
-  alias DSPex.Bridge.SessionStore.{Codec, Tables}
+  alias DSPex.Bridge.SessionStore.{Codec, Keeper, Tables}
 
   @enforce_keys [:id, :meta, :touch]
   defstruct [
@@ -33,17 +38,35 @@ defmodule DSPex.Bridge.SessionStore.Session do
   def start_link(args), do: GenServer.start_link(__MODULE__, args)
 
   def child_spec({id, _meta, _init} = args) do
-    %{id: {__MODULE__, id}, start: {__MODULE__, :start_link, [args]}, restart: :transient}
+    %{id: {__MODULE__, id}, start: {__MODULE__, :start_link, [args]}, restart: :temporary}
   end
 
   # ---------------------------------------------------------------------------------------
   # init: claim the id atomically; after a crash, take the existing row over.
 
   @impl true
+  # Started again by the Keeper after a crash: take the rows over.
+  def init({id, _meta, :restart}) do
+    case :ets.lookup(Tables.sessions(), id) do
+      [{^id, meta, pid, touch}] ->
+        if Process.alive?(pid) do
+          {:stop, :session_exists}
+        else
+          :ets.update_element(Tables.sessions(), id, {3, self()})
+          Keeper.watch(id, self())
+          {:ok, schedule_idle_check(new_state(id, meta, touch)), {:continue, :recover}}
+        end
+
+      [] ->
+        {:stop, :normal}
+    end
+  end
+
   def init({id, meta, init}) do
     touch = :atomics.new(1, signed: false)
 
     if :ets.insert_new(Tables.sessions(), {id, meta, self(), touch}) do
+      Keeper.watch(id, self())
       :ok = Native.graph_publish(id, meta.graph)
       state = schedule_idle_check(new_state(id, meta, touch))
 
@@ -58,7 +81,9 @@ defmodule DSPex.Bridge.SessionStore.Session do
             {:stop, :session_exists}
           else
             :ets.update_element(Tables.sessions(), id, {3, self()})
-            {:ok, schedule_idle_check(new_state(id, old_meta, old_touch))}
+            Keeper.watch(id, self())
+
+            {:ok, schedule_idle_check(new_state(id, old_meta, old_touch)), {:continue, :recover}}
           end
 
         _ ->
@@ -142,8 +167,12 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
   def handle_call({:ha_attach, ha}, _from, state) do
     case Replication.attach(state.id, ha, fn -> export(state) end) do
-      {:ok, ha} -> {:reply, :ok, %{state | ha: ha}}
-      error -> {:reply, error, state}
+      {:ok, ha} ->
+        :ets.insert(Tables.keep(), {state.id, Map.take(ha, [:key, :epoch, :replicas])})
+        {:reply, :ok, %{state | ha: ha}}
+
+      error ->
+        {:reply, error, state}
     end
   end
 
@@ -154,7 +183,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
         # be routed to the new owner, not served the old rows. (Cleaning up after the reply
         # would also race a quick migration of the same session back to this node.)
         destroy(state)
-        state = %{state | ha: nil, forward_to: new_pid}
+        state = %{state | ha: nil, forward_to: new_pid, watchers: %{}, monitors: %{}}
         # Writes that came in after the hand-over began, before this call: to the new owner.
         for {msg, from} <- Enum.reverse(state.held), do: GenServer.reply(from, forward(msg, state))
         {:reply, {:ok, info}, %{state | held: []}, @forward_linger}
@@ -176,7 +205,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     if Replication.write?(msg) do
       case Replication.accept_write(ha) do
         :ok ->
-          msg |> handle(from, state) |> Replication.after_write(msg, fn -> export(state) end)
+          msg |> guarded(from, state) |> Replication.after_write(msg, fn -> export(state) end)
 
         # A migration has begun and its call is on its way here: the write waits for it,
         # then goes to the new owner (or is applied here if the migration fails).
@@ -187,11 +216,30 @@ defmodule DSPex.Bridge.SessionStore.Session do
           {:reply, error, state}
       end
     else
-      handle(msg, from, state)
+      guarded(msg, from, state)
     end
   end
 
-  def handle_call(msg, from, state), do: handle(msg, from, state)
+  def handle_call(msg, from, state), do: guarded(msg, from, state)
+
+  # A call that raises must not take the session (and its watchers) down: the caller gets
+  # an error, the state is as before the call, and the count is re-read from the rows in
+  # case the call got as far as writing some.
+  defp guarded(msg, from, state) do
+    handle(msg, from, state)
+  rescue
+    e ->
+      Logger.error(
+        "dspex_bridge: session #{inspect(state.id)} could not handle #{inspect(tag(msg))}: " <>
+          Exception.format(:error, e, __STACKTRACE__)
+      )
+
+      {:reply, {:error, {:internal_error, Exception.message(e)}},
+       %{state | count: count_variables(state.id)}}
+  end
+
+  defp tag(msg) when is_tuple(msg), do: elem(msg, 0)
+  defp tag(msg), do: msg
 
   defp forward(msg, %{forward_to: pid}) do
     GenServer.call(pid, msg, 30_000)
@@ -421,7 +469,31 @@ defmodule DSPex.Bridge.SessionStore.Session do
         send(from, {ref, :loaded})
         {:noreply, %{state | count: count}}
     after
-      30_000 -> {:stop, :normal, state}
+      30_000 ->
+        destroy(state)
+        {:stop, :normal, state}
+    end
+  end
+
+  # After a crash: the watchers and the HA registration the rows kept.
+  def handle_continue(:recover, state) do
+    state =
+      Enum.reduce(:ets.lookup(Tables.watchers(), state.id), state, fn {_, name, pid} = row, st ->
+        # The row goes back with the new monitor (add_watcher/3 inserts it again).
+        :ets.delete_object(Tables.watchers(), row)
+        if Process.alive?(pid), do: add_watcher(st, name, pid), else: st
+      end)
+
+    case :ets.lookup(Tables.keep(), state.id) do
+      [{_, ha}] ->
+        # The replicas get a full snapshot: a write the crash interrupted may be here only.
+        case Replication.attach(state.id, ha, fn -> export(state) end) do
+          {:ok, ha} -> {:noreply, %{state | ha: ha}}
+          _error -> {:noreply, state}
+        end
+
+      [] ->
+        {:noreply, state}
     end
   end
 
@@ -525,15 +597,22 @@ defmodule DSPex.Bridge.SessionStore.Session do
   defp check_compute(_state, nil, _name), do: {:ok, nil}
 
   defp check_compute(state, {fun, inputs}, name) when is_function(fun, 1) and is_list(inputs) do
+    # Enum.reject, not Enum.find: the offending input may itself be nil or false.
     cond do
+      not DSPex.Bridge.Options.proper_list?(inputs) ->
+        {:error, {:invalid_compute, {:inputs, inputs}}}
+
       inputs == [] ->
         {:error, {:invalid_compute, :no_inputs}}
+
+      (bad = Enum.reject(inputs, &DSPex.Bridge.Options.id?/1)) != [] ->
+        {:error, {:invalid_name, hd(bad)}}
 
       name in inputs ->
         {:error, {:would_create_cycle, [name, name]}}
 
-      missing = Enum.find(inputs, &(not :ets.member(Tables.variables(), {state.id, &1}))) ->
-        {:error, {:variable_not_found, missing}}
+      (missing = Enum.reject(inputs, &:ets.member(Tables.variables(), {state.id, &1}))) != [] ->
+        {:error, {:variable_not_found, hd(missing)}}
 
       true ->
         {:ok, {fun, Enum.uniq(inputs)}}
@@ -689,6 +768,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
         {:noreply, state}
 
       {{name, pid}, monitors} ->
+        :ets.delete_object(Tables.watchers(), {state.id, name, pid})
         watchers = Map.update(state.watchers, name, %{}, &Map.delete(&1, pid))
         {:noreply, %{state | monitors: monitors, watchers: prune(watchers, name)}}
     end
@@ -833,9 +913,11 @@ defmodule DSPex.Bridge.SessionStore.Session do
     :ok
   end
 
-  defp destroy(state) do
-    id = state.id
+  defp destroy(state), do: destroy_rows(state.id)
 
+  @doc false
+  # Everything a session holds on this node: rows, policies, graph, watchers.
+  def destroy_rows(id) do
     Native.acl_remove_session(id)
     # The tables are emptied in parallel: for a large session this is most of the work.
     others =
@@ -846,6 +928,8 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
     :ets.match_delete(Tables.variables(), {{id, :_}, :_, :_})
     Task.await(others, :infinity)
+    :ets.delete(Tables.watchers(), id)
+    :ets.delete(Tables.keep(), id)
     Native.graph_unpublish(id)
     :ets.delete(Tables.sessions(), id)
     :ok
@@ -856,6 +940,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
       state
     else
       ref = Process.monitor(pid)
+      :ets.insert(Tables.watchers(), {state.id, name, pid})
       watchers = Map.update(state.watchers, name, %{pid => ref}, &Map.put(&1, pid, ref))
       %{state | watchers: watchers, monitors: Map.put(state.monitors, ref, {name, pid})}
     end
@@ -865,6 +950,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     case state.watchers do
       %{^name => %{^pid => ref}} ->
         Process.demonitor(ref, [:flush])
+        :ets.delete_object(Tables.watchers(), {state.id, name, pid})
         watchers = Map.update!(state.watchers, name, &Map.delete(&1, pid))
         %{state | watchers: prune(watchers, name), monitors: Map.delete(state.monitors, ref)}
 
@@ -876,6 +962,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
   defp drop_watchers(state, name) do
     {by_pid, watchers} = Map.pop(state.watchers, name, %{})
     for {_pid, ref} <- by_pid, do: Process.demonitor(ref, [:flush])
+    :ets.match_delete(Tables.watchers(), {state.id, name, :_})
     monitors = Map.drop(state.monitors, Map.values(by_pid))
     {%{state | watchers: watchers, monitors: monitors}, Map.keys(by_pid)}
   end

@@ -9,6 +9,10 @@ defmodule DSPex.Bridge.SessionStore.Tables do
   # access:    {{session_id, name}, mode, [rule]}        ordered_set; the policies as given
   #            (canonical form), for export and get_policy; decisions come from the NIF
   # audit:     {unique_int, entry}                       ordered_set, bounded access log
+  # watchers:  {session_id, name, pid}                   duplicate_bag; a session's watchers,
+  #            kept here so that a session restarted after a crash still notifies them
+  # keep:      {session_id, ha}                          set; the HA registration a restarted
+  #            session resumes
   #
   # `touch` is an :atomics ref per session; readers set it so the session's idle timer knows
   # the session was used without reads ever writing to ETS or messaging a process.
@@ -19,11 +23,15 @@ defmodule DSPex.Bridge.SessionStore.Tables do
   @history :dspex_bridge_history
   @access :dspex_bridge_access
   @audit :dspex_bridge_audit
+  @watchers :dspex_bridge_watchers
+  @keep :dspex_bridge_session_keep
 
   def sessions, do: @sessions
   def variables, do: @variables
   def history, do: @history
   def access, do: @access
+  def watchers, do: @watchers
+  def keep, do: @keep
 
   def start_link(_), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
 
@@ -35,6 +43,8 @@ defmodule DSPex.Bridge.SessionStore.Tables do
     :ets.new(@history, [:ordered_set | opts])
     :ets.new(@access, [:ordered_set | opts])
     :ets.new(@audit, [:ordered_set, :public, :named_table, write_concurrency: true])
+    :ets.new(@watchers, [:duplicate_bag | opts])
+    :ets.new(@keep, [:set | opts])
     {:ok, nil}
   end
 end
