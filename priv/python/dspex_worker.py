@@ -30,13 +30,24 @@ import time
 MAX_FRAME = 64 * 1024 * 1024
 
 
+class FrameTooLarge(Exception):
+    """A frame over MAX_FRAME; it was read past and dropped."""
+
+
 def read_frame(stream):
     header = stream.read(4)
     if len(header) < 4:
         return None
     (length,) = struct.unpack(">I", header)
     if length > MAX_FRAME:
-        raise ValueError("frame too large: %d" % length)
+        # Skip the frame in bounded chunks, so the stream stays in step with the frames.
+        left = length
+        while left > 0:
+            chunk = stream.read(min(left, 1 << 20))
+            if not chunk:
+                return None
+            left -= len(chunk)
+        return FrameTooLarge("frame too large: %d bytes (at most %d)" % (length, MAX_FRAME))
     body = stream.read(length)
     if len(body) < length:
         return None
@@ -102,6 +113,8 @@ def main():
             return 0
         request_id = None
         try:
+            if isinstance(frame, FrameTooLarge):
+                raise frame
             request = json.loads(frame.decode("utf-8"))
             request_id = request.get("id")
             tool = request.get("tool")

@@ -33,3 +33,10 @@ defmodule DSPex.Bridge.TestHelpers do
     end
   end
 end
+
+defmodule DSPex.Bridge.TestComputes do
+  @moduledoc false
+  # Compute functions named by reference ({module, function[, extra]}) in tests.
+  def add(%{a: a}, n), do: a + n
+  def double_b(%{b: b}), do: b * 2
+end

@@ -456,6 +456,11 @@ defmodule DSPex.Bridge.AccessControl do
   Audit entries, newest first: `%{at: unix_ms, variable, session, permission, allowed,
   cache_hit}`. Filters: `session:`, `variable:`, `permission:`, `allowed:`, `since:` and
   `until:` (Unix ms), `limit:` (default 100).
+
+  `caller:` names the session asking: it sees only its own decisions and the decisions on
+  its own variables (those it owns), never another session's requests on a third
+  session's variables. Code that passes no `caller:` is trusted and sees every entry.
+  Sessions compare exactly: `:bob` and `"bob"` are different sessions.
   """
   @spec audit(keyword()) :: {:ok, [map()]} | {:error, term()}
   def audit(filters \\ []) do
@@ -466,7 +471,8 @@ defmodule DSPex.Bridge.AccessControl do
       allowed: &is_boolean/1,
       since: &is_integer/1,
       until: &is_integer/1,
-      limit: &Options.pos_integer?/1
+      limit: &Options.pos_integer?/1,
+      caller: &Options.id?/1
     }
 
     with {:ok, f} <- Options.take(filters, spec) do
@@ -484,8 +490,9 @@ defmodule DSPex.Bridge.AccessControl do
 
   defp audit_match?(e, f) do
     Enum.all?(f, fn
-      {:session, s} -> e.session == s
-      {:variable, v} -> e.variable == v
+      {:caller, c} -> e.session === c or elem(e.variable, 0) === c
+      {:session, s} -> e.session === s
+      {:variable, v} -> e.variable === v
       {:permission, p} -> e.permission == p
       {:allowed, a} -> e.allowed == a
       {:since, t} -> e.at >= t

@@ -271,16 +271,28 @@ defmodule DSPex.Bridge.DependencyManager do
 
   @doc """
   Makes the existing variable `name` computed from `inputs` by `fun` (a function of a map of
-  input name to value). The value is computed at once and after every change of an input.
+  input name to value, or a `{module, function}` / `{module, function, extra_args}`
+  reference, see `DSPex.Bridge.Compute`). The value is computed at once and after every
+  change of an input.
   """
-  @spec define_computed(session_id(), name(), (map() -> term()), [name()], keyword()) ::
+  @spec define_computed(session_id(), name(), DSPex.Bridge.Compute.t(), [name()], keyword()) ::
           {:ok, Variable.t()} | {:error, term()}
   def define_computed(session_id, name, fun, inputs, opts \\ [])
 
-  def define_computed(session_id, name, fun, inputs, opts)
-      when is_function(fun, 1) and is_list(inputs) do
-    with :ok <- check_names([name | inputs]) do
-      SessionStore.session_call(session_id, {:define_computed, name, {fun, inputs}}, opts, :write)
+  def define_computed(session_id, name, fun, inputs, opts) when is_list(inputs) do
+    case DSPex.Bridge.Compute.check(fun) do
+      {:ok, fun} ->
+        with :ok <- check_names([name | inputs]) do
+          SessionStore.session_call(
+            session_id,
+            {:define_computed, name, {fun, inputs}},
+            opts,
+            :write
+          )
+        end
+
+      {:error, _} ->
+        {:error, {:invalid_compute, {fun, inputs}}}
     end
   end
 

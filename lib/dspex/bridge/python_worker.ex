@@ -25,6 +25,12 @@ defmodule DSPex.Bridge.PythonWorker do
   """
 
   alias DSPex.Bridge.Options
+  import DSPex.Bridge.Options, only: [is_id: 1]
+
+  # The most interpreters one pool starts.
+  @max_size 256
+  # Python reads frames of at most 64 MiB (priv/python/dspex_worker.py).
+  @max_request_bytes 64 * 1024 * 1024
   alias DSPex.Bridge.PythonWorker.Worker
 
   @registry DSPex.Bridge.PythonWorker.Registry
@@ -52,18 +58,23 @@ defmodule DSPex.Bridge.PythonWorker do
   end
 
   @doc """
-  Starts a pool. Options: `size:` (default 2), `python:` (default `python3` on the PATH),
-  `script:` (default the bundled worker), `health_interval_ms:` (default 5_000),
-  `max_response_bytes:` (default 16 MiB).
+  Starts a pool named by an atom or a string of 1..255 bytes. Options: `size:` (1..256,
+  default 2), `python:` (default `python3` on the PATH), `script:` (default the bundled
+  worker), `health_interval_ms:` (default 5_000), `max_response_bytes:` (at most 64 MiB,
+  default 16 MiB).
   """
-  @spec start_pool(term(), keyword()) :: {:ok, pid()} | {:error, term()}
-  def start_pool(pool, opts \\ []) do
+  @spec start_pool(atom() | String.t(), keyword()) :: {:ok, pid()} | {:error, term()}
+  def start_pool(pool, opts \\ [])
+
+  def start_pool(pool, _opts) when not is_id(pool), do: {:error, {:invalid_pool_name, pool}}
+
+  def start_pool(pool, opts) do
     spec = %{
-      size: &Options.pos_integer?/1,
+      size: &Options.int_in?(&1, 1, @max_size),
       python: &is_binary/1,
       script: &is_binary/1,
-      health_interval_ms: &Options.pos_integer?/1,
-      max_response_bytes: &Options.pos_integer?/1
+      health_interval_ms: &Options.pos_ms?/1,
+      max_response_bytes: &Options.int_in?(&1, 1, @max_request_bytes)
     }
 
     with {:ok, o} <- Options.take(opts, spec),
@@ -123,35 +134,54 @@ defmodule DSPex.Bridge.PythonWorker do
 
   @doc """
   Calls `tool` with `args` (a JSON-able term) on the next worker of `pool`, round robin.
-  `timeout` is in milliseconds (default 5_000).
+  `timeout` is in milliseconds (default 5_000, at most `4_294_967_295`).
+
+  The request is checked and encoded in the calling process: `{:error, {:not_serializable,
+  detail}}` for a term JSON cannot carry (a pid, an improper list, nesting deeper than 127),
+  `{:error, {:request_too_large, bytes, max}}` past 64 MiB, `{:error, {:invalid_option,
+  {:timeout, t}}}`. None of these reach a worker, so other callers are never affected.
   """
   @spec call(term(), String.t() | atom(), term(), non_neg_integer()) ::
           {:ok, term()} | {:error, term()}
   def call(pool, tool, args, timeout \\ 5_000)
 
-  def call(pool, tool, args, timeout)
-      when (is_binary(tool) or is_atom(tool)) and is_integer(timeout) and timeout > 0 do
-    case :ets.lookup(@table, pool) do
-      [{^pool, {size, _sup}, counter}] ->
-        start = :atomics.add_get(counter, 1, 1)
+  def call(pool, tool, args, timeout) when is_binary(tool) or is_atom(tool) do
+    # Checked and encoded here, in the caller: a request that cannot be sent fails alone,
+    # and the worker (shared by every caller of the pool) only sees well-formed frames.
+    with :ok <- check_timeout(timeout),
+         {:ok, {size, counter, max_bytes}} <- pool_of(pool),
+         {:ok, request} <- Worker.encode_request(to_string(tool), args),
+         :ok <- check_size(request, max_bytes) do
+      start = :atomics.add_get(counter, 1, 1)
 
-        # A worker being restarted is skipped for the next one.
-        Enum.find_value(0..(size - 1), {:error, :worker_unavailable}, fn k ->
-          case Registry.lookup(@registry, {pool, rem(start + k, size) + 1}) do
-            [{pid, _}] -> Worker.call(pid, to_string(tool), args, timeout)
-            [] -> nil
-          end
-        end)
-
-      _ ->
-        {:error, {:unknown_pool, pool}}
+      # A worker being restarted is skipped for the next one.
+      Enum.find_value(0..(size - 1), {:error, :worker_unavailable}, fn k ->
+        case Registry.lookup(@registry, {pool, rem(start + k, size) + 1}) do
+          [{pid, _}] -> Worker.call(pid, request, timeout)
+          [] -> nil
+        end
+      end)
     end
   end
 
-  def call(_pool, tool, _args, timeout) when is_binary(tool) or is_atom(tool),
-    do: {:error, {:invalid_option, {:timeout, timeout}}}
-
   def call(_pool, tool, _args, _timeout), do: {:error, {:invalid_tool, tool}}
+
+  defp check_timeout(t) do
+    if Options.pos_ms?(t), do: :ok, else: {:error, {:invalid_option, {:timeout, t}}}
+  end
+
+  defp pool_of(pool) do
+    case :ets.lookup(@table, pool) do
+      [{^pool, {size, _sup}, counter}] -> {:ok, {size, counter, @max_request_bytes}}
+      _ -> {:error, {:unknown_pool, pool}}
+    end
+  end
+
+  defp check_size({tool_json, args_json}, max) do
+    size = byte_size(tool_json) + byte_size(args_json) + 64
+
+    if size <= max, do: :ok, else: {:error, {:request_too_large, size, max}}
+  end
 
   @doc "The OS pids of a pool's Python processes (for operations and tests)."
   @spec os_pids(term()) :: [non_neg_integer()]

@@ -73,7 +73,7 @@ defmodule DSPex.Bridge.SessionStore do
   alias DSPex.Bridge.{AccessControl, Analytics, Events, Native, Options, Variable, VariableType}
   alias DSPex.Bridge.Analytics.Recorder
   alias DSPex.Bridge.HAManager.Router
-  alias DSPex.Bridge.SessionStore.{Codec, Session, Tables}
+  alias DSPex.Bridge.SessionStore.{Codec, Limits, Session, Tables}
   import DSPex.Bridge.Options, only: [is_id: 1]
 
   @sessions :dspex_bridge_sessions
@@ -82,7 +82,6 @@ defmodule DSPex.Bridge.SessionStore do
 
   @default_ttl 3_600_000
   @default_history 50
-  @max_history 10_000
   @default_max_variables 100_000
   @max_batch 10_000
 
@@ -109,9 +108,10 @@ defmodule DSPex.Bridge.SessionStore do
   @doc """
   Creates a session.
 
-  Options: `ttl:` idle time in ms before expiry, or `:infinity` (default from the
-  `:dspex_bridge, :session_ttl` config, else one hour); `history_limit:` versions kept per
-  variable (default 50, at most 10,000); `max_variables:` (default 100,000); `metadata:` a map;
+  Options: `ttl:` idle time in ms before expiry (at most `4_294_967_295`), or `:infinity`
+  (default from the `:dspex_bridge, :session_ttl` config, else one hour); `history_limit:`
+  versions kept per variable (default 50, at most 10,000); `max_variables:` (default 100,000,
+  at most 10,000,000); `metadata:` a map;
   `propagation:` `:sync` (default: a write returns after computed variables downstream are
   recomputed) or `:async` (a write returns at once; see `await_propagation/2`).
   """
@@ -120,9 +120,9 @@ defmodule DSPex.Bridge.SessionStore do
 
   def create_session(session_id, opts) when is_id(session_id) do
     spec = %{
-      ttl: &(&1 == :infinity or Options.pos_integer?(&1)),
-      history_limit: &(Options.pos_integer?(&1) and &1 <= @max_history),
-      max_variables: &Options.pos_integer?/1,
+      ttl: &Limits.ttl?/1,
+      history_limit: &Limits.history_limit?/1,
+      max_variables: &Limits.max_variables?/1,
       metadata: &is_map/1,
       propagation: &(&1 in [:sync, :async])
     }

@@ -414,19 +414,50 @@ defmodule DSPex.Bridge.DependencyManagerTest do
       assert {:error, {:variable_not_found, :z}} = SessionStore.get_variable(s, :z)
     end
 
-    test "export/import carries the graph and the computations" do
+    test "export/import carries the graph and the computations named by reference" do
       s = session!() |> vars!([:a])
 
       {:ok, _} =
-        SessionStore.register_variable(s, :b, :integer, nil, compute: {&(&1.a + 100), [:a]})
+        SessionStore.register_variable(s, :b, :integer, nil,
+          compute: {{DSPex.Bridge.TestComputes, :add, [100]}, [:a]}
+        )
+
+      {:ok, _} =
+        SessionStore.register_variable(s, :c, :integer, nil,
+          compute: {{DSPex.Bridge.TestComputes, :double_b}, [:b]}
+        )
 
       {:ok, bin} = SessionStore.export_session(s)
       copy = unique_id("copy")
       {:ok, ^copy} = SessionStore.import_session(bin, session_id: copy)
       on_exit(fn -> SessionStore.delete_session(copy) end)
-      assert {:ok, [:a, :b]} = DependencyManager.get_update_order(copy, :a)
+      assert {:ok, [:a, :b, :c]} = DependencyManager.get_update_order(copy, :a)
       {:ok, _} = SessionStore.update_variable(copy, :a, 5)
       assert {:ok, 105} = SessionStore.get_value(copy, :b)
+      assert {:ok, 210} = SessionStore.get_value(copy, :c)
+    end
+
+    test "a closure compute stays in the VM: export refuses it by name" do
+      s = session!() |> vars!([:a])
+
+      {:ok, _} =
+        SessionStore.register_variable(s, :b, :integer, nil, compute: {&(&1.a + 100), [:a]})
+
+      assert {:error, {:not_exportable, {:closure_compute, :b}}} = SessionStore.export_session(s)
+    end
+
+    test "a compute reference must name exported code" do
+      s = session!() |> vars!([:a])
+
+      for bad <- [
+            {Nope.Module, :f},
+            {DSPex.Bridge.TestComputes, :add},
+            {DSPex.Bridge.TestComputes, :add, :x},
+            {"m", :f}
+          ] do
+        assert {:error, {:invalid_compute, _}} =
+                 SessionStore.register_variable(s, :b, :integer, nil, compute: {bad, [:a]})
+      end
     end
   end
 

@@ -88,7 +88,7 @@ defmodule DSPex.Bridge.DependencyManager.Propagation do
   def evaluate(fun, values, var) do
     result =
       try do
-        {:ok, fun.(values)}
+        {:ok, DSPex.Bridge.Compute.run(fun, values)}
       rescue
         exception -> {:error, {:compute_failed, exception}}
       catch

@@ -10,15 +10,27 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
 
   @json_dirty_bytes 64 * 1024
 
+  @doc """
+  A request's tool and arguments as JSON, encoded in the caller's process so that a worker
+  only ever sees well-formed requests: `{:ok, {tool_json, args_json}}` or the encoder's
+  `{:error, {:not_serializable, detail}}`.
+  """
+  def encode_request(tool, args) do
+    with {:ok, tool_json} <- json_encode(tool),
+         {:ok, args_json} <- json_encode(args) do
+      {:ok, {tool_json, args_json}}
+    end
+  end
+
   def start_link(config) do
     GenServer.start_link(__MODULE__, config,
       name: {:via, Registry, {DSPex.Bridge.PythonWorker.registry(), {config.pool, config.index}}}
     )
   end
 
-  def call(pid, tool, args, timeout) do
+  def call(pid, {_tool_json, _args_json} = request, timeout) do
     # The worker answers at the deadline itself; the margin only covers a dead worker.
-    GenServer.call(pid, {:call, tool, args, timeout}, timeout + 1_000)
+    GenServer.call(pid, {:call, request, timeout}, timeout + 1_000)
   catch
     :exit, _ -> {:error, :worker_unavailable}
   end
@@ -49,8 +61,8 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
   end
 
   @impl true
-  def handle_call({:call, tool, args, timeout}, from, state) do
-    {:noreply, send_request(state, tool, args, timeout, from)}
+  def handle_call({:call, request, timeout}, from, state) do
+    {:noreply, send_request(state, request, timeout, from)}
   end
 
   def handle_call(:os_pid, _from, state), do: {:reply, state.os_pid, state}
@@ -82,7 +94,8 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
     schedule_health(state.config)
 
     if map_size(state.pending) == 0 do
-      {:noreply, send_request(state, "ping", %{}, state.config.health_interval_ms, :health)}
+      ping = {~s("ping"), "{}"}
+      {:noreply, send_request(state, ping, state.config.health_interval_ms, :health)}
     else
       {:noreply, state}
     end
@@ -104,26 +117,30 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
     :ok
   end
 
-  defp send_request(state, tool, args, timeout, from) do
+  # The frame is put together from JSON the caller already encoded: nothing here can fail
+  # on what a caller sent.
+  defp send_request(state, {tool_json, args_json}, timeout, from) do
     id = state.next_id
-    request = %{"id" => id, "tool" => tool, "args" => args}
 
-    case json_encode(request) do
-      {:ok, json} ->
-        Port.command(state.port, json)
-        timer = Process.send_after(self(), {:deadline, id}, timeout)
+    frame = [
+      ~s({"id":),
+      Integer.to_string(id),
+      ~s(,"tool":),
+      tool_json,
+      ~s(,"args":),
+      args_json,
+      "}"
+    ]
 
-        %{
-          state
-          | next_id: id + 1,
-            pending: Map.put(state.pending, id, {from, timer}),
-            order: :queue.in(id, state.order)
-        }
+    Port.command(state.port, frame)
+    timer = Process.send_after(self(), {:deadline, id}, timeout)
 
-      {:error, reason} ->
-        reply(from, {:error, reason})
-        state
-    end
+    %{
+      state
+      | next_id: id + 1,
+        pending: Map.put(state.pending, id, {from, timer}),
+        order: :queue.in(id, state.order)
+    }
   end
 
   defp handle_frame(state, frame) when byte_size(frame) > state.config.max_response_bytes do
@@ -134,6 +151,11 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
     case json_decode(frame) do
       {:ok, %{"id" => id} = response} when is_map_key(state.pending, id) ->
         answer(state, id, result_of(response))
+
+      # An error Python could not tie to a request (a frame it could not read): Python
+      # answers in order, so it is the oldest request's.
+      {:ok, %{"id" => nil, "error" => _} = response} ->
+        answer_oldest(state, result_of(response))
 
       {:ok, _stale_or_unknown} ->
         state

@@ -3,10 +3,13 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   # The session snapshot: the Erlang external term format of a plain map (no structs, no
   # funs, no pids), inside the Rust core's checksummed, versioned frame. Import checks the
   # frame first (magic, version, length, CRC-32), then decodes with [:safe] (no new atoms),
-  # then re-validates every variable as if it were registered anew.
+  # refuses a payload holding a fun, pid, port or reference anywhere (a snapshot never
+  # carries code: computed variables travel as {module, function} references, see
+  # DSPex.Bridge.Compute), then holds every setting, variable, history entry, policy and
+  # edge to exactly what the calls that would have built them accept.
 
-  alias DSPex.Bridge.{Native, Options, Variable, VariableType}
-  alias DSPex.Bridge.SessionStore.Tables
+  alias DSPex.Bridge.{Compute, Native, Options, Variable, VariableType}
+  alias DSPex.Bridge.SessionStore.{Limits, Tables}
   import DSPex.Bridge.Options, only: [is_id: 1]
 
   # Format 2 writes variables and history entries as tuples (var_tuple/1 and var_map/1 give
@@ -17,6 +20,13 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   @spec encode(map(), [Variable.t()], [{term(), list()}], [tuple()]) ::
           {:ok, binary()} | {:error, term()}
   def encode(meta, variables, histories, edges) do
+    case Enum.find(variables, &match?(%{compute: {fun, _}} when is_function(fun), &1)) do
+      nil -> encode_checked(meta, variables, histories, edges)
+      var -> {:error, {:not_exportable, {:closure_compute, var.name}}}
+    end
+  end
+
+  defp encode_checked(meta, variables, histories, edges) do
     payload =
       :erlang.term_to_binary(%{
         format: @payload_format,
@@ -154,6 +164,7 @@ defmodule DSPex.Bridge.SessionStore.Codec do
 
     with {:ok, _version, payload} <- decoded,
          {:ok, term} <- safe_binary_to_term(payload, trust),
+         :ok <- no_code(term, trust),
          {:ok, meta, vars, hist} <- check_payload(term, trust) do
       {:ok, meta, vars, hist}
     else
@@ -163,6 +174,28 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   end
 
   def decode(other, _trust), do: {:error, {:invalid_snapshot, {:not_a_binary, other}}}
+
+  # Funs (code), and pids, ports and refs (which name things of another VM), anywhere in an
+  # untrusted payload. Cluster frames carry closures between nodes of one cluster.
+  defp no_code(_term, :trusted), do: :ok
+
+  defp no_code(term, :untrusted) do
+    case forbidden([term]) do
+      nil -> :ok
+      kind -> {:error, {:invalid_snapshot, {:forbidden_term, kind}}}
+    end
+  end
+
+  # An explicit stack, so that no nesting depth matters.
+  defp forbidden([]), do: nil
+  defp forbidden([t | _]) when is_function(t), do: :fun
+  defp forbidden([t | _]) when is_pid(t), do: :pid
+  defp forbidden([t | _]) when is_port(t), do: :port
+  defp forbidden([t | _]) when is_reference(t), do: :reference
+  defp forbidden([t | rest]) when is_tuple(t), do: forbidden(Tuple.to_list(t) ++ rest)
+  defp forbidden([t | rest]) when is_map(t), do: forbidden(Map.keys(t) ++ Map.values(t) ++ rest)
+  defp forbidden([[h | tail] | rest]), do: forbidden([h, tail | rest])
+  defp forbidden([_ | rest]), do: forbidden(rest)
 
   defp safe_binary_to_term(payload, trust) do
     {:ok, :erlang.binary_to_term(payload, if(trust == :trusted, do: [], else: [:safe]))}
@@ -194,9 +227,13 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   defp check_maps(%{session: meta, variables: vars, history: hist} = p)
        when is_map(meta) and is_list(vars) and is_list(hist) do
     with {:ok, meta} <- check_meta(meta),
-         :ok <- check_access(Map.get(meta, :access, [])),
+         :ok <- proper(vars, :variables),
+         :ok <- proper(hist, :history),
          {:ok, vars} <- Options.map_ok(vars, &check_variable(&1, meta.id)),
-         {:ok, hist} <- Options.map_ok(hist, &check_history/1),
+         :ok <- check_counts(vars, meta),
+         :ok <- check_computes(vars),
+         :ok <- check_access(Map.get(meta, :access, []), vars),
+         {:ok, hist} <- check_histories(hist, vars, meta.history_limit),
          {:ok, graph} <- rebuild_graph(vars, Map.get(p, :graph, [])) do
       {:ok, Map.merge(meta, %{graph: graph}), vars, hist}
     end
@@ -205,20 +242,72 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   defp check_maps(_), do: {:error, {:invalid_snapshot, :bad_structure}}
 
   defp check_meta(%{id: id, ttl: ttl, history_limit: h, max_variables: m, metadata: md} = meta)
-       when is_id(id) and (ttl == :infinity or (is_integer(ttl) and ttl > 0)) and
-              is_integer(h) and h > 0 and is_integer(m) and m > 0 and is_map(md) do
+       when is_id(id) and is_map(md) do
     meta = Map.put_new(meta, :propagation, :sync)
 
-    if meta.propagation in [:sync, :async],
-      do: {:ok, meta},
-      else: {:error, {:invalid_snapshot, :bad_session}}
+    cond do
+      not Limits.ttl?(ttl) ->
+        {:error, {:invalid_snapshot, {:bad_session, {:ttl, ttl}}}}
+
+      not Limits.history_limit?(h) ->
+        {:error, {:invalid_snapshot, {:bad_session, {:history_limit, h}}}}
+
+      not Limits.max_variables?(m) ->
+        {:error, {:invalid_snapshot, {:bad_session, {:max_variables, m}}}}
+
+      meta.propagation not in [:sync, :async] ->
+        {:error, {:invalid_snapshot, :bad_session}}
+
+      not is_integer(Map.get(meta, :created_at, 0)) ->
+        {:error, {:invalid_snapshot, :bad_session}}
+
+      true ->
+        {:ok, meta}
+    end
   end
 
   defp check_meta(_), do: {:error, {:invalid_snapshot, :bad_session}}
 
+  defp proper(list, what) do
+    if Options.proper_list?(list),
+      do: :ok,
+      else: {:error, {:invalid_snapshot, {:bad_structure, what}}}
+  end
+
+  # As many variables as the session allows, each name once.
+  defp check_counts(vars, meta) do
+    names = Enum.map(vars, & &1.name)
+
+    cond do
+      length(vars) > meta.max_variables ->
+        {:error, {:invalid_snapshot, {:too_many_variables, meta.max_variables}}}
+
+      length(Enum.uniq(names)) != length(names) ->
+        {:error, {:invalid_snapshot, {:duplicate_variable, hd(names -- Enum.uniq(names))}}}
+
+      true ->
+        :ok
+    end
+  end
+
+  # A computed variable's inputs are other variables of the snapshot.
+  defp check_computes(vars) do
+    names = MapSet.new(vars, & &1.name)
+
+    Enum.find_value(vars, :ok, fn
+      %Variable{compute: {_ref, inputs}, name: name} ->
+        if name in inputs or not Enum.all?(inputs, &MapSet.member?(names, &1)),
+          do: {:error, {:invalid_snapshot, {:bad_variable, name, {:invalid_compute, inputs}}}}
+
+      _ ->
+        nil
+    end)
+  end
+
   defp check_variable(%{name: name, type: type, value: value, version: v} = var, session_id)
-       when is_id(name) and is_integer(v) and v > 0 do
-    with :ok <- check_compute(Map.get(var, :compute)),
+       when is_id(name) do
+    with :ok <- check_fields(var),
+         {:ok, compute} <- check_compute(Map.get(var, :compute)),
          {:ok, constraints} <-
            VariableType.normalize_constraints(type, Map.get(var, :constraints, %{})),
          {:ok, stored} <- VariableType.validate(type, value, constraints) do
@@ -234,7 +323,7 @@ defmodule DSPex.Bridge.SessionStore.Codec do
          constraints: constraints,
          metadata: Map.get(var, :metadata, %{}),
          description: Map.get(var, :description),
-         compute: Map.get(var, :compute),
+         compute: compute,
          stale: Map.get(var, :stale)
        }}
     else
@@ -244,20 +333,64 @@ defmodule DSPex.Bridge.SessionStore.Codec do
 
   defp check_variable(_, _), do: {:error, {:invalid_snapshot, :bad_variable}}
 
-  defp check_compute(nil), do: :ok
-
-  defp check_compute({fun, [_ | _] = inputs}) when is_function(fun, 1) do
-    if Enum.all?(inputs, &DSPex.Bridge.Options.id?/1), do: :ok, else: {:error, :bad_compute}
+  defp check_fields(var) do
+    cond do
+      not Limits.version?(var.version) -> {:error, {:bad_version, var.version}}
+      not is_integer(Map.get(var, :created_at, 0)) -> {:error, :bad_created_at}
+      not is_integer(Map.get(var, :updated_at, 0)) -> {:error, :bad_updated_at}
+      not is_map(Map.get(var, :metadata, %{})) -> {:error, :bad_metadata}
+      not description?(Map.get(var, :description)) -> {:error, :bad_description}
+      true -> :ok
+    end
   end
 
-  defp check_compute(_), do: {:error, :bad_compute}
+  defp description?(nil), do: true
+  defp description?(d), do: is_binary(d) and String.valid?(d)
 
-  defp check_access(entries) when is_list(entries) do
+  defp check_compute(nil), do: {:ok, nil}
+
+  defp check_compute({ref, [_ | _] = inputs}) do
+    cond do
+      not (Options.proper_list?(inputs) and Enum.all?(inputs, &Options.id?/1)) ->
+        {:error, {:invalid_compute, inputs}}
+
+      true ->
+        with {:ok, ref} <- Compute.check_imported(ref), do: {:ok, {ref, Enum.uniq(inputs)}}
+    end
+  end
+
+  defp check_compute(other), do: {:error, {:invalid_compute, other}}
+
+  # Policies of the snapshot's variables, each at most once, as add_rule/3 would take them.
+  defp check_access(entries, vars) when is_list(entries) do
+    names = MapSet.new(vars, & &1.name)
+
+    with :ok <- proper(entries, :access),
+         :ok <- unique_names(Enum.map(entries, &elem_or_nil/1), :access) do
+      check_policies(entries, names)
+    end
+  end
+
+  defp check_access(_, _vars), do: {:error, {:invalid_snapshot, :bad_access}}
+
+  defp elem_or_nil(t) when is_tuple(t) and tuple_size(t) > 0, do: elem(t, 0)
+  defp elem_or_nil(_), do: nil
+
+  defp unique_names(names, what) do
+    if length(Enum.uniq(names)) == length(names),
+      do: :ok,
+      else: {:error, {:invalid_snapshot, {:duplicate, what, hd(names -- Enum.uniq(names))}}}
+  end
+
+  defp check_policies(entries, names) do
     Enum.reduce_while(entries, :ok, fn
       {name, mode, rules}, :ok
       when is_id(name) and mode in [:private, :protected, :public] and is_list(rules) ->
-        case Native.acl_validate(rules) do
-          :ok -> {:cont, :ok}
+        with true <- MapSet.member?(names, name) and Options.proper_list?(rules),
+             :ok <- Native.acl_validate(rules) do
+          {:cont, :ok}
+        else
+          false -> {:halt, {:error, {:invalid_snapshot, {:bad_access, name}}}}
           {:error, reason} -> {:halt, {:error, {:invalid_snapshot, {:bad_access, name, reason}}}}
         end
 
@@ -267,8 +400,6 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   rescue
     ArgumentError -> {:error, {:invalid_snapshot, :bad_access}}
   end
-
-  defp check_access(_), do: {:error, {:invalid_snapshot, :bad_access}}
 
   # The graph is rebuilt (and so re-checked for cycles and unknown variables) before the
   # session exists; the import then just adopts it.
@@ -294,11 +425,45 @@ defmodule DSPex.Bridge.SessionStore.Codec do
 
   defp edge?(_), do: false
 
-  defp check_history({name, entries}) when is_id(name) and is_list(entries) do
-    if Enum.all?(entries, &match?(%{version: v, value: _} when is_integer(v), &1)),
-      do: {:ok, {name, entries}},
-      else: {:error, {:invalid_snapshot, {:bad_history, name}}}
+  # History of the snapshot's variables only, each once: at most history_limit entries,
+  # newest first, versions distinct and no newer than the variable, values of its type.
+  defp check_histories(hist, vars, limit) do
+    by_name = Map.new(vars, &{&1.name, &1})
+
+    with :ok <- unique_names(Enum.map(hist, &elem_or_nil/1), :history) do
+      Options.map_ok(hist, &check_history(&1, by_name, limit))
+    end
   end
 
-  defp check_history(_), do: {:error, {:invalid_snapshot, :bad_history}}
+  defp check_history({name, entries}, by_name, limit) when is_id(name) and is_list(entries) do
+    bad = {:error, {:invalid_snapshot, {:bad_history, name}}}
+
+    with %Variable{} = var <- Map.get(by_name, name, bad),
+         true <- Options.proper_list?(entries) and length(entries) <= limit,
+         true <- Enum.all?(entries, &entry?(&1, var)),
+         versions = Enum.map(entries, & &1.version),
+         true <- versions == Enum.sort(versions, :desc) and versions == Enum.uniq(versions) do
+      {:ok, {name, entries}}
+    else
+      _ -> bad
+    end
+  end
+
+  defp check_history(_, _by_name, _limit), do: {:error, {:invalid_snapshot, :bad_history}}
+
+  defp entry?(%{version: v, value: value, updated_at: at} = e, var) do
+    Limits.version?(v) and v <= var.version and is_integer(at) and
+      change?(Map.get(e, :change)) and of_type?(var.type, value)
+  end
+
+  defp entry?(_, _var), do: false
+
+  # An old value is of the variable's type (constraints may have changed since it was
+  # written; rollback checks it against the current ones). A :choice value is any term.
+  defp of_type?(:choice, _value), do: true
+  defp of_type?(type, value), do: match?({:ok, _}, VariableType.validate(type, value, %{}))
+
+  defp change?(c) when c in [nil, :register, :update, :compute], do: true
+  defp change?({:rollback, v}), do: Limits.version?(v)
+  defp change?(_), do: false
 end

@@ -596,7 +596,16 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
   defp check_compute(_state, nil, _name), do: {:ok, nil}
 
-  defp check_compute(state, {fun, inputs}, name) when is_function(fun, 1) and is_list(inputs) do
+  defp check_compute(state, {fun, inputs}, name) when is_list(inputs) do
+    case DSPex.Bridge.Compute.check(fun) do
+      {:ok, fun} -> check_inputs(state, fun, inputs, name)
+      error -> error
+    end
+  end
+
+  defp check_compute(_state, other, _name), do: {:error, {:invalid_compute, other}}
+
+  defp check_inputs(state, fun, inputs, name) do
     # Enum.reject, not Enum.find: the offending input may itself be nil or false.
     cond do
       not DSPex.Bridge.Options.proper_list?(inputs) ->
@@ -618,8 +627,6 @@ defmodule DSPex.Bridge.SessionStore.Session do
         {:ok, {fun, Enum.uniq(inputs)}}
     end
   end
-
-  defp check_compute(_state, other, _name), do: {:error, {:invalid_compute, other}}
 
   defp initial_value(_state, %Variable{compute: nil} = var),
     do: VariableType.validate(var.type, var.value, var.constraints)
