@@ -40,3 +40,14 @@ defmodule DSPex.Bridge.TestComputes do
   def add(%{a: a}, n), do: a + n
   def double_b(%{b: b}), do: b * 2
 end
+
+defmodule DSPex.Bridge.TestComputes.Remote do
+  @moduledoc false
+  # Runs on a peer node: registers a variable computed by a closure made there (this
+  # module's code is on every node of a test cluster).
+  def register_closure(session_id, name, input) do
+    DSPex.Bridge.SessionStore.register_variable(session_id, name, :integer, nil,
+      compute: {fn inputs -> Map.fetch!(inputs, input) + 1 end, [input]}
+    )
+  end
+end

@@ -87,6 +87,22 @@ defmodule DSPex.Bridge.HAManagerTest do
     assert {:error, :session_not_found} = rpc(b, :get_variable, [id, "counter"])
   end
 
+  test "a closure compute moves with its session inside the cluster (never in an export)" do
+    [a, b] = peers(["closure_a", "closure_b"])
+    id = new_session(a)
+
+    {:ok, _} =
+      :erpc.call(a, DSPex.Bridge.TestComputes.Remote, :register_closure, [id, "plus_one", "counter"])
+
+    assert {:error, {:not_exportable, {:closure_compute, "plus_one"}}} =
+             rpc(a, :export_session, [id])
+
+    assert {:ok, _} = ha(a, :migrate_session, [id, b, []])
+    assert {:ok, ^b} = ha(a, :get_session_owner, [id])
+    assert {:ok, _} = rpc(b, :update_variable, [id, "counter", 41])
+    assert {:ok, 42} = rpc(b, :get_value, [id, "plus_one"])
+  end
+
   test "a crash of the HA process loses no ownership: the owner keeps writing, the replica keeps its copy" do
     [a, b] = peers(["crash_a", "crash_b"])
     id = new_session(a)

@@ -403,12 +403,15 @@ defmodule DSPex.Bridge.SessionStore.Codec do
 
   # The graph is rebuilt (and so re-checked for cycles and unknown variables) before the
   # session exists; the import then just adopts it.
+  # A computed variable's edges from its inputs are part of its declaration: they are added
+  # whether or not the snapshot lists them, as registering it would.
   defp rebuild_graph(vars, edges) when is_list(edges) do
     graph = Native.graph_new()
     Native.graph_add_nodes(graph, Enum.map(vars, & &1.name))
+    declared = for %{compute: {_, inputs}, name: n} <- vars, i <- inputs, do: {i, n, :compute}
 
-    with true <- Enum.all?(edges, &edge?/1),
-         {:ok, _} <- Native.graph_add_edges(graph, edges) do
+    with true <- Options.proper_list?(edges) and Enum.all?(edges, &edge?/1),
+         {:ok, _} <- Native.graph_add_edges(graph, Enum.uniq(edges ++ declared)) do
       {:ok, graph}
     else
       false -> {:error, {:invalid_snapshot, :bad_graph}}
