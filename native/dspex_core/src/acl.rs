@@ -1084,3 +1084,64 @@ impl<V: Eq + Hash + Clone> AccessControl<V> {
         self.policies.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_is_recognised_by_identity_not_by_text() {
+        let mut acl: AccessControl<&str> = AccessControl::new(64);
+        // Two ids with the same text ("bob"), told apart by a tag byte as a typed host does.
+        acl.set_policy("v", b"s:bob", AccessMode::Private, vec![])
+            .unwrap();
+        let ctx = Context::default();
+        let string_bob = Caller {
+            id: b"s:bob",
+            text: "bob",
+        };
+        let atom_bob = Caller {
+            id: b"a:bob",
+            text: "bob",
+        };
+        assert_eq!(
+            acl.explain(&"v", string_bob, Permission::Read, &ctx, 0),
+            Decision::Owner
+        );
+        assert!(!acl
+            .check(&"v", atom_bob, Permission::Read, &ctx, 0)
+            .allowed());
+        // The cache keeps the two apart too.
+        assert!(acl
+            .check(&"v", string_bob, Permission::Write, &ctx, 0)
+            .allowed());
+        assert!(!acl
+            .check(&"v", atom_bob, Permission::Write, &ctx, 0)
+            .allowed());
+        // Patterns see the text: a rule for "bob" admits both.
+        let rule = Rule::new(
+            "bobs",
+            SessionPattern::glob("bob").unwrap(),
+            &[Permission::Read],
+        );
+        acl.add_rule(&"v", rule).unwrap();
+        assert!(acl
+            .check(&"v", atom_bob, Permission::Read, &ctx, 0)
+            .allowed());
+    }
+
+    #[test]
+    fn plain_text_callers_are_their_own_identity() {
+        let mut acl: AccessControl<&str> = AccessControl::new(64);
+        acl.set_policy("v", "alice", AccessMode::Private, vec![])
+            .unwrap();
+        let ctx = Context::default();
+        assert_eq!(
+            acl.explain(&"v", "alice", Permission::Write, &ctx, 0),
+            Decision::Owner
+        );
+        assert!(!acl
+            .check(&"v", "alice ", Permission::Read, &ctx, 0)
+            .allowed());
+    }
+}

@@ -656,3 +656,55 @@ impl Breaker {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_window(window: Window) -> Config {
+        Config {
+            window,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn windows_past_their_maximum_are_refused_before_anything_is_allocated() {
+        let time = |buckets| Window::Time {
+            span_ns: 1_000_000_000,
+            buckets,
+            min_calls: 1,
+        };
+        let count = |size| Window::Count { size, min_calls: 1 };
+        assert_eq!(with_window(time(MAX_TIME_BUCKETS)).validate(), Ok(()));
+        assert_eq!(
+            with_window(time(MAX_TIME_BUCKETS + 1)).validate(),
+            Err(ConfigError::TooLarge)
+        );
+        assert_eq!(
+            with_window(time(u32::MAX)).validate(),
+            Err(ConfigError::TooLarge)
+        );
+        assert_eq!(with_window(count(MAX_COUNT_WINDOW)).validate(), Ok(()));
+        assert_eq!(
+            with_window(count(MAX_COUNT_WINDOW + 1)).validate(),
+            Err(ConfigError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn a_breaker_made_without_validation_still_allocates_at_most_the_maximum() {
+        let b = Breaker::new(with_window(Window::Time {
+            span_ns: 1_000_000_000,
+            buckets: u32::MAX,
+            min_calls: 1,
+        }));
+        assert_eq!(b.buckets.len(), MAX_TIME_BUCKETS as usize);
+    }
+
+    #[test]
+    fn config_errors_are_std_errors() {
+        let e: Box<dyn std::error::Error> = Box::new(ConfigError::TooLarge);
+        assert!(e.to_string().contains("maximum"));
+    }
+}
