@@ -33,7 +33,57 @@ fn text(term: Term) -> Result<String, String> {
     }
 }
 
-/// A container being filled: its remaining items and what was converted so far.
+/// What one item of a walk becomes: a finished output, or a container whose items come next.
+enum Step<O, C> {
+    Done(O),
+    Open(C),
+}
+
+/// A container being filled during a walk.
+trait Fill<I, O> {
+    /// Takes the output of the item it handed out last (`None` the first time) and hands
+    /// out its next item, or `None` once all are done.
+    fn next(&mut self, done: Option<O>) -> Result<Option<I>, String>;
+    /// The finished container.
+    fn close(self) -> Result<O, String>;
+}
+
+/// Converts `root` depth first with an explicit stack of open containers: `step` turns an
+/// item into an output or a container (it is told how many containers are open).
+fn walk<I, O, C: Fill<I, O>>(
+    root: I,
+    mut step: impl FnMut(I, usize) -> Result<Step<O, C>, String>,
+) -> Result<O, String> {
+    let mut stack: Vec<C> = Vec::new();
+    let mut next = Some(root);
+    loop {
+        let mut done = match next.take() {
+            Some(item) => match step(item, stack.len())? {
+                Step::Done(out) => Some(out),
+                Step::Open(container) => {
+                    stack.push(container);
+                    None
+                }
+            },
+            None => None,
+        };
+        loop {
+            let Some(top) = stack.last_mut() else {
+                return done.ok_or_else(|| "empty".to_string());
+            };
+            if let Some(item) = top.next(done.take())? {
+                next = Some(item);
+                break;
+            }
+            done = match stack.pop() {
+                Some(finished) => Some(finished.close()?),
+                None => unreachable!("the stack was not empty"),
+            };
+        }
+    }
+}
+
+/// A list, tuple or map being turned into a JSON array or object.
 enum Open<'a> {
     Array(std::vec::IntoIter<Term<'a>>, Vec<Value>),
     Object(
@@ -43,13 +93,44 @@ enum Open<'a> {
     ),
 }
 
-/// What one term becomes: a finished value, or a container whose items come next.
-enum Step<'a> {
-    Done(Value),
-    Open(Open<'a>),
+impl<'a> Fill<Term<'a>, Value> for Open<'a> {
+    fn next(&mut self, done: Option<Value>) -> Result<Option<Term<'a>>, String> {
+        match self {
+            Open::Array(items, out) => {
+                out.extend(done);
+                Ok(items.next())
+            }
+            Open::Object(pairs, out, key) => {
+                if let Some(v) = done {
+                    out.insert(std::mem::take(key), v);
+                }
+                match pairs.next() {
+                    Some((k, v)) => {
+                        *key = text(k)?;
+                        Ok(Some(v))
+                    }
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+
+    fn close(self) -> Result<Value, String> {
+        Ok(match self {
+            Open::Array(_, out) => Value::Array(out),
+            Open::Object(_, out, _) => Value::Object(out),
+        })
+    }
 }
 
-fn scalar_or_open(term: Term) -> Result<Step, String> {
+fn scalar_or_open(term: Term, depth: usize) -> Result<Step<Value, Open>, String> {
+    let open = |container| {
+        if depth >= MAX_DEPTH {
+            Err(format!("nested deeper than {MAX_DEPTH}"))
+        } else {
+            Ok(Step::Open(container))
+        }
+    };
     match term.get_type() {
         TermType::Atom => {
             if atom_is(term, atoms::nil()) {
@@ -81,165 +162,97 @@ fn scalar_or_open(term: Term) -> Result<Step, String> {
                 .map_err(|_| "improper list".to_string())?;
             let iter: ListIterator = term.decode().map_err(|_| "improper list".to_string())?;
             let items: Vec<Term> = iter.collect();
-            Ok(Step::Open(Open::Array(
-                items.into_iter(),
-                Vec::with_capacity(n),
-            )))
+            open(Open::Array(items.into_iter(), Vec::with_capacity(n)))
         }
         TermType::Tuple => {
             let items = get_tuple(term).map_err(|_| "tuple".to_string())?;
             let n = items.len();
-            Ok(Step::Open(Open::Array(
-                items.into_iter(),
-                Vec::with_capacity(n),
-            )))
+            open(Open::Array(items.into_iter(), Vec::with_capacity(n)))
         }
         TermType::Map => {
             let pairs: Vec<(Term, Term)> = MapIterator::new(term)
                 .ok_or_else(|| "map".to_string())?
                 .collect();
-            Ok(Step::Open(Open::Object(
-                pairs.into_iter(),
-                Map::new(),
-                String::new(),
-            )))
+            open(Open::Object(pairs.into_iter(), Map::new(), String::new()))
         }
         other => Err(format!("{other:?} cannot be JSON")),
     }
 }
 
-/// Terms to `serde_json` values, iteratively.
+/// Terms to `serde_json` values.
 fn to_value(term: Term) -> Result<Value, String> {
-    let mut stack: Vec<Open> = Vec::new();
-    let mut next = Some(term);
-    loop {
-        // Convert the next term, or close containers whose items are all done.
-        let mut done = match next.take() {
-            Some(t) => match scalar_or_open(t)? {
-                Step::Done(v) => Some(v),
-                Step::Open(open) => {
-                    if stack.len() >= MAX_DEPTH {
-                        return Err(format!("nested deeper than {MAX_DEPTH}"));
-                    }
-                    stack.push(open);
-                    None
-                }
-            },
-            None => None,
-        };
-        loop {
-            let Some(top) = stack.last_mut() else {
-                return done.ok_or_else(|| "empty".to_string());
-            };
-            match top {
-                Open::Array(items, out) => {
-                    if let Some(v) = done.take() {
-                        out.push(v);
-                    }
-                    if let Some(t) = items.next() {
-                        next = Some(t);
-                        break;
-                    }
-                }
-                Open::Object(pairs, out, key) => {
-                    if let Some(v) = done.take() {
-                        out.insert(std::mem::take(key), v);
-                    }
-                    if let Some((k, v)) = pairs.next() {
-                        *key = text(k)?;
-                        next = Some(v);
-                        break;
-                    }
-                }
-            }
-            done = Some(match stack.pop() {
-                Some(Open::Array(_, out)) => Value::Array(out),
-                Some(Open::Object(_, out, _)) => Value::Object(out),
-                None => unreachable!("the stack was not empty"),
-            });
-        }
-    }
+    walk(term, scalar_or_open)
 }
 
-/// A parsed container being turned into a term: its items, and the terms made so far.
+/// A parsed array or object being turned into a list or a map with string keys.
 enum Building<'v, 'a> {
-    Array(std::slice::Iter<'v, Value>, Vec<Term<'a>>),
+    Array(Env<'a>, std::slice::Iter<'v, Value>, Vec<Term<'a>>),
     Object(
+        Env<'a>,
         serde_json::map::Iter<'v>,
         Vec<(Term<'a>, Term<'a>)>,
         Option<Term<'a>>,
     ),
 }
 
-/// `serde_json` values to terms, iteratively. Objects become maps with string keys.
+impl<'v, 'a> Fill<&'v Value, Term<'a>> for Building<'v, 'a> {
+    fn next(&mut self, done: Option<Term<'a>>) -> Result<Option<&'v Value>, String> {
+        match self {
+            Building::Array(_, items, out) => {
+                out.extend(done);
+                Ok(items.next())
+            }
+            Building::Object(env, pairs, out, key) => {
+                if let (Some(t), Some(k)) = (done, key.take()) {
+                    out.push((k, t));
+                }
+                Ok(pairs.next().map(|(k, v)| {
+                    *key = Some(k.as_str().encode(*env));
+                    v
+                }))
+            }
+        }
+    }
+
+    fn close(self) -> Result<Term<'a>, String> {
+        match self {
+            Building::Array(env, _, out) => Ok(out.encode(env)),
+            Building::Object(env, _, out, _) => {
+                let (keys, values): (Vec<Term>, Vec<Term>) = out.into_iter().unzip();
+                Term::map_from_term_arrays(env, &keys, &values)
+                    .map_err(|_| "duplicate object key".to_string())
+            }
+        }
+    }
+}
+
+/// `serde_json` values to terms.
 fn to_term<'a>(env: Env<'a>, value: &Value) -> Result<Term<'a>, String> {
-    let mut stack: Vec<Building<'_, 'a>> = Vec::new();
-    let mut next = Some(value);
-    loop {
-        let mut done = match next.take() {
-            Some(Value::Null) => Some(atoms::nil().encode(env)),
-            Some(Value::Bool(b)) => Some(b.encode(env)),
-            Some(Value::Number(n)) => Some(if let Some(i) = n.as_i64() {
+    walk(value, |v, _depth| {
+        Ok(match v {
+            Value::Null => Step::Done(atoms::nil().encode(env)),
+            Value::Bool(b) => Step::Done(b.encode(env)),
+            Value::Number(n) => Step::Done(if let Some(i) = n.as_i64() {
                 i.encode(env)
             } else if let Some(u) = n.as_u64() {
                 u.encode(env)
             } else {
                 n.as_f64().unwrap_or(0.0).encode(env)
             }),
-            Some(Value::String(s)) => Some(s.as_str().encode(env)),
-            Some(Value::Array(items)) => {
-                stack.push(Building::Array(
-                    items.iter(),
-                    Vec::with_capacity(items.len()),
-                ));
-                None
-            }
-            Some(Value::Object(map)) => {
-                stack.push(Building::Object(
-                    map.iter(),
-                    Vec::with_capacity(map.len()),
-                    None,
-                ));
-                None
-            }
-            None => None,
-        };
-        loop {
-            let Some(top) = stack.last_mut() else {
-                return done.ok_or_else(|| "empty".to_string());
-            };
-            match top {
-                Building::Array(items, out) => {
-                    if let Some(t) = done.take() {
-                        out.push(t);
-                    }
-                    if let Some(v) = items.next() {
-                        next = Some(v);
-                        break;
-                    }
-                }
-                Building::Object(pairs, out, key) => {
-                    if let (Some(t), Some(k)) = (done.take(), key.take()) {
-                        out.push((k, t));
-                    }
-                    if let Some((k, v)) = pairs.next() {
-                        *key = Some(k.as_str().encode(env));
-                        next = Some(v);
-                        break;
-                    }
-                }
-            }
-            done = Some(match stack.pop() {
-                Some(Building::Array(_, out)) => out.encode(env),
-                Some(Building::Object(_, out, _)) => {
-                    let (keys, values): (Vec<Term>, Vec<Term>) = out.into_iter().unzip();
-                    Term::map_from_term_arrays(env, &keys, &values)
-                        .map_err(|_| "duplicate object key".to_string())?
-                }
-                None => unreachable!("the stack was not empty"),
-            });
-        }
-    }
+            Value::String(s) => Step::Done(s.as_str().encode(env)),
+            Value::Array(items) => Step::Open(Building::Array(
+                env,
+                items.iter(),
+                Vec::with_capacity(items.len()),
+            )),
+            Value::Object(map) => Step::Open(Building::Object(
+                env,
+                map.iter(),
+                Vec::with_capacity(map.len()),
+                None,
+            )),
+        })
+    })
 }
 
 fn encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
