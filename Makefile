@@ -4,7 +4,10 @@ SHELL := /bin/bash
 export LANG ?= C.UTF-8
 export LC_ALL ?= C.UTF-8
 
-.PHONY: all test demo bench lint toolchain rust-test elixir-test clean
+.PHONY: all test demo bench lint toolchain python rust-test python-test elixir-test clean
+
+# The Python workers' interpreter: a virtual environment with the dspex_bridge package.
+export DSPEX_PYTHON ?= $(CURDIR)/_build/dspex_python/bin/python
 
 all: test
 
@@ -16,12 +19,20 @@ toolchain:
 rust-test: toolchain
 	cargo test --workspace --release
 
-elixir-test: toolchain
+# The Python side: a virtual environment made (once) by `mix dspex.python.setup`.
+python: toolchain
+	MIX_ENV=test mix dspex.python.setup --path _build/dspex_python
+
+# The Python SDK's own tests (unittest, in the environment above).
+python-test: python
+	$(DSPEX_PYTHON) -m unittest discover -s test/python -v
+
+elixir-test: python
 	MIX_ENV=test mix test
 
-test: rust-test elixir-test
+test: rust-test python-test elixir-test
 
-demo: toolchain
+demo: python
 	mix dspex.demo
 
 lint: toolchain
@@ -31,7 +42,7 @@ lint: toolchain
 	mix format --check-formatted
 	MIX_ENV=test mix compile --warnings-as-errors --force
 
-bench: toolchain
+bench: python
 	cargo bench -p dspex_benches
 	MIX_ENV=prod mix run benches/session_store.exs
 	MIX_ENV=prod mix run benches/dependency_graph.exs
@@ -39,6 +50,7 @@ bench: toolchain
 	MIX_ENV=prod mix run benches/circuit_breaker.exs
 	MIX_ENV=prod mix run benches/coordinator.exs
 	MIX_ENV=prod mix run benches/analytics.exs
+	MIX_ENV=prod mix run benches/python_bridge.exs
 	MIX_ENV=prod elixir --erl "+sbwt none +sbwtdcpu none +sbwtdio none" -S mix run benches/ha.exs
 
 clean:

@@ -4,6 +4,15 @@ alias DSPex.Bridge.{AccessControl, DependencyManager, SessionStore}
 defmodule Demo do
   def section(title), do: IO.puts("\n== #{title}")
   def say(text), do: IO.puts("   " <> text)
+
+  # Until `fun` answers {:ok, _}: a killed worker is back within moments.
+  def retry(fun, left \\ 100) do
+    case fun.() do
+      {:ok, _} = ok -> ok
+      _ when left > 0 -> Process.sleep(100) && retry(fun, left - 1)
+      error -> error
+    end
+  end
 end
 
 Demo.section("Sessions and typed variables")
@@ -72,6 +81,7 @@ Process.sleep(50)
 
 Demo.section("Sessions are isolated")
 {:ok, _} = SessionStore.create_session("other_session")
+{:ok, _} = SessionStore.register_variable("other_session", :secret, :string, "hidden")
 denied = SessionStore.get_variable(session, :temperature, caller: "other_session")
 Demo.say("other_session reads demo_session's temperature -> #{inspect(denied)}")
 
@@ -219,9 +229,36 @@ Demo.say("a write without the token -> #{inspect(late)}")
 :ok = OptimizerCoordinator.release_lock(:lr, "urgent", session_id: team)
 Process.exit(patient, :kill)
 
+Demo.section("Python tools read and write the session (examples/demo_tools.py)")
+alias DSPex.Bridge.{CircuitBreaker, Python, PythonWorker}
+examples = Path.dirname(__ENV__.file)
+
+{:ok, _} =
+  PythonWorker.start_pool(:demo_python, size: 2, modules: ["demo_tools"], python_path: [examples])
+
+:ok = CircuitBreaker.start_breaker(:demo_tools_breaker, [])
+
+py = fn session, tool, args ->
+  Python.call(session, tool, args, pool: :demo_python, breaker: :demo_tools_breaker)
+end
+
+{:ok, t} = py.(session, "warm_up", %{factor: 1.25})
+{:ok, var} = SessionStore.get_variable(session, :temperature)
+
+Demo.say(
+  "Python raised demo_session's temperature to #{t}; Elixir reads #{var.value} (version #{var.version})"
+)
+
+{:ok, answer} = py.(session, "stale_write", %{version: 1})
+Demo.say("Python writing with a stale version -> #{answer}")
+{:ok, answer} = py.(session, "peek", %{session: "other_session", name: "secret"})
+Demo.say("Python reading another session's private variable -> #{answer}")
+{:ok, before} = py.(session, "pid", %{})
+System.cmd("kill", ["-9", Integer.to_string(before)])
+{:ok, after_kill} = Demo.retry(fn -> py.(session, "pid", %{}) end)
+Demo.say("worker #{before} killed with -9; the pool answers from #{after_kill}")
+
 Demo.section("A sick Python worker cannot drag the BEAM down")
-alias DSPex.Bridge.{CircuitBreaker, PythonWorker}
-{:ok, _} = PythonWorker.start_pool(:demo_python, size: 2)
 
 :ok =
   CircuitBreaker.start_breaker(:demo_python,
@@ -232,24 +269,24 @@ alias DSPex.Bridge.{CircuitBreaker, PythonWorker}
   )
 
 {:ok, _} = SessionStore.register_variable(team, :score, :float, 0.0)
-{:ok, v} = DSPex.Bridge.fetch_variable(team, :score, "echo", %{value: 0.82}, pool: :demo_python)
+{:ok, v} = Python.fetch_variable(team, :score, "echo", %{value: 0.82}, pool: :demo_python)
 Demo.say("Python computed score = #{v.value}")
 
 for i <- 1..3 do
-  r = DSPex.Bridge.call(team, "raise", %{message: "CUDA out of memory"}, pool: :demo_python)
+  r = Python.call(team, "raise", %{message: "CUDA out of memory"}, pool: :demo_python)
   Demo.say("call #{i}: #{inspect(r)}")
 end
 
 {:ok, state} = CircuitBreaker.state(:demo_python)
 Demo.say("breaker is now #{state}")
-{us, r} = :timer.tc(fn -> DSPex.Bridge.call(team, "echo", %{value: 1}, pool: :demo_python) end)
+{us, r} = :timer.tc(fn -> Python.call(team, "echo", %{value: 1}, pool: :demo_python) end)
 Demo.say("next call -> #{inspect(r)} in #{us} us, without reaching Python")
-{:ok, v} = DSPex.Bridge.fetch_variable(team, :score, "echo", %{value: 0.9}, pool: :demo_python)
+{:ok, v} = Python.fetch_variable(team, :score, "echo", %{value: 0.9}, pool: :demo_python)
 Demo.say("score served from the last good value: #{v.value}, stale: #{inspect(v.stale)}")
 Process.sleep(320)
 
 for _ <- 1..2,
-    do: {:ok, _} = DSPex.Bridge.call(team, "echo", %{value: 1}, pool: :demo_python)
+    do: {:ok, _} = Python.call(team, "echo", %{value: 1}, pool: :demo_python)
 
 {:ok, state} = CircuitBreaker.state(:demo_python)
 Demo.say("after the wait, two probes succeeded: breaker is #{state}")

@@ -12,6 +12,20 @@ defmodule DSPex.Bridge.TestHelpers do
     id
   end
 
+  @doc "Options of a Python pool that serves the test tools (test/support/python)."
+  def python_opts(opts \\ []) do
+    [modules: ["fault_tools"], python_path: [Path.expand("test/support/python")]] ++ opts
+  end
+
+  @doc "Starts a pool of the test tools, stopped when the test ends."
+  def python_pool!(opts \\ []) do
+    pool = :"pool_#{System.unique_integer([:positive])}"
+    {:ok, _} = DSPex.Bridge.PythonWorker.start_pool(pool, python_opts(opts))
+    ExUnit.Callbacks.on_exit(fn -> DSPex.Bridge.PythonWorker.stop_pool(pool) end)
+    eventually(fn -> DSPex.Bridge.PythonWorker.call(pool, "ping", %{}) == {:ok, "pong"} end, 20_000)
+    pool
+  end
+
   @doc "Waits until `fun` returns a truthy value, polling; fails after `timeout` ms."
   def eventually(fun, timeout \\ 2_000) do
     deadline = System.monotonic_time(:millisecond) + timeout

@@ -22,7 +22,7 @@ defmodule DSPex.Bridge.Application do
           DSPex.Bridge.CircuitBreaker,
           DSPex.Bridge.OptimizerCoordinator,
           DSPex.Bridge.RateLimiter,
-          DSPex.Bridge.PythonWorker
+          {DSPex.Bridge.PythonWorker, :system}
         ]
 
     with {:ok, sup} <-

@@ -105,11 +105,11 @@ defmodule DSPex.Bridge.Native do
   def breaker_control(_breaker, _action), do: not_loaded()
   def breaker_stats(_breaker), do: not_loaded()
 
-  # json
-  def json_encode(_term), do: not_loaded()
-  def json_encode_dirty(_term), do: not_loaded()
-  def json_decode(_json), do: not_loaded()
-  def json_decode_dirty(_json), do: not_loaded()
+  # bridge protocol (priv/proto/dspex_bridge.proto)
+  def bridge_encode(_frame), do: not_loaded()
+  def bridge_encode_dirty(_frame), do: not_loaded()
+  def bridge_decode(_bytes), do: not_loaded()
+  def bridge_decode_dirty(_bytes), do: not_loaded()
 
   # rate limit
   def rate_limiter_new(_capacity, _per_second, _max_keys), do: not_loaded()

@@ -1,221 +1,309 @@
 defmodule DSPex.Bridge.PythonWorker do
   @moduledoc """
-  A supervised pool of Python worker processes, each behind an Erlang Port.
+  Supervised pools of Python workers that serve `@tool` functions (the `dspex_bridge`
+  Python package, `priv/python/`).
 
-  Each worker runs `priv/python/dspex_worker.py` (or `script:`) and speaks length-prefixed
-  JSON (`{:packet, 4}`); JSON is encoded and decoded in the NIF with `serde_json`.
+  Each worker is `python -m dspex_bridge.worker --module ...` behind an Erlang Port opened
+  with `:nouse_stdio`: protobuf frames (`priv/proto/dspex_bridge.proto`, encoded in the NIF
+  with prost) travel on a private pipe pair (fds 3 and 4, `{:packet, 4}`), so the
+  interpreter's stdout and stderr stay free: they reach `Logger`, a line at a time, and a
+  `print()` in a tool can never corrupt a frame.
 
-  * Requests carry ids; each has its own timeout. A request that times out gets
-    `{:error, :timeout}` at its deadline and the worker's Python process is **restarted**
-    (a stuck interpreter never holds the pool); other requests in flight on that worker get
-    `{:error, :worker_restarted}`.
-  * A Python process that exits or is killed is restarted by the pool's supervisor; its
-    callers get `{:error, {:worker_exited, status}}`.
-  * Every `health_interval_ms` an idle worker is pinged; one that does not answer in time is
-    restarted.
-  * A reply that is not JSON gives its caller `{:error, {:invalid_response, detail}}`; one
-    over `max_response_bytes` gives `{:error, :oversized_response}`. The worker goes on.
-
-  Python-side errors come back as `{:error, {:python, type, message}}`.
+  * A call carries the session it serves; the tool's `ctx` acts as that session only (see
+    `DSPex.Bridge.Python`). A worker runs up to `concurrency:` calls at once.
+  * A call past its deadline gets `{:error, :timeout}` at the deadline and Python is told
+    to cancel it; a worker whose every slot is held by calls that never ended is replaced.
+  * A worker that exits or is killed is restarted; its callers get
+    `{:error, {:worker_exited, status}}`. An idle worker is pinged every
+    `health_interval_ms`; one that does not answer before the next ping is replaced.
+  * An exception in a tool is `{:error, {:python, type, message}}`.
 
   ## Example
 
-      {:ok, _} = DSPex.Bridge.PythonWorker.start_pool(:python, size: 2)
-      {:ok, "pong"} = DSPex.Bridge.PythonWorker.call(:python, "ping", %{})
+      {:ok, _} = DSPex.Bridge.PythonWorker.start_pool(:tools, modules: ["my_tools"], size: 2)
+      {:ok, "pong"} = DSPex.Bridge.PythonWorker.call(:tools, "ping", %{})
+
+  or in a supervision tree: `{DSPex.Bridge.PythonWorker, name: :tools, modules: ["my_tools"]}`.
+
+  The interpreter is `python:` (default: the `:dspex_bridge, :python` setting, else the
+  `DSPEX_PYTHON` environment variable, else `python3` on the PATH); it needs the packages
+  `protobuf` and `grpcio` (`mix dspex.python.setup` makes a virtual environment with them).
   """
 
   alias DSPex.Bridge.Options
+  alias DSPex.Bridge.PythonWorker.{Pool, Worker}
   import DSPex.Bridge.Options, only: [is_id: 1]
-
-  # The most interpreters one pool starts.
-  @max_size 256
-  # Python reads frames of at most 64 MiB (priv/python/dspex_worker.py).
-  @max_request_bytes 64 * 1024 * 1024
-  alias DSPex.Bridge.PythonWorker.Worker
 
   @registry DSPex.Bridge.PythonWorker.Registry
   @pools DSPex.Bridge.PythonWorker.Pools
-  @table :dspex_bridge_python_pools
 
-  @doc false
-  def child_spec(_) do
+  # The most interpreters one pool starts, and the most calls one runs at once.
+  @max_size 256
+  @max_concurrency 256
+  # Python reads frames of at most 64 MiB.
+  @max_request_bytes 64 * 1024 * 1024
+  # Frames over this are encoded and decoded on a dirty scheduler.
+  @dirty_bytes 64 * 1024
+
+  @type pool :: atom() | String.t()
+
+  @doc """
+  A child spec. `{DSPex.Bridge.PythonWorker, name: :tools, modules: [...]}` is a pool in
+  the caller's supervision tree (options as `start_pool/2`).
+  """
+  def child_spec(:system) do
+    %{id: __MODULE__, type: :supervisor, start: {__MODULE__, :start_system, []}}
+  end
+
+  # Options are checked when the pool starts: a bad list makes a child that refuses to start
+  # with the reason, as `start_pool/2` would answer.
+  def child_spec(opts) do
+    name = if keyword?(opts), do: Keyword.get(opts, :name), else: :invalid
+
     %{
-      id: __MODULE__,
+      id: {__MODULE__, name},
       type: :supervisor,
-      start: {__MODULE__, :start_link, []}
+      start: {__MODULE__, :start_link, [opts]}
     }
   end
 
+  @doc "Starts a pool linked to the caller (what the child spec runs)."
+  @spec start_link(keyword()) :: {:ok, pid()} | {:error, term()}
+  def start_link(opts) do
+    if keyword?(opts) do
+      case Keyword.pop(opts, :name, :none) do
+        {:none, _} -> {:error, {:invalid_option, {:missing, :name}}}
+        {name, opts} -> with {:ok, config} <- config(name, opts), do: Pool.start_link(config)
+      end
+    else
+      {:error, {:invalid_option, {:not_a_keyword_list, opts}}}
+    end
+  end
+
+  defp keyword?(opts), do: Options.proper_list?(opts) and Keyword.keyword?(opts)
+
   @doc false
-  def start_link do
+  def start_system do
     children = [
       {Registry, keys: :unique, name: @registry},
-      {DynamicSupervisor, name: @pools, strategy: :one_for_one},
-      {DSPex.Bridge.TableOwner, {@table, [:set, read_concurrency: true]}}
+      {DynamicSupervisor, name: @pools, strategy: :one_for_one}
     ]
 
     Supervisor.start_link(children, strategy: :one_for_all, name: __MODULE__.Supervisor)
   end
 
   @doc """
-  Starts a pool named by an atom or a string of 1..255 bytes. Options: `size:` (1..256,
-  default 2), `python:` (default `python3` on the PATH), `script:` (default the bundled
-  worker), `health_interval_ms:` (default 5_000), `max_response_bytes:` (at most 64 MiB,
-  default 16 MiB).
+  Starts a pool under the bridge's own supervisor. `pool` is an atom or a string of
+  1..255 bytes. Options:
+
+  * `modules:` Python modules of `@tool` functions to import (default `[]`);
+  * `python_path:` directories to put on `PYTHONPATH` (the SDK's own is always there);
+  * `env:` more environment variables, a map or list of `{name, value}` strings;
+  * `python:` the interpreter (see the module doc);
+  * `size:` workers (1..256, default 2); `concurrency:` calls at once per worker (1..256,
+    default 8);
+  * `health_interval_ms:` (default 5_000); `max_response_bytes:` (at most 64 MiB, default
+    16 MiB).
   """
-  @spec start_pool(atom() | String.t(), keyword()) :: {:ok, pid()} | {:error, term()}
+  @spec start_pool(pool(), keyword()) :: {:ok, pid()} | {:error, term()}
   def start_pool(pool, opts \\ [])
 
-  def start_pool(pool, _opts) when not is_id(pool), do: {:error, {:invalid_pool_name, pool}}
-
   def start_pool(pool, opts) do
+    with {:ok, config} <- config(pool, opts) do
+      case DynamicSupervisor.start_child(@pools, Pool.child_spec(config)) do
+        {:ok, pid} -> {:ok, pid}
+        {:error, {:already_started, _}} -> {:error, {:already_started, pool}}
+        {:error, {{:already_started, _}, _}} -> {:error, {:already_started, pool}}
+        error -> error
+      end
+    end
+  end
+
+  defp config(pool, _opts) when not is_id(pool) or pool in [nil, true, false],
+    do: {:error, {:invalid_pool_name, pool}}
+
+  defp config(pool, opts) do
     spec = %{
       size: &Options.int_in?(&1, 1, @max_size),
+      concurrency: &Options.int_in?(&1, 1, @max_concurrency),
+      modules: &strings?/1,
+      python_path: &strings?/1,
+      env: &env?/1,
       python: &is_binary/1,
-      script: &is_binary/1,
       health_interval_ms: &Options.pos_ms?/1,
       max_response_bytes: &Options.int_in?(&1, 1, @max_request_bytes)
     }
 
     with {:ok, o} <- Options.take(opts, spec),
-         {:ok, python} <- find_python(Map.get(o, :python, "python3")),
-         script = Map.get(o, :script, default_script()),
-         :ok <- check_script(script) do
-      size = Map.get(o, :size, 2)
-
-      config = %{
-        pool: pool,
-        python: python,
-        script: script,
-        health_interval_ms: Map.get(o, :health_interval_ms, 5_000),
-        max_response_bytes: Map.get(o, :max_response_bytes, 16 * 1024 * 1024)
-      }
-
-      if :ets.insert_new(@table, {pool, size, :atomics.new(1, [])}) do
-        workers =
-          for i <- 1..size, do: Supervisor.child_spec({Worker, Map.put(config, :index, i)}, id: i)
-
-        # Python processes may die often when the dependency is sick; restart them freely.
-        sup = %{
-          id: {:pool, pool},
-          type: :supervisor,
-          start:
-            {Supervisor, :start_link,
-             [workers, [strategy: :one_for_one, max_restarts: 1_000, max_seconds: 10]]}
-        }
-
-        case DynamicSupervisor.start_child(@pools, sup) do
-          {:ok, pid} ->
-            :ets.update_element(@table, pool, {2, {size, pid}})
-            {:ok, pid}
-
-          error ->
-            :ets.delete(@table, pool)
-            error
-        end
-      else
-        {:error, {:already_started, pool}}
-      end
+         {:ok, python} <- find_python(Map.get(o, :python, default_python())) do
+      {:ok,
+       %{
+         pool: pool,
+         python: python,
+         size: Map.get(o, :size, 2),
+         concurrency: Map.get(o, :concurrency, 8),
+         modules: Map.get(o, :modules, []),
+         python_path: Map.get(o, :python_path, []),
+         env: Enum.to_list(Map.get(o, :env, [])),
+         health_interval_ms: Map.get(o, :health_interval_ms, 5_000),
+         max_response_bytes: Map.get(o, :max_response_bytes, 16 * 1024 * 1024)
+       }}
     end
+  end
+
+  defp strings?(list),
+    do: Options.proper_list?(list) and Enum.all?(list, &(is_binary(&1) and String.valid?(&1)))
+
+  defp env?(env) when is_map(env), do: env?(Map.to_list(env))
+
+  defp env?(env) do
+    Options.proper_list?(env) and
+      Enum.all?(env, &match?({k, v} when is_binary(k) and is_binary(v), &1))
   end
 
   @doc "Stops a pool and its Python processes."
-  @spec stop_pool(term()) :: :ok | {:error, term()}
+  @spec stop_pool(pool()) :: :ok | {:error, term()}
   def stop_pool(pool) do
-    case :ets.lookup(@table, pool) do
-      [{^pool, {_size, sup}, _}] ->
-        :ets.delete(@table, pool)
-        DynamicSupervisor.terminate_child(@pools, sup)
+    case Registry.lookup(@registry, {:pool, pool}) do
+      [{sup, _}] ->
+        case DynamicSupervisor.terminate_child(@pools, sup) do
+          :ok -> :ok
+          {:error, :not_found} -> Supervisor.stop(sup)
+        end
 
-      _ ->
+      [] ->
         {:error, {:unknown_pool, pool}}
     end
+  catch
+    :exit, _ -> :ok
   end
 
   @doc """
-  Calls `tool` with `args` (a JSON-able term) on the next worker of `pool`, round robin.
-  `timeout` is in milliseconds (default 5_000, at most `4_294_967_295`).
+  Calls `tool` with `args` (a map) on a worker of `pool`, round robin, as no session (a
+  tool's `ctx` calls are refused). `timeout` in ms (default 5_000). Use
+  `DSPex.Bridge.Python.call/4` to call for a session.
 
   The request is checked and encoded in the calling process: `{:error, {:not_serializable,
-  detail}}` for a term JSON cannot carry (a pid, an improper list, nesting deeper than 127),
+  detail}}` for a term that cannot cross (a pid, an improper list, nesting deeper than 48),
   `{:error, {:request_too_large, bytes, max}}` past 64 MiB, `{:error, {:invalid_option,
   {:timeout, t}}}`. None of these reach a worker, so other callers are never affected.
   """
-  @spec call(term(), String.t() | atom(), term(), non_neg_integer()) ::
-          {:ok, term()} | {:error, term()}
-  def call(pool, tool, args, timeout \\ 5_000)
+  @spec call(pool(), String.t() | atom(), map(), pos_integer()) :: {:ok, term()} | {:error, term()}
+  def call(pool, tool, args, timeout \\ 5_000), do: call_for(pool, nil, tool, args, timeout)
 
-  def call(pool, tool, args, timeout) when is_binary(tool) or is_atom(tool) do
-    # Checked and encoded here, in the caller: a request that cannot be sent fails alone,
-    # and the worker (shared by every caller of the pool) only sees well-formed frames.
-    with :ok <- check_timeout(timeout),
-         {:ok, {size, counter, max_bytes}} <- pool_of(pool),
-         {:ok, request} <- Worker.encode_request(to_string(tool), args),
-         :ok <- check_size(request, max_bytes) do
-      start = :atomics.add_get(counter, 1, 1)
+  @doc false
+  # The call on behalf of `session` (nil: none); a session's calls go to the same worker
+  # while it lives (affinity).
+  def call_for(pool, session, tool, args, timeout) do
+    with :ok <- check_call(tool, args, timeout),
+         {:ok, {size, counter}} <- pool_of(pool),
+         {:ok, id, frame} <- encode_call(tool, args, session, timeout) do
+      start = if session == nil, do: :atomics.add_get(counter, 1, 1), else: :erlang.phash2(session)
 
       # A worker being restarted is skipped for the next one.
       Enum.find_value(0..(size - 1), {:error, :worker_unavailable}, fn k ->
         case Registry.lookup(@registry, {pool, rem(start + k, size) + 1}) do
-          [{pid, _}] -> Worker.call(pid, request, timeout)
+          [{pid, _}] -> Worker.call(pid, id, session, frame, timeout)
           [] -> nil
         end
       end)
     end
   end
 
-  def call(_pool, tool, _args, _timeout), do: {:error, {:invalid_tool, tool}}
+  defp check_call(tool, args, timeout) do
+    cond do
+      not ((is_binary(tool) and String.valid?(tool)) or is_atom(tool)) ->
+        {:error, {:invalid_tool, tool}}
 
-  defp check_timeout(t) do
-    if Options.pos_ms?(t), do: :ok, else: {:error, {:invalid_option, {:timeout, t}}}
-  end
+      not is_map(args) ->
+        {:error, {:invalid_args, args}}
 
-  defp pool_of(pool) do
-    case :ets.lookup(@table, pool) do
-      [{^pool, {size, _sup}, counter}] -> {:ok, {size, counter, @max_request_bytes}}
-      _ -> {:error, {:unknown_pool, pool}}
+      not Options.pos_ms?(timeout) ->
+        {:error, {:invalid_option, {:timeout, timeout}}}
+
+      true ->
+        :ok
     end
   end
 
-  defp check_size({tool_json, args_json}, max) do
-    size = byte_size(tool_json) + byte_size(args_json) + 64
-
-    if size <= max, do: :ok, else: {:error, {:request_too_large, size, max}}
+  defp pool_of(pool) do
+    case Registry.lookup(@registry, {:pool, pool}) do
+      [{_sup, {size, counter}}] -> {:ok, {size, counter}}
+      [] -> {:error, {:unknown_pool, pool}}
+    end
   end
 
-  @doc "The OS pids of a pool's Python processes (for operations and tests)."
-  @spec os_pids(term()) :: [non_neg_integer()]
-  def os_pids(pool) do
-    case :ets.lookup(@table, pool) do
-      [{^pool, {size, _}, _}] ->
+  defp encode_call(tool, args, session, timeout) do
+    id = :erlang.unique_integer([:positive, :monotonic])
+    frame = {:call, id, tool, args, session_text(session), timeout}
+
+    encoded =
+      if :erlang.external_size(args) > @dirty_bytes,
+        do: DSPex.Bridge.Native.bridge_encode_dirty(frame),
+        else: DSPex.Bridge.Native.bridge_encode(frame)
+
+    case encoded do
+      {:ok, bytes} when byte_size(bytes) > @max_request_bytes ->
+        {:error, {:request_too_large, byte_size(bytes), @max_request_bytes}}
+
+      {:ok, bytes} ->
+        {:ok, id, bytes}
+
+      error ->
+        error
+    end
+  end
+
+  defp session_text(nil), do: ""
+  defp session_text(s) when is_atom(s), do: Atom.to_string(s)
+  defp session_text(s), do: s
+
+  @doc """
+  The workers of a pool: `[%{index, os_pid, remote, in_flight, tools}]`.
+  """
+  @spec workers(pool()) :: [map()]
+  def workers(pool) do
+    case pool_of(pool) do
+      {:ok, {size, _}} ->
         for i <- 1..size,
             [{pid, _}] <- [Registry.lookup(@registry, {pool, i})],
-            os = Worker.os_pid(pid),
-            do: os
+            info = Worker.info(pid),
+            info != nil,
+            do: Map.put(info, :index, i)
 
       _ ->
         []
     end
   end
 
+  @doc "The OS pids of a pool's Python processes (for operations and tests)."
+  @spec os_pids(pool()) :: [non_neg_integer()]
+  def os_pids(pool), do: for(%{os_pid: os} <- workers(pool), os != nil, do: os)
+
   @doc false
   def registry, do: @registry
 
-  defp default_script, do: Path.join(:code.priv_dir(:dspex_bridge), "python/dspex_worker.py")
+  @doc false
+  def dirty_bytes, do: @dirty_bytes
 
-  # Resolve the interpreter itself once, so version-manager shims are not in the way of
-  # every restart (or of an OS kill).
+  defp default_python do
+    Application.get_env(:dspex_bridge, :python) || System.get_env("DSPEX_PYTHON") || "python3"
+  end
+
+  # Resolve the interpreter once, so version-manager shims are not in the way of every
+  # restart (or of an OS kill). A virtual environment's interpreter stays itself.
   defp find_python(python) do
     with path when is_binary(path) <- System.find_executable(python),
          {real, 0} <- System.cmd(path, ["-c", "import sys; sys.stdout.write(sys.executable)"]),
          true <- File.regular?(real) do
-      {:ok, real}
+      # The SDK's one dependency for local workers: without it every worker would die at
+      # start, again and again.
+      case System.cmd(real, ["-c", "import google.protobuf"], stderr_to_stdout: true) do
+        {_, 0} -> {:ok, real}
+        _ -> {:error, {:python_lacks_protobuf, real, "run mix dspex.python.setup"}}
+      end
     else
       _ -> {:error, {:python_not_found, python}}
     end
-  end
-
-  defp check_script(script) do
-    if File.regular?(script), do: :ok, else: {:error, {:script_not_found, script}}
   end
 end

@@ -82,8 +82,6 @@ rustler::atoms! {
     force_open,
     close,
     disable,
-    not_serializable,
-    invalid_json,
     lease_expired,
     moved,
     preempted,

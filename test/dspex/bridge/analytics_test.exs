@@ -198,9 +198,18 @@ defmodule DSPex.Bridge.AnalyticsTest do
     :ok = Analytics.increment(m <> "_count", 2)
 
     {:ok, json} = Analytics.export_metrics(:json)
-    {:ok, decoded} = DSPex.Bridge.Native.json_decode(json)
-    entry = Enum.find(decoded, &(&1["metric"] == m))
-    assert %{"kind" => "histogram", "count" => 1, "labels" => %{"op" => "read, \"quoted\""}} = entry
+    # Read back by a real JSON parser (Python's), which prints the entry's fields one a line.
+    file = Path.join(System.tmp_dir!(), "dspex_export_#{System.unique_integer([:positive])}.json")
+    File.write!(file, json)
+    on_exit(fn -> File.rm(file) end)
+
+    script =
+      "import json,sys; e=[x for x in json.load(open(sys.argv[1])) if x['metric']==sys.argv[2]][0]; " <>
+        "print(e['kind']); print(e['count']); print(e['labels']['op'])"
+
+    python = Application.get_env(:dspex_bridge, :python) || "python3"
+    assert {out, 0} = System.cmd(python, ["-c", script, file, m])
+    assert String.split(out, "\n", trim: true) == ["histogram", "1", ~s(read, "quoted")]
 
     {:ok, csv} = Analytics.export_metrics(:csv)
     [header | rows] = String.split(csv, "\r\n", trim: true)

@@ -34,7 +34,6 @@ defmodule DSPex.Bridge.FuzzTest do
   ]
 
   @modules [
-    DSPex.Bridge,
     DSPex.Bridge.Python,
     DSPex.Bridge.AccessControl,
     DSPex.Bridge.Analytics,
@@ -172,7 +171,7 @@ defmodule DSPex.Bridge.FuzzTest do
     }
 
     %{
-      DSPex.Bridge => %{
+      DSPex.Bridge.Python => %{
         call: [@victim, "ping", %{}, [pool: :fuzz_pool]],
         fetch_variable: [@victim, :f, "ping", %{}, [pool: :fuzz_pool]]
       },
@@ -273,6 +272,9 @@ defmodule DSPex.Bridge.FuzzTest do
       DSPex.Bridge.PythonWorker => %{
         call: [:fuzz_pool, "ping", %{}, 1_000],
         os_pids: [:fuzz_pool],
+        workers: [:fuzz_pool],
+        child_spec: [[name: :fuzz_pool3, python: "/nonexistent/python"]],
+        start_link: [[name: :fuzz_pool3, python: "/nonexistent/python"]],
         start_pool: [:fuzz_pool2, [python: "/nonexistent/python"]],
         stop_pool: [:fuzz_pool_none]
       },

@@ -28,40 +28,42 @@ defmodule DSPex.Bridge.HardeningTest do
   end
 
   describe "no input crashes the VM" do
-    test "a deep term is refused by both JSON encoders; 127 levels round-trip, as the decoder reads" do
+    test "a deep term is refused by both frame encoders; 48 levels cross, as every reader allows" do
       pad = String.duplicate("x", 70_000)
 
-      for n <- [128, 230, 100_000] do
-        assert {:error, {:not_serializable, "nested deeper than 127"}} =
-                 Native.json_encode_dirty(%{pad: pad, value: deep(n)})
+      for n <- [49, 230, 100_000] do
+        call = {:call, 1, "echo", %{pad: pad, value: deep(n)}, "s", 1_000}
 
-        assert {:error, {:not_serializable, _}} = Native.json_encode(deep(n))
+        assert {:error, {:not_serializable, "nested deeper than 48"}} =
+                 Native.bridge_encode_dirty(call)
+
+        assert {:error, {:not_serializable, _}} =
+                 Native.bridge_encode({:call, 1, "echo", %{v: deep(n)}, "s", 1_000})
       end
 
-      {:ok, json} = Native.json_encode_dirty(%{"pad" => pad, "value" => deep(126)})
-      assert {:ok, %{"value" => value}} = Native.json_decode_dirty(json)
-      assert value == deep(126)
-      {:ok, json} = Native.json_encode(deep(127))
-      assert {:ok, deep(127)} == Native.json_decode(json)
-      too_deep = String.duplicate("[", 128) <> String.duplicate("]", 128)
-      assert {:error, {:invalid_json, _}} = Native.json_decode(too_deep)
-      huge = String.duplicate("[", 1_000_000) <> String.duplicate("]", 1_000_000)
-      assert {:error, {:invalid_json, _}} = Native.json_decode_dirty(huge)
+      # The args map is the first level.
+      assert {:ok, _} =
+               Native.bridge_encode_dirty({:call, 1, "echo", %{pad: pad, v: deep(46)}, "s", 1})
+
+      # Frames from a worker: nesting is refused at the same depth, and no depth crashes.
+      assert {:ok, {:result, 7, {:ok, value}}} = Native.bridge_decode(result_frame(7, 48))
+      assert value == deep_values(48)
+      assert {:error, {:invalid_frame, _}} = Native.bridge_decode(result_frame(7, 49))
+      assert {:error, {:invalid_frame, _}} = Native.bridge_decode_dirty(result_frame(7, 100_000))
     end
 
     test "through the public API: the pool answers, the interpreter lives" do
-      {:ok, _} = PythonWorker.start_pool(:hardening_deep, size: 1)
+      {:ok, _} = PythonWorker.start_pool(:hardening_deep, python_opts(size: 1))
       on_exit(fn -> PythonWorker.stop_pool(:hardening_deep) end)
+      eventually(fn -> PythonWorker.call(:hardening_deep, "ping", %{}) == {:ok, "pong"} end, 20_000)
       [os_pid] = PythonWorker.os_pids(:hardening_deep)
       pad = String.duplicate("x", 70_000)
 
       assert {:error, {:not_serializable, _}} =
                PythonWorker.call(:hardening_deep, "echo", %{pad: pad, value: deep(230)})
 
-      assert {:ok, %{"value" => v}} =
-               PythonWorker.call(:hardening_deep, "echo", %{value: %{"value" => deep(100)}})
-
-      assert v == deep(100)
+      assert {:ok, value} = PythonWorker.call(:hardening_deep, "echo", %{value: deep(40)})
+      assert value == deep(40)
       assert [^os_pid] = PythonWorker.os_pids(:hardening_deep)
     end
 
@@ -86,8 +88,9 @@ defmodule DSPex.Bridge.HardeningTest do
     end
 
     test "improper lists are errors, never panics" do
-      assert {:error, {:not_serializable, "improper list"}} = Native.json_encode([1 | 2])
-      assert {:error, {:not_serializable, "improper list"}} = Native.json_encode_dirty([1 | 2])
+      improper = {:call, 1, "echo", %{v: [1 | 2]}, "s", 1}
+      assert {:error, {:not_serializable, "improper list"}} = Native.bridge_encode(improper)
+      assert {:error, {:not_serializable, "improper list"}} = Native.bridge_encode_dirty(improper)
       assert_raise ArgumentError, fn -> Native.acl_validate([1 | 2]) end
       assert {:error, {:invalid_rule, 0, {:not_a_list, _}}} = AccessControl.validate_rules([1 | 2])
 
@@ -203,8 +206,14 @@ defmodule DSPex.Bridge.HardeningTest do
     end
 
     test "a shared Python worker sees only well-formed requests" do
-      {:ok, _} = PythonWorker.start_pool(:hardening_shared, size: 1)
+      {:ok, _} = PythonWorker.start_pool(:hardening_shared, python_opts(size: 1))
       on_exit(fn -> PythonWorker.stop_pool(:hardening_shared) end)
+
+      eventually(
+        fn -> PythonWorker.call(:hardening_shared, "ping", %{}) == {:ok, "pong"} end,
+        20_000
+      )
+
       [os_pid] = PythonWorker.os_pids(:hardening_shared)
 
       # Another caller's request in flight on the same (only) worker.
@@ -426,6 +435,25 @@ defmodule DSPex.Bridge.HardeningTest do
       refute Enum.any?(owners, &(&1.session === third))
     end
   end
+
+  # The value nested n lists deep, as a worker's frame carries it: [[...[1]...]].
+  defp deep_values(n), do: deep(n)
+
+  # Protobuf bytes of a Result frame whose value is `n` lists around the integer 1.
+  defp result_frame(id, n) do
+    value =
+      Enum.reduce(1..n, field(3, :varint, 2), fn _, inner ->
+        field(7, :bytes, field(1, :bytes, inner))
+      end)
+
+    field(4, :bytes, field(1, :varint, id) <> field(2, :bytes, value))
+  end
+
+  defp field(tag, :varint, n), do: varint(tag * 8) <> varint(n)
+  defp field(tag, :bytes, bin), do: varint(tag * 8 + 2) <> varint(byte_size(bin)) <> bin
+
+  defp varint(n) when n < 128, do: <<n>>
+  defp varint(n), do: <<Bitwise.bor(Bitwise.band(n, 127), 128)>> <> varint(Bitwise.bsr(n, 7))
 
   # A snapshot re-framed after `change` is applied to its decoded (format 2) payload.
   defp reframe(snapshot, change) do

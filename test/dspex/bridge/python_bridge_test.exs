@@ -7,16 +7,14 @@ defmodule DSPex.Bridge.PythonBridgeTest do
   use ExUnit.Case, async: false
   import DSPex.Bridge.TestHelpers
 
-  alias DSPex.Bridge.{CircuitBreaker, PythonWorker}
+  alias DSPex.Bridge.{CircuitBreaker, Python, PythonWorker}
 
   @moduletag timeout: 120_000
 
   setup do
-    pool = :"pool_#{System.unique_integer([:positive])}"
-    {:ok, _} = PythonWorker.start_pool(pool, size: 2, health_interval_ms: 60_000)
-    on_exit(fn -> PythonWorker.stop_pool(pool) end)
+    pool = python_pool!(size: 2, health_interval_ms: 60_000)
     # Wait until both interpreters answer.
-    eventually(fn -> PythonWorker.call(pool, "ping", %{}) == {:ok, "pong"} end, 10_000)
+    eventually(fn -> length(PythonWorker.os_pids(pool)) == 2 end, 10_000)
     {:ok, pool: pool}
   end
 
@@ -41,7 +39,7 @@ defmodule DSPex.Bridge.PythonBridgeTest do
 
     for _ <- 1..3 do
       assert {:error, {:python, "RuntimeError", "boom"}} =
-               DSPex.Bridge.call("s", "raise", %{message: "boom"}, pool: pool)
+               Python.call("s", "raise", %{message: "boom"}, pool: pool)
     end
 
     assert {:ok, :open} = CircuitBreaker.state(b)
@@ -49,7 +47,7 @@ defmodule DSPex.Bridge.PythonBridgeTest do
 
     {us, results} =
       :timer.tc(fn ->
-        for _ <- 1..1_000, do: DSPex.Bridge.call("s", "echo", %{value: 1}, pool: pool)
+        for _ <- 1..1_000, do: Python.call("s", "echo", %{value: 1}, pool: pool)
       end)
 
     assert Enum.all?(results, &(&1 == {:error, :circuit_open}))
@@ -58,8 +56,8 @@ defmodule DSPex.Bridge.PythonBridgeTest do
     assert total_calls(pool) == before + 2
 
     Process.sleep(320)
-    assert {:ok, 1} = DSPex.Bridge.call("s", "echo", %{value: 1}, pool: pool)
-    assert {:ok, 2} = DSPex.Bridge.call("s", "echo", %{value: 2}, pool: pool)
+    assert {:ok, 1} = Python.call("s", "echo", %{value: 1}, pool: pool)
+    assert {:ok, 2} = Python.call("s", "echo", %{value: 2}, pool: pool)
     assert {:ok, :closed} = CircuitBreaker.state(b)
   end
 
@@ -68,8 +66,7 @@ defmodule DSPex.Bridge.PythonBridgeTest do
     b = breaker!(pool, failure_threshold: 10)
 
     for _ <- 1..4 do
-      {us, result} =
-        :timer.tc(fn -> DSPex.Bridge.call("s", "hang", %{}, pool: pool, timeout: 100) end)
+      {us, result} = :timer.tc(fn -> Python.call("s", "hang", %{}, pool: pool, timeout: 100) end)
 
       assert result == {:error, :timeout}
       assert us < 600_000, "caller blocked #{div(us, 1000)} ms past a 100 ms timeout"
@@ -97,7 +94,7 @@ defmodule DSPex.Bridge.PythonBridgeTest do
 
     # Calls landing on the dead interpreter fail until it is replaced; that opens the breaker.
     eventually(fn ->
-      DSPex.Bridge.call("s", "echo", %{value: 1}, pool: pool)
+      Python.call("s", "echo", %{value: 1}, pool: pool)
       CircuitBreaker.state(b) == {:ok, :open} or os_pid not in PythonWorker.os_pids(pool)
     end)
 
@@ -110,7 +107,7 @@ defmodule DSPex.Bridge.PythonBridgeTest do
 
     eventually(
       fn ->
-        DSPex.Bridge.call("s", "echo", %{value: 1}, pool: pool)
+        Python.call("s", "echo", %{value: 1}, pool: pool)
         CircuitBreaker.state(b) == {:ok, :closed}
       end,
       5_000
@@ -128,7 +125,7 @@ defmodule DSPex.Bridge.PythonBridgeTest do
     sampler = Task.async(fn -> sample_round_trips(echo, []) end)
 
     1..500
-    |> Task.async_stream(fn _ -> DSPex.Bridge.call("s", "echo", %{value: 1}, pool: pool) end,
+    |> Task.async_stream(fn _ -> Python.call("s", "echo", %{value: 1}, pool: pool) end,
       max_concurrency: 500,
       timeout: 10_000
     )
@@ -147,25 +144,20 @@ defmodule DSPex.Bridge.PythonBridgeTest do
     assert queue == 0
   end
 
-  test "bad input: unserializable arguments, garbage and oversized replies; the pool keeps working",
+  test "bad input: unserializable arguments, unknown tools, oversized replies; the pool keeps working",
        %{pool: pool} do
     assert {:error, {:not_serializable, _}} = PythonWorker.call(pool, "echo", %{value: self()})
-    assert {:error, {:invalid_response, _}} = PythonWorker.call(pool, "garbage", %{})
     assert {:error, {:python, "LookupError", _}} = PythonWorker.call(pool, "no_such_tool", %{})
     assert {:error, {:invalid_tool, 42}} = PythonWorker.call(pool, 42, %{})
+    assert {:error, {:invalid_args, [1]}} = PythonWorker.call(pool, "echo", [1])
     assert {:error, {:invalid_option, {:timeout, 0}}} = PythonWorker.call(pool, "ping", %{}, 0)
     assert {:error, {:unknown_pool, :nope}} = PythonWorker.call(:nope, "ping", %{})
-    assert {:error, {:already_started, ^pool}} = PythonWorker.start_pool(pool)
+    assert {:error, {:already_started, ^pool}} = PythonWorker.start_pool(pool, python_opts())
 
     assert {:error, {:python_not_found, "no-such-python"}} =
              PythonWorker.start_pool(:x, python: "no-such-python")
 
-    assert {:error, {:script_not_found, "/nonexistent.py"}} =
-             PythonWorker.start_pool(:x, script: "/nonexistent.py")
-
-    small = :"small_#{System.unique_integer([:positive])}"
-    {:ok, _} = PythonWorker.start_pool(small, size: 1, max_response_bytes: 1_000)
-    on_exit(fn -> PythonWorker.stop_pool(small) end)
+    small = python_pool!(size: 1, max_response_bytes: 1_000)
     assert {:error, :oversized_response} = PythonWorker.call(small, "oversized", %{bytes: 5_000})
     assert {:ok, "fine"} = PythonWorker.call(small, "echo", %{value: "fine"})
     for _ <- 1..4, do: assert({:ok, "pong"} = PythonWorker.call(pool, "ping", %{}))
@@ -180,15 +172,13 @@ defmodule DSPex.Bridge.PythonBridgeTest do
     for _ <- 1..3,
         do:
           assert(
-            {:ok, 1} =
-              DSPex.Bridge.call("greedy", "echo", %{value: 1}, pool: pool, rate_limit: limiter)
+            {:ok, 1} = Python.call("greedy", "echo", %{value: 1}, pool: pool, rate_limit: limiter)
           )
 
     assert {:error, :rate_limited} =
-             DSPex.Bridge.call("greedy", "echo", %{value: 1}, pool: pool, rate_limit: limiter)
+             Python.call("greedy", "echo", %{value: 1}, pool: pool, rate_limit: limiter)
 
-    assert {:ok, 1} =
-             DSPex.Bridge.call("polite", "echo", %{value: 1}, pool: pool, rate_limit: limiter)
+    assert {:ok, 1} = Python.call("polite", "echo", %{value: 1}, pool: pool, rate_limit: limiter)
 
     assert {:error, {:unknown_limiter, :nope}} = DSPex.Bridge.RateLimiter.check(:nope, "s")
     assert {:error, {:invalid_session_id, 5}} = DSPex.Bridge.RateLimiter.check(limiter, 5)
@@ -200,15 +190,15 @@ defmodule DSPex.Bridge.PythonBridgeTest do
     {:ok, _} = DSPex.Bridge.SessionStore.register_variable(s, :score, :float, 0.0)
 
     assert {:ok, %{value: 0.75, stale: nil, version: 2}} =
-             DSPex.Bridge.fetch_variable(s, :score, "echo", %{value: 0.75}, pool: pool)
+             Python.fetch_variable(s, :score, "echo", %{value: 0.75}, pool: pool)
 
     assert {:ok, %{value: 0.75, stale: {:fallback, {:python, "RuntimeError", _}}}} =
-             DSPex.Bridge.fetch_variable(s, :score, "raise", %{message: "down"}, pool: pool)
+             Python.fetch_variable(s, :score, "raise", %{message: "down"}, pool: pool)
 
     assert {:ok, :open} = CircuitBreaker.state(b)
 
     assert {:ok, %{value: 0.75, stale: {:fallback, :circuit_open}, version: 2}} =
-             DSPex.Bridge.fetch_variable(s, :score, "echo", %{value: 0.9}, pool: pool)
+             Python.fetch_variable(s, :score, "echo", %{value: 0.9}, pool: pool)
   end
 
   defp echo_loop do

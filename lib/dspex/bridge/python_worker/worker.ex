@@ -1,42 +1,30 @@
 defmodule DSPex.Bridge.PythonWorker.Worker do
   @moduledoc false
-  # One Python process behind a Port. The process owns the Port (a Port needs an owner),
-  # matches replies to callers by request id, and enforces each request's deadline. When a
-  # deadline passes, the interpreter is presumed stuck: the process stops and its
-  # supervisor starts a fresh interpreter.
+  # One Python process behind a Port on fds 3/4. The process owns the Port, matches results
+  # to callers by id, enforces each call's deadline (and tells Python to cancel), answers
+  # the ctx requests of the calls in flight (in tasks of their own, on behalf of the call's
+  # session), and sends the interpreter's stdout and stderr to Logger.
   use GenServer, restart: :permanent
+  require Logger
 
-  alias DSPex.Bridge.Native
-
-  @json_dirty_bytes 64 * 1024
-
-  @doc """
-  A request's tool and arguments as JSON, encoded in the caller's process so that a worker
-  only ever sees well-formed requests: `{:ok, {tool_json, args_json}}` or the encoder's
-  `{:error, {:not_serializable, detail}}`.
-  """
-  def encode_request(tool, args) do
-    with {:ok, tool_json} <- json_encode(tool),
-         {:ok, args_json} <- json_encode(args) do
-      {:ok, {tool_json, args_json}}
-    end
-  end
+  alias DSPex.Bridge.{Events, Native, PythonWorker}
+  alias DSPex.Bridge.Python.SessionOps
 
   def start_link(config) do
     GenServer.start_link(__MODULE__, config,
-      name: {:via, Registry, {DSPex.Bridge.PythonWorker.registry(), {config.pool, config.index}}}
+      name: {:via, Registry, {PythonWorker.registry(), {config.pool, config.index}}}
     )
   end
 
-  def call(pid, {_tool_json, _args_json} = request, timeout) do
+  def call(pid, id, session, frame, timeout) do
     # The worker answers at the deadline itself; the margin only covers a dead worker.
-    GenServer.call(pid, {:call, request, timeout}, timeout + 1_000)
+    GenServer.call(pid, {:call, id, session, frame, timeout}, timeout + 1_000)
   catch
     :exit, _ -> {:error, :worker_unavailable}
   end
 
-  def os_pid(pid) do
-    GenServer.call(pid, :os_pid, 1_000)
+  def info(pid) do
+    GenServer.call(pid, :info, 1_000)
   catch
     :exit, _ -> nil
   end
@@ -44,36 +32,82 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
   @impl true
   def init(config) do
     Process.flag(:trap_exit, true)
+    sdk = Path.join(:code.priv_dir(:dspex_bridge), "python")
+    path = Enum.join([sdk | config.python_path] ++ List.wrap(System.get_env("PYTHONPATH")), ":")
+    modules = Enum.flat_map(config.modules, &["--module", &1])
+
+    args =
+      ["-u", "-m", "dspex_bridge.worker", "--concurrency", Integer.to_string(config.concurrency)] ++
+        ["--pool", to_string(config.pool) | modules]
+
+    env = for {k, v} <- [{"PYTHONPATH", path} | config.env], do: {~c"#{k}", ~c"#{v}"}
 
     port =
       Port.open({:spawn_executable, config.python}, [
         :binary,
         :exit_status,
+        :nouse_stdio,
         {:packet, 4},
-        args: ["-u", config.script]
+        args: args,
+        env: env
       ])
 
     {:os_pid, os_pid} = Port.info(port, :os_pid)
     schedule_health(config)
 
     {:ok,
-     %{config: config, port: port, os_pid: os_pid, next_id: 1, pending: %{}, order: :queue.new()}}
+     %{
+       config: config,
+       port: port,
+       os_pid: os_pid,
+       tools: nil,
+       pending: %{},
+       stuck: MapSet.new(),
+       ping: nil
+     }}
   end
 
   @impl true
-  def handle_call({:call, request, timeout}, from, state) do
-    {:noreply, send_request(state, request, timeout, from)}
+  def handle_call({:call, id, session, frame, timeout}, from, state) do
+    Port.command(state.port, frame)
+    timer = Process.send_after(self(), {:deadline, id}, timeout)
+    emit(:call_start, %{}, state, %{id: id, session_id: session})
+
+    {:noreply,
+     %{state | pending: Map.put(state.pending, id, {from, timer, session, System.monotonic_time()})}}
   end
 
-  def handle_call(:os_pid, _from, state), do: {:reply, state.os_pid, state}
+  def handle_call(:info, _from, state) do
+    info = %{
+      os_pid: state.os_pid,
+      remote: false,
+      in_flight: map_size(state.pending),
+      tools: state.tools || []
+    }
+
+    {:reply, info, state}
+  end
 
   @impl true
-  def handle_info({port, {:data, frame}}, %{port: port} = state) do
-    {:noreply, handle_frame(state, frame)}
+  def handle_info({port, {:data, bytes}}, %{port: port} = state) do
+    decoded =
+      if byte_size(bytes) > PythonWorker.dirty_bytes(),
+        do: Native.bridge_decode_dirty(bytes),
+        else: Native.bridge_decode(bytes)
+
+    case decoded do
+      {:ok, frame} ->
+        {:noreply, handle_frame(frame, bytes, state)}
+
+      {:error, {:invalid_frame, detail}} ->
+        Logger.error("dspex_bridge: worker #{state.os_pid} sent an unreadable frame: #{detail}")
+        {:noreply, state}
+    end
   end
 
   def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
     fail_all(state, {:error, {:worker_exited, status}})
+    emit(:worker_left, %{}, state, %{status: status})
     {:stop, {:shutdown, {:python_exited, status}}, %{state | pending: %{}, port: nil, os_pid: nil}}
   end
 
@@ -82,23 +116,35 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
       {nil, _} ->
         {:noreply, state}
 
-      {{from, _timer}, pending} ->
-        reply(from, {:error, :timeout})
-        state = %{state | pending: pending}
-        fail_all(state, {:error, :worker_restarted})
-        {:stop, {:shutdown, :request_timeout}, %{state | pending: %{}}}
+      {{from, _timer, _session, _started}, pending} ->
+        GenServer.reply(from, {:error, :timeout})
+        {:ok, cancel} = Native.bridge_encode({:cancel, id})
+        Port.command(state.port, cancel)
+        stuck = MapSet.put(state.stuck, id)
+        state = %{state | pending: pending, stuck: stuck}
+
+        # Every slot held by a call that never ended: the interpreter is no use any more.
+        if MapSet.size(stuck) >= state.config.concurrency do
+          fail_all(state, {:error, :worker_restarted})
+          {:stop, {:shutdown, :stuck}, %{state | pending: %{}}}
+        else
+          {:noreply, state}
+        end
     end
+  end
+
+  def handle_info(:health, %{ping: nonce} = state) when nonce != nil do
+    # The last ping was never answered.
+    fail_all(state, {:error, :worker_restarted})
+    {:stop, {:shutdown, :unresponsive}, %{state | pending: %{}}}
   end
 
   def handle_info(:health, state) do
     schedule_health(state.config)
-
-    if map_size(state.pending) == 0 do
-      ping = {~s("ping"), "{}"}
-      {:noreply, send_request(state, ping, state.config.health_interval_ms, :health)}
-    else
-      {:noreply, state}
-    end
+    nonce = System.unique_integer([:positive])
+    {:ok, ping} = Native.bridge_encode({:ping, nonce})
+    Port.command(state.port, ping)
+    {:noreply, %{state | ping: nonce}}
   end
 
   def handle_info({:EXIT, port, _reason}, %{port: port} = state) do
@@ -110,114 +156,111 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
 
   @impl true
   def terminate(_reason, state) do
-    # A stuck interpreter ignores a closed stdin: kill it so it cannot linger.
+    # A stuck interpreter ignores a closed pipe: kill it so it cannot linger.
     if state.os_pid,
       do: System.cmd("kill", ["-9", Integer.to_string(state.os_pid)], stderr_to_stdout: true)
 
     :ok
   end
 
-  # The frame is put together from JSON the caller already encoded: nothing here can fail
-  # on what a caller sent.
-  defp send_request(state, {tool_json, args_json}, timeout, from) do
-    id = state.next_id
+  defp handle_frame({:result, id, outcome}, bytes, state) do
+    case Map.pop(state.pending, id) do
+      {nil, _} ->
+        # A call already answered (its deadline passed): its slot is free again.
+        %{state | stuck: MapSet.delete(state.stuck, id)}
 
-    frame = [
-      ~s({"id":),
-      Integer.to_string(id),
-      ~s(,"tool":),
-      tool_json,
-      ~s(,"args":),
-      args_json,
-      "}"
-    ]
+      {{from, timer, session, started}, pending} ->
+        Process.cancel_timer(timer)
+        result = result_of(outcome, byte_size(bytes), state.config.max_response_bytes)
+        GenServer.reply(from, result)
+        us = System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
 
-    Port.command(state.port, frame)
-    timer = Process.send_after(self(), {:deadline, id}, timeout)
+        emit(:call_stop, %{duration_us: us}, state, %{
+          id: id,
+          session_id: session,
+          ok: match?({:ok, _}, result)
+        })
 
-    %{
-      state
-      | next_id: id + 1,
-        pending: Map.put(state.pending, id, {from, timer}),
-        order: :queue.in(id, state.order)
-    }
-  end
-
-  defp handle_frame(state, frame) when byte_size(frame) > state.config.max_response_bytes do
-    answer_oldest(state, {:error, :oversized_response})
-  end
-
-  defp handle_frame(state, frame) do
-    case json_decode(frame) do
-      {:ok, %{"id" => id} = response} when is_map_key(state.pending, id) ->
-        answer(state, id, result_of(response))
-
-      # An error Python could not tie to a request (a frame it could not read): Python
-      # answers in order, so it is the oldest request's.
-      {:ok, %{"id" => nil, "error" => _} = response} ->
-        answer_oldest(state, result_of(response))
-
-      {:ok, _stale_or_unknown} ->
-        state
-
-      # Python answers in order, so an unreadable reply belongs to the oldest request.
-      {:error, {:invalid_json, detail}} ->
-        answer_oldest(state, {:error, {:invalid_response, detail}})
+        %{state | pending: pending}
     end
   end
 
-  defp result_of(%{"ok" => value}), do: {:ok, value}
+  defp handle_frame({:session_request, rid, call_id, op, args}, _bytes, state) do
+    port = state.port
 
-  defp result_of(%{"error" => %{"type" => type, "message" => message}}),
-    do: {:error, {:python, type, message}}
+    case Map.fetch(state.pending, call_id) do
+      {:ok, {_from, _timer, session, _started}} ->
+        # Answered in a task: a slow SessionStore call never holds this worker's other calls.
+        Task.start(fn -> reply(port, rid, SessionOps.run(session, op, args)) end)
 
-  defp result_of(other), do: {:error, {:invalid_response, other}}
-
-  defp answer_oldest(state, result) do
-    case first_pending(state.order, state.pending) do
-      {nil, order} -> %{state | order: order}
-      {id, order} -> answer(%{state | order: order}, id, result)
+      :error ->
+        reply(port, rid, {:error, "cancelled", "the call is no longer in flight"})
     end
+
+    state
   end
 
-  defp first_pending(order, pending) do
-    case :queue.out(order) do
-      {{:value, id}, rest} ->
-        if Map.has_key?(pending, id), do: {id, order}, else: first_pending(rest, pending)
-
-      {:empty, rest} ->
-        {nil, rest}
-    end
+  defp handle_frame({:hello, info}, _bytes, state) do
+    emit(:worker_joined, %{}, state, %{tools: info.tools})
+    %{state | tools: info.tools}
   end
 
-  defp answer(state, id, result) do
-    {{from, timer}, pending} = Map.pop(state.pending, id)
-    Process.cancel_timer(timer)
-    reply(from, result)
-    %{state | pending: pending, order: :queue.filter(&(&1 != id), state.order)}
+  defp handle_frame({:pong, nonce}, _bytes, %{ping: nonce} = state), do: %{state | ping: nil}
+  defp handle_frame({:pong, _}, _bytes, state), do: state
+
+  defp handle_frame({:ping, nonce}, _bytes, state) do
+    {:ok, pong} = Native.bridge_encode({:pong, nonce})
+    Port.command(state.port, pong)
+    state
   end
 
-  defp reply(:health, _result), do: :ok
-  defp reply(from, result), do: GenServer.reply(from, result)
+  defp handle_frame({:log, stream, line}, _bytes, state) do
+    meta = [python_pool: state.config.pool, python_os_pid: state.os_pid, stream: stream]
+
+    if stream == :stderr,
+      do: Logger.warning(line, meta),
+      else: Logger.info(line, meta)
+
+    emit(:log, %{}, state, %{stream: stream, line: line})
+    state
+  end
+
+  defp result_of(_outcome, size, max) when size > max, do: {:error, :oversized_response}
+  defp result_of({:ok, value}, _size, _max), do: {:ok, value}
+  defp result_of({:error, type, message}, _size, _max), do: {:error, {:python, type, message}}
+
+  defp reply(port, rid, outcome) do
+    frame =
+      case Native.bridge_encode({:session_reply, rid, outcome}) do
+        {:ok, bytes} ->
+          bytes
+
+        {:error, {:not_serializable, detail}} ->
+          {:ok, bytes} =
+            Native.bridge_encode({:session_reply, rid, {:error, "not_serializable", detail}})
+
+          bytes
+      end
+
+    Port.command(port, frame)
+  catch
+    # The worker (and its port) went away while the request was answered.
+    :error, :badarg -> :ok
+  end
 
   defp fail_all(state, result) do
-    for {_id, {from, timer}} <- state.pending do
+    for {_id, {from, timer, _session, _started}} <- state.pending do
       Process.cancel_timer(timer)
-      reply(from, result)
+      GenServer.reply(from, result)
+    end
+  end
+
+  defp emit(event, measurements, state, meta) do
+    if Events.enabled?() do
+      meta = Map.merge(meta, %{pool: state.config.pool, os_pid: state.os_pid})
+      Events.emit([:dspex, :bridge, :python, event], measurements, meta)
     end
   end
 
   defp schedule_health(config), do: Process.send_after(self(), :health, config.health_interval_ms)
-
-  defp json_encode(term) do
-    if :erlang.external_size(term) > @json_dirty_bytes,
-      do: Native.json_encode_dirty(term),
-      else: Native.json_encode(term)
-  end
-
-  defp json_decode(bin) do
-    if byte_size(bin) > @json_dirty_bytes,
-      do: Native.json_decode_dirty(bin),
-      else: Native.json_decode(bin)
-  end
 end

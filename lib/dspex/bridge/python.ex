@@ -1,12 +1,15 @@
-defmodule DSPex.Bridge do
+defmodule DSPex.Bridge.Python do
   @moduledoc """
-  Calls into Python, hardened: `call/4` goes through the named circuit breaker (with its
-  bulkhead) to a worker of a `DSPex.Bridge.PythonWorker` pool, with optional retry.
+  Calls into Python for a session, hardened: `call/4` goes through the named circuit
+  breaker (with its bulkhead) to a worker of a `DSPex.Bridge.PythonWorker` pool, with
+  optional retry. The tool's `ctx` acts as `session_id`, and as nothing else: everything it
+  reads or writes goes through that session's SessionStore path (constraints, versions,
+  access control, locks). The calls of one session go to the same worker while it lives.
 
-      {:ok, _} = DSPex.Bridge.PythonWorker.start_pool(:python, size: 2)
+      {:ok, _} = DSPex.Bridge.PythonWorker.start_pool(:python, modules: ["my_tools"], size: 2)
       :ok = DSPex.Bridge.CircuitBreaker.start_breaker(:python, failure_threshold: 5)
       {:ok, %{"answer" => 42}} =
-        DSPex.Bridge.call("session_1", "echo", %{value: %{answer: 42}}, pool: :python)
+        DSPex.Bridge.Python.call("session_1", "echo", %{value: %{answer: 42}}, pool: :python)
 
   The call goes: rate limit (`rate_limit:` a `DSPex.Bridge.RateLimiter` name, per session)
   → bulkhead and breaker → worker.
@@ -18,13 +21,22 @@ defmodule DSPex.Bridge do
   """
 
   alias DSPex.Bridge.{CircuitBreaker, Options, PythonWorker, RateLimiter, SessionStore}
+  import DSPex.Bridge.Options, only: [is_id: 1]
 
-  @spec call(term(), String.t() | atom(), term(), keyword()) :: term()
-  def call(session_id, tool, args, opts \\ []) do
+  @typedoc "What a call returns: the tool's value, an error, or a breaker's fallback."
+  @type result :: {:ok, term()} | {:error, term()} | {:fallback, term(), term()}
+
+  @spec call(SessionStore.session_id(), String.t() | atom(), map(), keyword()) :: result()
+  def call(session_id, tool, args, opts \\ [])
+
+  def call(session_id, _tool, _args, _opts) when not is_id(session_id),
+    do: {:error, {:invalid_session_id, session_id}}
+
+  def call(session_id, tool, args, opts) do
     spec = %{
       pool: fn _ -> true end,
       breaker: &(is_atom(&1) or is_binary(&1)),
-      timeout: &Options.pos_integer?/1,
+      timeout: &Options.pos_ms?/1,
       retry: &Options.pos_integer?/1,
       fallback: fn _ -> true end,
       rate_limit: &(is_atom(&1) or is_binary(&1))
@@ -35,7 +47,7 @@ defmodule DSPex.Bridge do
       pool = Map.get(o, :pool, :python)
       breaker = Map.get(o, :breaker, pool)
       timeout = Map.get(o, :timeout, 5_000)
-      work = fn -> PythonWorker.call(pool, tool, args, timeout) end
+      work = fn -> PythonWorker.call_for(pool, session_id, tool, args, timeout) end
       call_opts = Enum.filter([fallback: Map.get(o, :fallback, :none)], &(elem(&1, 1) != :none))
 
       case Map.get(o, :retry, 1) do

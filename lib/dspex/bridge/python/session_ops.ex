@@ -1,0 +1,229 @@
+defmodule DSPex.Bridge.Python.SessionOps do
+  @moduledoc false
+  # The ctx.* requests of a Python tool, carried out on behalf of the session of the call it
+  # serves: `caller:` is always that session, whatever the request says; naming another
+  # session (`session`) asks for its variable through its access policy.
+  #
+  # Python names variables and sessions by text. A name is resolved to the id Elixir uses
+  # (a string, or an atom that already exists and names a variable or a live session):
+  # no atom is ever created from what Python sends.
+
+  alias DSPex.Bridge.{AccessControl, DependencyManager, SessionStore, Variable}
+
+  @spec run(term(), String.t(), map()) ::
+          {:ok, term()}
+          | {:error, String.t(), String.t()}
+          | {:error, String.t(), String.t(), term()}
+  def run(nil, _op, _args), do: {:error, "no_session", "this call serves no session"}
+
+  def run(session, op, args) do
+    case op(op, session, args) do
+      :ok -> {:ok, nil}
+      {:ok, value} -> {:ok, value}
+      {:error, reason} -> error(reason)
+    end
+  rescue
+    e -> {:error, "internal_error", Exception.message(e)}
+  end
+
+  defp op("get_variable", session, args) do
+    with {:ok, owner} <- target_session(session, args["session"]),
+         {:ok, name} <- variable(owner, args["name"]),
+         {:ok, var} <- SessionStore.get_variable(owner, name, caller: session) do
+      {:ok, variable_map(var)}
+    end
+  end
+
+  defp op("set_variable", session, args) do
+    opts = if v = args["expected_version"], do: [expected_version: v], else: []
+
+    with {:ok, name} <- variable(session, args["name"]),
+         {:ok, var} <-
+           SessionStore.update_variable(session, name, args["value"], [caller: session] ++ opts) do
+      {:ok, variable_map(var)}
+    end
+  end
+
+  defp op("register_variable", session, args) do
+    with {:ok, type} <- type(args["type"]),
+         {:ok, name} <- new_name(args["name"]),
+         {:ok, var} <-
+           SessionStore.register_variable(session, name, type, args["value"],
+             constraints: constraints(args["constraints"]),
+             caller: session
+           ) do
+      {:ok, variable_map(var)}
+    end
+  end
+
+  defp op("list_variables", session, _args) do
+    with {:ok, vars} <- SessionStore.list_variables(session, caller: session),
+         do: {:ok, Enum.map(vars, &variable_map/1)}
+  end
+
+  defp op("get_history", session, args) do
+    with {:ok, name} <- variable(session, args["name"]),
+         {:ok, entries} <- SessionStore.get_history(session, name, caller: session) do
+      entries = if is_integer(args["limit"]), do: Enum.take(entries, args["limit"]), else: entries
+
+      {:ok,
+       Enum.map(
+         entries,
+         &%{"version" => &1.version, "value" => &1.value, "updated_at" => &1.updated_at}
+       )}
+    end
+  end
+
+  defp op("rollback_variable", session, args) do
+    with {:ok, name} <- variable(session, args["name"]),
+         {:ok, var} <-
+           SessionStore.rollback_variable(session, name, args["version"], caller: session) do
+      {:ok, variable_map(var)}
+    end
+  end
+
+  defp op("add_dependency", session, args) do
+    with {:ok, from} <- variable(session, args["from"]),
+         {:ok, to} <- variable(session, args["to"]) do
+      DependencyManager.add_dependency(session, from, to, :data, caller: session)
+    end
+  end
+
+  defp op(which, session, args) when which in ["get_dependencies", "get_dependents"] do
+    with {:ok, name} <- variable(session, args["name"]) do
+      result =
+        if which == "get_dependencies",
+          do: DependencyManager.get_dependencies(session, name, caller: session),
+          else: DependencyManager.get_dependents(session, name, caller: session)
+
+      with {:ok, names} <- result, do: {:ok, Enum.map(names, &text/1)}
+    end
+  end
+
+  defp op("check_access", session, args) do
+    with {:ok, owner} <- target_session(session, args["session"]),
+         {:ok, name} <- variable(owner, args["name"]),
+         {:ok, permission} <- permission(args["permission"]) do
+      {:ok, AccessControl.check_permission({owner, name}, session, permission) == :ok}
+    end
+  end
+
+  defp op("set_variable_permissions", session, args) do
+    with {:ok, name} <- variable(session, args["name"]),
+         rules when is_list(rules) <- args["rules"] || {:error, {:invalid_rules, nil}} do
+      Enum.reduce_while(rules, :ok, fn rule, :ok ->
+        case AccessControl.add_rule({session, name}, rule_keywords(rule), caller: session) do
+          :ok -> {:cont, :ok}
+          error -> {:halt, error}
+        end
+      end)
+    end
+  end
+
+  defp op(other, _session, _args), do: {:error, {:unknown_op, other}}
+
+  # ---------------------------------------------------------------------------------------
+  # names: text from Python to the ids Elixir uses, never creating an atom
+
+  defp target_session(session, nil), do: {:ok, session}
+
+  defp target_session(_session, text) when is_binary(text) do
+    candidates = [text | existing_atom(text)]
+
+    case Enum.find(candidates, &(&1 in SessionStore.list_sessions())) do
+      nil -> {:error, :session_not_found}
+      id -> {:ok, id}
+    end
+  end
+
+  defp target_session(_session, other), do: {:error, {:invalid_session_id, other}}
+
+  defp variable(session, text) when is_binary(text) do
+    candidates = [text | existing_atom(text)]
+    tables = :dspex_bridge_variables
+
+    case Enum.find(candidates, &:ets.member(tables, {session, &1})) do
+      nil -> {:ok, text}
+      name -> {:ok, name}
+    end
+  end
+
+  defp variable(_session, other), do: {:error, {:invalid_name, other}}
+
+  # A new variable is named by a string: Python's text, exactly.
+  defp new_name(text) when is_binary(text), do: {:ok, text}
+  defp new_name(other), do: {:error, {:invalid_name, other}}
+
+  defp existing_atom(text) do
+    [String.to_existing_atom(text)]
+  rescue
+    ArgumentError -> []
+  end
+
+  @types ~w(float integer string boolean choice module embedding tensor)
+  defp type(t) when t in @types, do: {:ok, String.to_existing_atom(t)}
+  defp type(t), do: {:error, {:invalid_type, t}}
+
+  @permissions ~w(read write observe optimize)
+  defp permission(p) when p in @permissions, do: {:ok, String.to_existing_atom(p)}
+  defp permission(p), do: {:error, {:invalid_permission, p}}
+
+  @constraint_keys ~w(min max min_length max_length choices dimensions shape)
+  defp constraints(c) when is_map(c) do
+    for {k, v} <- c, k in @constraint_keys, into: %{}, do: {String.to_existing_atom(k), v}
+  end
+
+  defp constraints(_), do: %{}
+
+  @rule_keys ~w(id session_pattern permissions effect priority)
+  defp rule_keywords(rule) when is_map(rule) do
+    for {k, v} <- rule, k in @rule_keys do
+      key = String.to_existing_atom(k)
+
+      value =
+        case key do
+          :permissions when is_list(v) -> Enum.flat_map(v, &atom_list(&1, @permissions))
+          :effect -> hd(atom_list(v, ~w(allow deny)) ++ [v])
+          _ -> v
+        end
+
+      {key, value}
+    end
+  end
+
+  defp rule_keywords(other), do: other
+
+  defp atom_list(v, allowed), do: if(v in allowed, do: [String.to_existing_atom(v)], else: [v])
+
+  # ---------------------------------------------------------------------------------------
+  # answers
+
+  defp variable_map(%Variable{} = v) do
+    %{
+      "name" => text(v.name),
+      "type" => Atom.to_string(v.type),
+      "value" => v.value,
+      "version" => v.version,
+      "metadata" => v.metadata
+    }
+  end
+
+  defp text(name) when is_atom(name), do: Atom.to_string(name)
+  defp text(name), do: name
+
+  defp error({:version_mismatch, current}),
+    do: {:error, "version_mismatch", "the stored version is #{current}", current}
+
+  defp error({:locked_by, holder}),
+    do: {:error, "locked_by", "an optimizer holds the lock: #{inspect(holder)}", text(holder)}
+
+  defp error(:access_denied), do: {:error, "access_denied", "access denied"}
+
+  defp error(reason) when is_atom(reason),
+    do: {:error, Atom.to_string(reason), Atom.to_string(reason)}
+
+  defp error(reason) when is_tuple(reason) and is_atom(elem(reason, 0)),
+    do: {:error, Atom.to_string(elem(reason, 0)), inspect(reason)}
+
+  defp error(reason), do: {:error, "error", inspect(reason)}
+end

@@ -1,0 +1,65 @@
+defmodule Mix.Tasks.Dspex.Python.Setup do
+  @shortdoc "Makes a Python virtual environment with the dspex_bridge package and its deps"
+  @moduledoc """
+  Makes (or updates) a virtual environment for the bridge's Python workers and installs the
+  `dspex_bridge` package (from this dependency's `priv/python`) with `protobuf` and `grpcio`
+  from PyPI.
+
+      mix dspex.python.setup                 # into _build/dspex_python
+      mix dspex.python.setup --path .venv --python python3.11 --extra dspy
+
+  It prints the interpreter to use: pass it as `python:` to
+  `DSPex.Bridge.PythonWorker.start_pool/2`, or set `config :dspex_bridge, python: "..."` or
+  `DSPEX_PYTHON`. An environment that already has the package is left as it is unless
+  `--force` is given.
+  """
+  use Mix.Task
+
+  @impl true
+  def run(args) do
+    {opts, _} =
+      OptionParser.parse!(args,
+        strict: [path: :string, python: :string, extra: :keep, force: :boolean]
+      )
+
+    dir =
+      Keyword.get(opts, :path, Path.join(Path.dirname(Mix.Project.build_path()), "dspex_python"))
+
+    dir = Path.expand(dir)
+    python = Path.join([dir, "bin", "python"])
+    package = Path.join(Application.app_dir(:dspex_bridge, "priv"), "python")
+    package = if File.dir?(package), do: package, else: Path.expand("priv/python")
+
+    if opts[:force] || not ready?(python, opts) do
+      base =
+        System.find_executable(Keyword.get(opts, :python, "python3")) ||
+          Mix.raise("python3 not found")
+
+      Mix.shell().info("==> Python environment in #{dir}")
+      cmd!(base, ["-m", "venv", dir])
+      cmd!(python, ["-m", "pip", "install", "--quiet", "--upgrade", "pip"])
+      extras = Keyword.get_values(opts, :extra)
+      cmd!(python, ["-m", "pip", "install", "--quiet", package | extras])
+    end
+
+    Mix.shell().info(python)
+  end
+
+  defp ready?(python, opts) do
+    imports =
+      Enum.join(["dspex_bridge", "google.protobuf", "grpc" | Keyword.get_values(opts, :extra)], ",")
+
+    File.exists?(python) and
+      match?({_, 0}, System.cmd(python, ["-c", "import #{imports}"], stderr_to_stdout: true))
+  end
+
+  defp cmd!(exe, args) do
+    case System.cmd(exe, args, stderr_to_stdout: true, into: IO.stream(:stdio, :line)) do
+      {_, 0} ->
+        :ok
+
+      {_, status} ->
+        Mix.raise("#{Path.basename(exe)} #{Enum.join(args, " ")} failed (exit #{status})")
+    end
+  end
+end

@@ -1,0 +1,229 @@
+"""A bridge worker: serves the registered tools to DSPex.Bridge.
+
+Run by a pool (``DSPex.Bridge.PythonWorker``), it speaks protobuf frames
+(``priv/proto/dspex_bridge.proto``) over the pipe pair the pool opened as fds 3 and 4, so
+stdout and stderr stay free: what the process writes there (``print()``, C extensions)
+goes to the bridge as log lines, and can never corrupt a frame.
+
+    python -m dspex_bridge.worker --module my_tools [--module more_tools] [--concurrency 8]
+
+Up to ``--concurrency`` calls run at once (threads; ``async def`` tools on one event loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import itertools
+import os
+import struct
+import sys
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, Optional
+
+from . import dspex_bridge_pb2 as pb
+from . import errors, tools, values
+from .context import Context
+
+PROTOCOL = 1
+MAX_FRAME = 64 * 1024 * 1024
+
+
+class PipeConnection:
+    """Frames of a 4-byte big-endian length and that many bytes, on two file descriptors."""
+
+    def __init__(self, read_fd: int = 3, write_fd: int = 4) -> None:
+        self._in = os.fdopen(read_fd, "rb", buffering=0)
+        self._out = os.fdopen(write_fd, "wb", buffering=0)
+        self._lock = threading.Lock()
+
+    def _read(self, n: int) -> Optional[bytes]:
+        chunks, left = [], n
+        while left:
+            chunk = self._in.read(left)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def recv(self) -> Optional[pb.Frame]:
+        """The next frame, or ``None`` when the bridge closed the pipe."""
+        header = self._read(4)
+        if header is None:
+            return None
+        (length,) = struct.unpack(">I", header)
+        if length > MAX_FRAME:
+            raise ValueError(f"frame of {length} bytes (at most {MAX_FRAME})")
+        body = self._read(length)
+        if body is None:
+            return None
+        frame = pb.Frame()
+        frame.ParseFromString(body)
+        return frame
+
+    def send(self, frame: pb.Frame) -> None:
+        data = frame.SerializeToString()
+        with self._lock:
+            self._out.write(struct.pack(">I", len(data)) + data)
+
+
+class _Call:
+    def __init__(self, call: pb.Call) -> None:
+        self.id = call.id
+        self.session_id = call.session_id
+        self.timeout = call.timeout_ms / 1000.0 if call.timeout_ms else None
+        self.cancelled = threading.Event()
+
+
+class Worker:
+    """Serves calls on one connection."""
+
+    def __init__(self, conn: PipeConnection, concurrency: int = 8, pool: str = "") -> None:
+        self.conn = conn
+        self.pool = pool
+        self.concurrency = max(1, concurrency)
+        self.executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="dspex-tool")
+        self.calls: Dict[int, _Call] = {}
+        self.replies: Dict[int, Any] = {}
+        self.waiting: Dict[int, threading.Event] = {}
+        self.ids = itertools.count(1)
+        self.lock = threading.Lock()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+
+    # -- the event loop for async tools, started on first use
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self.lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(target=self._loop.run_forever, daemon=True).start()
+            return self._loop
+
+    def serve(self) -> int:
+        hello = pb.Frame()
+        hello.hello.protocol = PROTOCOL
+        hello.hello.pool = self.pool
+        hello.hello.tools.extend(tools.names())
+        hello.hello.concurrency = self.concurrency
+        hello.hello.worker = f"pid:{os.getpid()}"
+        self.conn.send(hello)
+        while True:
+            frame = self.conn.recv()
+            if frame is None:
+                return 0
+            kind = frame.WhichOneof("body")
+            if kind == "call":
+                state = _Call(frame.call)
+                with self.lock:
+                    self.calls[state.id] = state
+                self.executor.submit(self._run, frame.call, state)
+            elif kind == "session_reply":
+                self._resolve(frame.session_reply)
+            elif kind == "cancel":
+                with self.lock:
+                    state = self.calls.get(frame.cancel.id)
+                if state:
+                    state.cancelled.set()
+            elif kind == "ping":
+                pong = pb.Frame()
+                pong.pong.nonce = frame.ping.nonce
+                self.conn.send(pong)
+
+    # -- calls
+    def _run(self, call: pb.Call, state: _Call) -> None:
+        result = pb.Frame()
+        result.result.id = call.id
+        try:
+            fn = tools.lookup(call.tool)
+            if fn is None:
+                raise LookupError(f"unknown tool: {call.tool}")
+            ctx = Context(call.session_id, lambda op, args: self._request(state, op, args))
+            kwargs = values.from_map(call.args)
+            if tools.is_async(fn):
+                future = asyncio.run_coroutine_threadsafe(fn(ctx, **kwargs), self.loop())
+                value = future.result()
+            else:
+                value = fn(ctx, **kwargs)
+            result.result.ok.CopyFrom(values.to_value(value))
+        except BaseException as exc:  # every failure of a tool is its call's error
+            result.result.error.type = type(exc).__name__
+            result.result.error.message = str(exc)
+            if not isinstance(exc, Exception):
+                traceback.print_exc()
+        finally:
+            with self.lock:
+                self.calls.pop(call.id, None)
+        self.conn.send(result)
+
+    # -- ctx requests
+    def _request(self, state: _Call, op: str, args: Dict[str, Any]) -> Any:
+        if state.cancelled.is_set():
+            raise errors.Cancelled("cancelled", "the call passed its deadline")
+        request_id = next(self.ids)
+        done = threading.Event()
+        with self.lock:
+            self.waiting[request_id] = done
+        frame = pb.Frame()
+        frame.session_request.id = request_id
+        frame.session_request.call_id = state.id
+        frame.session_request.op = op
+        frame.session_request.args.CopyFrom(values.to_map({k: v for k, v in args.items() if v is not None}))
+        self.conn.send(frame)
+        if not done.wait(state.timeout):
+            with self.lock:
+                self.waiting.pop(request_id, None)
+            raise errors.Cancelled("cancelled", "no answer before the call's deadline")
+        with self.lock:
+            reply = self.replies.pop(request_id)
+        if reply.WhichOneof("outcome") == "ok":
+            return values.from_value(reply.ok)
+        detail = values.from_value(reply.error.detail) if reply.error.HasField("detail") else None
+        raise errors.from_reply(reply.error.type, reply.error.message, detail)
+
+    def _resolve(self, reply: pb.SessionReply) -> None:
+        with self.lock:
+            done = self.waiting.pop(reply.id, None)
+            if done is not None:
+                self.replies[reply.id] = reply
+        if done is not None:
+            done.set()
+
+
+def _capture(fd: int, stream: int, conn: PipeConnection) -> None:
+    """Sends what is written to ``fd`` (1 or 2) to the bridge as log lines."""
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, fd)
+    os.close(write_end)
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb") as lines:
+            for raw in lines:
+                frame = pb.Frame()
+                frame.log.stream = stream
+                frame.log.line = raw.decode("utf-8", "replace").rstrip("\n")
+                conn.send(frame)
+
+    threading.Thread(target=pump, daemon=True).start()
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dspex_bridge.worker")
+    parser.add_argument("--module", action="append", default=[], help="a module of @tool functions")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--pool", default="")
+    opts = parser.parse_args(argv)
+    conn = PipeConnection()
+    _capture(1, 0, conn)
+    _capture(2, 1, conn)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    for name in opts.module:
+        importlib.import_module(name)
+    return Worker(conn, opts.concurrency, opts.pool).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Python objects to and from the protocol's ``Value``.
+
+``None``, ``bool``, ``int`` (64-bit), ``float``, ``str``, ``bytes``, lists and tuples (as
+lists), dicts (any keys of these kinds). Values nest at most ``MAX_DEPTH`` containers deep,
+as the Elixir side allows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import dspex_bridge_pb2 as pb
+
+MAX_DEPTH = 48
+_I64 = (-(2**63), 2**63 - 1)
+
+
+def to_value(obj: Any, depth: int = 0) -> pb.Value:
+    """``obj`` as a ``Value``; ``TypeError``/``ValueError`` for what cannot cross."""
+    v = pb.Value()
+    if obj is None:
+        v.null = True
+    elif isinstance(obj, bool):
+        v.boolean = obj
+    elif isinstance(obj, int):
+        if not _I64[0] <= obj <= _I64[1]:
+            raise ValueError("integer out of 64-bit range")
+        v.integer = obj
+    elif isinstance(obj, float):
+        v.float = obj
+    elif isinstance(obj, str):
+        v.text = obj
+    elif isinstance(obj, (bytes, bytearray)):
+        v.binary = bytes(obj)
+    elif isinstance(obj, (list, tuple, dict)):
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH}")
+        if isinstance(obj, dict):
+            v.map.SetInParent()
+            for key, item in obj.items():
+                entry = v.map.entries.add()
+                entry.key.CopyFrom(to_value(key, depth + 1))
+                entry.value.CopyFrom(to_value(item, depth + 1))
+        else:
+            v.list.SetInParent()
+            for item in obj:
+                v.list.items.add().CopyFrom(to_value(item, depth + 1))
+    else:
+        raise TypeError(f"{type(obj).__name__} cannot cross the bridge")
+    return v
+
+
+def _hashable(obj: Any) -> Any:
+    return tuple(_hashable(x) for x in obj) if isinstance(obj, list) else obj
+
+
+def from_value(v: pb.Value) -> Any:
+    """A ``Value`` as a Python object (lists used as map keys become tuples)."""
+    kind = v.WhichOneof("kind")
+    if kind is None or kind == "null":
+        return None
+    if kind == "list":
+        return [from_value(x) for x in v.list.items]
+    if kind == "map":
+        return {_hashable(from_value(e.key)): from_value(e.value) for e in v.map.entries}
+    return getattr(v, kind)
+
+
+def to_map(args: dict) -> pb.ValueMap:
+    """A dict of arguments as a ``ValueMap``."""
+    return to_value(dict(args)).map
+
+
+def from_map(m: pb.ValueMap) -> dict:
+    """A ``ValueMap`` as a dict."""
+    return {_hashable(from_value(e.key)): from_value(e.value) for e in m.entries}

@@ -1,0 +1,200 @@
+defmodule DSPex.Bridge.PythonSDKTest do
+  @moduledoc """
+  The Python SDK through the local carrier, with real interpreters: `ctx` reads and writes
+  the call's session through SessionStore, identity is the call's session, output never
+  corrupts a frame, and failures stay with the call that had them.
+  """
+  use ExUnit.Case, async: false
+  import DSPex.Bridge.TestHelpers
+
+  alias DSPex.Bridge.{CircuitBreaker, Python, PythonWorker, SessionStore}
+
+  @moduletag timeout: 120_000
+
+  setup do
+    pool = python_pool!(size: 2, health_interval_ms: 60_000)
+    :ok = CircuitBreaker.start_breaker(pool, failure_threshold: 1_000)
+    on_exit(fn -> CircuitBreaker.delete_breaker(pool) end)
+    s = session!()
+    {:ok, _} = SessionStore.register_variable(s, :temperature, :float, 0.5, constraints: [max: 2.0])
+    {:ok, pool: pool, session: s}
+  end
+
+  test "ctx reads and writes the call's session, with versions, constraints and history",
+       %{pool: pool, session: s} do
+    assert {:ok, ^s} = Python.call(s, "session_of", %{}, pool: pool)
+
+    assert {:ok, %{"name" => "temperature", "type" => "float", "value" => 0.5, "version" => 1}} =
+             Python.call(s, "read", %{name: "temperature"}, pool: pool)
+
+    assert {:ok, 2} =
+             Python.call(s, "write", %{name: "temperature", value: 0.9, expected_version: 1},
+               pool: pool
+             )
+
+    # A stale version raises VersionMismatch in Python, carrying the current version.
+    assert {:ok, %{"conflict" => 2}} =
+             Python.call(s, "write", %{name: "temperature", value: 1.0, expected_version: 1},
+               pool: pool
+             )
+
+    assert {:error, {:python, "InvalidValue", _}} =
+             Python.call(s, "write", %{name: "temperature", value: 5.0}, pool: pool)
+
+    assert {:ok, %{value: 0.9, version: 2}} = SessionStore.get_variable(s, :temperature)
+
+    assert {:ok, result} = Python.call(s, "tune", %{name: "temperature", factor: 2.0}, pool: pool)
+    assert result["names"] == ["derived_temperature", "temperature"]
+    assert result["history"] == [3, 2, 1]
+    assert result["rolled_back"] == 0.9
+    assert result["dependents"] == ["derived_temperature"]
+    assert result["can_write"] == true
+    # What Python did went through SessionStore: history, the graph, a new variable.
+    assert {:ok, [%{version: 4, value: 0.9} | _]} = SessionStore.get_history(s, :temperature)
+
+    assert {:ok, ["derived_temperature"]} =
+             DSPex.Bridge.DependencyManager.get_dependents(s, :temperature)
+  end
+
+  test "a tool acts only as its call's session: another session's private variable is denied",
+       %{pool: pool, session: s} do
+    other = session!()
+    {:ok, _} = SessionStore.register_variable(other, :secret, :string, "hidden")
+
+    assert {:ok, %{"denied" => "access_denied"}} =
+             Python.call(s, "peek", %{name: "secret", session: other}, pool: pool)
+
+    {:ok, _} =
+      SessionStore.register_variable(other, :open, :string, "visible", access_mode: :public)
+
+    assert {:ok, "visible"} = Python.call(s, "peek", %{name: "open", session: other}, pool: pool)
+    # Without a session, ctx has nobody to act for.
+    assert {:error, {:python, "BridgeError", _}} =
+             PythonWorker.call(pool, "read", %{name: "temperature"})
+  end
+
+  test "print() and raw writes to fd 1 and 2 reach Logger as lines and never corrupt a frame",
+       %{pool: pool} do
+    :ok = DSPex.Bridge.Events.subscribe([:dspex, :bridge, :python, :log])
+    on_exit(fn -> DSPex.Bridge.Events.unsubscribe([:dspex, :bridge, :python, :log]) end)
+    assert {:ok, "loud"} = PythonWorker.call(pool, "shout", %{text: "loud"})
+    assert {:ok, [1, 2]} = PythonWorker.call(pool, "echo", %{value: [1, 2]})
+
+    for {stream, line} <- [
+          {:stdout, "loud"},
+          {:stderr, "loud"},
+          {:stdout, "no newline at the end"},
+          {:stdout, "\uFFFD raw bytes on fd 1"}
+        ] do
+      assert_receive {:dspex_event, [:dspex, :bridge, :python, :log], _,
+                      %{stream: ^stream, line: ^line}},
+                     5_000
+    end
+  end
+
+  test "a slow call does not hold the others; async tools; 1,000 concurrent calls over 4 workers" do
+    pool = python_pool!(size: 4, concurrency: 8)
+    slow = Task.async(fn -> PythonWorker.call(pool, "sleep", %{ms: 1_500}, 5_000) end)
+    Process.sleep(50)
+    {us, {:ok, "pong"}} = :timer.tc(fn -> PythonWorker.call(pool, "ping", %{}) end)
+    assert us < 1_000_000
+    assert {:ok, 7} = PythonWorker.call(pool, "async_echo", %{value: 7, ms: 5})
+
+    results =
+      1..1_000
+      |> Task.async_stream(fn i -> PythonWorker.call(pool, "echo", %{value: i}, 30_000) end,
+        max_concurrency: 200,
+        timeout: 60_000
+      )
+      |> Enum.map(fn {:ok, r} -> r end)
+
+    assert results == Enum.map(1..1_000, &{:ok, &1})
+    assert {:ok, 1_500} = Task.await(slow, 5_000)
+  end
+
+  test "10 MB arguments and results cross whole", %{pool: pool} do
+    big = :binary.copy("0123456789", 1_000_000)
+    assert {:ok, ^big} = PythonWorker.call(pool, "echo", %{value: big}, 30_000)
+  end
+
+  test "a session's calls go to one worker while it lives", %{pool: pool, session: s} do
+    pids = for _ <- 1..20, do: elem(Python.call(s, "pid", %{}, pool: pool), 1)
+    assert [os_pid] = Enum.uniq(pids)
+    assert os_pid in PythonWorker.os_pids(pool)
+    # Without a session, calls go round the pool.
+    assert length(Enum.uniq(for _ <- 1..4, do: PythonWorker.call(pool, "pid", %{}))) == 2
+  end
+
+  test "a hung tool: the caller gets :timeout at its deadline, Python is told, the worker serves on",
+       %{pool: pool, session: s} do
+    {us, result} = :timer.tc(fn -> Python.call(s, "hang", %{}, pool: pool, timeout: 200) end)
+    assert result == {:error, :timeout}
+    assert us < 1_000_000
+    assert {:ok, 1} = Python.call(s, "echo", %{value: 1}, pool: pool)
+    assert [%{in_flight: 0}, %{in_flight: 0}] = PythonWorker.workers(pool)
+  end
+
+  test "kill -9 mid-call: its caller gets an error before its deadline, other workers untouched, the worker is back",
+       %{pool: pool} do
+    [a, b] = PythonWorker.workers(pool)
+    # Find sessions routed to each worker.
+    on = fn index -> Enum.find(1..200, &(rem(:erlang.phash2("aff_#{&1}"), 2) + 1 == index)) end
+    sa = "aff_#{on.(a.index)}"
+    sb = "aff_#{on.(b.index)}"
+    {:ok, ^sa} = SessionStore.create_session(sa)
+    {:ok, ^sb} = SessionStore.create_session(sb)
+    on_exit(fn -> SessionStore.delete_session(sa) && SessionStore.delete_session(sb) end)
+
+    victim =
+      Task.async(fn -> Python.call(sa, "sleep", %{ms: 5_000}, pool: pool, timeout: 10_000) end)
+
+    bystander =
+      Task.async(fn -> Python.call(sb, "sleep", %{ms: 300}, pool: pool, timeout: 10_000) end)
+
+    Process.sleep(100)
+    {us, _} = :timer.tc(fn -> System.cmd("kill", ["-9", Integer.to_string(a.os_pid)]) end)
+    assert {:error, {:worker_exited, _}} = Task.await(victim, 5_000)
+    assert us < 5_000_000
+    assert {:ok, 300} = Task.await(bystander, 5_000)
+
+    eventually(
+      fn ->
+        length(PythonWorker.os_pids(pool)) == 2 and a.os_pid not in PythonWorker.os_pids(pool)
+      end,
+      20_000
+    )
+
+    eventually(fn -> Python.call(sa, "echo", %{value: 1}, pool: pool) == {:ok, 1} end, 20_000)
+  end
+
+  test "a pool in the user's supervision tree, through its child spec" do
+    name = :"child_pool_#{System.unique_integer([:positive])}"
+
+    {:ok, sup} =
+      Supervisor.start_link([{PythonWorker, python_opts(name: name, size: 1)}],
+        strategy: :one_for_one
+      )
+
+    eventually(fn -> PythonWorker.call(name, "ping", %{}) == {:ok, "pong"} end, 20_000)
+    assert [%{index: 1, remote: false, in_flight: 0, tools: tools}] = PythonWorker.workers(name)
+    assert "ping" in tools
+    assert {:error, {:already_started, ^name}} = PythonWorker.start_pool(name, python_opts())
+    Supervisor.stop(sup)
+    assert {:error, {:unknown_pool, ^name}} = PythonWorker.call(name, "ping", %{})
+  end
+
+  test "bad input to the new functions: clear errors", %{pool: pool} do
+    assert {:error, {:invalid_session_id, {:s}}} = Python.call({:s}, "echo", %{}, pool: pool)
+    assert {:error, {:invalid_args, :x}} = Python.call("s", "echo", :x, pool: pool)
+    assert [] = PythonWorker.workers(:no_such_pool)
+    assert {:error, {:invalid_option, {:not_a_keyword_list, :x}}} = PythonWorker.start_link(:x)
+    assert {:error, {:invalid_option, {:missing, :name}}} = PythonWorker.start_link([])
+    assert {:error, {:invalid_pool_name, nil}} = PythonWorker.start_link(name: nil)
+
+    assert {:error, {:invalid_option, {:modules, [1]}}} =
+             PythonWorker.start_pool(:bad, modules: [1])
+
+    assert {:error, {:invalid_option, {:env, [{:a, 1}]}}} =
+             PythonWorker.start_pool(:bad, env: [{:a, 1}])
+  end
+end
