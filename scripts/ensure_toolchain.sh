@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for `make test` / `make demo`: Erlang/OTP and Elixir from
 # Debian packages when `erl` or `mix` is missing, python3 for the worker bridge, promtool
-# (package prometheus) to validate the /metrics export, and a running epmd for the
+# (package prometheus) to validate the /metrics export, python3-venv for the Python
+# workers' environment, and a running epmd for the
 # distributed tests.
 # Rust is a prerequisite (rustup); this script only checks for it.
 set -euo pipefail
@@ -24,6 +25,16 @@ if ! command -v python3 >/dev/null 2>&1; then
   SUDO=""
   if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 >/dev/null
+fi
+
+# The Python workers' virtual environment (make python) needs venv and pip.
+if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
+  echo "==> python3 lacks venv/ensurepip: installing the Debian package python3-venv"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq python3-venv >/dev/null
 fi
 
 if ! command -v promtool >/dev/null 2>&1; then
