@@ -39,7 +39,18 @@ defmodule Mix.Tasks.Dspex.Python.Setup do
       cmd!(base, ["-m", "venv", dir])
       cmd!(python, ["-m", "pip", "install", "--quiet", "--upgrade", "pip"])
       extras = Keyword.get_values(opts, :extra)
-      cmd!(python, ["-m", "pip", "install", "--quiet", package | extras])
+      # Built from a copy: a build writes build/ and *.egg-info beside its sources, and a
+      # dependency's priv/ is no place for them.
+      copy =
+        Path.join(System.tmp_dir!(), "dspex_bridge_python_#{System.unique_integer([:positive])}")
+
+      File.cp_r!(package, copy)
+
+      try do
+        cmd!(python, ["-m", "pip", "install", "--quiet", copy | extras])
+      after
+        File.rm_rf(copy)
+      end
     end
 
     Mix.shell().info(python)
