@@ -15,23 +15,21 @@ defmodule DSPex.Bridge.FuzzTest do
   @victim "fuzz_victim"
   @canary "fuzz_canary"
 
-  # Functions left to their own tests because a well-formed call has effects beyond this
-  # VM (interpreters, peer nodes, distribution) or takes this node out of service.
-  @skipped [
-    {DSPex.Bridge.PythonWorker, :start_pool},
-    {DSPex.Bridge.HAManager.LocalCluster, :start_peers},
-    {DSPex.Bridge.HAManager.LocalCluster, :ensure_distributed},
-    {DSPex.Bridge.HAManager.LocalCluster, :kill},
-    {DSPex.Bridge.HAManager, :start_draining},
-    {DSPex.Bridge.HAManager, :await_drainage}
-  ]
-
   # Functions whose well-formed calls change the VM itself (distribution, peer nodes).
   @vm_level [
     {DSPex.Bridge.HAManager.LocalCluster, :start_peers},
     {DSPex.Bridge.HAManager.LocalCluster, :ensure_distributed},
     {DSPex.Bridge.HAManager.LocalCluster, :kill}
   ]
+
+  # Functions left to their own tests because a well-formed call has effects beyond this
+  # VM (interpreters, peer nodes, distribution) or takes this node out of service.
+  @skipped @vm_level ++
+             [
+               {DSPex.Bridge.PythonWorker, :start_pool},
+               {DSPex.Bridge.HAManager, :start_draining},
+               {DSPex.Bridge.HAManager, :await_drainage}
+             ]
 
   @modules [
     DSPex.Bridge.Python,

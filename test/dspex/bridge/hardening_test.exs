@@ -47,7 +47,7 @@ defmodule DSPex.Bridge.HardeningTest do
 
       # Frames from a worker: nesting is refused at the same depth, and no depth crashes.
       assert {:ok, {:result, 7, {:ok, value}}} = Native.bridge_decode(result_frame(7, 48))
-      assert value == deep_values(48)
+      assert value == deep(48)
       assert {:error, {:invalid_frame, _}} = Native.bridge_decode(result_frame(7, 49))
       assert {:error, {:invalid_frame, _}} = Native.bridge_decode_dirty(result_frame(7, 100_000))
     end
@@ -435,9 +435,6 @@ defmodule DSPex.Bridge.HardeningTest do
       refute Enum.any?(owners, &(&1.session === third))
     end
   end
-
-  # The value nested n lists deep, as a worker's frame carries it: [[...[1]...]].
-  defp deep_values(n), do: deep(n)
 
   # Protobuf bytes of a Result frame whose value is `n` lists around the integer 1.
   defp result_frame(id, n) do

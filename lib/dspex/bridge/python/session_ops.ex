@@ -9,6 +9,7 @@ defmodule DSPex.Bridge.Python.SessionOps do
   # no atom is ever created from what Python sends.
 
   alias DSPex.Bridge.{AccessControl, DependencyManager, SessionStore, Variable}
+  alias DSPex.Bridge.SessionStore.Tables
 
   @spec run(term(), String.t(), map()) ::
           {:ok, term()}
@@ -140,9 +141,8 @@ defmodule DSPex.Bridge.Python.SessionOps do
 
   defp variable(session, text) when is_binary(text) do
     candidates = [text | existing_atom(text)]
-    tables = :dspex_bridge_variables
 
-    case Enum.find(candidates, &:ets.member(tables, {session, &1})) do
+    case Enum.find(candidates, &:ets.member(Tables.variables(), {session, &1})) do
       nil -> {:ok, text}
       name -> {:ok, name}
     end

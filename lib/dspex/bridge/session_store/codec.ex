@@ -20,11 +20,14 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   @spec encode(map(), [Variable.t()], [{term(), list()}], [tuple()]) ::
           {:ok, binary()} | {:error, term()}
   def encode(meta, variables, histories, edges) do
-    case Enum.find(variables, &match?(%{compute: {fun, _}} when is_function(fun), &1)) do
+    case Enum.find(variables, &closure_compute?/1) do
       nil -> encode_checked(meta, variables, histories, edges)
       var -> {:error, {:not_exportable, {:closure_compute, var.name}}}
     end
   end
+
+  defp closure_compute?(%{compute: {fun, _}}), do: Compute.closure?(fun)
+  defp closure_compute?(_var), do: false
 
   defp encode_checked(meta, variables, histories, edges) do
     payload =

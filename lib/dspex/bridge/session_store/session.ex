@@ -45,22 +45,9 @@ defmodule DSPex.Bridge.SessionStore.Session do
   # init: claim the id atomically; after a crash, take the existing row over.
 
   @impl true
-  # Started again by the Keeper after a crash: take the rows over.
-  def init({id, _meta, :restart}) do
-    case :ets.lookup(Tables.sessions(), id) do
-      [{^id, meta, pid, touch}] ->
-        if Process.alive?(pid) do
-          {:stop, :session_exists}
-        else
-          :ets.update_element(Tables.sessions(), id, {3, self()})
-          Keeper.watch(id, self())
-          {:ok, schedule_idle_check(new_state(id, meta, touch)), {:continue, :recover}}
-        end
-
-      [] ->
-        {:stop, :normal}
-    end
-  end
+  # Started again by the Keeper after a crash: take the rows over (a session deleted in the
+  # meantime stays gone).
+  def init({id, _meta, :restart}), do: take_over(id, :normal)
 
   def init({id, meta, init}) do
     touch = :atomics.new(1, signed: false)
@@ -75,20 +62,25 @@ defmodule DSPex.Bridge.SessionStore.Session do
         :awaiting_load -> {:ok, state, {:continue, :await_load}}
       end
     else
-      case :ets.lookup(Tables.sessions(), id) do
-        [{^id, old_meta, pid, old_touch}] when pid != self() ->
-          if Process.alive?(pid) do
-            {:stop, :session_exists}
-          else
-            :ets.update_element(Tables.sessions(), id, {3, self()})
-            Keeper.watch(id, self())
+      take_over(id, :session_exists)
+    end
+  end
 
-            {:ok, schedule_idle_check(new_state(id, old_meta, old_touch)), {:continue, :recover}}
-          end
-
-        _ ->
+  # The row of a session whose process is gone is taken over, with its watchers and HA
+  # registration (handle_continue(:recover)); a live owner keeps it.
+  defp take_over(id, if_no_row) do
+    case :ets.lookup(Tables.sessions(), id) do
+      [{^id, meta, pid, touch}] when pid != self() ->
+        if Process.alive?(pid) do
           {:stop, :session_exists}
-      end
+        else
+          :ets.update_element(Tables.sessions(), id, {3, self()})
+          Keeper.watch(id, self())
+          {:ok, schedule_idle_check(new_state(id, meta, touch)), {:continue, :recover}}
+        end
+
+      _ ->
+        {:stop, if_no_row}
     end
   end
 
