@@ -128,7 +128,7 @@ defmodule DSPex.Bridge.MixProject do
 
   def application do
     [
-      extra_applications: [:logger, :inets],
+      extra_applications: [:logger, :inets, :crypto],
       mod: {DSPex.Bridge.Application, []}
     ]
   end

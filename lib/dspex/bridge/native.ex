@@ -111,6 +111,13 @@ defmodule DSPex.Bridge.Native do
   def bridge_decode(_bytes), do: not_loaded()
   def bridge_decode_dirty(_bytes), do: not_loaded()
 
+  # grpc_server
+  def grpc_listen(_host, _port, _listener, _max_frame), do: not_loaded()
+  def grpc_stop(_server), do: not_loaded()
+  def grpc_set_owner(_conn, _pid), do: not_loaded()
+  def grpc_send(_conn, _frame), do: not_loaded()
+  def grpc_close(_conn, _code, _message), do: not_loaded()
+
   # rate limit
   def rate_limiter_new(_capacity, _per_second, _max_keys), do: not_loaded()
   def rate_limiter_take(_limiter, _key), do: not_loaded()

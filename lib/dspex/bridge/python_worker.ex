@@ -18,6 +18,23 @@ defmodule DSPex.Bridge.PythonWorker do
     `health_interval_ms`; one that does not answer before the next ping is replaced.
   * An exception in a tool is `{:error, {:python, type, message}}`.
 
+  ## Remote workers
+
+  A pool started with `accept_remote: [token: token]` also takes workers that dial in over
+  gRPC from anywhere (the server runs inside the NIF, on threads of its own):
+
+      python -m dspex_bridge.worker --connect HOST:PORT --pool NAME --module my_tools
+
+  with the token in the environment variable `DSPEX_BRIDGE_TOKEN` (or `--token`, which
+  other users of the machine can read in the process list). A wrong or missing token, a
+  pool that does not accept remote workers, or anything but a hello as the first frame is
+  refused with a gRPC status and logged. Remote and local workers of a pool serve calls
+  alike; a remote worker whose connection drops is gone (its callers get
+  `{:error, {:worker_exited, :disconnected}}`) and the SDK dials again. The server listens
+  on `config :dspex_bridge, :grpc, host: "127.0.0.1", port: 0` (port 0: a free one), from
+  the first pool that accepts remote workers; `listen_address/0` tells where. The stream is
+  plain HTTP/2: across machines, run it on a private network or behind a TLS proxy.
+
   ## Example
 
       {:ok, _} = DSPex.Bridge.PythonWorker.start_pool(:tools, modules: ["my_tools"], size: 2)
@@ -31,10 +48,12 @@ defmodule DSPex.Bridge.PythonWorker do
   """
 
   alias DSPex.Bridge.Options
-  alias DSPex.Bridge.PythonWorker.{Pool, Worker}
+  alias DSPex.Bridge.PythonWorker.{Listener, Pool, Worker}
   import DSPex.Bridge.Options, only: [is_id: 1]
 
   @registry DSPex.Bridge.PythonWorker.Registry
+  # pool => the workers that serve it now (local and remote), with their slot.
+  @members DSPex.Bridge.PythonWorker.Members
   @pools DSPex.Bridge.PythonWorker.Pools
 
   # The most interpreters one pool starts, and the most calls one runs at once.
@@ -44,6 +63,8 @@ defmodule DSPex.Bridge.PythonWorker do
   @max_request_bytes 64 * 1024 * 1024
   # Frames over this are encoded and decoded on a dirty scheduler.
   @dirty_bytes 64 * 1024
+  # Remote tokens are secrets; short ones are guessable.
+  @min_token_bytes 16
 
   @type pool :: atom() | String.t()
 
@@ -86,6 +107,8 @@ defmodule DSPex.Bridge.PythonWorker do
   def start_system do
     children = [
       {Registry, keys: :unique, name: @registry},
+      {Registry, keys: :duplicate, name: @members},
+      Listener,
       {DynamicSupervisor, name: @pools, strategy: :one_for_one}
     ]
 
@@ -100,8 +123,11 @@ defmodule DSPex.Bridge.PythonWorker do
   * `python_path:` directories to put on `PYTHONPATH` (the SDK's own is always there);
   * `env:` more environment variables, a map or list of `{name, value}` strings;
   * `python:` the interpreter (see the module doc);
-  * `size:` workers (1..256, default 2); `concurrency:` calls at once per worker (1..256,
-    default 8);
+  * `size:` local workers (1..256, default 2; 0 is allowed with `accept_remote:`);
+    `concurrency:` calls at once per local worker (1..256, default 8; a remote worker says
+    its own);
+  * `accept_remote: [token: token]` also takes remote workers that present `token` (a
+    string of at least 16 bytes; see "Remote workers");
   * `health_interval_ms:` (default 5_000); `max_response_bytes:` (at most 64 MiB, default
     16 MiB).
   """
@@ -124,21 +150,26 @@ defmodule DSPex.Bridge.PythonWorker do
 
   defp config(pool, opts) do
     spec = %{
-      size: &Options.int_in?(&1, 1, @max_size),
+      size: &Options.int_in?(&1, 0, @max_size),
       concurrency: &Options.int_in?(&1, 1, @max_concurrency),
       modules: &strings?/1,
       python_path: &strings?/1,
       env: &env?/1,
       python: &is_binary/1,
       health_interval_ms: &Options.pos_ms?/1,
-      max_response_bytes: &Options.int_in?(&1, 1, @max_request_bytes)
+      max_response_bytes: &Options.int_in?(&1, 1, @max_request_bytes),
+      accept_remote: fn _ -> true end
     }
 
     with {:ok, o} <- Options.take(opts, spec),
-         {:ok, python} <- find_python(Map.get(o, :python, default_python())) do
+         {:ok, digest} <- remote_token(Map.get(o, :accept_remote)),
+         :ok <- some_workers(Map.get(o, :size, 2), digest),
+         {:ok, python} <- find_python(Map.get(o, :python, default_python())),
+         :ok <- listen_if(digest) do
       {:ok,
        %{
          pool: pool,
+         token_digest: digest,
          python: python,
          size: Map.get(o, :size, 2),
          concurrency: Map.get(o, :concurrency, 8),
@@ -150,6 +181,35 @@ defmodule DSPex.Bridge.PythonWorker do
        }}
     end
   end
+
+  defp remote_token(nil), do: {:ok, nil}
+
+  defp remote_token(opts) do
+    with true <- keyword?(opts) and Keyword.keys(opts) == [:token],
+         token when is_binary(token) and byte_size(token) >= @min_token_bytes <- opts[:token] do
+      {:ok, :crypto.hash(:sha256, token)}
+    else
+      _ ->
+        {:error,
+         {:invalid_option, {:accept_remote, "a token of at least 16 bytes: [token: token]"}}}
+    end
+  end
+
+  defp some_workers(0, nil), do: {:error, {:invalid_option, {:size, 0}}}
+  defp some_workers(_size, _digest), do: :ok
+
+  defp listen_if(nil), do: :ok
+
+  defp listen_if(_digest) do
+    with {:ok, _address} <- Listener.ensure_listening(), do: :ok
+  end
+
+  @doc """
+  Where this node accepts remote workers: `{host, port}`, or `nil` before the first pool
+  with `accept_remote:` has started the server.
+  """
+  @spec listen_address() :: {String.t(), :inet.port_number()} | nil
+  def listen_address, do: Listener.address()
 
   defp strings?(list),
     do: Options.proper_list?(list) and Enum.all?(list, &(is_binary(&1) and String.valid?(&1)))
@@ -196,18 +256,27 @@ defmodule DSPex.Bridge.PythonWorker do
   # while it lives (affinity).
   def call_for(pool, session, tool, args, timeout) do
     with :ok <- check_call(tool, args, timeout),
-         {:ok, {size, counter}} <- pool_of(pool),
+         {:ok, counter} <- pool_of(pool),
          {:ok, id, frame} <- encode_call(tool, args, session, timeout) do
-      start = if session == nil, do: :atomics.add_get(counter, 1, 1), else: :erlang.phash2(session)
-
-      # A worker being restarted is skipped for the next one.
-      Enum.find_value(0..(size - 1), {:error, :worker_unavailable}, fn k ->
-        case Registry.lookup(@registry, {pool, rem(start + k, size) + 1}) do
-          [{pid, _}] -> Worker.call(pid, id, session, frame, timeout)
-          [] -> nil
-        end
-      end)
+      case Registry.lookup(@members, pool) do
+        [] -> {:error, :worker_unavailable}
+        members -> Worker.call(pick(members, session, counter), id, session, frame, timeout)
+      end
     end
+  end
+
+  # Without a session: round robin. With one: rendezvous hashing over the members' slots,
+  # so a session stays on its worker while it lives; when it goes, only its sessions move
+  # (and a joining worker takes its share).
+  defp pick(members, nil, counter) do
+    n = :atomics.add_get(counter, 1, 1)
+    {pid, _slot} = Enum.at(members, rem(n, length(members)))
+    pid
+  end
+
+  defp pick(members, session, _counter) do
+    {pid, _slot} = Enum.max_by(members, fn {_pid, slot} -> :erlang.phash2({session, slot}) end)
+    pid
   end
 
   defp check_call(tool, args, timeout) do
@@ -228,9 +297,44 @@ defmodule DSPex.Bridge.PythonWorker do
 
   defp pool_of(pool) do
     case Registry.lookup(@registry, {:pool, pool}) do
-      [{_sup, {size, counter}}] -> {:ok, {size, counter}}
+      [{_sup, %{counter: counter}}] -> {:ok, counter}
       [] -> {:error, {:unknown_pool, pool}}
     end
+  end
+
+  @doc false
+  # The pool a remote hello names (by its text: no atom is made), if it accepts remote
+  # workers: {:ok, pool, token_digest, supervisor} or :error.
+  def remote_gate(text) when is_binary(text) do
+    candidates =
+      [text] ++
+        try do
+          [String.to_existing_atom(text)]
+        rescue
+          ArgumentError -> []
+        end
+
+    Enum.find_value(candidates, :error, fn pool ->
+      case Registry.lookup(@registry, {:pool, pool}) do
+        [{sup, %{token: digest} = value}] when digest != nil -> {:ok, pool, digest, {sup, value}}
+        _ -> nil
+      end
+    end)
+  end
+
+  @doc false
+  def start_remote({sup, value}, pool, conn, peer, hello) do
+    config = %{
+      pool: pool,
+      transport: {:remote, conn, peer},
+      tools: hello.tools,
+      concurrency: min(max(hello.concurrency, 1), @max_concurrency),
+      health_interval_ms: value.health_interval_ms,
+      max_response_bytes: value.max_response_bytes,
+      counter: value.counter
+    }
+
+    Pool.start_remote(sup, config)
   end
 
   defp encode_call(tool, args, session, timeout) do
@@ -259,21 +363,15 @@ defmodule DSPex.Bridge.PythonWorker do
   defp session_text(s), do: s
 
   @doc """
-  The workers of a pool: `[%{index, os_pid, remote, in_flight, tools}]`.
+  The workers serving a pool now: `[%{slot, os_pid, remote, peer, in_flight, tools}]`, local
+  ones first by slot (`os_pid` is nil and `peer` the address for a remote one).
   """
   @spec workers(pool()) :: [map()]
   def workers(pool) do
-    case pool_of(pool) do
-      {:ok, {size, _}} ->
-        for i <- 1..size,
-            [{pid, _}] <- [Registry.lookup(@registry, {pool, i})],
-            info = Worker.info(pid),
-            info != nil,
-            do: Map.put(info, :index, i)
-
-      _ ->
-        []
-    end
+    for {pid, slot} <- Enum.sort_by(Registry.lookup(@members, pool), &elem(&1, 1)),
+        info = Worker.info(pid),
+        info != nil,
+        do: Map.put(info, :slot, slot)
   end
 
   @doc "The OS pids of a pool's Python processes (for operations and tests)."
@@ -282,6 +380,12 @@ defmodule DSPex.Bridge.PythonWorker do
 
   @doc false
   def registry, do: @registry
+
+  @doc false
+  def members, do: @members
+
+  @doc false
+  def max_frame_bytes, do: @max_request_bytes
 
   @doc false
   def dirty_bytes, do: @dirty_bytes

@@ -13,6 +13,7 @@ mod bridge_codec;
 mod coordinator;
 mod error;
 mod graph;
+mod grpc_server;
 mod ha;
 mod hot_nif;
 mod list;

@@ -1,11 +1,19 @@
 """A bridge worker: serves the registered tools to DSPex.Bridge.
 
-Run by a pool (``DSPex.Bridge.PythonWorker``), it speaks protobuf frames
-(``priv/proto/dspex_bridge.proto``) over the pipe pair the pool opened as fds 3 and 4, so
-stdout and stderr stay free: what the process writes there (``print()``, C extensions)
+Local (started by a pool, ``DSPex.Bridge.PythonWorker``): protobuf frames
+(``priv/proto/dspex_bridge.proto``) travel over the pipe pair the pool opened as fds 3 and 4,
+so stdout and stderr stay free: what the process writes there (``print()``, C extensions)
 goes to the bridge as log lines, and can never corrupt a frame.
 
     python -m dspex_bridge.worker --module my_tools [--module more_tools] [--concurrency 8]
+
+Remote (started by you, anywhere): the same frames on one gRPC stream to the node's bridge
+server, for a pool started with ``accept_remote: [token: ...]``. The token comes from the
+environment variable ``DSPEX_BRIDGE_TOKEN`` (or ``--token``). A dropped connection is dialled
+again with backoff; a refusal (wrong token, unknown pool) ends the process with status 2.
+
+    DSPEX_BRIDGE_TOKEN=... python -m dspex_bridge.worker --connect HOST:PORT --pool NAME \
+        --module my_tools
 
 Up to ``--concurrency`` calls run at once (threads; ``async def`` tools on one event loop).
 """
@@ -17,12 +25,14 @@ import asyncio
 import importlib
 import itertools
 import os
+import queue
 import struct
 import sys
 import threading
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional, Protocol
 
 from . import dspex_bridge_pb2 as pb
 from . import errors, tools, values
@@ -30,6 +40,14 @@ from .context import Context
 
 PROTOCOL = 1
 MAX_FRAME = 64 * 1024 * 1024
+
+
+class Connection(Protocol):
+    """A carrier of frames: ``recv`` returns ``None`` once the bridge has closed it."""
+
+    def send(self, frame: pb.Frame) -> None: ...
+
+    def recv(self) -> Optional[pb.Frame]: ...
 
 
 class PipeConnection:
@@ -71,6 +89,65 @@ class PipeConnection:
             self._out.write(struct.pack(">I", len(data)) + data)
 
 
+CONNECT_METHOD = "/dspex_bridge.v1.Bridge/Connect"
+
+# gRPC status codes that mean "do not dial again": the bridge refused this worker.
+_REFUSALS = ("UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT")
+
+
+class Refused(Exception):
+    """The bridge refused this worker (its token, pool or protocol)."""
+
+
+class GrpcConnection:
+    """Frames on one ``Bridge.Connect`` stream (needs the ``grpcio`` package)."""
+
+    def __init__(self, target: str) -> None:
+        import grpc  # only remote workers need it
+
+        self._grpc = grpc
+        options = [
+            ("grpc.max_send_message_length", MAX_FRAME),
+            ("grpc.max_receive_message_length", MAX_FRAME),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+        ]
+        self._channel = grpc.insecure_channel(target, options=options)
+        self._outbox: "queue.SimpleQueue[Optional[pb.Frame]]" = queue.SimpleQueue()
+        connect = self._channel.stream_stream(
+            CONNECT_METHOD,
+            request_serializer=pb.Frame.SerializeToString,
+            response_deserializer=pb.Frame.FromString,
+        )
+        self._inbox = connect(self._requests(), wait_for_ready=False)
+
+    def _requests(self) -> Iterator[pb.Frame]:
+        while True:
+            frame = self._outbox.get()
+            if frame is None:
+                return
+            yield frame
+
+    def send(self, frame: pb.Frame) -> None:
+        self._outbox.put(frame)
+
+    def recv(self) -> Optional[pb.Frame]:
+        """The next frame; ``None`` when the stream ended; raises ``Refused`` on a refusal."""
+        try:
+            return next(self._inbox)
+        except StopIteration:
+            return None
+        except self._grpc.RpcError as exc:
+            code = exc.code().name if exc.code() else ""
+            if code in _REFUSALS:
+                raise Refused(f"{code}: {exc.details()}") from None
+            return None
+
+    def close(self) -> None:
+        self._outbox.put(None)
+        self._channel.close()
+
+
 class _Call:
     def __init__(self, call: pb.Call) -> None:
         self.id = call.id
@@ -82,9 +159,10 @@ class _Call:
 class Worker:
     """Serves calls on one connection."""
 
-    def __init__(self, conn: PipeConnection, concurrency: int = 8, pool: str = "") -> None:
+    def __init__(self, conn: Connection, concurrency: int = 8, pool: str = "", token: str = "") -> None:
         self.conn = conn
         self.pool = pool
+        self.token = token
         self.concurrency = max(1, concurrency)
         self.executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="dspex-tool")
         self.calls: Dict[int, _Call] = {}
@@ -102,14 +180,21 @@ class Worker:
                 threading.Thread(target=self._loop.run_forever, daemon=True).start()
             return self._loop
 
-    def serve(self) -> int:
+    def serve(self, await_welcome: bool = False) -> int:
+        """Serves until the bridge closes the carrier. A remote worker first waits for the
+        bridge's welcome (its hello accepted)."""
         hello = pb.Frame()
         hello.hello.protocol = PROTOCOL
         hello.hello.pool = self.pool
+        hello.hello.token = self.token
         hello.hello.tools.extend(tools.names())
         hello.hello.concurrency = self.concurrency
         hello.hello.worker = f"pid:{os.getpid()}"
         self.conn.send(hello)
+        if await_welcome:
+            first = self.conn.recv()
+            if first is None or first.WhichOneof("body") != "welcome":
+                return 1
         while True:
             frame = self.conn.recv()
             if frame is None:
@@ -209,12 +294,40 @@ def _capture(fd: int, stream: int, conn: PipeConnection) -> None:
     threading.Thread(target=pump, daemon=True).start()
 
 
+def serve_remote(target: str, pool: str, token: str, concurrency: int, reconnect: bool = True) -> int:
+    """Serves a pool from afar; dials again (backoff up to 5 s) when the stream drops."""
+    delay = 0.1
+    while True:
+        conn = GrpcConnection(target)
+        started = time.monotonic()
+        try:
+            Worker(conn, concurrency, pool, token).serve(await_welcome=True)
+        except Refused as exc:
+            print(f"dspex_bridge: the bridge at {target} refused this worker: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            conn.close()
+        if not reconnect:
+            return 0
+        # A connection that lived a while resets the backoff.
+        delay = 0.1 if time.monotonic() - started > 5 else min(delay * 2, 5.0)
+        time.sleep(delay)
+
+
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dspex_bridge.worker")
     parser.add_argument("--module", action="append", default=[], help="a module of @tool functions")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--pool", default="")
+    parser.add_argument("--connect", metavar="HOST:PORT", help="serve a remote pool over gRPC")
+    parser.add_argument("--token", help="the pool's token (default: $DSPEX_BRIDGE_TOKEN)")
+    parser.add_argument("--no-reconnect", action="store_true", help="exit when the stream drops")
     opts = parser.parse_args(argv)
+    if opts.connect:
+        for name in opts.module:
+            importlib.import_module(name)
+        token = opts.token if opts.token is not None else os.environ.get("DSPEX_BRIDGE_TOKEN", "")
+        return serve_remote(opts.connect, opts.pool, token, opts.concurrency, not opts.no_reconnect)
     conn = PipeConnection()
     _capture(1, 0, conn)
     _capture(2, 1, conn)

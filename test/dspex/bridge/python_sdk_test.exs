@@ -137,10 +137,16 @@ defmodule DSPex.Bridge.PythonSDKTest do
   test "kill -9 mid-call: its caller gets an error before its deadline, other workers untouched, the worker is back",
        %{pool: pool} do
     [a, b] = PythonWorker.workers(pool)
-    # Find sessions routed to each worker.
-    on = fn index -> Enum.find(1..200, &(rem(:erlang.phash2("aff_#{&1}"), 2) + 1 == index)) end
-    sa = "aff_#{on.(a.index)}"
-    sb = "aff_#{on.(b.index)}"
+    # Find sessions served by each worker (the tool tells its interpreter's pid).
+    on = fn os_pid ->
+      Enum.find_value(1..200, fn i ->
+        s = "aff_#{System.unique_integer([:positive])}_#{i}"
+        if Python.call(s, "pid", %{}, pool: pool) == {:ok, os_pid}, do: s
+      end)
+    end
+
+    sa = on.(a.os_pid)
+    sb = on.(b.os_pid)
     {:ok, ^sa} = SessionStore.create_session(sa)
     {:ok, ^sb} = SessionStore.create_session(sb)
     on_exit(fn -> SessionStore.delete_session(sa) && SessionStore.delete_session(sb) end)
@@ -151,7 +157,7 @@ defmodule DSPex.Bridge.PythonSDKTest do
     bystander =
       Task.async(fn -> Python.call(sb, "sleep", %{ms: 300}, pool: pool, timeout: 10_000) end)
 
-    Process.sleep(100)
+    eventually(fn -> Enum.all?(PythonWorker.workers(pool), &(&1.in_flight == 1)) end)
     killed_at = System.monotonic_time(:millisecond)
     System.cmd("kill", ["-9", Integer.to_string(a.os_pid)])
     assert {:error, {:worker_exited, _}} = Task.await(victim, 10_000)
@@ -178,7 +184,7 @@ defmodule DSPex.Bridge.PythonSDKTest do
       )
 
     eventually(fn -> PythonWorker.call(name, "ping", %{}) == {:ok, "pong"} end, 20_000)
-    assert [%{index: 1, remote: false, in_flight: 0, tools: tools}] = PythonWorker.workers(name)
+    assert [%{slot: 1, remote: false, in_flight: 0, tools: tools}] = PythonWorker.workers(name)
     assert "ping" in tools
     assert {:error, {:already_started, ^name}} = PythonWorker.start_pool(name, python_opts())
     Supervisor.stop(sup)

@@ -1,20 +1,23 @@
 defmodule DSPex.Bridge.PythonWorker.Worker do
   @moduledoc false
-  # One Python process behind a Port on fds 3/4. The process owns the Port, matches results
-  # to callers by id, enforces each call's deadline (and tells Python to cancel), answers
-  # the ctx requests of the calls in flight (in tasks of their own, on behalf of the call's
-  # session), and sends the interpreter's stdout and stderr to Logger.
+  # One worker: a local Python process behind a Port on fds 3/4, or a remote one on a gRPC
+  # stream (a connection resource of the NIF's server). The process owns the carrier,
+  # matches results to callers by id, enforces each call's deadline (and tells Python to
+  # cancel), answers the ctx requests of the calls in flight (in tasks of their own, on
+  # behalf of the call's session), and sends a local interpreter's stdout and stderr to
+  # Logger. Both carriers move the same frames; only `transmit/2` and the messages that
+  # bring frames in differ.
   use GenServer, restart: :permanent
   require Logger
 
   alias DSPex.Bridge.{Events, Native, PythonWorker}
   alias DSPex.Bridge.Python.SessionOps
 
-  def start_link(config) do
-    GenServer.start_link(__MODULE__, config,
-      name: {:via, Registry, {PythonWorker.registry(), {config.pool, config.index}}}
-    )
-  end
+  @protocol 1
+  # gRPC status UNAVAILABLE: what a remote worker is told when its worker process ends.
+  @unavailable 14
+
+  def start_link(config), do: GenServer.start_link(__MODULE__, config)
 
   def call(pid, id, session, frame, timeout) do
     # The worker answers at the deadline itself; the margin only covers a dead worker.
@@ -30,6 +33,24 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
   end
 
   @impl true
+  def init(%{transport: {:remote, conn, peer}} = config) do
+    Process.flag(:trap_exit, true)
+
+    case Native.grpc_set_owner(conn, self()) do
+      :ok ->
+        state = %{new_state(config) | conn: conn, peer: peer, tools: config.tools}
+        {:ok, welcome} = Native.bridge_encode({:welcome, @protocol})
+        transmit(state, welcome)
+        {:ok, _} = Registry.register(PythonWorker.members(), config.pool, config.index)
+        schedule_health(config)
+        emit(:worker_joined, %{}, state, %{tools: config.tools, remote: true})
+        {:ok, state}
+
+      {:error, :closed} ->
+        :ignore
+    end
+  end
+
   def init(config) do
     Process.flag(:trap_exit, true)
     sdk = Path.join(:code.priv_dir(:dspex_bridge), "python")
@@ -54,22 +75,34 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
 
     {:os_pid, os_pid} = Port.info(port, :os_pid)
     schedule_health(config)
-
-    {:ok,
-     %{
-       config: config,
-       port: port,
-       os_pid: os_pid,
-       tools: nil,
-       pending: %{},
-       stuck: MapSet.new(),
-       ping: nil
-     }}
+    {:ok, _} = Registry.register(PythonWorker.members(), config.pool, config.index)
+    state = %{new_state(config) | port: port, os_pid: os_pid}
+    starts = :atomics.add_get(config.counter, 1 + config.index, 1)
+    if starts > 1, do: emit(:worker_restarted, %{restarts: starts - 1}, state, %{})
+    {:ok, state}
   end
+
+  defp new_state(config) do
+    %{
+      config: config,
+      port: nil,
+      os_pid: nil,
+      conn: nil,
+      peer: nil,
+      tools: nil,
+      pending: %{},
+      stuck: MapSet.new(),
+      ping: nil
+    }
+  end
+
+  # The one place a frame leaves for Python.
+  defp transmit(%{conn: nil, port: port}, bytes), do: Port.command(port, bytes)
+  defp transmit(%{conn: conn}, bytes), do: Native.grpc_send(conn, bytes)
 
   @impl true
   def handle_call({:call, id, session, frame, timeout}, from, state) do
-    Port.command(state.port, frame)
+    transmit(state, frame)
     timer = Process.send_after(self(), {:deadline, id}, timeout)
     emit(:call_start, %{}, state, %{id: id, session_id: session})
 
@@ -80,7 +113,8 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
   def handle_call(:info, _from, state) do
     info = %{
       os_pid: state.os_pid,
-      remote: false,
+      remote: state.conn != nil,
+      peer: state.peer,
       in_flight: map_size(state.pending),
       tools: state.tools || []
     }
@@ -89,23 +123,19 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
   end
 
   @impl true
-  def handle_info({port, {:data, bytes}}, %{port: port} = state) do
-    decoded =
-      if byte_size(bytes) > PythonWorker.dirty_bytes(),
-        do: Native.bridge_decode_dirty(bytes),
-        else: Native.bridge_decode(bytes)
+  def handle_info({port, {:data, bytes}}, %{port: port} = state) when port != nil,
+    do: incoming(bytes, state)
 
-    case decoded do
-      {:ok, frame} ->
-        {:noreply, handle_frame(frame, bytes, state)}
+  def handle_info({:dspex_grpc, conn, {:frame, bytes}}, %{conn: conn} = state),
+    do: incoming(bytes, state)
 
-      {:error, {:invalid_frame, detail}} ->
-        Logger.error("dspex_bridge: worker #{state.os_pid} sent an unreadable frame: #{detail}")
-        {:noreply, state}
-    end
+  def handle_info({:dspex_grpc, conn, :closed}, %{conn: conn} = state) do
+    fail_all(state, {:error, {:worker_exited, :disconnected}})
+    emit(:worker_left, %{}, state, %{status: :disconnected})
+    {:stop, {:shutdown, :disconnected}, %{state | pending: %{}}}
   end
 
-  def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
+  def handle_info({port, {:exit_status, status}}, %{port: port} = state) when port != nil do
     fail_all(state, {:error, {:worker_exited, status}})
     emit(:worker_left, %{}, state, %{status: status})
     {:stop, {:shutdown, {:python_exited, status}}, %{state | pending: %{}, port: nil, os_pid: nil}}
@@ -119,7 +149,7 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
       {{from, _timer, _session, _started}, pending} ->
         GenServer.reply(from, {:error, :timeout})
         {:ok, cancel} = Native.bridge_encode({:cancel, id})
-        Port.command(state.port, cancel)
+        transmit(state, cancel)
         stuck = MapSet.put(state.stuck, id)
         state = %{state | pending: pending, stuck: stuck}
 
@@ -143,11 +173,11 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
     schedule_health(state.config)
     nonce = System.unique_integer([:positive])
     {:ok, ping} = Native.bridge_encode({:ping, nonce})
-    Port.command(state.port, ping)
+    transmit(state, ping)
     {:noreply, %{state | ping: nonce}}
   end
 
-  def handle_info({:EXIT, port, _reason}, %{port: port} = state) do
+  def handle_info({:EXIT, port, _reason}, %{port: port} = state) when port != nil do
     fail_all(state, {:error, {:worker_exited, :port_closed}})
     {:stop, {:shutdown, :port_closed}, %{state | pending: %{}, port: nil}}
   end
@@ -155,6 +185,11 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
   def handle_info(_other, state), do: {:noreply, state}
 
   @impl true
+  def terminate(reason, %{conn: conn}) when conn != nil do
+    Native.grpc_close(conn, @unavailable, "the worker's process ended: #{inspect(reason)}")
+    :ok
+  end
+
   def terminate(_reason, state) do
     # A stuck interpreter ignores a closed pipe: kill it so it cannot linger.
     if state.os_pid,
@@ -162,6 +197,25 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
 
     :ok
   end
+
+  defp incoming(bytes, state) do
+    decoded =
+      if byte_size(bytes) > PythonWorker.dirty_bytes(),
+        do: Native.bridge_decode_dirty(bytes),
+        else: Native.bridge_decode(bytes)
+
+    case decoded do
+      {:ok, frame} ->
+        {:noreply, handle_frame(frame, bytes, state)}
+
+      {:error, {:invalid_frame, detail}} ->
+        Logger.error("dspex_bridge: worker #{who(state)} sent an unreadable frame: #{detail}")
+        {:noreply, state}
+    end
+  end
+
+  defp who(%{peer: nil, os_pid: os_pid}), do: "pid #{os_pid}"
+  defp who(%{peer: peer}), do: "at #{peer}"
 
   defp handle_frame({:result, id, outcome}, bytes, state) do
     case Map.pop(state.pending, id) do
@@ -186,22 +240,22 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
   end
 
   defp handle_frame({:session_request, rid, call_id, op, args}, _bytes, state) do
-    port = state.port
+    carrier = Map.take(state, [:conn, :port])
 
     case Map.fetch(state.pending, call_id) do
       {:ok, {_from, _timer, session, _started}} ->
         # Answered in a task: a slow SessionStore call never holds this worker's other calls.
-        Task.start(fn -> reply(port, rid, SessionOps.run(session, op, args)) end)
+        Task.start(fn -> reply(carrier, rid, SessionOps.run(session, op, args)) end)
 
       :error ->
-        reply(port, rid, {:error, "cancelled", "the call is no longer in flight"})
+        reply(carrier, rid, {:error, "cancelled", "the call is no longer in flight"})
     end
 
     state
   end
 
   defp handle_frame({:hello, info}, _bytes, state) do
-    emit(:worker_joined, %{}, state, %{tools: info.tools})
+    emit(:worker_joined, %{}, state, %{tools: info.tools, remote: false})
     %{state | tools: info.tools}
   end
 
@@ -210,7 +264,7 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
 
   defp handle_frame({:ping, nonce}, _bytes, state) do
     {:ok, pong} = Native.bridge_encode({:pong, nonce})
-    Port.command(state.port, pong)
+    transmit(state, pong)
     state
   end
 
@@ -229,7 +283,7 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
   defp result_of({:ok, value}, _size, _max), do: {:ok, value}
   defp result_of({:error, type, message}, _size, _max), do: {:error, {:python, type, message}}
 
-  defp reply(port, rid, outcome) do
+  defp reply(carrier, rid, outcome) do
     frame =
       case Native.bridge_encode({:session_reply, rid, outcome}) do
         {:ok, bytes} ->
@@ -242,7 +296,7 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
           bytes
       end
 
-    Port.command(port, frame)
+    transmit(carrier, frame)
   catch
     # The worker (and its port) went away while the request was answered.
     :error, :badarg -> :ok
@@ -257,7 +311,7 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
 
   defp emit(event, measurements, state, meta) do
     if Events.enabled?() do
-      meta = Map.merge(meta, %{pool: state.config.pool, os_pid: state.os_pid})
+      meta = Map.merge(meta, %{pool: state.config.pool, os_pid: state.os_pid, peer: state.peer})
       Events.emit([:dspex, :bridge, :python, event], measurements, meta)
     end
   end
