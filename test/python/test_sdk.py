@@ -5,13 +5,14 @@ import os
 import struct
 import sys
 import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "priv", "python"))
 
 from dspex_bridge import dspex_bridge_pb2 as pb  # noqa: E402
 from dspex_bridge import errors, tools, values  # noqa: E402
-from dspex_bridge.worker import PipeConnection, Worker  # noqa: E402
+from dspex_bridge.worker import PipeConnection, Worker, serve_remote  # noqa: E402
 
 
 class Values(unittest.TestCase):
@@ -74,6 +75,17 @@ def sdk_read(ctx, name):
 def sdk_wait_then_read(ctx, gate):
     _gates[gate].wait(5)
     return ctx.get_variable("x").value
+
+
+@tools.tool
+def sdk_watch(ctx, count):
+    seen = []
+    with ctx.watch(["x"]) as changes:
+        for change in changes:
+            seen.append([change.name, change.new, change.version, change.lost])
+            if len(seen) == count:
+                break
+    return seen
 
 
 _gates = {}
@@ -165,6 +177,106 @@ class WorkerOverPipes(unittest.TestCase):
         self.assertEqual(self.bridge.recv().result.error.type, "LookupError")
         self.bridge.call(11, "sdk_read", {"wrong": 1})
         self.assertEqual(self.bridge.recv().result.error.type, "TypeError")
+
+    def _answer(self, request, value):
+        reply = pb.Frame()
+        reply.session_reply.id = request.id
+        reply.session_reply.ok.CopyFrom(values.to_value(value))
+        self.bridge.send(reply)
+
+    def _change(self, watch_id, version, new, lost=False):
+        f = pb.Frame()
+        f.change.watch_id = watch_id
+        f.change.name.text = "x"
+        f.change.new.CopyFrom(values.to_value(new))
+        f.change.version = version
+        f.change.lost = lost
+        self.bridge.send(f)
+
+    def test_a_watch_yields_its_changes_and_closes_with_the_tool(self):
+        self.bridge.call(12, "sdk_watch", {"count": 2})
+        req = self.bridge.recv().session_request
+        self.assertEqual((req.op, values.from_map(req.args)), ("watch", {"names": ["x"]}))
+        self._answer(req, req.id)
+        # A change for another watch is not this tool's.
+        self._change(req.id + 1000, 9, "other")
+        self._change(req.id, 2, "a")
+        self._change(req.id, 3, "b")
+        unwatch = self.bridge.recv().session_request
+        self.assertEqual((unwatch.op, values.from_map(unwatch.args)), ("unwatch", {"id": req.id}))
+        self._answer(unwatch, None)
+        result = self.bridge.recv().result
+        self.assertEqual(values.from_value(result.ok), [["x", "a", 2, False], ["x", "b", 3, False]])
+
+    def test_a_lost_change_is_delivered_and_a_cancel_ends_the_watch(self):
+        self.bridge.call(13, "sdk_watch", {"count": 5})
+        req = self.bridge.recv().session_request
+        self._answer(req, req.id)
+        self._change(req.id, 0, None, lost=True)
+        cancel = pb.Frame()
+        cancel.cancel.id = 13
+        self.bridge.send(cancel)
+        result = self.bridge.recv().result
+        self.assertEqual(values.from_value(result.ok), [["x", None, 0, True]])
+
+
+class RemoteWorkerOverGrpc(unittest.TestCase):
+    """The remote carrier against a grpcio server that plays the bridge."""
+
+    def setUp(self):
+        import grpc
+        from concurrent import futures
+
+        self.grpc = grpc
+        self.hellos = []
+        self.refuse = False
+
+        def connect(requests, context):
+            hello = next(requests)
+            self.hellos.append(hello.hello)
+            if self.refuse:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "wrong or missing token")
+            welcome = pb.Frame()
+            welcome.welcome.protocol = 1
+            yield welcome
+            call = pb.Frame()
+            call.call.id = 1
+            call.call.tool = "sdk_test_add_remote"
+            call.call.args.CopyFrom(values.to_map({"a": 2, "b": 3}))
+            yield call
+            self.result = next(requests).result
+            # Ends the stream: the worker dials again.
+
+        handler = grpc.stream_stream_rpc_method_handler(
+            connect, request_deserializer=pb.Frame.FromString, response_serializer=pb.Frame.SerializeToString
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(4))
+        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("dspex_bridge.v1.Bridge", {"Connect": handler})])
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.target = f"127.0.0.1:{port}"
+
+        @tools.tool(name="sdk_test_add_remote")
+        def add(ctx, a, b):
+            return a + b
+
+    def tearDown(self):
+        self.server.stop(0)
+        tools._TOOLS.pop("sdk_test_add_remote", None)
+
+    def test_hello_with_token_then_calls_and_a_redial_after_the_stream_ends(self):
+        worker = threading.Thread(target=serve_remote, args=(self.target, "p", "secret-token", 2), daemon=True)
+        worker.start()
+        deadline = time.monotonic() + 10
+        while len(self.hellos) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertGreaterEqual(len(self.hellos), 2, "the worker dials again after the stream ends")
+        self.assertEqual((self.hellos[0].pool, self.hellos[0].token), ("p", "secret-token"))
+        self.assertEqual((self.result.id, values.from_value(self.result.ok)), (1, 5))
+
+    def test_a_refusal_ends_the_worker_with_status_2(self):
+        self.refuse = True
+        self.assertEqual(serve_remote(self.target, "p", "bad", 2), 2)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ A pool started by ``DSPex.Bridge.PythonWorker.start_pool(name, modules: ["my_too
 ``python -m dspex_bridge.worker --module my_tools`` and serves them.
 """
 
-from .context import Context, Variable
+from .context import Change, Context, Optimization, Variable, Watch
 from .errors import (
     AccessDenied,
     BridgeError,
     Cancelled,
     InvalidValue,
     LockedBy,
+    LockHeld,
     NotFound,
     VersionMismatch,
 )
@@ -29,11 +30,15 @@ __all__ = [
     "AccessDenied",
     "BridgeError",
     "Cancelled",
+    "Change",
     "Context",
     "InvalidValue",
     "LockedBy",
+    "LockHeld",
     "NotFound",
+    "Optimization",
     "Variable",
     "VersionMismatch",
+    "Watch",
     "tool",
 ]

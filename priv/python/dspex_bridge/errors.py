@@ -2,7 +2,8 @@
 
 Every error the Elixir side answers with becomes a BridgeError subclass, by the reason's
 name: ``VersionMismatch`` (with ``current``, the stored version), ``AccessDenied``,
-``NotFound``, ``LockedBy`` (with ``holder``), ``InvalidValue``; anything else is a plain
+``NotFound``, ``LockedBy`` (a write refused; with ``holder``), ``LockHeld`` (a lock refused;
+with ``holder``), ``InvalidValue``; anything else is a plain
 ``BridgeError`` whose ``reason`` is the Elixir reason's text.
 """
 
@@ -44,6 +45,14 @@ class LockedBy(BridgeError):
         self.holder = detail
 
 
+class LockHeld(BridgeError):
+    """``start_optimization`` was refused: another optimizer holds the lock (``holder``)."""
+
+    def __init__(self, reason: str, message: str = "", detail: Any = None) -> None:
+        super().__init__(reason, message, detail)
+        self.holder = detail
+
+
 class InvalidValue(BridgeError):
     """The value is not of the variable's type or breaks its constraints."""
 
@@ -59,6 +68,8 @@ _BY_REASON = {
     "session_not_found": NotFound,
     "version_not_found": NotFound,
     "locked_by": LockedBy,
+    "lock_held_by": LockHeld,
+    "unknown_optimization": NotFound,
     "invalid_value": InvalidValue,
     "cancelled": Cancelled,
 }

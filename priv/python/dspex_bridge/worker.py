@@ -36,7 +36,7 @@ from typing import Any, Dict, Iterator, Optional, Protocol
 
 from . import dspex_bridge_pb2 as pb
 from . import errors, tools, values
-from .context import Context
+from .context import Change, Context, Watch
 
 PROTOCOL = 1
 MAX_FRAME = 64 * 1024 * 1024
@@ -153,7 +153,9 @@ class _Call:
         self.id = call.id
         self.session_id = call.session_id
         self.timeout = call.timeout_ms / 1000.0 if call.timeout_ms else None
+        self.deadline = time.monotonic() + self.timeout if self.timeout else None
         self.cancelled = threading.Event()
+        self.watches: list = []
 
 
 class Worker:
@@ -168,6 +170,8 @@ class Worker:
         self.calls: Dict[int, _Call] = {}
         self.replies: Dict[int, Any] = {}
         self.waiting: Dict[int, threading.Event] = {}
+        # watch id -> the queue its changes go to
+        self.watches: Dict[int, "queue.SimpleQueue[Any]"] = {}
         self.ids = itertools.count(1)
         self.lock = threading.Lock()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -207,11 +211,14 @@ class Worker:
                 self.executor.submit(self._run, frame.call, state)
             elif kind == "session_reply":
                 self._resolve(frame.session_reply)
+            elif kind == "change":
+                self._deliver(frame.change)
             elif kind == "cancel":
                 with self.lock:
                     state = self.calls.get(frame.cancel.id)
                 if state:
                     state.cancelled.set()
+                    self._end_watches(state)
             elif kind == "ping":
                 pong = pb.Frame()
                 pong.pong.nonce = frame.ping.nonce
@@ -225,7 +232,11 @@ class Worker:
             fn = tools.lookup(call.tool)
             if fn is None:
                 raise LookupError(f"unknown tool: {call.tool}")
-            ctx = Context(call.session_id, lambda op, args: self._request(state, op, args))
+            ctx = Context(
+                call.session_id,
+                lambda op, args: self._request(state, op, args),
+                lambda names: self._watch(state, names),
+            )
             kwargs = values.from_map(call.args)
             if tools.is_async(fn):
                 future = asyncio.run_coroutine_threadsafe(fn(ctx, **kwargs), self.loop())
@@ -241,13 +252,15 @@ class Worker:
         finally:
             with self.lock:
                 self.calls.pop(call.id, None)
+            self._end_watches(state)
         self.conn.send(result)
 
     # -- ctx requests
-    def _request(self, state: _Call, op: str, args: Dict[str, Any]) -> Any:
+    def _request(self, state: _Call, op: str, args: Dict[str, Any], request_id: Optional[int] = None) -> Any:
         if state.cancelled.is_set():
             raise errors.Cancelled("cancelled", "the call passed its deadline")
-        request_id = next(self.ids)
+        if request_id is None:
+            request_id = next(self.ids)
         done = threading.Event()
         with self.lock:
             self.waiting[request_id] = done
@@ -267,6 +280,55 @@ class Worker:
             return values.from_value(reply.ok)
         detail = values.from_value(reply.error.detail) if reply.error.HasField("detail") else None
         raise errors.from_reply(reply.error.type, reply.error.message, detail)
+
+    # -- watches: the bridge sends Change frames for a watch id until the call ends
+    def _watch(self, state: _Call, names: list) -> Watch:
+        inbox: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        # Registered under the request's id (the watch id) before the request goes, so that
+        # no change can arrive for an unknown watch.
+        request_id = next(self.ids)
+        with self.lock:
+            self.watches[request_id] = inbox
+        try:
+            self._request(state, "watch", {"names": names}, request_id=request_id)
+        except BaseException:
+            with self.lock:
+                self.watches.pop(request_id, None)
+            raise
+
+        def close() -> None:
+            with self.lock:
+                self.watches.pop(request_id, None)
+            if not state.cancelled.is_set():
+                try:
+                    self._request(state, "unwatch", {"id": request_id})
+                except errors.BridgeError:
+                    pass
+
+        watch = Watch(request_id, inbox, state.deadline, close)
+        state.watches.append(watch)
+        return watch
+
+    def _deliver(self, change: pb.Change) -> None:
+        with self.lock:
+            inbox = self.watches.get(change.watch_id)
+        if inbox is not None:
+            inbox.put(
+                Change(
+                    name=values.from_value(change.name),
+                    old=values.from_value(change.old) if change.HasField("old") else None,
+                    new=values.from_value(change.new) if change.HasField("new") else None,
+                    version=change.version,
+                    lost=change.lost,
+                )
+            )
+
+    def _end_watches(self, state: _Call) -> None:
+        with self.lock:
+            for watch in state.watches:
+                inbox = self.watches.pop(watch.id, None)
+                if inbox is not None:
+                    inbox.put(Watch._END)
 
     def _resolve(self, reply: pb.SessionReply) -> None:
         with self.lock:

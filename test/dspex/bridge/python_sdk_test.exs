@@ -7,7 +7,7 @@ defmodule DSPex.Bridge.PythonSDKTest do
   use ExUnit.Case, async: false
   import DSPex.Bridge.TestHelpers
 
-  alias DSPex.Bridge.{CircuitBreaker, Python, PythonWorker, SessionStore}
+  alias DSPex.Bridge.{CircuitBreaker, OptimizerCoordinator, Python, PythonWorker, SessionStore}
 
   @moduletag timeout: 120_000
 
@@ -212,4 +212,150 @@ defmodule DSPex.Bridge.PythonSDKTest do
     assert {:error, {:invalid_option, {:env, [{:a, 1}]}}} =
              PythonWorker.start_pool(:bad, env: [{:a, 1}])
   end
+
+  describe "ctx.watch" do
+    test "a tool sees the changes of its session's variables while its call lasts",
+         %{pool: pool, session: s} do
+      watcher =
+        Task.async(fn ->
+          Python.call(s, "watch_for", %{names: ["temperature"], count: 2},
+            pool: pool,
+            timeout: 10_000
+          )
+        end)
+
+      eventually(fn -> watched?(s, :temperature) end, 5_000)
+      {:ok, _} = SessionStore.update_variable(s, :temperature, 0.7)
+      {:ok, _} = SessionStore.update_variable(s, :temperature, 0.8)
+
+      assert {:ok,
+              [
+                %{
+                  "name" => "temperature",
+                  "old" => 0.5,
+                  "new" => 0.7,
+                  "version" => 2,
+                  "lost" => false
+                },
+                %{
+                  "name" => "temperature",
+                  "old" => 0.7,
+                  "new" => 0.8,
+                  "version" => 3,
+                  "lost" => false
+                }
+              ]} = Task.await(watcher, 10_000)
+
+      # The watch ended with the call.
+      eventually(fn -> not watched?(s, :temperature) end)
+    end
+
+    test "a deleted variable ends its watch with a lost change, not silence",
+         %{pool: pool, session: s} do
+      {:ok, _} = SessionStore.register_variable(s, :doomed, :integer, 1)
+
+      watcher =
+        Task.async(fn ->
+          Python.call(s, "watch_for", %{names: ["doomed"], count: 1}, pool: pool, timeout: 10_000)
+        end)
+
+      eventually(fn -> watched?(s, :doomed) end, 5_000)
+      :ok = SessionStore.delete_variable(s, :doomed)
+      assert {:ok, [%{"name" => "doomed", "lost" => true}]} = Task.await(watcher, 10_000)
+    end
+
+    test "watching what does not exist is an error in Python", %{pool: pool, session: s} do
+      assert {:error, {:python, "NotFound", _}} =
+               Python.call(s, "watch_for", %{names: ["nope"]}, pool: pool)
+
+      assert {:error, {:python, "BridgeError", _}} =
+               Python.call(s, "watch_for", %{names: []}, pool: pool)
+    end
+  end
+
+  describe "optimizer runs from Python" do
+    test "start, write with the token, report, complete: the best value lands and the lock is free",
+         %{pool: pool, session: s} do
+      assert {:ok, %{"final" => 0.9, "iterations" => 3, "status" => "running"}} =
+               Python.call(s, "optimize", %{name: "temperature", candidates: [0.5, 0.9, 1.2]},
+                 pool: pool
+               )
+
+      assert {:ok, %{value: 0.9}} = SessionStore.get_variable(s, :temperature)
+      assert {:ok, %{holder: nil}} = OptimizerCoordinator.get_lock_info(:temperature, session_id: s)
+      assert {:ok, history} = SessionStore.get_history(s, :temperature)
+      assert length(history) >= 4
+    end
+
+    test "an Elixir optimizer holding the lock refuses Python's run; its writes stay refused",
+         %{pool: pool, session: s} do
+      {:ok, lock} =
+        OptimizerCoordinator.acquire_lock(:temperature, "elixir_opt", self(), session_id: s)
+
+      assert {:ok, %{"refused" => "elixir_opt"}} =
+               Python.call(
+                 s,
+                 "optimize",
+                 %{name: "temperature", candidates: [1.0], conflict: "abort"},
+                 pool: pool
+               )
+
+      assert {:error, {:python, "LockedBy", _}} =
+               Python.call(s, "write", %{name: "temperature", value: 1.5}, pool: pool)
+
+      :ok = OptimizerCoordinator.release_lock(:temperature, "elixir_opt", session_id: s)
+      assert lock.token > 0
+    end
+
+    test "a worker killed mid-run releases the run's lock", %{pool: pool, session: s} do
+      task =
+        Task.async(fn ->
+          Python.call(s, "optimize", %{name: "temperature", candidates: [0.9], hold_ms: 30_000},
+            pool: pool,
+            timeout: 20_000
+          )
+        end)
+
+      eventually(
+        fn ->
+          match?(
+            {:ok, %{holder: %{}}},
+            OptimizerCoordinator.get_lock_info(:temperature, session_id: s)
+          )
+        end,
+        5_000
+      )
+
+      {:ok, os_pid} = Python.call(s, "pid", %{}, pool: pool)
+      System.cmd("kill", ["-9", Integer.to_string(os_pid)])
+      assert {:error, {:worker_exited, _}} = Task.await(task, 20_000)
+
+      eventually(
+        fn ->
+          OptimizerCoordinator.get_lock_info(:temperature, session_id: s) ==
+            {:ok, %{holder: nil, waiters: []}}
+        end,
+        5_000
+      )
+    end
+
+    test "a run is not reachable from another session's calls", %{pool: pool, session: s} do
+      other = session!()
+
+      {:ok, lock} =
+        OptimizerCoordinator.acquire_lock(:temperature, "elixir_opt", self(), session_id: s)
+
+      {:ok, id} = OptimizerCoordinator.start_optimization(lock)
+      on_exit(fn -> OptimizerCoordinator.fail_optimization(id, :test_over) end)
+
+      assert {:error, {:python, "NotFound", _}} =
+               Python.call(other, "status_of", %{id: id}, pool: pool)
+
+      assert {:ok, %{"status" => "running", "optimizer_id" => "elixir_opt"}} =
+               Python.call(s, "status_of", %{id: id}, pool: pool)
+    end
+  end
+
+  defp watched?(s, name),
+    do: Enum.any?(:ets.lookup(SessionStore.Tables.watchers(), s), &match?({_, ^name, _}, &1))
 end

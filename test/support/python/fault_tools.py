@@ -132,3 +132,49 @@ async def async_echo(ctx, value=None, ms=0):
 def pid(ctx):
     """The OS pid of the interpreter serving the call."""
     return os.getpid()
+
+
+@tool
+def watch_for(ctx, names, count=1, wait_s=5.0):
+    """Watches ``names`` and returns the first ``count`` changes as dicts."""
+    seen = []
+    with ctx.watch(names) as changes:
+        while len(seen) < count:
+            change = changes.next(timeout=wait_s)
+            if change is None:
+                break
+            seen.append({"name": change.name, "old": change.old, "new": change.new,
+                         "version": change.version, "lost": change.lost})
+    return seen
+
+
+@tool
+def optimize(ctx, name, candidates, optimizer_id=None, conflict="wait", timeout_ms=2000, hold_ms=0):
+    """Tries each candidate under the optimizer lock, keeps the one nearest 1.0, completes."""
+    import time
+    from dspex_bridge import LockHeld
+
+    try:
+        run = ctx.start_optimization(name, optimizer_id=optimizer_id, conflict=conflict, timeout_ms=timeout_ms)
+    except LockHeld as exc:
+        return {"refused": str(exc.holder)}
+    best = None
+    for i, candidate in enumerate(candidates, start=1):
+        ctx.set_variable(name, candidate, token=run.token)
+        loss = abs(candidate - 1.0)
+        ctx.report_progress(run, i, candidate, {"loss": loss})
+        if best is None or loss < best[1]:
+            best = (candidate, loss)
+    status = ctx.get_optimization_status(run)
+    time.sleep(hold_ms / 1000.0)
+    var = ctx.stop_optimization(run, best[0], metrics={"loss": best[1]})
+    return {"id": run.id, "final": var.value, "version": var.version,
+            "iterations": status["iteration"], "status": status["status"]}
+
+
+@tool
+def status_of(ctx, id):
+    """The status of a run named by its id (a run of another session must stay out of reach)."""
+    from dspex_bridge.context import Optimization
+
+    return ctx.get_optimization_status(Optimization(id=id, name="", token=0, optimizer_id=""))

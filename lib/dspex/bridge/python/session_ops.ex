@@ -7,18 +7,38 @@ defmodule DSPex.Bridge.Python.SessionOps do
   # Python names variables and sessions by text. A name is resolved to the id Elixir uses
   # (a string, or an atom that already exists and names a variable or a live session):
   # no atom is ever created from what Python sends.
+  #
+  # Optimizer locks taken from Python are held on behalf of the worker's process (`holder`):
+  # a worker that dies releases them. A run is reachable only from calls of the session
+  # that started it.
 
-  alias DSPex.Bridge.{AccessControl, DependencyManager, SessionStore, Variable}
+  alias DSPex.Bridge.{
+    AccessControl,
+    DependencyManager,
+    OptimizerCoordinator,
+    SessionStore,
+    Variable
+  }
+
   alias DSPex.Bridge.SessionStore.Tables
 
-  @spec run(term(), String.t(), map()) ::
+  @type outcome ::
           {:ok, term()}
           | {:error, String.t(), String.t()}
           | {:error, String.t(), String.t(), term()}
-  def run(nil, _op, _args), do: {:error, "no_session", "this call serves no session"}
 
-  def run(session, op, args) do
-    case op(op, session, args) do
+  @spec run(term(), String.t(), map(), pid()) :: outcome()
+  def run(session, op, args, holder \\ self())
+
+  def run(nil, _op, _args, _holder), do: {:error, "no_session", "this call serves no session"}
+
+  def run(session, op, args, holder) do
+    result =
+      if op == "start_optimization",
+        do: start_optimization(session, args, holder),
+        else: op(op, session, args)
+
+    case result do
       :ok -> {:ok, nil}
       {:ok, value} -> {:ok, value}
       {:error, reason} -> error(reason)
@@ -37,6 +57,7 @@ defmodule DSPex.Bridge.Python.SessionOps do
 
   defp op("set_variable", session, args) do
     opts = if v = args["expected_version"], do: [expected_version: v], else: []
+    opts = if t = args["token"], do: [lock_token: t] ++ opts, else: opts
 
     with {:ok, name} <- variable(session, args["name"]),
          {:ok, var} <-
@@ -121,7 +142,111 @@ defmodule DSPex.Bridge.Python.SessionOps do
     end
   end
 
+  defp op("report_progress", session, args) do
+    with {:ok, _run} <- own_run(session, args["id"]) do
+      OptimizerCoordinator.report_progress(
+        args["id"],
+        args["iteration"],
+        args["value"],
+        args["metrics"] || %{}
+      )
+    end
+  end
+
+  defp op("stop_optimization", session, args) do
+    with {:ok, _run} <- own_run(session, args["id"]) do
+      if args["complete"] == true do
+        with {:ok, var} <-
+               OptimizerCoordinator.complete_optimization(
+                 args["id"],
+                 args["final_value"],
+                 args["metrics"] || %{}
+               ),
+             do: {:ok, variable_map(var)}
+      else
+        with :ok <- OptimizerCoordinator.fail_optimization(args["id"], :stopped), do: {:ok, nil}
+      end
+    end
+  end
+
+  defp op("get_optimization_status", session, args) do
+    with {:ok, run} <- own_run(session, args["id"]) do
+      {:ok, Map.new(run, fn {k, v} -> {Atom.to_string(k), status_value(v)} end)}
+    end
+  end
+
   defp op(other, _session, _args), do: {:error, {:unknown_op, other}}
+
+  defp start_optimization(session, args, holder) do
+    timeout = args["timeout_ms"] || 5_000
+
+    conflict =
+      Map.get(
+        %{"wait" => :wait, "abort" => :abort, "preempt" => :preempt},
+        args["conflict"] || "wait"
+      )
+
+    with {:ok, name} <- variable(session, args["name"]),
+         {:ok, objective} <- objective(args["objective"]),
+         true <- conflict != nil || {:error, {:invalid_conflict, args["conflict"]}},
+         optimizer = args["optimizer_id"] || "python:#{text(name)}",
+         {:ok, lock} <-
+           OptimizerCoordinator.acquire_lock(name, optimizer, holder,
+             session_id: session,
+             caller: session,
+             timeout: timeout,
+             priority: args["priority"] || 0,
+             conflict_resolution: conflict
+           ),
+         {:ok, id} <- start_run(lock, objective) do
+      {:ok, %{"id" => id, "token" => lock.token, "name" => text(name), "optimizer_id" => optimizer}}
+    end
+  end
+
+  defp objective(nil), do: {:ok, {:minimize, "loss"}}
+
+  defp objective([dir, metric]) when dir in ["minimize", "maximize"] and is_binary(metric),
+    do: {:ok, {String.to_existing_atom(dir), metric}}
+
+  defp objective(other), do: {:error, {:invalid_objective, other}}
+
+  # Starts the run over a lock just taken; a refused start gives the lock back.
+  defp start_run(lock, objective) do
+    case OptimizerCoordinator.start_optimization(lock, objective: objective) do
+      {:ok, id} ->
+        {:ok, id}
+
+      error ->
+        OptimizerCoordinator.release_lock(lock.var_id, lock.optimizer_id,
+          session_id: lock.session_id
+        )
+
+        error
+    end
+  end
+
+  defp own_run(session, id) when is_binary(id) do
+    case OptimizerCoordinator.get_optimization_status(id) do
+      {:ok, %{session_id: ^session} = run} -> {:ok, run}
+      _ -> {:error, {:unknown_optimization, id}}
+    end
+  end
+
+  defp own_run(_session, id), do: {:error, {:unknown_optimization, id}}
+
+  defp status_value(v) when is_tuple(v), do: Tuple.to_list(v)
+  defp status_value(v), do: v
+
+  @doc false
+  # An error as a reply outcome (what a request answers).
+  def error_outcome({:error, reason}), do: error(reason)
+
+  @doc false
+  # A watched name, resolved as every other name is.
+  def resolve_variable(session, text), do: variable(session, text)
+
+  @doc false
+  def name_text(name), do: text(name)
 
   # ---------------------------------------------------------------------------------------
   # names: text from Python to the ids Elixir uses, never creating an atom
@@ -216,6 +341,10 @@ defmodule DSPex.Bridge.Python.SessionOps do
 
   defp error({:locked_by, holder}),
     do: {:error, "locked_by", "an optimizer holds the lock: #{inspect(holder)}", text(holder)}
+
+  defp error({:lock_held_by, holder}),
+    do:
+      {:error, "lock_held_by", "another optimizer holds the lock: #{inspect(holder)}", text(holder)}
 
   defp error(:access_denied), do: {:error, "access_denied", "access denied"}
 

@@ -11,7 +11,7 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
   require Logger
 
   alias DSPex.Bridge.{Events, Native, PythonWorker}
-  alias DSPex.Bridge.Python.SessionOps
+  alias DSPex.Bridge.Python.{SessionOps, Watch}
 
   @protocol 1
   # gRPC status UNAVAILABLE: what a remote worker is told when its worker process ends.
@@ -92,6 +92,8 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
       tools: nil,
       pending: %{},
       stuck: MapSet.new(),
+      # watch id => {call id, watcher pid}: the ctx.watch streams of the calls in flight
+      watches: %{},
       ping: nil
     }
   end
@@ -151,7 +153,7 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
         {:ok, cancel} = Native.bridge_encode({:cancel, id})
         transmit(state, cancel)
         stuck = MapSet.put(state.stuck, id)
-        state = %{state | pending: pending, stuck: stuck}
+        state = end_watches(%{state | pending: pending, stuck: stuck}, id)
 
         # Every slot held by a call that never ended: the interpreter is no use any more.
         if MapSet.size(stuck) >= state.config.concurrency do
@@ -235,17 +237,40 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
           ok: match?({:ok, _}, result)
         })
 
-        %{state | pending: pending}
+        end_watches(%{state | pending: pending}, id)
     end
+  end
+
+  defp handle_frame({:session_request, rid, call_id, "watch", args}, _bytes, state) do
+    carrier = Map.take(state, [:conn, :port])
+
+    case Map.fetch(state.pending, call_id) do
+      {:ok, {_from, _timer, session, _started}} when session != nil ->
+        answer = &reply(carrier, rid, &1)
+        pid = Watch.start_link(session, rid, args["names"], answer, &transmit(carrier, &1))
+        %{state | watches: Map.put(state.watches, rid, {call_id, pid})}
+
+      _ ->
+        reply(carrier, rid, {:error, "cancelled", "the call is no longer in flight"})
+        state
+    end
+  end
+
+  defp handle_frame({:session_request, rid, _call_id, "unwatch", args}, _bytes, state) do
+    {watch, watches} = Map.pop(state.watches, args["id"])
+    if watch, do: send(elem(watch, 1), :stop)
+    reply(Map.take(state, [:conn, :port]), rid, {:ok, nil})
+    %{state | watches: watches}
   end
 
   defp handle_frame({:session_request, rid, call_id, op, args}, _bytes, state) do
     carrier = Map.take(state, [:conn, :port])
+    worker = self()
 
     case Map.fetch(state.pending, call_id) do
       {:ok, {_from, _timer, session, _started}} ->
         # Answered in a task: a slow SessionStore call never holds this worker's other calls.
-        Task.start(fn -> reply(carrier, rid, SessionOps.run(session, op, args)) end)
+        Task.start(fn -> reply(carrier, rid, SessionOps.run(session, op, args, worker)) end)
 
       :error ->
         reply(carrier, rid, {:error, "cancelled", "the call is no longer in flight"})
@@ -277,6 +302,15 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
 
     emit(:log, %{}, state, %{stream: stream, line: line})
     state
+  end
+
+  # A call's watches end with it.
+  defp end_watches(%{watches: watches} = state, _call_id) when watches == %{}, do: state
+
+  defp end_watches(state, call_id) do
+    {ended, kept} = Enum.split_with(state.watches, fn {_id, {call, _pid}} -> call == call_id end)
+    for {_id, {_call, pid}} <- ended, do: send(pid, :stop)
+    %{state | watches: Map.new(kept)}
   end
 
   defp result_of(_outcome, size, max) when size > max, do: {:error, :oversized_response}
