@@ -3,8 +3,10 @@
 #   MIX_ENV=prod DSPEX_PYTHON=_build/dspex_python/bin/python mix run benches/python_bridge.exs
 #
 # * full stack: DSPex.Bridge.Python.call/4 (rate limit -> bulkhead -> breaker -> worker ->
-#   protobuf over fds 3/4 -> the SDK's thread pool -> back), 1 and 4 workers;
-# * the floor: a raw Port {:packet, 4} echo to a bare Python read/write loop (no protocol);
+#   protobuf frames -> the SDK -> back), 1 and 4 workers, local (fds 3/4) and remote (gRPC
+#   to the server in the NIF);
+# * the floors: a raw Port {:packet, 4} echo to a bare Python read/write loop, and a raw
+#   grpcio stream ping-pong between two Python processes (benches/support/grpc_pingpong.py);
 # * ctx.get_variable from a tool: the tool's own round trip to SessionStore and back.
 alias DSPex.Bridge.{CircuitBreaker, Python, PythonWorker, RateLimiter, SessionStore}
 
@@ -20,35 +22,34 @@ defmodule Bench do
     |> Enum.sort()
   end
 
+  def line(label, text), do: IO.puts(String.pad_trailing(label, 64) <> text)
+
   def row(label, sorted) do
     us = fn ns -> :io_lib.format("~.1f", [ns / 1000]) end
-
-    IO.puts(
-      String.pad_trailing(label, 58) <>
-        "p50 #{us.(percentile(sorted, 0.5))} us  p99 #{us.(percentile(sorted, 0.99))} us"
-    )
-
+    line(label, "p50 #{us.(percentile(sorted, 0.5))} us  p99 #{us.(percentile(sorted, 0.99))} us")
     percentile(sorted, 0.5)
   end
 
-  def throughput(label, total, concurrency, fun) do
+  # `callers` processes, each making its share of `total` calls back to back.
+  def throughput(label, total, callers, fun) do
     t = System.monotonic_time(:microsecond)
-
-    1..total
-    |> Task.async_stream(fn _ -> fun.() end, max_concurrency: concurrency, timeout: 60_000)
-    |> Stream.run()
-
-    rate = total / ((System.monotonic_time(:microsecond) - t) / 1.0e6)
-    IO.puts(String.pad_trailing(label, 58) <> "#{round(rate)} calls/s")
+    per = div(total, callers)
+    tasks = for _ <- 1..callers, do: Task.async(fn -> for _ <- 1..per, do: fun.() end)
+    Enum.each(tasks, &Task.await(&1, 120_000))
+    rate = per * callers / ((System.monotonic_time(:microsecond) - t) / 1.0e6)
+    line(label, "#{round(rate)} calls/s")
     rate
   end
+
+  def ratio(label, value, floor),
+    do: line(label, :erlang.float_to_binary(value / floor, decimals: 2))
 end
 
 tools = Path.expand("test/support/python")
 python = System.get_env("DSPEX_PYTHON") || "python3"
 n = 5_000
 
-# The floor: a bare loop echoing {:packet, 4} frames on stdin/stdout.
+# The local floor: a bare loop echoing {:packet, 4} frames on stdin/stdout.
 bare = ~S"""
 import sys, struct
 i, o = sys.stdin.buffer, sys.stdout.buffer
@@ -75,56 +76,80 @@ raw =
   end)
 
 IO.puts("Python bridge round trips (#{System.schedulers_online()} schedulers, #{n} calls each)")
-floor = Bench.row("raw Port {:packet, 4} echo to a bare Python loop (floor)", raw)
+port_floor = Bench.row("raw Port {:packet, 4} echo to a bare Python loop (local floor)", raw)
+
+{out, 0} = System.cmd(python, [Path.expand("benches/support/grpc_pingpong.py"), "#{n}"])
+[g50, g99] = out |> String.split() |> Enum.map(&String.to_float/1)
+Bench.line("raw grpcio stream ping-pong, Python to Python (remote floor)", "p50 #{g50} us  p99 #{g99} us")
+grpc_floor = g50 * 1000
 
 {:ok, s} = SessionStore.create_session("bench_python")
 {:ok, _} = SessionStore.register_variable(s, :temperature, :float, 0.5)
 :ok = RateLimiter.start_limiter(:bench_limit, capacity: 1_000_000_000, per_second: 1_000_000_000)
+token = Base.encode16(:crypto.strong_rand_bytes(16))
 
-for size <- [1, 4] do
-  pool = :"bench_pool_#{size}"
+# Remote workers: `python -m dspex_bridge.worker --connect`, started here as OS processes.
+start_remote = fn pool, count ->
+  {host, port} = PythonWorker.listen_address()
+  path = Enum.join([Path.expand("priv/python"), tools], ":")
+  env = [{~c"PYTHONPATH", ~c"#{path}"}, {~c"DSPEX_BRIDGE_TOKEN", ~c"#{token}"}]
 
-  {:ok, _} =
-    PythonWorker.start_pool(pool, size: size, modules: ["fault_tools"], python_path: [tools])
+  args =
+    ["-m", "dspex_bridge.worker", "--connect", "#{host}:#{port}", "--pool", "#{pool}"] ++
+      ["--module", "fault_tools"]
+
+  for _ <- 1..count do
+    p = Port.open({:spawn_executable, System.find_executable(python)}, [:binary, args: args, env: env])
+    {:os_pid, os} = Port.info(p, :os_pid)
+    os
+  end
+end
+
+for {carrier, size} <- [{:local, 1}, {:local, 4}, {:remote, 1}, {:remote, 4}] do
+  pool = :"bench_#{carrier}_#{size}"
+  opts = [modules: ["fault_tools"], python_path: [tools]]
+
+  remote_pids =
+    case carrier do
+      :local ->
+        {:ok, _} = PythonWorker.start_pool(pool, [size: size] ++ opts)
+        []
+
+      :remote ->
+        {:ok, _} = PythonWorker.start_pool(pool, [size: 0, accept_remote: [token: token]] ++ opts)
+        os_pids = start_remote.(pool, size)
+        Enum.find(1..400, fn _ -> length(PythonWorker.workers(pool)) == size or (Process.sleep(25) && false) end)
+        os_pids
+    end
 
   :ok = CircuitBreaker.start_breaker(pool, failure_threshold: 1_000_000)
-  Process.sleep(500)
+  floor = if carrier == :local, do: port_floor, else: grpc_floor
+  goal = if carrier == :local, do: "goal <= 1.2", else: "goal <= 1.0"
 
   call = fn ->
     {:ok, 1} = Python.call(s, "echo", %{value: 1}, pool: pool, rate_limit: :bench_limit)
   end
 
-  for _ <- 1..500, do: call.()
+  for _ <- 1..1_000, do: call.()
+  p50 = Bench.row("full stack echo, #{carrier}, #{size} worker(s)", Bench.latencies(n, call))
+  Bench.ratio("  ratio to the #{carrier} floor (#{goal})", p50, floor)
 
-  p50 = Bench.row("full stack echo, #{size} worker(s)", Bench.latencies(n, call))
-
-  IO.puts(
-    String.pad_trailing("  ratio to the floor (goal <= 1.2)", 58) <>
-      :erlang.float_to_binary(p50 / floor, decimals: 2)
-  )
-
-  # Throughput: sessionless calls spread over the workers.
+  # Throughput: sessionless calls spread over the workers by 64 callers.
   spread = fn -> {:ok, 1} = PythonWorker.call(pool, "echo", %{value: 1}) end
-
-  Bench.throughput(
-    "echo throughput, #{size} worker(s), 64 callers (goal 40,000 at 4)",
-    40_000,
-    64,
-    spread
-  )
+  for _ <- 1..1_000, do: spread.()
+  goal = if carrier == :local and size == 4, do: " (goal 40,000)", else: ""
+  Bench.throughput("echo throughput, #{carrier}, #{size} worker(s), 64 callers#{goal}", 40_000, 64, spread)
 
   if size == 1 do
     read = fn -> {:ok, _} = Python.call(s, "read", %{name: "temperature"}, pool: pool) end
-    for _ <- 1..200, do: read.()
+    for _ <- 1..500, do: read.()
     with_read = Bench.latencies(2_000, read)
     echo = Bench.latencies(2_000, call)
     p = Bench.percentile(with_read, 0.5) - Bench.percentile(echo, 0.5)
-
-    IO.puts(
-      String.pad_trailing("ctx.get_variable round trip inside a tool (goal < 150 us)", 58) <>
-        "p50 #{Float.round(p / 1000, 1)} us"
-    )
+    Bench.line("ctx.get_variable round trip inside a tool, #{carrier}", "p50 #{Float.round(p / 1000, 1)} us")
+    Bench.ratio("  ratio to the #{carrier} floor", p, floor)
   end
 
   PythonWorker.stop_pool(pool)
+  for os <- remote_pids, do: System.cmd("kill", ["-9", "#{os}"])
 end

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import importlib
 import itertools
 import os
@@ -31,7 +32,6 @@ import sys
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterator, Optional, Protocol
 
 from . import dspex_bridge_pb2 as pb
@@ -40,6 +40,10 @@ from .context import Change, Context, Watch
 
 PROTOCOL = 1
 MAX_FRAME = 64 * 1024 * 1024
+# A call runs on the thread that read it; past this, another thread takes over reading.
+INLINE_S = 0.001
+# The watchdog stops looking at the clock after this long without calls.
+WATCH_IDLE_S = 0.05
 
 
 class Connection(Protocol):
@@ -154,7 +158,8 @@ class _Call:
         self.session_id = call.session_id
         self.timeout = call.timeout_ms / 1000.0 if call.timeout_ms else None
         self.deadline = time.monotonic() + self.timeout if self.timeout else None
-        self.cancelled = threading.Event()
+        # Set (once) by the reader when the bridge cancels the call.
+        self.cancelled = False
         self.watches: list = []
 
 
@@ -166,7 +171,16 @@ class Worker:
         self.pool = pool
         self.token = token
         self.concurrency = max(1, concurrency)
-        self.executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="dspex-tool")
+        self.role = threading.Condition()
+        self.reader: Optional[int] = None
+        self.watchdog: Optional[int] = None
+        self.watch_idle = False
+        # when the reader began its inline call (None: it is reading), and the last such start
+        self.inline: Optional[float] = None
+        self.last_inline = 0.0
+        self.running = 0
+        self.backlog: "collections.deque[tuple]" = collections.deque()
+        self.closed = False
         self.calls: Dict[int, _Call] = {}
         self.replies: Dict[int, Any] = {}
         self.waiting: Dict[int, threading.Event] = {}
@@ -199,30 +213,167 @@ class Worker:
             first = self.conn.recv()
             if first is None or first.WhichOneof("body") != "welcome":
                 return 1
+        threads = [threading.Thread(target=self._thread, name=f"dspex-tool-{i}", daemon=True)
+                   for i in range(self.concurrency + 1)]
+        for t in threads:
+            t.start()
+        with self.role:
+            while not self.closed:
+                self.role.wait()
+        return 0
+
+    # -- who reads: one thread at a time holds the reader role. A call is run by the thread
+    # that read it, inline, so a short call costs no hand-over between threads (the GIL makes
+    # those dear: a thread pool cut throughput to a third). The role moves on when the call
+    # waits for the bridge (a ctx request) or runs longer than INLINE_S, when a standby
+    # thread (the watchdog) takes it over. There are concurrency + 1 threads and at most
+    # concurrency calls run at once, so some thread can always read; calls beyond that
+    # wait in the backlog.
+    def _thread(self) -> None:
+        me = threading.get_ident()
         while True:
-            frame = self.conn.recv()
+            with self.role:
+                call = None
+                while True:
+                    if self.closed:
+                        return
+                    if self.backlog and self.running < self.concurrency:
+                        call = self.backlog.popleft()
+                        self.running += 1
+                        break
+                    if self.reader is None:
+                        self.reader = me
+                        break
+                    if self.watchdog is None:
+                        self.watchdog = me
+                    if self.watchdog != me:
+                        self.role.wait()
+                        continue
+                    if self._watch_once(me):
+                        break
+            if call is not None:
+                self._run_counted(me, call)
+            else:
+                self._read(me)
+
+    def _watch_once(self, me: int) -> bool:
+        """One wait of the watchdog (the role's lock held); True when it took the role."""
+        now = time.monotonic()
+        if self.inline is not None and self.running < self.concurrency:
+            left = self.inline + INLINE_S - now
+            if left <= 0:
+                self.reader, self.inline, self.watchdog = me, None, None
+                self.role.notify_all()
+                return True
+            self.role.wait(left)
+        elif now - self.last_inline < WATCH_IDLE_S:
+            self.role.wait(INLINE_S)
+        else:
+            self.watch_idle = True
+            self.role.wait()
+            self.watch_idle = False
+        return False
+
+    def _read(self, me: int) -> None:
+        """Reads frames while this thread holds the reader role."""
+        while True:
+            frame = self._recv()
             if frame is None:
-                return 0
-            kind = frame.WhichOneof("body")
-            if kind == "call":
-                state = _Call(frame.call)
-                with self.lock:
-                    self.calls[state.id] = state
-                self.executor.submit(self._run, frame.call, state)
-            elif kind == "session_reply":
-                self._resolve(frame.session_reply)
-            elif kind == "change":
-                self._deliver(frame.change)
-            elif kind == "cancel":
-                with self.lock:
-                    state = self.calls.get(frame.cancel.id)
-                if state:
-                    state.cancelled.set()
-                    self._end_watches(state)
-            elif kind == "ping":
-                pong = pb.Frame()
-                pong.pong.nonce = frame.ping.nonce
-                self.conn.send(pong)
+                return
+            if frame.WhichOneof("body") != "call":
+                self._handle(frame)
+                continue
+            call = self._admit(frame.call)
+            with self.role:
+                if self.running >= self.concurrency:
+                    self.backlog.append(call)
+                    continue
+                self.running += 1
+                self.inline = self.last_inline = time.monotonic()
+                if self.watch_idle:
+                    self.role.notify_all()
+            if not self._run_counted(me, call):
+                return
+
+    def _recv(self) -> Optional[pb.Frame]:
+        """The next frame; None (and every thread told) once the carrier has closed."""
+        frame = self.conn.recv()
+        if frame is None:
+            with self.role:
+                self.closed = True
+                self.role.notify_all()
+        return frame
+
+    def _admit(self, call: pb.Call) -> tuple:
+        state = _Call(call)
+        with self.lock:
+            self.calls[state.id] = state
+        return (call, state)
+
+    def _handle(self, frame: pb.Frame) -> None:
+        """Every frame but a call."""
+        kind = frame.WhichOneof("body")
+        if kind == "session_reply":
+            self._resolve(frame.session_reply)
+        elif kind == "change":
+            self._deliver(frame.change)
+        elif kind == "cancel":
+            with self.lock:
+                state = self.calls.get(frame.cancel.id)
+            if state:
+                state.cancelled = True
+                self._end_watches(state)
+        elif kind == "ping":
+            pong = pb.Frame()
+            pong.pong.nonce = frame.ping.nonce
+            self.conn.send(pong)
+
+    def _read_for_reply(self, state: _Call, done: threading.Event) -> None:
+        """A call waiting for its ctx reply while its thread holds the reader role reads the
+        reply itself (no hand-over to another thread and back). Calls that arrive meanwhile
+        go to the backlog, for the standby threads."""
+        while not done.is_set() and not state.cancelled:
+            frame = self._recv()
+            if frame is None:
+                return
+            if frame.WhichOneof("body") == "call":
+                call = self._admit(frame.call)
+                with self.role:
+                    self.backlog.append(call)
+                    self.role.notify_all()
+            else:
+                self._handle(frame)
+
+    def _run_counted(self, me: int, call: tuple) -> bool:
+        """Runs a counted call; True if this thread still holds the reader role after it."""
+        try:
+            self._run(*call)
+        finally:
+            with self.role:
+                self.running -= 1
+                still_reader = self.reader == me
+                if still_reader:
+                    self.inline = None
+                if self.backlog:
+                    self.role.notify_all()
+        return still_reader
+
+    def _give_up_reading(self) -> None:
+        """Before a call waits for something else than the bridge, its thread lets another
+        one read."""
+        with self.role:
+            if self.reader == threading.get_ident():
+                self.reader, self.inline = None, None
+                self.role.notify_all()
+
+    def _hold_reading(self) -> bool:
+        """True if this thread holds the reader role; it then reads for itself (the
+        watchdog leaves a reader that reads alone)."""
+        with self.role:
+            if self.reader == threading.get_ident():
+                self.inline = None
+                return True
+            return False
 
     # -- calls
     def _run(self, call: pb.Call, state: _Call) -> None:
@@ -240,10 +391,11 @@ class Worker:
             kwargs = values.from_map(call.args)
             if tools.is_async(fn):
                 future = asyncio.run_coroutine_threadsafe(fn(ctx, **kwargs), self.loop())
+                self._give_up_reading()
                 value = future.result()
             else:
                 value = fn(ctx, **kwargs)
-            result.result.ok.CopyFrom(values.to_value(value))
+            values.fill(result.result.ok, value)
         except BaseException as exc:  # every failure of a tool is its call's error
             result.result.error.type = type(exc).__name__
             result.result.error.message = str(exc)
@@ -257,7 +409,7 @@ class Worker:
 
     # -- ctx requests
     def _request(self, state: _Call, op: str, args: Dict[str, Any], request_id: Optional[int] = None) -> Any:
-        if state.cancelled.is_set():
+        if state.cancelled:
             raise errors.Cancelled("cancelled", "the call passed its deadline")
         if request_id is None:
             request_id = next(self.ids)
@@ -268,9 +420,14 @@ class Worker:
         frame.session_request.id = request_id
         frame.session_request.call_id = state.id
         frame.session_request.op = op
-        frame.session_request.args.CopyFrom(values.to_map({k: v for k, v in args.items() if v is not None}))
+        values.fill_map(frame.session_request.args, {k: v for k, v in args.items() if v is not None})
+        reading = self._hold_reading()
         self.conn.send(frame)
-        if not done.wait(state.timeout):
+        if reading:
+            self._read_for_reply(state, done)
+            with self.role:
+                self.inline = time.monotonic()
+        if not done.wait(0 if reading else state.timeout):
             with self.lock:
                 self.waiting.pop(request_id, None)
             raise errors.Cancelled("cancelled", "no answer before the call's deadline")
@@ -284,29 +441,30 @@ class Worker:
     # -- watches: the bridge sends Change frames for a watch id until the call ends
     def _watch(self, state: _Call, names: list) -> Watch:
         inbox: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-        # Registered under the request's id (the watch id) before the request goes, so that
-        # no change can arrive for an unknown watch.
         request_id = next(self.ids)
-        with self.lock:
-            self.watches[request_id] = inbox
-        try:
-            self._request(state, "watch", {"names": names}, request_id=request_id)
-        except BaseException:
-            with self.lock:
-                self.watches.pop(request_id, None)
-            raise
 
         def close() -> None:
             with self.lock:
                 self.watches.pop(request_id, None)
-            if not state.cancelled.is_set():
+            if not state.cancelled:
                 try:
                     self._request(state, "unwatch", {"id": request_id})
                 except errors.BridgeError:
                     pass
 
+        # Known under the request's id (the watch id), and as the call's, before the request
+        # goes: a change or the call's end may come right behind the answer.
         watch = Watch(request_id, inbox, state.deadline, close)
-        state.watches.append(watch)
+        with self.lock:
+            self.watches[request_id] = inbox
+            state.watches.append(watch)
+        try:
+            self._request(state, "watch", {"names": names}, request_id=request_id)
+        except BaseException:
+            with self.lock:
+                self.watches.pop(request_id, None)
+                state.watches.remove(watch)
+            raise
         return watch
 
     def _deliver(self, change: pb.Change) -> None:
