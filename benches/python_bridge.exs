@@ -80,7 +80,12 @@ port_floor = Bench.row("raw Port {:packet, 4} echo to a bare Python loop (local 
 
 {out, 0} = System.cmd(python, [Path.expand("benches/support/grpc_pingpong.py"), "#{n}"])
 [g50, g99] = out |> String.split() |> Enum.map(&String.to_float/1)
-Bench.line("raw grpcio stream ping-pong, Python to Python (remote floor)", "p50 #{g50} us  p99 #{g99} us")
+
+Bench.line(
+  "raw grpcio stream ping-pong, Python to Python (remote floor)",
+  "p50 #{g50} us  p99 #{g99} us"
+)
+
 grpc_floor = g50 * 1000
 
 {:ok, s} = SessionStore.create_session("bench_python")
@@ -99,7 +104,9 @@ start_remote = fn pool, count ->
       ["--module", "fault_tools"]
 
   for _ <- 1..count do
-    p = Port.open({:spawn_executable, System.find_executable(python)}, [:binary, args: args, env: env])
+    p =
+      Port.open({:spawn_executable, System.find_executable(python)}, [:binary, args: args, env: env])
+
     {:os_pid, os} = Port.info(p, :os_pid)
     os
   end
@@ -118,7 +125,11 @@ for {carrier, size} <- [{:local, 1}, {:local, 4}, {:remote, 1}, {:remote, 4}] do
       :remote ->
         {:ok, _} = PythonWorker.start_pool(pool, [size: 0, accept_remote: [token: token]] ++ opts)
         os_pids = start_remote.(pool, size)
-        Enum.find(1..400, fn _ -> length(PythonWorker.workers(pool)) == size or (Process.sleep(25) && false) end)
+
+        Enum.find(1..400, fn _ ->
+          length(PythonWorker.workers(pool)) == size or (Process.sleep(25) && false)
+        end)
+
         os_pids
     end
 
@@ -138,7 +149,13 @@ for {carrier, size} <- [{:local, 1}, {:local, 4}, {:remote, 1}, {:remote, 4}] do
   spread = fn -> {:ok, 1} = PythonWorker.call(pool, "echo", %{value: 1}) end
   for _ <- 1..1_000, do: spread.()
   goal = if carrier == :local and size == 4, do: " (goal 40,000)", else: ""
-  Bench.throughput("echo throughput, #{carrier}, #{size} worker(s), 64 callers#{goal}", 40_000, 64, spread)
+
+  Bench.throughput(
+    "echo throughput, #{carrier}, #{size} worker(s), 64 callers#{goal}",
+    40_000,
+    64,
+    spread
+  )
 
   if size == 1 do
     read = fn -> {:ok, _} = Python.call(s, "read", %{name: "temperature"}, pool: pool) end
@@ -146,7 +163,12 @@ for {carrier, size} <- [{:local, 1}, {:local, 4}, {:remote, 1}, {:remote, 4}] do
     with_read = Bench.latencies(2_000, read)
     echo = Bench.latencies(2_000, call)
     p = Bench.percentile(with_read, 0.5) - Bench.percentile(echo, 0.5)
-    Bench.line("ctx.get_variable round trip inside a tool, #{carrier}", "p50 #{Float.round(p / 1000, 1)} us")
+
+    Bench.line(
+      "ctx.get_variable round trip inside a tool, #{carrier}",
+      "p50 #{Float.round(p / 1000, 1)} us"
+    )
+
     Bench.ratio("  ratio to the #{carrier} floor", p, floor)
   end
 
