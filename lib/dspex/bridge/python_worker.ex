@@ -270,13 +270,13 @@ defmodule DSPex.Bridge.PythonWorker do
   # (and a joining worker takes its share).
   defp pick(members, nil, counter) do
     n = :atomics.add_get(counter, 1, 1)
-    {pid, _slot} = Enum.at(members, rem(n, length(members)))
-    pid
+    {pid, member} = Enum.at(members, rem(n, length(members)))
+    Map.put(member, :pid, pid)
   end
 
   defp pick(members, session, _counter) do
-    {pid, _slot} = Enum.max_by(members, fn {_pid, slot} -> :erlang.phash2({session, slot}) end)
-    pid
+    {pid, member} = Enum.max_by(members, fn {_pid, m} -> :erlang.phash2({session, m.slot}) end)
+    Map.put(member, :pid, pid)
   end
 
   defp check_call(tool, args, timeout) do
@@ -368,7 +368,7 @@ defmodule DSPex.Bridge.PythonWorker do
   """
   @spec workers(pool()) :: [map()]
   def workers(pool) do
-    for {pid, slot} <- Enum.sort_by(Registry.lookup(@members, pool), &elem(&1, 1)),
+    for {pid, %{slot: slot}} <- Enum.sort_by(Registry.lookup(@members, pool), &elem(&1, 1).slot),
         info = Worker.info(pid),
         info != nil,
         do: Map.put(info, :slot, slot)

@@ -1,12 +1,16 @@
 defmodule DSPex.Bridge.PythonWorker.Worker do
   @moduledoc false
   # One worker: a local Python process behind a Port on fds 3/4, or a remote one on a gRPC
-  # stream (a connection resource of the NIF's server). The process owns the carrier,
-  # matches results to callers by id, enforces each call's deadline (and tells Python to
-  # cancel), answers the ctx requests of the calls in flight (in tasks of their own, on
-  # behalf of the call's session), and sends a local interpreter's stdout and stderr to
-  # Logger. Both carriers move the same frames; only `transmit/2` and the messages that
-  # bring frames in differ.
+  # stream (a connection resource of the NIF's server). The process owns the carrier and
+  # a table of the calls in flight; it matches results to callers by id, tells Python to
+  # cancel a call past its deadline, answers the ctx requests of the calls in flight (in
+  # tasks of their own, on behalf of the call's session), and sends a local interpreter's
+  # stdout and stderr to Logger. Both carriers move the same frames; only `send_frame/2`
+  # and the messages that bring frames in differ.
+  #
+  # A call is made in the caller's process (`call/5`): it enters the table, writes its
+  # frame to the carrier itself and waits for its result, which the worker sends straight
+  # back. That is one process hop less than a GenServer call on every round trip.
   use GenServer, restart: :permanent
   require Logger
 
@@ -19,12 +23,58 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
 
   def start_link(config), do: GenServer.start_link(__MODULE__, config)
 
-  def call(pid, id, session, frame, timeout) do
-    # The worker answers at the deadline itself; the margin only covers a dead worker.
-    GenServer.call(pid, {:call, id, session, frame, timeout}, timeout + 1_000)
-  catch
-    :exit, _ -> {:error, :worker_unavailable}
+  @doc false
+  # `member`: the worker's registry entry with its pid (see `register/2`).
+  def call(%{pid: pid, table: table, carrier: carrier} = member, id, session, frame, timeout) do
+    mref = Process.monitor(pid)
+    started = System.monotonic_time()
+    deadline = System.monotonic_time(:millisecond) + timeout
+    :ets.insert(table, {id, self(), session, started, deadline})
+
+    if Events.enabled?(),
+      do: emit_call(:call_start, %{}, member, %{id: id, session_id: session})
+
+    if send_frame(carrier, frame) == :ok do
+      await(member, id, mref, timeout)
+    else
+      :ets.delete(table, id)
+      Process.demonitor(mref, [:flush])
+      {:error, :worker_unavailable}
+    end
+  rescue
+    # The worker's table went with it.
+    ArgumentError -> {:error, :worker_unavailable}
   end
+
+  defp await(member, id, mref, timeout) do
+    receive do
+      {:dspex_python_result, ^id, result} ->
+        Process.demonitor(mref, [:flush])
+        result
+
+      {:DOWN, ^mref, _, _, _} ->
+        {:error, :worker_unavailable}
+    after
+      timeout ->
+        if :ets.take(member.table, id) != [] do
+          send(member.pid, {:deadline, id})
+          Process.demonitor(mref, [:flush])
+          {:error, :timeout}
+        else
+          # The worker took the call a moment ago: its result is on the way.
+          await(member, id, mref, :infinity)
+        end
+    end
+  end
+
+  defp send_frame({:port, port}, frame) do
+    Port.command(port, frame)
+    :ok
+  rescue
+    ArgumentError -> :error
+  end
+
+  defp send_frame({:grpc, conn}, frame), do: Native.grpc_send(conn, frame)
 
   def info(pid) do
     GenServer.call(pid, :info, 1_000)
@@ -41,7 +91,7 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
         state = %{new_state(config) | conn: conn, peer: peer, tools: config.tools}
         {:ok, welcome} = Native.bridge_encode({:welcome, @protocol})
         transmit(state, welcome)
-        {:ok, _} = Registry.register(PythonWorker.members(), config.pool, config.index)
+        register(state, {:grpc, conn})
         schedule_health(config)
         emit(:worker_joined, %{}, state, %{tools: config.tools, remote: true})
         {:ok, state}
@@ -75,8 +125,8 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
 
     {:os_pid, os_pid} = Port.info(port, :os_pid)
     schedule_health(config)
-    {:ok, _} = Registry.register(PythonWorker.members(), config.pool, config.index)
     state = %{new_state(config) | port: port, os_pid: os_pid}
+    register(state, {:port, port})
     starts = :atomics.add_get(config.counter, 1 + config.index, 1)
     if starts > 1, do: emit(:worker_restarted, %{restarts: starts - 1}, state, %{})
     {:ok, state}
@@ -90,7 +140,8 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
       conn: nil,
       peer: nil,
       tools: nil,
-      pending: %{},
+      # {call id, caller, session, started, deadline_ms}: the calls in flight
+      pending: :ets.new(__MODULE__, [:set, :public, write_concurrency: true]),
       stuck: MapSet.new(),
       # watch id => {call id, watcher pid}: the ctx.watch streams of the calls in flight
       watches: %{},
@@ -98,26 +149,31 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
     }
   end
 
-  # The one place a frame leaves for Python.
-  defp transmit(%{conn: nil, port: port}, bytes), do: Port.command(port, bytes)
-  defp transmit(%{conn: conn}, bytes), do: Native.grpc_send(conn, bytes)
+  # A member of the pool: what a caller needs to make a call on this worker.
+  defp register(state, carrier) do
+    member = %{
+      slot: state.config.index,
+      carrier: carrier,
+      table: state.pending,
+      pool: state.config.pool,
+      os_pid: state.os_pid,
+      peer: state.peer
+    }
 
-  @impl true
-  def handle_call({:call, id, session, frame, timeout}, from, state) do
-    transmit(state, frame)
-    timer = Process.send_after(self(), {:deadline, id}, timeout)
-    emit(:call_start, %{}, state, %{id: id, session_id: session})
-
-    {:noreply,
-     %{state | pending: Map.put(state.pending, id, {from, timer, session, System.monotonic_time()})}}
+    {:ok, _} = Registry.register(PythonWorker.members(), state.config.pool, member)
   end
 
+  # Frames the worker itself sends (cancels, pings, ctx replies).
+  defp transmit(%{conn: nil, port: port}, bytes), do: send_frame({:port, port}, bytes)
+  defp transmit(%{conn: conn}, bytes), do: send_frame({:grpc, conn}, bytes)
+
+  @impl true
   def handle_call(:info, _from, state) do
     info = %{
       os_pid: state.os_pid,
       remote: state.conn != nil,
       peer: state.peer,
-      in_flight: map_size(state.pending),
+      in_flight: :ets.info(state.pending, :size),
       tools: state.tools || []
     }
 
@@ -134,45 +190,40 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
   def handle_info({:dspex_grpc, conn, :closed}, %{conn: conn} = state) do
     fail_all(state, {:error, {:worker_exited, :disconnected}})
     emit(:worker_left, %{}, state, %{status: :disconnected})
-    {:stop, {:shutdown, :disconnected}, %{state | pending: %{}}}
+    {:stop, {:shutdown, :disconnected}, state}
   end
 
   def handle_info({port, {:exit_status, status}}, %{port: port} = state) when port != nil do
     fail_all(state, {:error, {:worker_exited, status}})
     emit(:worker_left, %{}, state, %{status: status})
-    {:stop, {:shutdown, {:python_exited, status}}, %{state | pending: %{}, port: nil, os_pid: nil}}
+    {:stop, {:shutdown, {:python_exited, status}}, %{state | port: nil, os_pid: nil}}
   end
 
+  # A caller's deadline passed (it has taken the call out of the table and answered itself).
   def handle_info({:deadline, id}, state) do
-    case Map.pop(state.pending, id) do
-      {nil, _} ->
-        {:noreply, state}
+    {:ok, cancel} = Native.bridge_encode({:cancel, id})
+    transmit(state, cancel)
+    stuck = MapSet.put(state.stuck, id)
+    state = end_watches(%{state | stuck: stuck}, id)
 
-      {{from, _timer, _session, _started}, pending} ->
-        GenServer.reply(from, {:error, :timeout})
-        {:ok, cancel} = Native.bridge_encode({:cancel, id})
-        transmit(state, cancel)
-        stuck = MapSet.put(state.stuck, id)
-        state = end_watches(%{state | pending: pending, stuck: stuck}, id)
-
-        # Every slot held by a call that never ended: the interpreter is no use any more.
-        if MapSet.size(stuck) >= state.config.concurrency do
-          fail_all(state, {:error, :worker_restarted})
-          {:stop, {:shutdown, :stuck}, %{state | pending: %{}}}
-        else
-          {:noreply, state}
-        end
+    # Every slot held by a call that never ended: the interpreter is no use any more.
+    if MapSet.size(stuck) >= state.config.concurrency do
+      fail_all(state, {:error, :worker_restarted})
+      {:stop, {:shutdown, :stuck}, state}
+    else
+      {:noreply, state}
     end
   end
 
   def handle_info(:health, %{ping: nonce} = state) when nonce != nil do
     # The last ping was never answered.
     fail_all(state, {:error, :worker_restarted})
-    {:stop, {:shutdown, :unresponsive}, %{state | pending: %{}}}
+    {:stop, {:shutdown, :unresponsive}, state}
   end
 
   def handle_info(:health, state) do
     schedule_health(state.config)
+    state = expire_orphans(state)
     nonce = System.unique_integer([:positive])
     {:ok, ping} = Native.bridge_encode({:ping, nonce})
     transmit(state, ping)
@@ -181,7 +232,7 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
 
   def handle_info({:EXIT, port, _reason}, %{port: port} = state) when port != nil do
     fail_all(state, {:error, {:worker_exited, :port_closed}})
-    {:stop, {:shutdown, :port_closed}, %{state | pending: %{}, port: nil}}
+    {:stop, {:shutdown, :port_closed}, %{state | port: nil}}
   end
 
   def handle_info(_other, state), do: {:noreply, state}
@@ -220,32 +271,30 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
   defp who(%{peer: peer}), do: "at #{peer}"
 
   defp handle_frame({:result, id, outcome}, bytes, state) do
-    case Map.pop(state.pending, id) do
-      {nil, _} ->
+    case :ets.take(state.pending, id) do
+      [] ->
         # A call already answered (its deadline passed): its slot is free again.
         %{state | stuck: MapSet.delete(state.stuck, id)}
 
-      {{from, timer, session, started}, pending} ->
-        Process.cancel_timer(timer)
+      [{^id, caller, session, started, _deadline}] ->
         result = result_of(outcome, byte_size(bytes), state.config.max_response_bytes)
-        GenServer.reply(from, result)
-        us = System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
+        send(caller, {:dspex_python_result, id, result})
 
-        emit(:call_stop, %{duration_us: us}, state, %{
-          id: id,
-          session_id: session,
-          ok: match?({:ok, _}, result)
-        })
+        if Events.enabled?() do
+          us = System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
+          meta = %{id: id, session_id: session, ok: match?({:ok, _}, result)}
+          emit(:call_stop, %{duration_us: us}, state, meta)
+        end
 
-        end_watches(%{state | pending: pending}, id)
+        end_watches(state, id)
     end
   end
 
   defp handle_frame({:session_request, rid, call_id, "watch", args}, _bytes, state) do
     carrier = Map.take(state, [:conn, :port])
 
-    case Map.fetch(state.pending, call_id) do
-      {:ok, {_from, _timer, session, _started}} when session != nil ->
+    case :ets.lookup(state.pending, call_id) do
+      [{_, _caller, session, _started, _deadline}] when session != nil ->
         answer = &reply(carrier, rid, &1)
         pid = Watch.start_link(session, rid, args["names"], answer, &transmit(carrier, &1))
         %{state | watches: Map.put(state.watches, rid, {call_id, pid})}
@@ -267,12 +316,12 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
     carrier = Map.take(state, [:conn, :port])
     worker = self()
 
-    case Map.fetch(state.pending, call_id) do
-      {:ok, {_from, _timer, session, _started}} ->
+    case :ets.lookup(state.pending, call_id) do
+      [{_, _caller, session, _started, _deadline}] ->
         # Answered in a task: a slow SessionStore call never holds this worker's other calls.
         Task.start(fn -> reply(carrier, rid, SessionOps.run(session, op, args, worker)) end)
 
-      :error ->
+      [] ->
         reply(carrier, rid, {:error, "cancelled", "the call is no longer in flight"})
     end
 
@@ -337,10 +386,30 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
   end
 
   defp fail_all(state, result) do
-    for {_id, {from, timer, _session, _started}} <- state.pending do
-      Process.cancel_timer(timer)
-      GenServer.reply(from, result)
-    end
+    for {id, caller, _session, _started, _deadline} <- :ets.tab2list(state.pending),
+        :ets.take(state.pending, id) != [],
+        do: send(caller, {:dspex_python_result, id, result})
+
+    :ok
+  end
+
+  # Calls whose caller went away before their deadline could be kept (a killed process):
+  # past the deadline, they are cancelled as the caller would have done.
+  defp expire_orphans(state) do
+    now = System.monotonic_time(:millisecond)
+
+    expired =
+      :ets.select(state.pending, [{{:"$1", :_, :_, :_, :"$2"}, [{:<, :"$2", now - 1_000}], [:"$1"]}])
+
+    Enum.reduce(expired, state, fn id, state ->
+      if :ets.take(state.pending, id) != [] do
+        {:ok, cancel} = Native.bridge_encode({:cancel, id})
+        transmit(state, cancel)
+        end_watches(%{state | stuck: MapSet.put(state.stuck, id)}, id)
+      else
+        state
+      end
+    end)
   end
 
   defp emit(event, measurements, state, meta) do
@@ -348,6 +417,11 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
       meta = Map.merge(meta, %{pool: state.config.pool, os_pid: state.os_pid, peer: state.peer})
       Events.emit([:dspex, :bridge, :python, event], measurements, meta)
     end
+  end
+
+  defp emit_call(event, measurements, member, meta) do
+    meta = Map.merge(meta, %{pool: member.pool, os_pid: member.os_pid, peer: member.peer})
+    Events.emit([:dspex, :bridge, :python, event], measurements, meta)
   end
 
   defp schedule_health(config), do: Process.send_after(self(), :health, config.health_interval_ms)
