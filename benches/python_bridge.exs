@@ -75,8 +75,42 @@ raw =
     receive do: ({^port, {:data, _}} -> :ok)
   end)
 
+# The same floor speaking the bridge's protocol: parse a Call frame, answer its Result, no
+# SDK (what the protocol itself costs in CPython).
+proto_loop = ~S"""
+import os, struct, sys
+from dspex_bridge import dspex_bridge_pb2 as pb
+i, o = os.fdopen(3, "rb", buffering=0), os.fdopen(4, "wb", buffering=0)
+while True:
+    h = i.read(4)
+    if len(h) < 4: break
+    (n,) = struct.unpack(">I", h)
+    f = pb.Frame(); f.ParseFromString(i.read(n))
+    r = pb.Frame(); r.result.id = f.call.id; r.result.ok.CopyFrom(f.call.args.entries[0].value)
+    d = r.SerializeToString(); o.write(struct.pack(">I", len(d)) + d)
+"""
+
+proto_port =
+  Port.open({:spawn_executable, System.find_executable(python)}, [
+    :binary,
+    :nouse_stdio,
+    {:packet, 4},
+    args: ["-u", "-c", proto_loop],
+    env: [{~c"PYTHONPATH", String.to_charlist(Path.expand("priv/python"))}]
+  ])
+
+{:ok, call_frame} =
+  DSPex.Bridge.Native.bridge_encode({:call, 1, "echo", %{value: 1}, "bench_python", 5_000})
+
+proto =
+  Bench.latencies(n, fn ->
+    Port.command(proto_port, call_frame)
+    receive do: ({^proto_port, {:data, _}} -> :ok)
+  end)
+
 IO.puts("Python bridge round trips (#{System.schedulers_online()} schedulers, #{n} calls each)")
 port_floor = Bench.row("raw Port {:packet, 4} echo to a bare Python loop (local floor)", raw)
+proto_floor = Bench.row("  the same with the protocol's frames parsed and answered", proto)
 
 {out, 0} = System.cmd(python, [Path.expand("benches/support/grpc_pingpong.py"), "#{n}"])
 [g50, g99] = out |> String.split() |> Enum.map(&String.to_float/1)
@@ -144,6 +178,7 @@ for {carrier, size} <- [{:local, 1}, {:local, 4}, {:remote, 1}, {:remote, 4}] do
   for _ <- 1..1_000, do: call.()
   p50 = Bench.row("full stack echo, #{carrier}, #{size} worker(s)", Bench.latencies(n, call))
   Bench.ratio("  ratio to the #{carrier} floor (#{goal})", p50, floor)
+  if carrier == :local, do: Bench.ratio("  ratio to the protocol floor", p50, proto_floor)
 
   # Throughput: sessionless calls spread over the workers by 64 callers.
   spread = fn -> {:ok, 1} = PythonWorker.call(pool, "echo", %{value: 1}) end

@@ -258,6 +258,61 @@ System.cmd("kill", ["-9", Integer.to_string(before)])
 {:ok, after_kill} = Demo.retry(fn -> py.(session, "pid", %{}) end)
 Demo.say("worker #{before} killed with -9; the pool answers from #{after_kill}")
 
+Demo.section("A remote Python worker dials in over gRPC with the pool's token")
+token = Base.url_encode64(:crypto.strong_rand_bytes(24))
+
+{:ok, _} = PythonWorker.start_pool(:demo_remote, size: 0, accept_remote: [token: token])
+
+{host, port} = PythonWorker.listen_address()
+python = Application.get_env(:dspex_bridge, :python) || System.get_env("DSPEX_PYTHON") || "python3"
+sdk = Path.join(:code.priv_dir(:dspex_bridge), "python")
+
+remote =
+  Port.open({:spawn_executable, System.find_executable(python)}, [
+    :binary,
+    args:
+      ["-m", "dspex_bridge.worker", "--connect", "#{host}:#{port}", "--pool", "demo_remote"] ++
+        ["--module", "demo_tools"],
+    env: [
+      {~c"PYTHONPATH", ~c"#{sdk}:#{examples}"},
+      {~c"DSPEX_BRIDGE_TOKEN", String.to_charlist(token)}
+    ]
+  ])
+
+{:os_pid, remote_os_pid} = Port.info(remote, :os_pid)
+{:ok, _} = Demo.retry(fn -> PythonWorker.call(:demo_remote, "echo", %{value: :ok}) end)
+[worker] = PythonWorker.workers(:demo_remote)
+
+Demo.say(
+  "joined from #{worker.peer} (remote: #{worker.remote}), serving #{length(worker.tools)} tools"
+)
+
+{:ok, t} =
+  Python.call(session, "warm_up", %{factor: 1.1}, pool: :demo_remote, breaker: :demo_tools_breaker)
+
+Demo.say("the remote worker raised the temperature to #{t}, as the call's session")
+
+{wrong, status} =
+  System.cmd(
+    python,
+    [
+      "-m",
+      "dspex_bridge.worker",
+      "--connect",
+      "#{host}:#{port}",
+      "--pool",
+      "demo_remote",
+      "--token",
+      "guess"
+    ],
+    env: [{"PYTHONPATH", sdk}],
+    stderr_to_stdout: true
+  )
+
+Demo.say("a worker with a wrong token: exit #{status}, #{String.trim(wrong)}")
+:ok = PythonWorker.stop_pool(:demo_remote)
+System.cmd("kill", [Integer.to_string(remote_os_pid)])
+
 Demo.section("A sick Python worker cannot drag the BEAM down")
 
 :ok =
