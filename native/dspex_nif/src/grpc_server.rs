@@ -299,8 +299,9 @@ impl Drop for Server {
 
 /// Starts the server on `host:port` (port 0: a free one); frames of at most `max_frame`
 /// bytes. The listener process gets each new stream. Returns `{:ok, server, port}` or
-/// `{:error, reason}`. Regular NIF: binding is one syscall; serving runs on the NIF's runtime.
-#[rustler::nif]
+/// `{:error, reason}`. A DirtyIo NIF: a host name may take a resolver's time; serving runs
+/// on the NIF's runtime.
+#[rustler::nif(schedule = "DirtyIo")]
 fn grpc_listen<'a>(
     env: Env<'a>,
     host: String,
