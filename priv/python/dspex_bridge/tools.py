@@ -8,6 +8,8 @@ from typing import Any, Callable, Dict, Optional, TypeVar
 F = TypeVar("F", bound=Callable[..., Any])
 
 _TOOLS: Dict[str, Callable[..., Any]] = {}
+# name -> whether the tool is an ``async def`` (asked once, not on every call)
+_ASYNC: Dict[str, bool] = {}
 
 
 def tool(fn: Optional[F] = None, *, name: Optional[str] = None) -> Any:
@@ -25,6 +27,7 @@ def tool(fn: Optional[F] = None, *, name: Optional[str] = None) -> Any:
         if key in _TOOLS and _TOOLS[key] is not f:
             raise ValueError(f"a tool named {key!r} is already registered")
         _TOOLS[key] = f
+        _ASYNC[key] = inspect.iscoroutinefunction(f)
         return f
 
     return register(fn) if fn is not None else register
@@ -33,6 +36,11 @@ def tool(fn: Optional[F] = None, *, name: Optional[str] = None) -> Any:
 def lookup(name: str) -> Optional[Callable[..., Any]]:
     """The tool registered as ``name``."""
     return _TOOLS.get(name)
+
+
+def lookup_with_kind(name: str) -> "tuple[Optional[Callable[..., Any]], bool]":
+    """The tool registered as ``name`` and whether it is ``async``."""
+    return _TOOLS.get(name), _ASYNC.get(name, False)
 
 
 def names() -> list:

@@ -380,7 +380,7 @@ class Worker:
         result = pb.Frame()
         result.result.id = call.id
         try:
-            fn = tools.lookup(call.tool)
+            fn, is_async = tools.lookup_with_kind(call.tool)
             if fn is None:
                 raise LookupError(f"unknown tool: {call.tool}")
             ctx = Context(
@@ -389,7 +389,7 @@ class Worker:
                 lambda names: self._watch(state, names),
             )
             kwargs = values.from_map(call.args)
-            if tools.is_async(fn):
+            if is_async:
                 future = asyncio.run_coroutine_threadsafe(fn(ctx, **kwargs), self.loop())
                 self._give_up_reading()
                 value = future.result()
@@ -482,6 +482,8 @@ class Worker:
             )
 
     def _end_watches(self, state: _Call) -> None:
+        if not state.watches:
+            return
         with self.lock:
             for watch in state.watches:
                 inbox = self.watches.pop(watch.id, None)

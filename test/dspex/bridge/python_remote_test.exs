@@ -156,7 +156,10 @@ defmodule DSPex.Bridge.PythonRemoteTest do
 
   # -- helpers
 
-  defp python, do: Application.fetch_env!(:dspex_bridge, :python)
+  # The interpreter the pools use (see DSPex.Bridge.PythonWorker).
+  defp python do
+    Application.get_env(:dspex_bridge, :python) || System.get_env("DSPEX_PYTHON") || "python3"
+  end
 
   defp env(extra) do
     path = Enum.join([Path.expand("priv/python"), Path.expand("test/support/python")], ":")

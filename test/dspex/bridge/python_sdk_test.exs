@@ -7,7 +7,14 @@ defmodule DSPex.Bridge.PythonSDKTest do
   use ExUnit.Case, async: false
   import DSPex.Bridge.TestHelpers
 
-  alias DSPex.Bridge.{CircuitBreaker, OptimizerCoordinator, Python, PythonWorker, SessionStore}
+  alias DSPex.Bridge.{
+    CircuitBreaker,
+    Events,
+    OptimizerCoordinator,
+    Python,
+    PythonWorker,
+    SessionStore
+  }
 
   @moduletag timeout: 120_000
 
@@ -211,6 +218,38 @@ defmodule DSPex.Bridge.PythonSDKTest do
 
     assert {:error, {:invalid_option, {:env, [{:a, 1}]}}} =
              PythonWorker.start_pool(:bad, env: [{:a, 1}])
+  end
+
+  test "events: call start, stop and exception; a killed worker left and restarted",
+       %{pool: pool, session: s} do
+    Events.subscribe([:dspex, :bridge, :python])
+    assert {:ok, 1} = Python.call(s, "echo", %{value: 1}, pool: pool)
+
+    assert_receive {:dspex_event, [:dspex, :bridge, :python, :call_start], _,
+                    %{session_id: ^s, pool: ^pool}}
+
+    assert_receive {:dspex_event, [:dspex, :bridge, :python, :call_stop], %{duration_us: us},
+                    %{ok: true}}
+
+    assert is_integer(us)
+
+    assert {:error, {:python, "RuntimeError", "boom"}} =
+             Python.call(s, "raise", %{message: "boom"}, pool: pool)
+
+    assert_receive {:dspex_event, [:dspex, :bridge, :python, :call_exception], _,
+                    %{type: "RuntimeError", message: "boom"}}
+
+    {:ok, os_pid} = Python.call(s, "pid", %{}, pool: pool)
+    System.cmd("kill", ["-9", Integer.to_string(os_pid)])
+
+    assert_receive {:dspex_event, [:dspex, :bridge, :python, :worker_left], _, %{os_pid: ^os_pid}},
+                   5_000
+
+    assert_receive {:dspex_event, [:dspex, :bridge, :python, :worker_restarted], %{restarts: 1}, _},
+                   5_000
+
+    assert_receive {:dspex_event, [:dspex, :bridge, :python, :worker_joined], _, %{remote: false}},
+                   20_000
   end
 
   describe "ctx.watch" do

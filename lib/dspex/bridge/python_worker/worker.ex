@@ -284,6 +284,9 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
           us = System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
           meta = %{id: id, session_id: session, ok: match?({:ok, _}, result)}
           emit(:call_stop, %{duration_us: us}, state, meta)
+
+          with {:error, {:python, type, message}} <- result,
+               do: emit(:call_exception, %{}, state, %{id: id, type: type, message: message})
         end
 
         end_watches(state, id)
