@@ -19,9 +19,9 @@ defmodule DSPex.Bridge.Application do
       ] ++
         DSPex.Bridge.HAManager.children() ++
         [
-          DSPex.Bridge.CircuitBreaker,
+          {DSPex.Bridge.CircuitBreaker, :system},
           DSPex.Bridge.OptimizerCoordinator,
-          DSPex.Bridge.RateLimiter,
+          {DSPex.Bridge.RateLimiter, :system},
           {DSPex.Bridge.PythonWorker, :system}
         ]
 

@@ -69,14 +69,37 @@ defmodule DSPex.Bridge.CircuitBreaker do
   @type name :: atom() | String.t()
   @type outcome :: :success | :failure | :ignored
 
-  @doc false
-  def child_spec(_),
+  @doc """
+  A child spec: `{DSPex.Bridge.CircuitBreaker, name: name, failure_threshold: ...}` installs
+  the breaker while the child runs and removes it when it stops.
+  """
+  def child_spec(:system),
     do: DSPex.Bridge.TableOwner.child_spec({@table, [:set, read_concurrency: true]})
+
+  def child_spec(opts) do
+    # Bad options make a child that refuses to start with the reason (never a raise here).
+    {name, opts} = if Options.keyword?(opts), do: Keyword.pop(opts, :name), else: {nil, opts}
+
+    DSPex.Bridge.Installation.child_spec(%{
+      id: {__MODULE__, name},
+      install: {__MODULE__, :install, [name, opts]},
+      uninstall: {__MODULE__, :delete_breaker}
+    })
+  end
+
+  @doc false
+  def install(name, opts) do
+    with :ok <- start_breaker(name, opts), do: {:ok, name}
+  end
 
   # ---------------------------------------------------------------------------------------
   # lifecycle
 
-  @doc "Creates a named breaker (see the options above)."
+  @doc """
+  Creates a named breaker (see the options above). Starting a breaker that exists with the
+  same settings is `:ok` (installs are idempotent, as `fuse:install/2`); with other settings
+  it is `{:error, {:already_started_with_other_options, name}}`.
+  """
   @spec start_breaker(name(), keyword()) :: :ok | {:error, term()}
   def start_breaker(name, opts \\ [])
 
@@ -85,11 +108,20 @@ defmodule DSPex.Bridge.CircuitBreaker do
          {:ok, config} <- config(o),
          {:ok, handle} <- Native.breaker_new(config) do
       limit = Map.get(o, :max_concurrent, :infinity)
-      running = :atomics.new(1, signed: true)
+      # The settings without the jitter's random seed (the config's last element).
+      settings = {Tuple.delete_at(config, tuple_size(config) - 1), limit}
 
-      if :ets.insert_new(@table, {name, handle, limit, running}),
-        do: :ok,
-        else: {:error, {:already_started, name}}
+      # The settings row claims the name (read only here); the breaker row is what every
+      # call reads.
+      if :ets.insert_new(@table, {{:settings, name}, settings}) do
+        :ets.insert(@table, {name, handle, limit, :atomics.new(1, signed: true)})
+        :ok
+      else
+        case :ets.lookup(@table, {:settings, name}) do
+          [{_, ^settings}] -> :ok
+          _ -> {:error, {:already_started_with_other_options, name}}
+        end
+      end
     end
   end
 
@@ -100,6 +132,7 @@ defmodule DSPex.Bridge.CircuitBreaker do
   def delete_breaker(name) do
     with {:ok, _} <- lookup(name) do
       :ets.delete(@table, name)
+      :ets.delete(@table, {:settings, name})
       :ok
     end
   end
@@ -451,6 +484,9 @@ defmodule DSPex.Bridge.CircuitBreaker do
       publish(name, Native.breaker_control(handle, action))
     end
   end
+
+  defp lookup(name) when not (is_atom(name) or is_binary(name)),
+    do: {:error, {:unknown_breaker, name}}
 
   defp lookup(name) do
     case :ets.lookup(@table, name) do

@@ -48,6 +48,10 @@ defmodule DSPex.Bridge.Options do
     end)
   end
 
+  @doc "True for a keyword list; false for anything else (an improper list included)."
+  @spec keyword?(term()) :: boolean()
+  def keyword?(opts), do: proper_list?(opts) and Keyword.keyword?(opts)
+
   @doc "True for a proper list (`[1 | 2]` is not); false for anything else."
   @spec proper_list?(term()) :: boolean()
   def proper_list?([]), do: true

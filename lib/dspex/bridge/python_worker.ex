@@ -101,7 +101,7 @@ defmodule DSPex.Bridge.PythonWorker do
     end
   end
 
-  defp keyword?(opts), do: Options.proper_list?(opts) and Keyword.keyword?(opts)
+  defp keyword?(opts), do: Options.keyword?(opts)
 
   @doc false
   def start_system do

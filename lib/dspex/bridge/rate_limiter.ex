@@ -4,10 +4,15 @@ defmodule DSPex.Bridge.RateLimiter do
 
       :ok = DSPex.Bridge.RateLimiter.start_limiter(:python_calls, capacity: 20, per_second: 10)
       :ok = DSPex.Bridge.RateLimiter.check(:python_calls, "session_1")
-      # ... {:error, :rate_limited} once session_1 has used its burst and refill
+      # ... {:error, {:rate_limited, 100}} once session_1 has used its burst: retry in 100 ms
+
+  or in a supervision tree, for as long as the tree runs:
+  `{DSPex.Bridge.RateLimiter, name: :python_calls, capacity: 20, per_second: 10}`.
 
   Each session has its own bucket of `capacity` tokens refilled at `per_second`; memory is
   bounded by `max_sessions` (default 100,000): past it, full buckets are forgotten.
+  Starting a limiter that exists with the same settings is `:ok` (installs are idempotent);
+  with other settings it is `{:error, {:already_started_with_other_options, name}}`.
   """
 
   alias DSPex.Bridge.{Events, Native, Options}
@@ -15,9 +20,28 @@ defmodule DSPex.Bridge.RateLimiter do
 
   @table :dspex_bridge_rate_limiters
 
-  @doc false
-  def child_spec(_),
+  @doc """
+  A child spec: `{DSPex.Bridge.RateLimiter, name: name, capacity: ..., per_second: ...}`
+  installs the limiter while the child runs and removes it when it stops.
+  """
+  def child_spec(:system),
     do: DSPex.Bridge.TableOwner.child_spec({@table, [:set, read_concurrency: true]})
+
+  def child_spec(opts) do
+    # Bad options make a child that refuses to start with the reason (never a raise here).
+    {name, opts} = if Options.keyword?(opts), do: Keyword.pop(opts, :name), else: {nil, opts}
+
+    DSPex.Bridge.Installation.child_spec(%{
+      id: {__MODULE__, name},
+      install: {__MODULE__, :install, [name, opts]},
+      uninstall: {__MODULE__, :delete_limiter}
+    })
+  end
+
+  @doc false
+  def install(name, opts) do
+    with :ok <- start_limiter(name, opts), do: {:ok, name}
+  end
 
   @max_rate 1.0e12
   @max_sessions 10_000_000
@@ -35,34 +59,55 @@ defmodule DSPex.Bridge.RateLimiter do
     }
 
     with {:ok, o} <- Options.take(opts, spec) do
-      limiter =
-        Native.rate_limiter_new(
-          Map.get(o, :capacity, 10) * 1.0,
-          Map.get(o, :per_second, 10) * 1.0,
-          Map.get(o, :max_sessions, 100_000)
-        )
+      settings =
+        {Map.get(o, :capacity, 10) * 1.0, Map.get(o, :per_second, 10) * 1.0,
+         Map.get(o, :max_sessions, 100_000)}
 
-      if :ets.insert_new(@table, {name, limiter}), do: :ok, else: {:error, {:already_started, name}}
+      # The settings row claims the name; the limiter row is what `check/2` reads.
+      if :ets.insert_new(@table, {{:settings, name}, settings}) do
+        {capacity, per_second, max_sessions} = settings
+        limiter = Native.rate_limiter_new(capacity, per_second, max_sessions)
+        :ets.insert(@table, {name, limiter})
+        :ok
+      else
+        case :ets.lookup(@table, {:settings, name}) do
+          [{_, ^settings}] -> :ok
+          _ -> {:error, {:already_started_with_other_options, name}}
+        end
+      end
     end
   end
 
   def start_limiter(name, _opts), do: {:error, {:invalid_name, name}}
 
-  @doc "Takes a token for `session_id`: `:ok` or `{:error, :rate_limited}`."
-  @spec check(atom() | String.t(), term()) :: :ok | {:error, term()}
+  @doc """
+  Takes a token for `session_id`: `:ok`, or `{:error, {:rate_limited, retry_after_ms}}`
+  with the milliseconds until the session's next token (`:infinity` for a limiter that does
+  not refill, `per_second: 0`).
+  """
+  @spec check(atom() | String.t(), term()) ::
+          :ok | {:error, {:rate_limited, non_neg_integer() | :infinity} | term()}
+  def check(name, _session_id) when not (is_atom(name) or is_binary(name)),
+    do: {:error, {:unknown_limiter, name}}
+
   def check(name, session_id) when is_id(session_id) do
     case :ets.lookup(@table, name) do
       [{_, limiter}] ->
-        if Native.rate_limiter_take(limiter, session_id) do
-          :ok
-        else
-          Events.emit([:dspex, :bridge, :breaker, :rejected], %{}, %{
-            name: name,
-            session_id: session_id,
-            reason: :rate_limited
-          })
+        case Native.rate_limiter_take(limiter, session_id) do
+          :ok ->
+            :ok
 
-          {:error, :rate_limited}
+          refused ->
+            retry_after = if refused == :never, do: :infinity, else: ceil_ms(elem(refused, 1))
+
+            Events.emit([:dspex, :bridge, :breaker, :rejected], %{}, %{
+              name: name,
+              session_id: session_id,
+              reason: :rate_limited,
+              retry_after_ms: retry_after
+            })
+
+            {:error, {:rate_limited, retry_after}}
         end
 
       [] ->
@@ -75,10 +120,13 @@ defmodule DSPex.Bridge.RateLimiter do
 
   def check(_name, session_id), do: {:error, {:invalid_session_id, session_id}}
 
+  defp ceil_ms(ns), do: div(ns + 999_999, 1_000_000)
+
   @doc "Removes a limiter."
   @spec delete_limiter(atom() | String.t()) :: :ok
   def delete_limiter(name) do
     :ets.delete(@table, name)
+    :ets.delete(@table, {:settings, name})
     :ok
   end
 end

@@ -54,6 +54,20 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
 
     /// Takes a token for `key` at `now`; false if its bucket is empty.
     pub fn try_take(&mut self, key: &K, now: u64) -> bool {
+        self.take_or_wait(key, now).is_ok()
+    }
+
+    /// Takes a token for `key` at `now`, or says how long until one is there: `Err(Some(ns))`,
+    /// or `Err(None)` when the bucket never refills (a rate of 0).
+    ///
+    /// ```
+    /// use dspex_core::rate_limit::RateLimiter;
+    ///
+    /// let mut limiter = RateLimiter::new(1.0, 4.0, 10);
+    /// assert_eq!(limiter.take_or_wait(&"s", 0), Ok(()));
+    /// assert_eq!(limiter.take_or_wait(&"s", 0), Err(Some(250_000_000)));
+    /// ```
+    pub fn take_or_wait(&mut self, key: &K, now: u64) -> Result<(), Option<u64>> {
         let current = match self.buckets.get(key) {
             Some(b) => self.refilled(*b, now),
             None => {
@@ -67,7 +81,13 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
         let tokens = if allowed { current - 1.0 } else { current };
         self.buckets
             .insert(key.clone(), Bucket { tokens, last: now });
-        allowed
+        if allowed {
+            Ok(())
+        } else if self.per_ns > 0.0 {
+            Err(Some(((1.0 - tokens) / self.per_ns).ceil() as u64))
+        } else {
+            Err(None)
+        }
     }
 
     /// Tokens `key` has at `now`.
@@ -122,6 +142,39 @@ mod tests {
                 prop_assert!(granted as f64 <= bound + 1e-9);
             }
         }
+    }
+
+    proptest! {
+        // The wait a refusal reports is the true one: at `now + wait` a token is there;
+        // a microsecond earlier it is not.
+        #[test]
+        fn the_reported_wait_is_exact(
+            capacity in 1u32..5,
+            per_second in 1u32..1000,
+            gaps in proptest::collection::vec(0u64..50_000_000, 1..50),
+        ) {
+            let mut limiter = RateLimiter::new(f64::from(capacity), f64::from(per_second), 16);
+            let mut now = 0u64;
+            for gap in gaps {
+                now += gap;
+                if let Err(wait) = limiter.take_or_wait(&1u8, now) {
+                    let wait = wait.expect("the bucket refills");
+                    let mut early = limiter.clone();
+                    if wait > 1_000 {
+                        prop_assert!(early.take_or_wait(&1u8, now + wait - 1_000).is_err());
+                    }
+                    let mut on_time = limiter.clone();
+                    prop_assert!(on_time.take_or_wait(&1u8, now + wait).is_ok());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_bucket_that_never_refills_says_so() {
+        let mut limiter = RateLimiter::new(1.0, 0.0, 16);
+        assert_eq!(limiter.take_or_wait(&1u8, 0), Ok(()));
+        assert_eq!(limiter.take_or_wait(&1u8, u64::MAX / 2), Err(None));
     }
 
     #[test]

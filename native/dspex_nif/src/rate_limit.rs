@@ -30,8 +30,17 @@ fn rate_limiter_new(env: Env, capacity: f64, per_second: f64, max_keys: usize) -
     Ok(ResourceArc::new(LimiterResource(Mutex::new(limiter))).encode(env))
 }
 
-/// Takes a token for `key`; `false` when its bucket is empty.
+mod tags {
+    rustler::atoms! { wait, never }
+}
+
+/// Takes a token for `key`: `:ok`, `{:wait, ns}` until the next token, or `:never` when the
+/// bucket does not refill.
 #[rustler::nif]
-fn rate_limiter_take(limiter: ResourceArc<LimiterResource>, key: VarKey) -> bool {
-    limiter.0.lock().try_take(&key, CLOCK.now_nanos())
+fn rate_limiter_take(env: Env, limiter: ResourceArc<LimiterResource>, key: VarKey) -> Term {
+    match limiter.0.lock().take_or_wait(&key, CLOCK.now_nanos()) {
+        Ok(()) => crate::atoms::ok().encode(env),
+        Err(Some(ns)) => (tags::wait(), ns).encode(env),
+        Err(None) => tags::never().encode(env),
+    }
 }

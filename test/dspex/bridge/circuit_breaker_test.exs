@@ -205,7 +205,13 @@ defmodule DSPex.Bridge.CircuitBreakerTest do
              CircuitBreaker.start_breaker(:x1, open_timeout_ms: 10, max_open_timeout_ms: 5)
 
     b = breaker!([])
-    assert {:error, {:already_started, ^b}} = CircuitBreaker.start_breaker(b)
+    # Installing again: the same settings are :ok, others a clear error.
+    assert :ok = CircuitBreaker.start_breaker(b)
+    assert :ok = CircuitBreaker.start_breaker(b, failure_threshold: 5)
+
+    assert {:error, {:already_started_with_other_options, ^b}} =
+             CircuitBreaker.start_breaker(b, failure_threshold: 6)
+
     assert {:error, {:invalid_function, :f}} = CircuitBreaker.call(b, :f)
 
     assert {:error, {:invalid_option, {:timeout, -1}}} =

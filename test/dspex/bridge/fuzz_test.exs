@@ -201,9 +201,14 @@ defmodule DSPex.Bridge.FuzzTest do
         remove_alert: ["fz"],
         summary: [:fuzz_gauge, :last_minute, []]
       },
-      DSPex.Bridge.Analytics.HTTPExporter => %{start: [[port: 0]], stop: [self()]},
+      DSPex.Bridge.Analytics.HTTPExporter => %{
+        child_spec: [[port: 0]],
+        start: [[port: 0]],
+        stop: [self()]
+      },
       DSPex.Bridge.CircuitBreaker => %{
         call: [:fuzz_breaker, fn -> :ok end, []],
+        child_spec: [[name: :fuzz_breaker3]],
         close: [:fuzz_breaker],
         delete_breaker: [:fuzz_breaker_none],
         disable: [:fuzz_breaker],
@@ -278,6 +283,7 @@ defmodule DSPex.Bridge.FuzzTest do
       },
       DSPex.Bridge.RateLimiter => %{
         check: [:fuzz_limiter, @victim],
+        child_spec: [[name: :fuzz_limiter3]],
         delete_limiter: [:fuzz_limiter_none],
         start_limiter: [:fuzz_limiter2, [capacity: 1]]
       },

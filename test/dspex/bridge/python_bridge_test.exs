@@ -175,7 +175,7 @@ defmodule DSPex.Bridge.PythonBridgeTest do
             {:ok, 1} = Python.call("greedy", "echo", %{value: 1}, pool: pool, rate_limit: limiter)
           )
 
-    assert {:error, :rate_limited} =
+    assert {:error, {:rate_limited, :infinity}} =
              Python.call("greedy", "echo", %{value: 1}, pool: pool, rate_limit: limiter)
 
     assert {:ok, 1} = Python.call("polite", "echo", %{value: 1}, pool: pool, rate_limit: limiter)

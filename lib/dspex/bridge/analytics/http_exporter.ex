@@ -10,10 +10,31 @@ defmodule DSPex.Bridge.Analytics.HTTPExporter do
 
   It listens on the loopback interface unless `ip:` says otherwise (a tuple such as
   `{0, 0, 0, 0}`); `port: 0` picks a free port. Any other path answers 404.
+
+  In a supervision tree: `{DSPex.Bridge.Analytics.HTTPExporter, port: 9568}` listens while
+  the child runs.
   """
 
   require Record
   Record.defrecordp(:mod, Record.extract(:mod, from_lib: "inets/include/httpd.hrl"))
+
+  @doc "A child spec: the listener of `start/1` for as long as the child runs."
+  def child_spec(opts) do
+    DSPex.Bridge.Installation.child_spec(%{
+      id: {__MODULE__, if(DSPex.Bridge.Options.keyword?(opts), do: opts[:port], else: nil)},
+      install: {__MODULE__, :install, [opts]},
+      uninstall: {__MODULE__, :stop}
+    })
+  end
+
+  @doc false
+  # The listener, linked to the calling process (its child spec's).
+  def install(opts) do
+    with {:ok, pid, _port} <- start(opts) do
+      Process.link(pid)
+      {:ok, pid}
+    end
+  end
 
   @doc """
   Starts a listener: `{:ok, pid, port}`. Options: `port:` (default 9568), `ip:` (default
