@@ -69,6 +69,22 @@ defmodule DSPex.Bridge.CircuitBreaker do
   @type name :: atom() | String.t()
   @type outcome :: :success | :failure | :ignored
 
+  @typedoc """
+  What `call/3` returns: the function's own result `r`, an error for a failure the breaker
+  saw or a rejection, or a fallback carrying the original error (see "Results of `call/3`").
+  """
+  @type result(r) ::
+          r
+          | {:error,
+             :circuit_open
+             | :bulkhead_full
+             | :timeout
+             | {:exception, Exception.t()}
+             | {:exit, term()}
+             | {:throw, term()}
+             | term()}
+          | {:fallback, term(), term()}
+
   @doc """
   A child spec: `{DSPex.Bridge.CircuitBreaker, name: name, failure_threshold: ...}` installs
   the breaker while the child runs and removes it when it stops.
@@ -201,7 +217,7 @@ defmodule DSPex.Bridge.CircuitBreaker do
   Runs `fun` through the breaker. Options: `timeout:` (ms or `:infinity`, default
   `:infinity`: the function runs in the caller), `fallback:`, `classify:`.
   """
-  @spec call(name(), (() -> term()), keyword()) :: term()
+  @spec call(name(), (() -> r), keyword()) :: result(r) when r: term()
   def call(name, fun, opts \\ [])
 
   def call(name, fun, opts) when is_function(fun, 0) do
@@ -368,7 +384,7 @@ defmodule DSPex.Bridge.CircuitBreaker do
   (as in `call/3`). With a breaker the whole retry sequence is one call (one outcome), and
   no attempt is made while the breaker is open.
   """
-  @spec retry((() -> term()), keyword()) :: term()
+  @spec retry((() -> r), keyword()) :: result(r) when r: term()
   def retry(fun, opts \\ [])
 
   def retry(fun, opts) when is_function(fun, 0) do

@@ -132,8 +132,9 @@ defmodule DSPex.Bridge.DependencyManager do
 
   @doc """
   Adds many `{from, to}` or `{from, to, kind}` edges, all or nothing, in one pass. On a
-  cycle, nothing is added and the error carries the first offending edge and its path:
-  `{:error, {:would_create_cycle, {from, to}, path}}`.
+  cycle, nothing is added: `{:error, :would_create_cycle}`, as for one edge; the
+  `[:dspex, :bridge, :dependency, :cycle_detected]` event names the first offending edge
+  and its path (and `cycle_path/4` finds a path for any edge).
   """
   @spec add_dependencies(session_id(), [tuple()], keyword()) ::
           {:ok, non_neg_integer()} | {:error, term()}
@@ -151,7 +152,7 @@ defmodule DSPex.Bridge.DependencyManager do
         {:error, {:cycle, [to | _] = path}} ->
           from = Enum.at(path, -2)
           emit(:cycle_detected, session_id, %{from: from, to: to, path: path})
-          {:error, {:would_create_cycle, {from, to}, path}}
+          {:error, :would_create_cycle}
 
         error ->
           unknown_to_not_found(error)

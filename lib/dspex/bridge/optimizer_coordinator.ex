@@ -357,11 +357,16 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
     end
   end
 
-  @doc "True if someone holds `var_id`."
-  @spec is_locked?(term(), keyword()) :: boolean()
-  def is_locked?(var_id, opts \\ []) do
+  @doc "True if someone holds `var_id` (option `session_id:`)."
+  @spec locked?(term(), keyword()) :: boolean()
+  def locked?(var_id, opts \\ []) do
     match?({:ok, %{holder: %{}}}, get_lock_info(var_id, opts))
   end
+
+  @doc false
+  @deprecated "Use locked?/2"
+  @spec is_locked?(term(), keyword()) :: boolean()
+  def is_locked?(var_id, opts \\ []), do: locked?(var_id, opts)
 
   @doc """
   `{:ok, %{holder: nil | %{optimizer_id, token, priority, held_ms, lease_left_ms},

@@ -63,7 +63,7 @@ defmodule DSPex.Bridge.SessionStore do
   | `:access_denied`                       | the caller may not do this                          |
   | `{:invalid_snapshot, detail}`          | `import_session/2` of a corrupt or foreign binary   |
   | `{:invalid_compute, detail}`           | a `compute:` that is not `{fun/1, [input, ...]}`     |
-  | `{:would_create_cycle, path}`          | a computed variable listed as its own input         |
+  | `:would_create_cycle`                  | an edge or a computed input that would close a cycle |
   | `{:has_dependents, names}`             | deleting a variable others are computed from        |
   | `:timeout`                             | the session process did not answer within `timeout:`|
   | `{:locked_by, optimizer_id}`           | an optimizer holds the variable's lock              |

@@ -114,8 +114,13 @@ defmodule DSPex.Bridge.DependencyManagerTest do
       s = session!() |> vars!([:a, :b, :c, :d])
       assert {:ok, 2} = DependencyManager.add_dependencies(s, [{:a, :b}, {:b, :c, :compute}])
 
-      assert {:error, {:would_create_cycle, {:d, :a}, [:a, :b, :c, :d, :a]}} =
+      Events.subscribe([:dspex, :bridge, :dependency, :cycle_detected])
+
+      assert {:error, :would_create_cycle} =
                DependencyManager.add_dependencies(s, [{:c, :d}, {:d, :a}, {:d, :b}])
+
+      assert_receive {:dspex_event, [:dspex, :bridge, :dependency, :cycle_detected], _,
+                      %{from: :d, to: :a, path: [:a, :b, :c, :d, :a]}}
 
       assert {:ok, %{dependencies: 2}} = DependencyManager.graph_size(s)
     end
@@ -390,8 +395,7 @@ defmodule DSPex.Bridge.DependencyManagerTest do
       {:ok, _} = SessionStore.update_variable(s, :a, 5)
       assert {:ok, 10} = SessionStore.get_value(s, :b)
 
-      assert {:error, {:would_create_cycle, _}} =
-               DependencyManager.define_computed(s, :a, & &1.b, [:b])
+      assert {:error, :would_create_cycle} = DependencyManager.define_computed(s, :a, & &1.b, [:b])
 
       assert {:error, {:compute_input, :b, :a}} = DependencyManager.remove_dependency(s, :a, :b)
 
@@ -402,7 +406,7 @@ defmodule DSPex.Bridge.DependencyManagerTest do
     test "a computed variable cannot be its own input or have no inputs" do
       s = session!() |> vars!([:a])
 
-      assert {:error, {:would_create_cycle, [:z, :z]}} =
+      assert {:error, :would_create_cycle} =
                SessionStore.register_variable(s, :z, :integer, nil, compute: {& &1, [:z]})
 
       assert {:error, {:invalid_compute, :no_inputs}} =

@@ -267,6 +267,7 @@ defmodule DSPex.Bridge.FuzzTest do
         get_optimization_history: [:fuzz_var, 10, []],
         get_optimization_status: ["run"],
         is_locked?: [:fuzz_var, []],
+        locked?: [:fuzz_var, []],
         release_lock: [:fuzz_var, "opt", []],
         renew_lock: [:fuzz_var, "opt", []],
         report_progress: ["run", 1, 1.0, %{}],

@@ -16,11 +16,11 @@ defmodule DSPex.Bridge.OptimizerCoordinatorTest do
              C.acquire_lock(v, "b", self(), conflict_resolution: :abort)
 
     assert {:ok, %C.Lock{token: ^t1}} = C.acquire_lock(v, "a", self())
-    assert C.is_locked?(v)
+    assert C.locked?(v)
     assert {:error, :not_lock_owner} = C.release_lock(v, "b")
     assert :ok = C.release_lock(v, "a")
     assert {:error, :not_lock_owner} = C.release_lock(v, "a")
-    refute C.is_locked?(v)
+    refute C.locked?(v)
     assert {:ok, %C.Lock{token: t2}} = C.acquire_lock(v, "b", self())
     assert t2 > t1
   end
@@ -74,7 +74,7 @@ defmodule DSPex.Bridge.OptimizerCoordinatorTest do
     Process.exit(w, :kill)
     eventually(fn -> match?({:ok, %{waiters: []}}, C.get_lock_info(v)) end)
     :ok = C.release_lock(v, "a")
-    refute C.is_locked?(v)
+    refute C.locked?(v)
   end
 
   test "an expired lease frees the lock and tells the holder" do
@@ -88,7 +88,7 @@ defmodule DSPex.Bridge.OptimizerCoordinatorTest do
                    1_000
 
     assert held >= 50
-    refute C.is_locked?(v)
+    refute C.locked?(v)
     # A paused holder waking up after its lease cannot write with its old token.
     assert {:error, :stale_token} = C.check_write_allowed(v, lock.token)
   end
@@ -111,7 +111,7 @@ defmodule DSPex.Bridge.OptimizerCoordinatorTest do
       end)
 
     assert System.monotonic_time(:millisecond) - acquired > lease
-    if in_time, do: assert(C.is_locked?(v))
+    if in_time, do: assert(C.locked?(v))
     assert {:error, :not_lock_owner} = C.renew_lock(v, "other")
   end
 
@@ -186,7 +186,7 @@ defmodule DSPex.Bridge.OptimizerCoordinatorTest do
     end)
     |> Enum.each(&Task.await(&1, 60_000))
 
-    for v <- vars, do: refute(C.is_locked?(v))
+    for v <- vars, do: refute(C.locked?(v))
   end
 
   test "a lock carries its token and the wall-clock time it was granted" do
@@ -282,7 +282,7 @@ defmodule DSPex.Bridge.OptimizerCoordinatorTest do
       assert Enum.any?(C.list_active_optimizations(), &(&1.id == id))
 
       assert {:ok, %{value: 0.02}} = C.complete_optimization(id, 0.02, %{loss: 0.4})
-      refute C.is_locked?(:lr, session_id: s)
+      refute C.locked?(:lr, session_id: s)
       assert {:ok, %{status: :completed}} = C.get_optimization_status(id)
       refute Enum.any?(C.list_active_optimizations(), &(&1.id == id))
       assert [%{id: ^id, status: :completed}] = C.get_optimization_history(:lr, 10, session_id: s)
@@ -302,7 +302,7 @@ defmodule DSPex.Bridge.OptimizerCoordinatorTest do
       assert_receive {:dspex_event, _, %{silent_ms: silent}, %{optimization_id: ^id}}, 1_000
       assert silent >= 60
       :ok = C.fail_optimization(id, :diverged)
-      refute C.is_locked?(v)
+      refute C.locked?(v)
       assert {:ok, %{status: :failed, reason: :diverged}} = C.get_optimization_status(id)
     end
 

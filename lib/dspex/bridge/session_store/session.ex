@@ -321,7 +321,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     reply =
       case Native.graph_add_edge(state.meta.graph, from, to, kind) do
         {:ok, _new?} -> :ok
-        {:error, {:cycle, path}} -> {:error, {:would_create_cycle, path}}
+        {:error, {:cycle, _path}} -> {:error, :would_create_cycle}
         {:error, {:unknown_variable, name}} -> {:error, {:variable_not_found, name}}
       end
 
@@ -610,7 +610,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
         {:error, {:invalid_name, hd(bad)}}
 
       name in inputs ->
-        {:error, {:would_create_cycle, [name, name]}}
+        {:error, :would_create_cycle}
 
       (missing = Enum.reject(inputs, &:ets.member(Tables.variables(), {state.id, &1}))) != [] ->
         {:error, {:variable_not_found, hd(missing)}}
@@ -646,7 +646,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
   defp add_compute_edges(state, {_fun, inputs}, name) do
     case Native.graph_add_edges(state.meta.graph, Enum.map(inputs, &{&1, name, :compute})) do
       {:ok, n} -> {:ok, n}
-      {:error, {:cycle, path}} -> {:error, {:would_create_cycle, path}}
+      {:error, {:cycle, _path}} -> {:error, :would_create_cycle}
       {:error, {:unknown_variable, missing}} -> {:error, {:variable_not_found, missing}}
     end
   end
