@@ -18,6 +18,10 @@ toolchain:
 # same compiled dependencies.
 rust-test: toolchain
 	cargo test --workspace --release
+	@# Each of dspex_core's features alone builds and passes its tests.
+	for f in acl analytics breaker coordinator graph ha rate_limit; do \
+	  cargo test --release -q -p dspex_core --no-default-features --features $$f || exit 1; \
+	done
 
 # The Python side: a virtual environment made (once) by `mix dspex.python.setup`.
 python: toolchain

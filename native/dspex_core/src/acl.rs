@@ -152,6 +152,26 @@ pub enum RuleError {
     UnknownRule(String),
 }
 
+impl std::fmt::Display for RuleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RuleError::BadPattern(p) => write!(f, "bad pattern: {p}"),
+            RuleError::BadCidr(c) => write!(f, "bad CIDR block: {c}"),
+            RuleError::NoPermissions => f.write_str("a rule needs at least one permission"),
+            RuleError::EmptyTimeWindow => f.write_str("not_before is not before expires_at"),
+            RuleError::BadRange => {
+                f.write_str("a range with low > high or a bound that is not a number")
+            }
+            RuleError::DuplicateId(id) => write!(f, "two rules share the id {id:?}"),
+            RuleError::TooManyRules => write!(f, "more than {MAX_RULES_PER_VARIABLE} rules"),
+            RuleError::UnknownVariable => f.write_str("no policy for that variable"),
+            RuleError::UnknownRule(id) => write!(f, "no rule with the id {id:?}"),
+        }
+    }
+}
+
+impl std::error::Error for RuleError {}
+
 impl RuleError {
     /// A stable snake_case name for the error.
     pub fn reason(&self) -> &'static str {

@@ -157,6 +157,25 @@ pub enum LockError<H> {
     },
 }
 
+impl<H: std::fmt::Debug> std::fmt::Display for LockError<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::NotOwner { holder: Some(h) } => {
+                write!(f, "not the lock's owner ({h:?} holds it)")
+            }
+            LockError::NotOwner { holder: None } => {
+                f.write_str("not the lock's owner (nobody holds it)")
+            }
+            LockError::StaleToken { current } => {
+                write!(f, "stale fencing token (the newest is {current})")
+            }
+            LockError::LockedBy { holder } => write!(f, "locked by {holder:?}"),
+        }
+    }
+}
+
+impl<H: std::fmt::Debug> std::error::Error for LockError<H> {}
+
 /// The result of [`LockTable::cancel_wait`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancelled {

@@ -88,6 +88,18 @@ pub enum GraphError<K> {
     NodeExists(K),
 }
 
+impl<K: std::fmt::Debug> std::fmt::Display for GraphError<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GraphError::Cycle(path) => write!(f, "the edge would create a cycle: {path:?}"),
+            GraphError::UnknownNode(k) => write!(f, "no node {k:?}"),
+            GraphError::NodeExists(k) => write!(f, "node {k:?} exists already"),
+        }
+    }
+}
+
+impl<K: std::fmt::Debug> std::error::Error for GraphError<K> {}
+
 /// A serializable image of the graph (for snapshots and HA transfer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GraphSnapshot<K> {

@@ -8,6 +8,13 @@
 //! plain data ([`WithEffects`]) for the caller to carry out. The `dspex_nif` crate is a
 //! thin shell over this crate; Rust programs can link it directly.
 //!
+//! ## Features
+//!
+//! One cargo feature per state machine, all on by default: `acl`, `analytics`, `breaker`,
+//! `coordinator`, `graph`, `ha`, `rate_limit`. With `default-features = false, features =
+//! ["breaker"]` only the breaker (and the always-present clock, effects, error and snapshot
+//! frame) is compiled, without regex, ipnet or postcard.
+//!
 //! ## Example: a checked snapshot frame
 //!
 //! ```
@@ -40,16 +47,23 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "acl")]
 pub mod acl;
+#[cfg(feature = "analytics")]
 pub mod analytics;
+#[cfg(feature = "breaker")]
 pub mod breaker;
 pub mod clock;
+#[cfg(feature = "coordinator")]
 pub mod coordinator;
 pub mod effects;
 pub mod error;
+#[cfg(feature = "graph")]
 pub mod graph;
+#[cfg(feature = "ha")]
 pub mod ha;
 pub mod prefetch;
+#[cfg(feature = "rate_limit")]
 pub mod rate_limit;
 pub mod snapshot;
 

@@ -84,7 +84,21 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
         if allowed {
             Ok(())
         } else if self.per_ns > 0.0 {
-            Err(Some(((1.0 - tokens) / self.per_ns).ceil() as u64))
+            let exact = (1.0 - tokens) / self.per_ns;
+            if exact >= (u64::MAX / 2) as f64 {
+                // Beyond any clock: as good as never.
+                return Err(None);
+            }
+            // The division may round short of a whole token; the wait is the first
+            // nanosecond at which the refill reaches one (a step or two past the quotient).
+            let mut wait = exact.ceil() as u64;
+            for _ in 0..4 {
+                if tokens + wait as f64 * self.per_ns >= 1.0 {
+                    break;
+                }
+                wait += 1;
+            }
+            Err(Some(wait))
         } else {
             Err(None)
         }
@@ -168,6 +182,13 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_rate_too_slow_for_any_clock_is_never() {
+        let mut limiter = RateLimiter::new(1.0, 1e-12, 16);
+        assert_eq!(limiter.take_or_wait(&1u8, 0), Ok(()));
+        assert_eq!(limiter.take_or_wait(&1u8, 0), Err(None));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The rustler shell over `dspex_core`: decode terms, call the core, encode the result.
 //!
 //! One module per feature, mirroring the core. No business logic lives here. Every NIF is a
-//! regular (non-dirty) NIF unless its doc comment says otherwise; see DESIGN.md for the
-//! measured boundary costs behind that rule.
+//! regular (non-dirty) NIF unless its doc comment says otherwise: a plain NIF call costs
+//! about 30 ns here and a dirty one about 3.8 µs, so only work that can pass ~1 ms (a large
+//! snapshot, a bulk import) goes to a dirty scheduler.
 
 mod acl;
 mod analytics;
