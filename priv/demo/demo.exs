@@ -229,7 +229,7 @@ Demo.say("a write without the token -> #{inspect(late)}")
 :ok = OptimizerCoordinator.release_lock(:lr, "urgent", session_id: team)
 Process.exit(patient, :kill)
 
-Demo.section("Python tools read and write the session (examples/demo_tools.py)")
+Demo.section("Python tools read and write the session (priv/demo/demo_tools.py)")
 alias DSPex.Bridge.{CircuitBreaker, Python, PythonWorker}
 examples = Path.dirname(__ENV__.file)
 
