@@ -45,6 +45,7 @@ lint: toolchain
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p dspex_core
 	mix format --check-formatted
 	MIX_ENV=test mix compile --warnings-as-errors --force
+	scripts/dialyzer.sh
 
 bench: python
 	cargo bench -p dspex_benches

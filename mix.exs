@@ -116,11 +116,13 @@ defmodule DSPex.Bridge.MixProject do
       start_permanent: Mix.env() == :prod,
       compilers: [:dspex_nif | Mix.compilers()],
       elixirc_paths: elixirc_paths(Mix.env()),
-      deps: [],
+      deps: deps(),
+      docs: docs(),
       description: "Production hardening for the DSPex BridgedState backend (Rust NIF core)",
       package: [
         licenses: ["MIT"],
-        files: ~w(lib native priv mix.exs Cargo.toml Cargo.lock README.md LICENSE)
+        files:
+          ~w(lib native priv guides mix.exs Cargo.toml Cargo.lock README.md CHANGELOG.md LICENSE)
       ],
       test_coverage: [summary: [threshold: 0]]
     ]
@@ -130,6 +132,28 @@ defmodule DSPex.Bridge.MixProject do
     [
       extra_applications: [:logger, :inets, :crypto],
       mod: {DSPex.Bridge.Application, []}
+    ]
+  end
+
+  # No hex dependencies. ex_doc only where hex can be reached and it is asked for
+  # (`DSPEX_DOCS=1 mix deps.get && DSPEX_DOCS=1 mix docs`), so the default build stays hex-free.
+  defp deps do
+    if System.get_env("DSPEX_DOCS"),
+      do: [{:ex_doc, ">= 0.30.0", only: :dev, runtime: false}],
+      else: []
+  end
+
+  defp docs do
+    [
+      main: "readme",
+      source_ref: "v#{@version}",
+      extras:
+        ["README.md", "CHANGELOG.md", "BENCHMARKS.md"] ++
+          Enum.map(
+            ~w(getting-started access-control optimizer-locks analytics clustering-ha python deployment errors),
+            &"guides/#{&1}.md"
+          ),
+      groups_for_extras: [Guides: ~r{guides/}]
     ]
   end
 

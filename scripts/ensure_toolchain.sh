@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for `make test` / `make demo`: Erlang/OTP and Elixir from
 # Debian packages when `erl` or `mix` is missing, python3 for the worker bridge, promtool
-# (package prometheus) to validate the /metrics export, python3-venv for the Python
+# (package prometheus) to validate the /metrics export, dialyzer (erlang-dialyzer) for
+# make lint, python3-venv for the Python
 # workers' environment, and a running epmd for the
 # distributed tests.
 # Rust is a prerequisite (rustup); this script only checks for it.
@@ -44,6 +45,15 @@ if ! command -v promtool >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+if ! command -v dialyzer >/dev/null 2>&1; then
+  echo "==> dialyzer not found: installing the Debian package erlang-dialyzer (make lint runs it)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq erlang-dialyzer >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

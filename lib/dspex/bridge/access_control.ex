@@ -536,8 +536,12 @@ defmodule DSPex.Bridge.AccessControl do
   defp trim(limit) do
     if :ets.info(@audit, :size) > limit do
       case :ets.first(@audit) do
-        :"$end_of_table" -> :ok
-        key -> :ets.delete(@audit, key) && trim(limit)
+        :"$end_of_table" ->
+          :ok
+
+        key ->
+          :ets.delete(@audit, key)
+          trim(limit)
       end
     end
 

@@ -78,7 +78,10 @@ defmodule DSPex.Bridge.ChildSpecsTest do
   end
 
   test "the /metrics listener as a child" do
-    {:ok, sup} = Supervisor.start_link([{HTTPExporter, port: 0}], strategy: :one_for_one)
+    # An explicit address (this option was refused before Dialyzer caught the check).
+    {:ok, sup} =
+      Supervisor.start_link([{HTTPExporter, port: 0, ip: {127, 0, 0, 1}}], strategy: :one_for_one)
+
     [{_, child, _, _}] = Supervisor.which_children(sup)
     listener = :sys.get_state(child) |> elem(1)
     port = Keyword.fetch!(:httpd.info(listener), :port)
@@ -87,5 +90,6 @@ defmodule DSPex.Bridge.ChildSpecsTest do
     assert to_string(body) =~ "child_spec_probe"
     :ok = Supervisor.stop(sup)
     refute Process.alive?(listener)
+    assert {:error, {:invalid_option, {:ip, {1, 2}}}} = HTTPExporter.start(port: 0, ip: {1, 2})
   end
 end

@@ -49,7 +49,7 @@ defmodule DSPex.Bridge.Analytics.HTTPExporter do
     end
   end
 
-  defp ip?(ip), do: is_tuple(ip) and match?({:ok, _}, :inet.ntoa(ip))
+  defp ip?(ip), do: is_tuple(ip) and is_list(:inet.ntoa(ip))
 
   defp listen(port, ip) do
     root = String.to_charlist(System.tmp_dir!())
