@@ -8,52 +8,43 @@
 # Rust is a prerequisite (rustup); this script only checks for it.
 set -euo pipefail
 
+# Installs Debian packages, with sudo when not root.
+apt_install() {
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
 need_install=0
 command -v erl >/dev/null 2>&1 || need_install=1
 command -v mix >/dev/null 2>&1 || need_install=1
 
 if [ "$need_install" = 1 ]; then
   echo "==> Erlang/Elixir not found: installing Debian packages erlang-nox erlang-dev elixir"
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq erlang-nox erlang-dev elixir >/dev/null
+  apt_install erlang-nox erlang-dev elixir
 fi
 
 if ! command -v python3 >/dev/null 2>&1; then
   echo "==> python3 not found: installing the Debian package python3 (the worker bridge needs it)"
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 >/dev/null
+  apt_install python3
 fi
 
 # The Python workers' virtual environment (make python) needs venv and pip.
 if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
   echo "==> python3 lacks venv/ensurepip: installing the Debian package python3-venv"
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq python3-venv >/dev/null
+  apt_install python3-venv
 fi
 
 if ! command -v promtool >/dev/null 2>&1; then
   echo "==> promtool not found: installing the Debian package prometheus (CI validates /metrics with it)"
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt_install --no-install-recommends prometheus
 fi
 
 if ! command -v dialyzer >/dev/null 2>&1; then
   echo "==> dialyzer not found: installing the Debian package erlang-dialyzer (make lint runs it)"
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq erlang-dialyzer >/dev/null
+  apt_install erlang-dialyzer
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -92,16 +92,8 @@ defmodule DSPex.Bridge.CircuitBreaker do
   def child_spec(:system),
     do: DSPex.Bridge.TableOwner.child_spec({@table, [:set, read_concurrency: true]})
 
-  def child_spec(opts) do
-    # Bad options make a child that refuses to start with the reason (never a raise here).
-    {name, opts} = if Options.keyword?(opts), do: Keyword.pop(opts, :name), else: {nil, opts}
-
-    DSPex.Bridge.Installation.child_spec(%{
-      id: {__MODULE__, name},
-      install: {__MODULE__, :install, [name, opts]},
-      uninstall: {__MODULE__, :delete_breaker}
-    })
-  end
+  def child_spec(opts),
+    do: DSPex.Bridge.Installation.named_child_spec(__MODULE__, opts, :delete_breaker)
 
   @doc false
   def install(name, opts) do
@@ -127,17 +119,10 @@ defmodule DSPex.Bridge.CircuitBreaker do
       # The settings without the jitter's random seed (the config's last element).
       settings = {Tuple.delete_at(config, tuple_size(config) - 1), limit}
 
-      # The settings row claims the name (read only here); the breaker row is what every
-      # call reads.
-      if :ets.insert_new(@table, {{:settings, name}, settings}) do
+      # The breaker row is what every call reads; the settings row is read only here.
+      DSPex.Bridge.Installation.claim(@table, name, settings, fn ->
         :ets.insert(@table, {name, handle, limit, :atomics.new(1, signed: true)})
-        :ok
-      else
-        case :ets.lookup(@table, {:settings, name}) do
-          [{_, ^settings}] -> :ok
-          _ -> {:error, {:already_started_with_other_options, name}}
-        end
-      end
+      end)
     end
   end
 

@@ -27,16 +27,8 @@ defmodule DSPex.Bridge.RateLimiter do
   def child_spec(:system),
     do: DSPex.Bridge.TableOwner.child_spec({@table, [:set, read_concurrency: true]})
 
-  def child_spec(opts) do
-    # Bad options make a child that refuses to start with the reason (never a raise here).
-    {name, opts} = if Options.keyword?(opts), do: Keyword.pop(opts, :name), else: {nil, opts}
-
-    DSPex.Bridge.Installation.child_spec(%{
-      id: {__MODULE__, name},
-      install: {__MODULE__, :install, [name, opts]},
-      uninstall: {__MODULE__, :delete_limiter}
-    })
-  end
+  def child_spec(opts),
+    do: DSPex.Bridge.Installation.named_child_spec(__MODULE__, opts, :delete_limiter)
 
   @doc false
   def install(name, opts) do
@@ -63,18 +55,11 @@ defmodule DSPex.Bridge.RateLimiter do
         {Map.get(o, :capacity, 10) * 1.0, Map.get(o, :per_second, 10) * 1.0,
          Map.get(o, :max_sessions, 100_000)}
 
-      # The settings row claims the name; the limiter row is what `check/2` reads.
-      if :ets.insert_new(@table, {{:settings, name}, settings}) do
+      # The limiter row is what `check/2` reads.
+      DSPex.Bridge.Installation.claim(@table, name, settings, fn ->
         {capacity, per_second, max_sessions} = settings
-        limiter = Native.rate_limiter_new(capacity, per_second, max_sessions)
-        :ets.insert(@table, {name, limiter})
-        :ok
-      else
-        case :ets.lookup(@table, {:settings, name}) do
-          [{_, ^settings}] -> :ok
-          _ -> {:error, {:already_started_with_other_options, name}}
-        end
-      end
+        :ets.insert(@table, {name, Native.rate_limiter_new(capacity, per_second, max_sessions)})
+      end)
     end
   end
 
