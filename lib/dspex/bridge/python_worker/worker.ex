@@ -26,10 +26,12 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
   @doc false
   # `member`: the worker's registry entry with its pid (see `register/2`).
   def call(%{pid: pid, table: table, carrier: carrier} = member, id, session, frame, timeout) do
-    mref = Process.monitor(pid)
     started = System.monotonic_time()
     deadline = System.monotonic_time(:millisecond) + timeout
+    # Raises (below) when the worker and its table are gone; monitored only once entered,
+    # so no monitor is left behind.
     :ets.insert(table, {id, self(), session, started, deadline})
+    mref = Process.monitor(pid)
 
     if Events.enabled?(),
       do: emit_call(:call_start, %{}, member, %{id: id, session_id: session})
@@ -56,7 +58,7 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
         {:error, :worker_unavailable}
     after
       timeout ->
-        if :ets.take(member.table, id) != [] do
+        if take(member.table, id) != [] do
           send(member.pid, {:deadline, id})
           Process.demonitor(mref, [:flush])
           {:error, :timeout}
@@ -65,6 +67,13 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
           await(member, id, mref, :infinity)
         end
     end
+  end
+
+  # A table that is gone (its worker died) holds nothing: the :DOWN is on its way.
+  defp take(table, id) do
+    :ets.take(table, id)
+  rescue
+    ArgumentError -> []
   end
 
   defp send_frame({:port, port}, frame) do
