@@ -23,9 +23,10 @@ rust-test: toolchain
 	  cargo test --release -q -p dspex_core --no-default-features --features $$f || exit 1; \
 	done
 
-# The Python side: a virtual environment made (once) by `mix dspex.python.setup`.
+# The Python side: a virtual environment made (once) by `mix dspex.python.setup`, with DSPy
+# for the dspex_bridge.dspy tests and the demo.
 python: toolchain
-	MIX_ENV=test mix dspex.python.setup --path _build/dspex_python
+	MIX_ENV=test mix dspex.python.setup --path _build/dspex_python --dspy
 
 # The Python SDK's own tests (unittest, in the environment above).
 python-test: python

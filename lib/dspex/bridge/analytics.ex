@@ -61,6 +61,8 @@ defmodule DSPex.Bridge.Analytics do
   | `lock_wait_seconds` | histogram | | acquisitions that queued before the grant |
   | `optimizations` | counter | `outcome`: `completed` / `failed` | `OptimizerCoordinator` |
   | `breaker_calls` | counter | `breaker`, `outcome` | `CircuitBreaker.call/3` |
+  | `python_call_latency_seconds` | histogram | `pool`, `tool`, `outcome`: `ok` / `error` | `DSPex.Bridge.Python.call/4`, each attempt |
+  | `optimization_iteration`, `optimization_best` | gauge | `optimizer` | `OptimizerCoordinator.report_progress/4` (best: the objective's metric) |
 
   When the host application ships `:telemetry`, the `[:dspex, :bridge, ...]` events that
   carry a `duration_us` are also recorded as `telemetry_duration_seconds{event: "..."}`.
@@ -173,6 +175,14 @@ defmodule DSPex.Bridge.Analytics do
     do: Native.analytics_record(:gauge, name, value, labels)
 
   def gauge(name, value, labels), do: bad(name, value, labels)
+
+  @doc false
+  # A label value for an id that may be any term (a pool or optimizer name).
+  @spec label(term()) :: atom() | String.t() | integer()
+  def label(v) when is_atom(v) or is_integer(v), do: v
+  def label(v) when is_binary(v) and byte_size(v) <= 255, do: v
+  def label(v) when is_binary(v), do: binary_part(v, 0, 255)
+  def label(v), do: inspect(v, limit: 10)
 
   defp bad(_name, value, _labels) when not is_number(value),
     do: {:error, {:not_a_number, value}}

@@ -20,7 +20,7 @@ defmodule DSPex.Bridge.Python do
   (one outcome), and no attempt is made while the breaker is open.
   """
 
-  alias DSPex.Bridge.{CircuitBreaker, Options, PythonWorker, RateLimiter, SessionStore}
+  alias DSPex.Bridge.{Analytics, CircuitBreaker, Options, PythonWorker, RateLimiter, SessionStore}
   import DSPex.Bridge.Options, only: [is_id: 1]
 
   @typedoc "What a call returns: the tool's value, an error, or a breaker's fallback."
@@ -47,7 +47,7 @@ defmodule DSPex.Bridge.Python do
       pool = Map.get(o, :pool, :python)
       breaker = Map.get(o, :breaker, pool)
       timeout = Map.get(o, :timeout, 5_000)
-      work = fn -> PythonWorker.call_for(pool, session_id, tool, args, timeout) end
+      work = fn -> timed_call(pool, session_id, tool, args, timeout) end
       call_opts = Enum.filter([fallback: Map.get(o, :fallback, :none)], &(elem(&1, 1) != :none))
 
       case Map.get(o, :retry, 1) do
@@ -55,6 +55,20 @@ defmodule DSPex.Bridge.Python do
         attempts -> CircuitBreaker.retry(work, [attempts: attempts, breaker: breaker] ++ call_opts)
       end
     end
+  end
+
+  # Every attempt's latency goes to Analytics: python_call_latency_seconds{pool, tool, outcome}.
+  defp timed_call(pool, session_id, tool, args, timeout) do
+    started = System.monotonic_time()
+    result = PythonWorker.call_for(pool, session_id, tool, args, timeout)
+
+    seconds =
+      System.convert_time_unit(System.monotonic_time() - started, :native, :nanosecond) / 1.0e9
+
+    outcome = if match?({:ok, _}, result), do: :ok, else: :error
+    labels = %{pool: Analytics.label(pool), tool: Analytics.label(tool), outcome: outcome}
+    Analytics.observe(:python_call_latency_seconds, seconds, labels)
+    result
   end
 
   defp rate_limit(nil, _session_id), do: :ok

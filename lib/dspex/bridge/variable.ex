@@ -33,7 +33,15 @@ defmodule DSPex.Bridge.Variable do
 
   @typedoc "The supported variable types."
   @type type ::
-          :float | :integer | :string | :boolean | :choice | :module | :embedding | :tensor
+          :float
+          | :integer
+          | :string
+          | :boolean
+          | :choice
+          | :module
+          | :embedding
+          | :tensor
+          | :json
 
   @type t :: %__MODULE__{
           session_id: id(),

@@ -12,9 +12,18 @@ defmodule DSPex.Bridge.VariableType do
   | `:module`    | a module name: atom or string            | `choices` (optional)                 |
   | `:embedding` | a flat list of numbers (stored as floats)| `dimensions`                         |
   | `:tensor`    | nested lists of numbers, rectangular     | `shape` (list of positive integers)  |
+  | `:json`      | JSON-shaped data (see below)             | `max_items` (top-level list length)  |
+
+  A `:json` value is `nil`, a boolean, a 64-bit integer, a float, a UTF-8 string, a list of
+  such values or a map of them with string keys, nested at most 32 deep. Atom keys and atom
+  values (other than `nil`, `true`, `false`) are stored as their text, so what Elixir writes
+  is what Python reads and writes back: `%{question: "2+2?"}` is stored as
+  `%{"question" => "2+2?"}`. It is the type for structured parameters such as DSPy demos
+  (a list of example maps), results and usage.
 
   Hard limits keep one variable from exhausting memory: strings up to 1 MiB, embeddings up to
-  65,536 dimensions, tensors up to 1,000,000 elements. Values are checked on every write.
+  65,536 dimensions, tensors up to 1,000,000 elements, `:json` values up to 100,000 elements
+  and 1 MiB of text. Values are checked on every write.
 
   ## Errors
 
@@ -23,15 +32,20 @@ defmodule DSPex.Bridge.VariableType do
   `{:error, {:invalid_value, detail}}` where `detail` is one of `{:expected, type}`,
   `{:below_min, min}`, `{:above_max, max}`, `{:too_short, min_length}`,
   `{:too_long, max_length}`, `{:not_in_choices, choices}`, `{:wrong_dimensions, expected, got}`,
-  `{:wrong_shape, expected, got}`, `{:too_large, limit}`, `:not_rectangular`.
+  `{:wrong_shape, expected, got}`, `{:too_large, limit}`, `:not_rectangular`,
+  `{:too_many_items, max_items}`, `{:too_deep, 32}`, `{:json_key, key}`, `:duplicate_key`.
   """
 
-  @types [:float, :integer, :string, :boolean, :choice, :module, :embedding, :tensor]
+  @types [:float, :integer, :string, :boolean, :choice, :module, :embedding, :tensor, :json]
   @max_string_bytes 1_048_576
   @max_embedding_dims 65_536
   # The largest integer with a float value (the largest finite double, as an integer).
   @max_float_int trunc(1.7976931348623157e308)
   @max_tensor_elements 1_000_000
+  @max_json_elements 100_000
+  @max_json_depth 32
+  @min_int64 -9_223_372_036_854_775_808
+  @max_int64 9_223_372_036_854_775_807
 
   @allowed %{
     float: [:min, :max],
@@ -41,7 +55,8 @@ defmodule DSPex.Bridge.VariableType do
     choice: [:choices],
     module: [:choices],
     embedding: [:dimensions],
-    tensor: [:shape]
+    tensor: [:shape],
+    json: [:max_items]
   }
 
   @doc "The supported types."
@@ -150,6 +165,14 @@ defmodule DSPex.Bridge.VariableType do
 
   defp check_constraints(:boolean, c), do: {:ok, c}
 
+  defp check_constraints(:json, c) do
+    case c do
+      %{max_items: n} when is_integer(n) and n >= 0 -> {:ok, c}
+      %{max_items: n} -> invalid({:bad_bound, :max_items, n})
+      _ -> {:ok, c}
+    end
+  end
+
   defp number_or_nil(c, key, type) do
     case Map.get(c, key) do
       nil -> :ok
@@ -235,6 +258,15 @@ defmodule DSPex.Bridge.VariableType do
       case c do
         %{shape: expected} when expected != shape -> bad({:wrong_shape, expected, shape})
         _ -> {:ok, v}
+      end
+    end
+  end
+
+  def validate(:json, v, c) do
+    with {:ok, stored, _budget} <- json(v, 0, {@max_json_elements, @max_string_bytes}) do
+      case c do
+        %{max_items: n} when is_list(stored) and length(stored) > n -> bad({:too_many_items, n})
+        _ -> {:ok, stored}
       end
     end
   end
@@ -326,6 +358,64 @@ defmodule DSPex.Bridge.VariableType do
   end
 
   defp shape_of_items(_), do: bad({:expected, :tensor})
+
+  # A :json value as stored (atoms as text), checked against the depth limit and a budget
+  # of elements and text bytes that shrinks as it is walked, so a huge value is refused
+  # without being copied whole.
+  defp json(_v, depth, _budget) when depth > @max_json_depth, do: bad({:too_deep, @max_json_depth})
+  defp json(_v, _depth, {0, _}), do: bad({:too_large, @max_json_elements})
+  defp json(v, _depth, {n, b}) when v in [nil, true, false], do: {:ok, v, {n - 1, b}}
+
+  defp json(v, _depth, {n, b}) when is_integer(v) do
+    if v >= @min_int64 and v <= @max_int64,
+      do: {:ok, v, {n - 1, b}},
+      else: bad({:out_of_range, :json})
+  end
+
+  defp json(v, _depth, {n, b}) when is_float(v), do: {:ok, v, {n - 1, b}}
+  defp json(v, depth, budget) when is_atom(v), do: json(Atom.to_string(v), depth, budget)
+
+  defp json(v, _depth, {n, b}) when is_binary(v) do
+    cond do
+      byte_size(v) > b -> bad({:too_large, @max_string_bytes})
+      not String.valid?(v) -> bad({:expected, :json})
+      true -> {:ok, v, {n - 1, b - byte_size(v)}}
+    end
+  end
+
+  defp json(v, depth, {n, b}) when is_list(v), do: json_list(v, depth + 1, {n - 1, b}, [])
+
+  defp json(v, depth, {n, b}) when is_map(v) do
+    entries = Map.to_list(v)
+
+    with {:ok, stored, budget} <- json_entries(entries, depth + 1, {n - 1, b}, []) do
+      # :a and "a" in one map would be one key once stored.
+      if map_size(stored) == map_size(v), do: {:ok, stored, budget}, else: bad(:duplicate_key)
+    end
+  end
+
+  defp json(_v, _depth, _budget), do: bad({:expected, :json})
+
+  defp json_list([], _depth, budget, acc), do: {:ok, :lists.reverse(acc), budget}
+
+  defp json_list([x | rest], depth, budget, acc) do
+    with {:ok, stored, budget} <- json(x, depth, budget),
+         do: json_list(rest, depth, budget, [stored | acc])
+  end
+
+  # An improper list.
+  defp json_list(_tail, _depth, _budget, _acc), do: bad({:expected, :json})
+
+  defp json_entries([], _depth, budget, acc), do: {:ok, Map.new(acc), budget}
+
+  defp json_entries([{k, x} | rest], depth, budget, acc) when is_binary(k) or is_atom(k) do
+    with {:ok, key, budget} <- json(k, depth, budget),
+         true <- is_binary(key) || bad({:json_key, k}),
+         {:ok, stored, budget} <- json(x, depth, budget),
+         do: json_entries(rest, depth, budget, [{key, stored} | acc])
+  end
+
+  defp json_entries([{k, _} | _], _depth, _budget, _acc), do: bad({:json_key, k})
 
   defp bad(detail), do: {:error, {:invalid_value, detail}}
 end

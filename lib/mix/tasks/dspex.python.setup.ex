@@ -3,10 +3,12 @@ defmodule Mix.Tasks.Dspex.Python.Setup do
   @moduledoc """
   Makes (or updates) a virtual environment for the bridge's Python workers and installs the
   `dspex_bridge` package (from this dependency's `priv/python`) with `protobuf` and `grpcio`
-  from PyPI.
+  from PyPI; `--dspy` adds the package's `dspy` extra (DSPy 3.4 or newer, under 4), and
+  `--extra PKG` (repeatable) any other package.
 
       mix dspex.python.setup                 # into _build/dspex_python
-      mix dspex.python.setup --path .venv --python python3.11 --extra dspy
+      mix dspex.python.setup --dspy          # with DSPy, for dspex_bridge.dspy
+      mix dspex.python.setup --path .venv --python python3.11 --extra numpy
 
   It prints the interpreter to use: pass it as `python:` to
   `DSPex.Bridge.PythonWorker.start_pool/2`, or set `config :dspex_bridge, python: "..."` or
@@ -19,7 +21,7 @@ defmodule Mix.Tasks.Dspex.Python.Setup do
   def run(args) do
     {opts, _} =
       OptionParser.parse!(args,
-        strict: [path: :string, python: :string, extra: :keep, force: :boolean]
+        strict: [path: :string, python: :string, extra: :keep, dspy: :boolean, force: :boolean]
       )
 
     dir =
@@ -46,8 +48,10 @@ defmodule Mix.Tasks.Dspex.Python.Setup do
 
       File.cp_r!(package, copy)
 
+      target = if opts[:dspy], do: copy <> "[dspy]", else: copy
+
       try do
-        cmd!(python, ["-m", "pip", "install", "--quiet", copy | extras])
+        cmd!(python, ["-m", "pip", "install", "--quiet", target | extras])
       after
         File.rm_rf(copy)
       end
@@ -57,8 +61,9 @@ defmodule Mix.Tasks.Dspex.Python.Setup do
   end
 
   defp ready?(python, opts) do
-    imports =
-      Enum.join(["dspex_bridge", "google.protobuf", "grpc" | Keyword.get_values(opts, :extra)], ",")
+    dspy = if opts[:dspy], do: ["dspy", "dspex_bridge.dspy"], else: []
+    imports = ["dspex_bridge", "google.protobuf", "grpc" | dspy] ++ Keyword.get_values(opts, :extra)
+    imports = Enum.join(imports, ",")
 
     File.exists?(python) and
       match?({_, 0}, System.cmd(python, ["-c", "import #{imports}"], stderr_to_stdout: true))

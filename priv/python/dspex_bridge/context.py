@@ -136,6 +136,12 @@ class Context:
         """The variable ``name`` of this session (or of ``session``, if its policy allows)."""
         return _variable(self._request("get_variable", {"name": name, "session": session}))
 
+    def get_variables(self, names: Iterable[str]) -> Dict[str, Variable]:
+        """Several variables of this session in one round trip, by name; the ones that do
+        not exist (or that this session may not read) are left out. At most 1,000 names."""
+        found = self._request("get_variables", {"names": list(names)})
+        return {name: _variable(d) for name, d in found.items()}
+
     def set_variable(
         self, name: str, value: Any, expected_version: Optional[int] = None, token: Optional[int] = None
     ) -> Variable:
@@ -147,7 +153,8 @@ class Context:
     def register_variable(
         self, name: str, type: str, value: Any, constraints: Optional[Dict[str, Any]] = None
     ) -> Variable:
-        """Registers a new variable of ``type`` (``"float"``, ``"integer"``, ...)."""
+        """Registers a new variable of ``type`` (``"float"``, ``"integer"``, ``"string"``,
+        ``"boolean"``, ``"choice"``, ``"module"``, ``"embedding"``, ``"tensor"``, ``"json"``)."""
         args = {"name": name, "type": type, "value": value, "constraints": constraints or {}}
         return _variable(self._request("register_variable", args))
 

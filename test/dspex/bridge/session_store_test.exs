@@ -122,7 +122,8 @@ defmodule DSPex.Bridge.SessionStoreTest do
         {:c, :choice, :b, [choices: [:a, :b]], :b},
         {:m, :module, "ChainOfThought", [], "ChainOfThought"},
         {:e, :embedding, [1, 2.5], [dimensions: 2], [1.0, 2.5]},
-        {:t, :tensor, [[1, 2], [3, 4], [5, 6]], [shape: [3, 2]], [[1, 2], [3, 4], [5, 6]]}
+        {:t, :tensor, [[1, 2], [3, 4], [5, 6]], [shape: [3, 2]], [[1, 2], [3, 4], [5, 6]]},
+        {:j, :json, [%{q: "2+2?", a: 4}], [max_items: 8], [%{"q" => "2+2?", "a" => 4}]}
       ]
 
       for {name, type, value, constraints, stored} <- cases do
@@ -134,6 +135,17 @@ defmodule DSPex.Bridge.SessionStoreTest do
 
       {:ok, vars} = SessionStore.list_variables(s)
       assert Enum.map(vars, & &1.name) == Enum.sort(Enum.map(cases, &elem(&1, 0)))
+    end
+
+    test "json values survive export and import, and rollback", %{session: s} do
+      demos = [%{"question" => "2+2?", "answer" => "4"}]
+      {:ok, _} = SessionStore.register_variable(s, "demos", :json, demos)
+      {:ok, _} = SessionStore.update_variable(s, "demos", [])
+      {:ok, bin} = SessionStore.export_session(s)
+      {:ok, copy} = SessionStore.import_session(bin, session_id: unique_id())
+      on_exit(fn -> SessionStore.delete_session(copy) end)
+      assert {:ok, []} = SessionStore.get_value(copy, "demos")
+      assert {:ok, %{value: ^demos, version: 3}} = SessionStore.rollback_variable(copy, "demos", 1)
     end
 
     test "string and atom names are distinct and come back as given", %{session: s} do

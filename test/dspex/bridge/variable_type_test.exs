@@ -92,6 +92,44 @@ defmodule DSPex.Bridge.VariableTypeTest do
              T.normalize_constraints(:tensor, shape: [0])
   end
 
+  test "json: data as Python sees it, atoms stored as text" do
+    demos = [%{question: "2+2?", answer: "4"}, %{"question" => "1+1?", "answer" => "2"}]
+
+    assert {:ok, [%{"question" => "2+2?", "answer" => "4"}, %{"question" => "1+1?"} | _]} =
+             v(:json, demos)
+
+    assert {:ok, %{"n" => 1, "x" => 1.5, "ok" => true, "none" => nil, "role" => "user"}} =
+             v(:json, %{n: 1, x: 1.5, ok: true, none: nil, role: :user})
+
+    assert {:ok, nil} = v(:json, nil)
+    assert {:ok, []} = v(:json, [], max_items: 0)
+    assert {:error, {:invalid_value, {:too_many_items, 1}}} = v(:json, [1, 2], max_items: 1)
+    assert {:error, {:invalid_value, :duplicate_key}} = v(:json, %{:a => 1, "a" => 2})
+    assert {:error, {:invalid_value, {:json_key, 1}}} = v(:json, %{1 => "one"})
+    assert {:error, {:invalid_value, {:json_key, nil}}} = v(:json, %{nil => "none"})
+    assert {:error, {:invalid_value, {:expected, :json}}} = v(:json, {:a, 1})
+    assert {:error, {:invalid_value, {:expected, :json}}} = v(:json, [1 | 2])
+    assert {:error, {:invalid_value, {:expected, :json}}} = v(:json, <<255>>)
+    assert {:error, {:invalid_value, {:expected, :json}}} = v(:json, [self()])
+    assert {:error, {:invalid_value, {:out_of_range, :json}}} = v(:json, 2 ** 63)
+    assert {:ok, _} = v(:json, -(2 ** 63))
+
+    deep = Enum.reduce(1..33, 1, fn _, acc -> [acc] end)
+    assert {:error, {:invalid_value, {:too_deep, 32}}} = v(:json, deep)
+    assert {:ok, _} = v(:json, Enum.reduce(1..32, 1, fn _, acc -> [acc] end))
+    # A million-deep list is refused at depth 33 without walking it all.
+    assert {:error, {:invalid_value, {:too_deep, 32}}} =
+             v(:json, Enum.reduce(1..1_000_000, 1, fn _, acc -> [acc] end))
+
+    assert {:error, {:invalid_value, {:too_large, 100_000}}} = v(:json, List.duplicate(0, 100_000))
+
+    assert {:error, {:invalid_value, {:too_large, 1_048_576}}} =
+             v(:json, List.duplicate(String.duplicate("x", 1024), 1025))
+
+    assert {:error, {:invalid_constraints, {:bad_bound, :max_items, -1}}} =
+             T.normalize_constraints(:json, max_items: -1)
+  end
+
   test "unknown types and constraints are refused" do
     assert {:error, {:invalid_type, :complex}} = T.normalize_constraints(:complex, [])
 

@@ -78,6 +78,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator.Progress do
         :ok ->
           run = record(run, iteration, value, metrics)
           :ets.insert(@active, {id, run})
+          gauges(run)
           emit(:progress, run, %{iteration: iteration})
           :ok
 
@@ -90,6 +91,12 @@ defmodule DSPex.Bridge.OptimizerCoordinator.Progress do
 
   def report(_id, iteration, _value, metrics, _c),
     do: {:error, {:invalid_progress, {iteration, metrics}}}
+
+  defp gauges(run) do
+    labels = %{optimizer: DSPex.Bridge.Analytics.label(run.optimizer_id)}
+    DSPex.Bridge.Analytics.gauge(:optimization_iteration, run.iteration, labels)
+    if is_number(run.best), do: DSPex.Bridge.Analytics.gauge(:optimization_best, run.best, labels)
+  end
 
   defp record(run, iteration, value, metrics) do
     {dir, key} = run.objective

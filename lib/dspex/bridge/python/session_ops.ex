@@ -22,6 +22,8 @@ defmodule DSPex.Bridge.Python.SessionOps do
 
   alias DSPex.Bridge.SessionStore.Tables
 
+  @max_batch_read 1_000
+
   @type outcome ::
           {:ok, term()}
           | {:error, String.t(), String.t()}
@@ -52,6 +54,28 @@ defmodule DSPex.Bridge.Python.SessionOps do
          {:ok, name} <- variable(owner, args["name"]),
          {:ok, var} <- SessionStore.get_variable(owner, name, caller: session) do
       {:ok, variable_map(var)}
+    end
+  end
+
+  # Several variables in one request; the ones that are missing or that the caller may not
+  # read are left out, as DSPex's StateProvider get_variables/2 does.
+  defp op("get_variables", session, %{"names" => names}) when is_list(names) do
+    if length(names) > @max_batch_read do
+      {:error, {:too_many_names, @max_batch_read}}
+    else
+      Enum.reduce_while(names, {:ok, %{}}, fn text, {:ok, acc} ->
+        with {:ok, name} <- variable(session, text),
+             {:ok, var} <- SessionStore.get_variable(session, name, caller: session) do
+          {:cont, {:ok, Map.put(acc, text, variable_map(var))}}
+        else
+          {:error, reason}
+          when reason == :access_denied or elem(reason, 0) == :variable_not_found ->
+            {:cont, {:ok, acc}}
+
+          error ->
+            {:halt, error}
+        end
+      end)
     end
   end
 
@@ -285,7 +309,7 @@ defmodule DSPex.Bridge.Python.SessionOps do
     ArgumentError -> []
   end
 
-  @types ~w(float integer string boolean choice module embedding tensor)
+  @types ~w(float integer string boolean choice module embedding tensor json)
   defp type(t) when t in @types, do: {:ok, String.to_existing_atom(t)}
   defp type(t), do: {:error, {:invalid_type, t}}
 
@@ -293,7 +317,7 @@ defmodule DSPex.Bridge.Python.SessionOps do
   defp permission(p) when p in @permissions, do: {:ok, String.to_existing_atom(p)}
   defp permission(p), do: {:error, {:invalid_permission, p}}
 
-  @constraint_keys ~w(min max min_length max_length choices dimensions shape)
+  @constraint_keys ~w(min max min_length max_length choices dimensions shape max_items)
   defp constraints(c) when is_map(c) do
     for {k, v} <- c, k in @constraint_keys, into: %{}, do: {String.to_existing_atom(k), v}
   end
