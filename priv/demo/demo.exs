@@ -258,6 +258,44 @@ System.cmd("kill", ["-9", Integer.to_string(before)])
 {:ok, after_kill} = Demo.retry(fn -> py.(session, "pid", %{}) end)
 Demo.say("worker #{before} killed with -9; the pool answers from #{after_kill}")
 
+Demo.section("A DSPy program tuned from Elixir (priv/demo/dspy_qa.py, DSPy's DummyLM)")
+alias DSPex.Bridge.Python.CandidateSearch
+
+{:ok, _} =
+  PythonWorker.start_pool(:demo_dspy, size: 1, modules: ["dspy_qa"], python_path: [examples])
+
+dspy_session = "demo_dspy_session"
+{:ok, _} = SessionStore.create_session(dspy_session)
+dspy_opts = [pool: :demo_dspy, breaker: :demo_tools_breaker]
+dspy = fn tool, args -> Python.call(dspy_session, tool, args, [timeout: 30_000] ++ dspy_opts) end
+{:ok, %{"registered" => params}} = dspy.("qa.register_parameters", %{})
+Demo.say("the program's parameters are session variables: #{Enum.join(Enum.sort(params), ", ")}")
+sums = fn answers -> for {q, a} <- answers, do: %{question: q, answer: a} end
+
+{:ok, search} =
+  CandidateSearch.run(
+    dspy_session,
+    "qa",
+    dspy_opts ++
+      [
+        call_timeout: 30_000,
+        devset: [{%{question: "2+3?"}, %{answer: "5"}}, {%{question: "4+4?"}, %{answer: "8"}}],
+        candidates: [
+          %{"qa.instructions" => "Guess.", "qa.demos" => sums.([{"2+3?", "6"}, {"4+4?", "8"}])},
+          %{"qa.instructions" => "Add.", "qa.demos" => sums.([{"2+3?", "5"}, {"4+4?", "8"}])}
+        ]
+      ]
+  )
+
+Demo.say(
+  "an optimizer held the locks, scored #{inspect(search.scores)} through Python, kept \"#{search.best["qa.instructions"]}\""
+)
+
+{:ok, %{"answer" => sum}} = dspy.("qa", %{question: "2+3?"})
+Demo.say("the program now answers 2+3? with #{sum}")
+:ok = SessionStore.delete_session(dspy_session)
+:ok = PythonWorker.stop_pool(:demo_dspy)
+
 Demo.section("A remote Python worker dials in over gRPC with the pool's token")
 token = Base.url_encode64(:crypto.strong_rand_bytes(24))
 

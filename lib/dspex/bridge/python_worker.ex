@@ -397,6 +397,9 @@ defmodule DSPex.Bridge.PythonWorker do
   # Resolve the interpreter once, so version-manager shims are not in the way of every
   # restart (or of an OS kill). A virtual environment's interpreter stays itself.
   defp find_python(python) do
+    # A path (not a bare name) is taken relative to the current directory, as a shell does.
+    python = if String.contains?(python, "/"), do: Path.expand(python), else: python
+
     with path when is_binary(path) <- System.find_executable(python),
          {real, 0} <- System.cmd(path, ["-c", "import sys; sys.stdout.write(sys.executable)"]),
          true <- File.regular?(real) do

@@ -323,6 +323,14 @@ defmodule DSPex.Bridge.PythonDSPyTest do
              )
   end
 
+  test "examples/dspy_optimize.exs runs offline" do
+    output = ExUnit.CaptureIO.capture_io(fn -> Code.eval_file("examples/dspy_optimize.exs") end)
+    assert output =~ "a second optimizer meanwhile -> {:error, {:lock_held_by, \"example_search\"}}"
+    assert output =~ "best candidate: Name the capital city of the country. (score 1.0)"
+    assert output =~ ~s(the program now answers "capital of Italy?" with Rome)
+    assert output =~ "run completed: best at iteration 2 of 3"
+  end
+
   test "bad options are refused before anything is locked", %{session: s} do
     ok = [candidates: [%{"qa.instructions" => "x"}], devset: @devset]
 
