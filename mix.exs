@@ -150,7 +150,7 @@ defmodule DSPex.Bridge.MixProject do
       extras:
         ["README.md", "CHANGELOG.md", "BENCHMARKS.md"] ++
           Enum.map(
-            ~w(getting-started access-control optimizer-locks analytics clustering-ha python deployment errors),
+            ~w(getting-started access-control optimizer-locks analytics clustering-ha python dspy deployment errors),
             &"guides/#{&1}.md"
           ),
       groups_for_extras: [Guides: ~r{guides/}]
