@@ -41,6 +41,7 @@ defmodule DSPex.Bridge.SessionStoreProvider do
 
   ## Errors
 
+  `{:error, {:invalid_state, term}}` for a state that is not this module's,
   `{:error, :not_found}` for a missing variable, `{:error, :session_expired}` when the
   session is gone, `{:error, {:already_exists, name}}` for a second registration; other
   reasons are SessionStore's (see `DSPex.Bridge.SessionStore`).
@@ -132,7 +133,9 @@ defmodule DSPex.Bridge.SessionStoreProvider do
     end
   end
 
-  @spec cleanup(t()) :: :ok
+  @spec cleanup(t()) :: :ok | error()
+  def cleanup(state) when not is_struct(state, __MODULE__), do: invalid_state(state)
+
   def cleanup(%__MODULE__{} = state) do
     for {_ref, pid} <- state.watchers, do: Watcher.stop(pid)
     if state.delete_on_cleanup, do: SessionStore.delete_session(state.session_id)
@@ -141,6 +144,9 @@ defmodule DSPex.Bridge.SessionStoreProvider do
 
   @spec register_variable(t(), identifier_(), atom(), term(), keyword()) ::
           {:ok, {String.t(), t()}} | error()
+  def register_variable(state, _, _, _, _) when not is_struct(state, __MODULE__),
+    do: invalid_state(state)
+
   def register_variable(%__MODULE__{} = state, name, type, value, opts) when is_list(opts) do
     opts = Keyword.take(opts, [:constraints, :metadata, :description])
 
@@ -155,6 +161,8 @@ defmodule DSPex.Bridge.SessionStoreProvider do
     do: {:error, {:invalid_option, {:not_a_keyword_list, opts}}}
 
   @spec get_variable(t(), identifier_()) :: {:ok, term()} | error()
+  def get_variable(state, _) when not is_struct(state, __MODULE__), do: invalid_state(state)
+
   def get_variable(%__MODULE__{} = state, identifier) do
     with {:ok, name} <- resolve(state, identifier),
          {:ok, value} <- SessionStore.get_value(state.session_id, name) do
@@ -165,6 +173,8 @@ defmodule DSPex.Bridge.SessionStoreProvider do
   end
 
   @spec set_variable(t(), identifier_(), term(), map()) :: {:ok, t()} | error()
+  def set_variable(state, _, _, _) when not is_struct(state, __MODULE__), do: invalid_state(state)
+
   def set_variable(%__MODULE__{} = state, identifier, value, metadata) when is_map(metadata) do
     with {:ok, name} <- resolve(state, identifier),
          {:ok, _var} <-
@@ -179,6 +189,8 @@ defmodule DSPex.Bridge.SessionStoreProvider do
     do: {:error, {:invalid_option, {:metadata, metadata}}}
 
   @spec delete_variable(t(), identifier_()) :: {:ok, t()} | error()
+  def delete_variable(state, _) when not is_struct(state, __MODULE__), do: invalid_state(state)
+
   def delete_variable(%__MODULE__{} = state, identifier) do
     with {:ok, name} <- resolve(state, identifier),
          :ok <- SessionStore.delete_variable(state.session_id, name) do
@@ -189,6 +201,8 @@ defmodule DSPex.Bridge.SessionStoreProvider do
   end
 
   @spec list_variables(t()) :: {:ok, [map()]} | error()
+  def list_variables(state) when not is_struct(state, __MODULE__), do: invalid_state(state)
+
   def list_variables(%__MODULE__{} = state) do
     case SessionStore.list_variables(state.session_id) do
       {:ok, vars} -> {:ok, Enum.map(vars, &export_variable/1)}
@@ -197,6 +211,8 @@ defmodule DSPex.Bridge.SessionStoreProvider do
   end
 
   @spec get_variables(t(), [identifier_()]) :: {:ok, %{String.t() => term()}} | error()
+  def get_variables(state, _) when not is_struct(state, __MODULE__), do: invalid_state(state)
+
   def get_variables(%__MODULE__{} = state, identifiers) when is_list(identifiers) do
     Enum.reduce_while(identifiers, {:ok, %{}}, fn identifier, {:ok, acc} ->
       with {:ok, name} <- resolve(state, identifier),
@@ -213,6 +229,8 @@ defmodule DSPex.Bridge.SessionStoreProvider do
     do: {:error, {:invalid_option, {:identifiers, identifiers}}}
 
   @spec update_variables(t(), map(), map()) :: {:ok, t()} | error()
+  def update_variables(state, _, _) when not is_struct(state, __MODULE__), do: invalid_state(state)
+
   def update_variables(%__MODULE__{} = state, updates, metadata)
       when is_map(updates) and is_map(metadata) do
     resolved = Enum.map(updates, fn {id, value} -> {id, resolve(state, id), value} end)
@@ -241,6 +259,8 @@ defmodule DSPex.Bridge.SessionStoreProvider do
     do: {:error, {:invalid_option, {:updates, {updates, metadata}}}}
 
   @spec export_state(t()) :: {:ok, map()} | error()
+  def export_state(state) when not is_struct(state, __MODULE__), do: invalid_state(state)
+
   def export_state(%__MODULE__{} = state) do
     with {:ok, vars} <- list_variables(state) do
       {:ok,
@@ -254,6 +274,8 @@ defmodule DSPex.Bridge.SessionStoreProvider do
   end
 
   @spec import_state(t(), map()) :: {:ok, t()} | error()
+  def import_state(state, _) when not is_struct(state, __MODULE__), do: invalid_state(state)
+
   def import_state(%__MODULE__{} = state, %{variables: variables}) when is_map(variables) do
     entries = Map.values(variables)
 
@@ -331,6 +353,9 @@ defmodule DSPex.Bridge.SessionStoreProvider do
 
   @spec watch_variables(t(), [identifier_()], function(), keyword()) ::
           {:ok, {reference(), t()}} | error()
+  def watch_variables(state, _, _, _) when not is_struct(state, __MODULE__),
+    do: invalid_state(state)
+
   def watch_variables(%__MODULE__{} = state, identifiers, watcher_fn, opts)
       when is_list(identifiers) and is_function(watcher_fn, 4) and is_list(opts) do
     names =
@@ -357,6 +382,8 @@ defmodule DSPex.Bridge.SessionStoreProvider do
     do: {:error, {:invalid_option, {:watch, {identifiers, watcher_fn, opts}}}}
 
   @spec unwatch_variables(t(), reference()) :: {:ok, t()} | error()
+  def unwatch_variables(state, _) when not is_struct(state, __MODULE__), do: invalid_state(state)
+
   def unwatch_variables(%__MODULE__{} = state, ref) do
     case Map.pop(state.watchers, ref) do
       {nil, _} ->
@@ -415,6 +442,8 @@ defmodule DSPex.Bridge.SessionStoreProvider do
       last_updated_at: v.updated_at
     }
   end
+
+  defp invalid_state(state), do: {:error, {:invalid_state, state}}
 
   defp translate({:error, reason}), do: {:error, translate_reason(reason)}
 

@@ -236,6 +236,49 @@ defmodule DSPex.Bridge.SessionStoreProviderTest do
     assert_receive {:DOWN, ^ref, :process, ^watcher, _}
   end
 
+  test "wrong terms are clear errors and change nothing", %{state: st, id: id} do
+    {:ok, _} = SessionStoreProvider.register_variable(st, :x, :integer, 1, [])
+    fun = fn _, _, _, _ -> :ok end
+
+    for bad <- [nil, %{session_id: id}, "state", {:state}] do
+      e = {:error, {:invalid_state, bad}}
+      assert ^e = SessionStoreProvider.cleanup(bad)
+      assert ^e = SessionStoreProvider.register_variable(bad, :y, :integer, 1, [])
+      assert ^e = SessionStoreProvider.get_variable(bad, :x)
+      assert ^e = SessionStoreProvider.set_variable(bad, :x, 2, %{})
+      assert ^e = SessionStoreProvider.delete_variable(bad, :x)
+      assert ^e = SessionStoreProvider.list_variables(bad)
+      assert ^e = SessionStoreProvider.get_variables(bad, [:x])
+      assert ^e = SessionStoreProvider.update_variables(bad, %{x: 2}, %{})
+      assert ^e = SessionStoreProvider.export_state(bad)
+      assert ^e = SessionStoreProvider.import_state(bad, %{variables: %{}})
+      assert ^e = SessionStoreProvider.watch_variables(bad, [:x], fun, [])
+      assert ^e = SessionStoreProvider.unwatch_variables(bad, make_ref())
+    end
+
+    for bad <- [42, {:x}, [:x], self()] do
+      assert {:error, {:invalid_name, ^bad}} = SessionStoreProvider.get_variable(st, bad)
+      assert {:error, {:invalid_name, ^bad}} = SessionStoreProvider.set_variable(st, bad, 1, %{})
+      assert {:error, {:invalid_name, ^bad}} = SessionStoreProvider.delete_variable(st, bad)
+
+      assert {:error, {:invalid_name, ^bad}} =
+               SessionStoreProvider.register_variable(st, bad, :integer, 1, [])
+    end
+
+    assert {:ok, %{}} = SessionStoreProvider.get_variables(st, [42, {:x}])
+    assert {:error, {:invalid_option, _}} = SessionStoreProvider.get_variables(st, :x)
+    assert {:error, {:invalid_option, _}} = SessionStoreProvider.update_variables(st, [x: 2], %{})
+
+    assert {:error, {:invalid_type, :complex}} =
+             SessionStoreProvider.register_variable(st, :z, :complex, 1, [])
+
+    assert {:error, {:invalid_option, {:existing_state, :nope}}} =
+             SessionStoreProvider.init(session_id: unique_id(), existing_state: :nope)
+
+    assert {:ok, 1} = SessionStoreProvider.get_variable(st, :x)
+    assert {:ok, [%{name: :x, version: 1}]} = SessionStoreProvider.list_variables(st)
+  end
+
   test "capabilities hold, cleanup ends watches and deletes the session when asked",
        %{state: st, id: id} do
     caps = SessionStoreProvider.capabilities()
