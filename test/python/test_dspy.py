@@ -163,6 +163,25 @@ class Bind(unittest.TestCase):
         with self.assertRaisesRegex(TypeError, "qa.instructions"):
             bridge_dspy.bind(context(self.session), self.params, self.lm)
 
+    def test_a_user_module_with_several_predictors_gets_each_its_own(self):
+        class TwoSteps(dspy.Module):
+            def __init__(self):
+                super().__init__()
+                self.draft = dspy.Predict("question -> draft")
+                self.polish = dspy.ChainOfThought("draft -> answer")
+
+            def forward(self, question):
+                return self.polish(draft=self.draft(question=question).draft)
+
+        params = bridge_dspy.Parameters(TwoSteps(), "two")
+        self.put("two.draft.demos", "json", [{"question": "q1", "draft": "d1"}])
+        self.put("two.polish.predict.demos", "json", [{"draft": "d1", "reasoning": "r", "answer": "A1"}])
+        self.put("two.polish.predict.instructions", "string", "Polish the draft.")
+        bound = bridge_dspy.bind(context(self.session), params, self.lm)
+        prediction = bound(question="q1")
+        self.assertEqual((prediction.reasoning, prediction.answer), ("r", "A1"))
+        self.assertIn("Polish the draft.", self.lm.history[-1]["messages"][0]["content"])
+
     def test_lm_settings_without_an_lm(self):
         self.put("qa.temperature", "float", 0.3)
         with dspy.context(lm=None):
