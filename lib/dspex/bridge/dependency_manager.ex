@@ -90,9 +90,19 @@ defmodule DSPex.Bridge.DependencyManager do
   def add_dependency(session_id, from_var, to_var, type, []) do
     # The NIF knows whether events are listened to: `:added` asks for the event.
     case Native.graph_add_edge_in(session_id, from_var, to_var, type) do
-      :ok -> :ok
-      :added -> emit_added(session_id, from_var, to_var, type)
-      error -> add_failed(error, session_id, from_var, to_var)
+      :ok ->
+        :ok
+
+      :added ->
+        emit_added(session_id, from_var, to_var, type)
+
+      :routed ->
+        add_through_session(session_id, from_var, to_var, type, [])
+
+      error ->
+        error
+        |> add_failed(session_id, from_var, to_var)
+        |> routed(session_id, :add_dependency, [session_id, from_var, to_var, type, []])
     end
   rescue
     # The checked path says why.
@@ -100,20 +110,44 @@ defmodule DSPex.Bridge.DependencyManager do
   end
 
   def add_dependency(session_id, from_var, to_var, type, opts),
-    do: add_checked(session_id, from_var, to_var, type, opts)
+    do:
+      routed(
+        add_checked(session_id, from_var, to_var, type, opts),
+        session_id,
+        :add_dependency,
+        [session_id, from_var, to_var, type, opts]
+      )
 
   defp add_checked(session_id, from_var, to_var, type, opts) do
     with :ok <- check_pair(from_var, to_var),
          :ok <- check_kind(type),
          {:ok, graph} <- SessionStore.session_graph(session_id, opts, :write) do
-      case Native.graph_add_edge(graph, from_var, to_var, type) do
+      case Native.graph_add_edge_direct(graph, from_var, to_var, type) do
         {:ok, _new?} -> added(session_id, from_var, to_var, type)
+        :routed -> add_through_session(session_id, from_var, to_var, type, opts)
         error -> add_failed(error, session_id, from_var, to_var)
       end
     end
   rescue
     # Atom ids outside Latin-1 cannot cross the NIF boundary on OTP 25 (NIF API 2.16).
     ArgumentError -> {:error, :invalid_name}
+  end
+
+  # A session under HA takes its edges through its process, so that they are ordered with
+  # its other writes and reach its replicas.
+  defp add_through_session(session_id, from_var, to_var, type, opts) do
+    with :ok <- check_pair(from_var, to_var),
+         :ok <- check_kind(type) do
+      case SessionStore.session_call(
+             session_id,
+             {:add_dependency, from_var, to_var, type},
+             opts,
+             :write
+           ) do
+        :ok -> added(session_id, from_var, to_var, type)
+        error -> add_failed(error, session_id, from_var, to_var)
+      end
+    end
   end
 
   defp added(session_id, from_var, to_var, type) do
@@ -142,25 +176,11 @@ defmodule DSPex.Bridge.DependencyManager do
 
   def add_dependencies(session_id, edges, opts)
       when is_list(edges) and length(edges) <= @max_batch do
-    # The NIF checks every entry as it reads it (the first malformed one is the error).
-    with {:ok, graph} <- SessionStore.session_graph(session_id, opts, :write) do
-      case Native.graph_add_edges(graph, edges) do
-        {:ok, added} ->
-          emit(:added, session_id, %{count: added})
-          {:ok, added}
-
-        {:error, {:cycle, [to | _] = path}} ->
-          from = Enum.at(path, -2)
-          emit(:cycle_detected, session_id, %{from: from, to: to, path: path})
-          {:error, :would_create_cycle}
-
-        error ->
-          unknown_to_not_found(error)
-      end
-    end
-  rescue
-    # Atom ids outside Latin-1 cannot cross the NIF boundary on OTP 25 (NIF API 2.16).
-    ArgumentError -> {:error, :invalid_name}
+    routed(add_batch(session_id, edges, opts), session_id, :add_dependencies, [
+      session_id,
+      edges,
+      opts
+    ])
   end
 
   def add_dependencies(_session_id, edges, _opts) when is_list(edges) do
@@ -171,12 +191,52 @@ defmodule DSPex.Bridge.DependencyManager do
 
   def add_dependencies(_session_id, other, _opts), do: {:error, {:invalid_option, {:edges, other}}}
 
+  defp add_batch(session_id, edges, opts) do
+    # The NIF checks every entry as it reads it (the first malformed one is the error).
+    with {:ok, graph} <- SessionStore.session_graph(session_id, opts, :write) do
+      case Native.graph_add_edges_direct(graph, edges) do
+        :routed ->
+          session_id
+          |> SessionStore.session_call({:add_dependencies, edges}, opts, :write)
+          |> batch_result(session_id)
+
+        result ->
+          batch_result(result, session_id)
+      end
+    end
+  rescue
+    # Atom ids outside Latin-1 cannot cross the NIF boundary on OTP 25 (NIF API 2.16).
+    ArgumentError -> {:error, :invalid_name}
+  end
+
+  defp batch_result({:ok, added}, session_id) do
+    emit(:added, session_id, %{count: added})
+    {:ok, added}
+  end
+
+  defp batch_result({:error, {:cycle, [to | _] = path}}, session_id) do
+    from = Enum.at(path, -2)
+    emit(:cycle_detected, session_id, %{from: from, to: to, path: path})
+    {:error, :would_create_cycle}
+  end
+
+  defp batch_result(error, _session_id), do: unknown_to_not_found(error)
+
   @doc """
   The cycle `[to, ..., from, to]` that adding `from -> to` would close:
   `{:ok, path}`, or `{:error, :no_cycle}` when the edge would be accepted.
   """
   @spec cycle_path(session_id(), name(), name(), keyword()) :: {:ok, [name()]} | {:error, term()}
-  def cycle_path(session_id, from_var, to_var, opts \\ []) do
+  def cycle_path(session_id, from_var, to_var, opts \\ []),
+    do:
+      routed(local_cycle_path(session_id, from_var, to_var, opts), session_id, :cycle_path, [
+        session_id,
+        from_var,
+        to_var,
+        opts
+      ])
+
+  defp local_cycle_path(session_id, from_var, to_var, opts) do
     with :ok <- check_names([from_var, to_var]),
          {:ok, graph} <- SessionStore.session_graph(session_id, opts, :read) do
       cond do
@@ -202,7 +262,15 @@ defmodule DSPex.Bridge.DependencyManager do
   """
   @spec get_update_order(session_id(), name() | [name()], keyword()) ::
           {:ok, [name()]} | {:error, term()}
-  def get_update_order(session_id, changed, opts \\ []) do
+  def get_update_order(session_id, changed, opts \\ []),
+    do:
+      routed(local_update_order(session_id, changed, opts), session_id, :get_update_order, [
+        session_id,
+        changed,
+        opts
+      ])
+
+  defp local_update_order(session_id, changed, opts) do
     changed_list = List.wrap(changed)
 
     with :ok <- check_names(changed_list),
@@ -233,7 +301,22 @@ defmodule DSPex.Bridge.DependencyManager do
   def get_downstream(session_id, var, opts \\ []),
     do: neighbours(session_id, var, :downstream, opts)
 
-  defp neighbours(session_id, var, which, opts) do
+  @funs %{
+    dependencies: :get_dependencies,
+    dependents: :get_dependents,
+    upstream: :get_upstream,
+    downstream: :get_downstream
+  }
+
+  defp neighbours(session_id, var, which, opts),
+    do:
+      routed(local_neighbours(session_id, var, which, opts), session_id, @funs[which], [
+        session_id,
+        var,
+        opts
+      ])
+
+  defp local_neighbours(session_id, var, which, opts) do
     with :ok <- check_names([var]),
          {:ok, graph} <- SessionStore.session_graph(session_id, opts, :read) do
       graph |> Native.graph_neighbours(var, which) |> unknown_to_not_found()
@@ -248,7 +331,16 @@ defmodule DSPex.Bridge.DependencyManager do
   with `{:error, {:compute_input, to, from}}`.
   """
   @spec remove_dependency(session_id(), name(), name(), keyword()) :: :ok | {:error, term()}
-  def remove_dependency(session_id, from_var, to_var, opts \\ []) do
+  def remove_dependency(session_id, from_var, to_var, opts \\ []),
+    do:
+      routed(local_remove(session_id, from_var, to_var, opts), session_id, :remove_dependency, [
+        session_id,
+        from_var,
+        to_var,
+        opts
+      ])
+
+  defp local_remove(session_id, from_var, to_var, opts) do
     with :ok <- check_names([from_var, to_var]),
          :ok <-
            SessionStore.session_call(
@@ -263,7 +355,15 @@ defmodule DSPex.Bridge.DependencyManager do
 
   @doc "Removes every edge into and out of `var` (not those of compute declarations)."
   @spec clear_dependencies(session_id(), name(), keyword()) :: :ok | {:error, term()}
-  def clear_dependencies(session_id, var, opts \\ []) do
+  def clear_dependencies(session_id, var, opts \\ []),
+    do:
+      routed(local_clear(session_id, var, opts), session_id, :clear_dependencies, [
+        session_id,
+        var,
+        opts
+      ])
+
+  defp local_clear(session_id, var, opts) do
     with :ok <- check_names([var]),
          :ok <- SessionStore.session_call(session_id, {:clear_dependencies, var}, opts, :write) do
       emit(:removed, session_id, %{variable: var})
@@ -280,7 +380,19 @@ defmodule DSPex.Bridge.DependencyManager do
           {:ok, Variable.t()} | {:error, term()}
   def define_computed(session_id, name, fun, inputs, opts \\ [])
 
-  def define_computed(session_id, name, fun, inputs, opts) when is_list(inputs) do
+  def define_computed(session_id, name, fun, inputs, opts) when is_list(inputs),
+    do:
+      routed(
+        local_define_computed(session_id, name, fun, inputs, opts),
+        session_id,
+        :define_computed,
+        [session_id, name, fun, inputs, opts]
+      )
+
+  def define_computed(_session_id, _name, fun, inputs, _opts),
+    do: {:error, {:invalid_compute, {fun, inputs}}}
+
+  defp local_define_computed(session_id, name, fun, inputs, opts) do
     case DSPex.Bridge.Compute.check(fun) do
       {:ok, fun} ->
         with :ok <- check_names([name | inputs]) do
@@ -297,25 +409,32 @@ defmodule DSPex.Bridge.DependencyManager do
     end
   end
 
-  def define_computed(_session_id, _name, fun, inputs, _opts),
-    do: {:error, {:invalid_compute, {fun, inputs}}}
-
   @doc "The graph in Graphviz DOT format: `{:ok, text}`. Atom ids read `:name`, strings `\"name\"`."
   @spec visualize_graph(session_id(), keyword()) :: {:ok, String.t()} | {:error, term()}
   def visualize_graph(session_id, opts \\ []) do
-    with {:ok, graph} <- SessionStore.session_graph(session_id, opts, :read) do
-      {:ok, Native.graph_to_dot(graph)}
-    end
+    result =
+      with {:ok, graph} <- SessionStore.session_graph(session_id, opts, :read) do
+        {:ok, Native.graph_to_dot(graph)}
+      end
+
+    routed(result, session_id, :visualize_graph, [session_id, opts])
   end
 
   @doc "`{:ok, %{variables: n, dependencies: m}}` for a session's graph."
   @spec graph_size(session_id(), keyword()) :: {:ok, map()} | {:error, term()}
   def graph_size(session_id, opts \\ []) do
-    with {:ok, graph} <- SessionStore.session_graph(session_id, opts, :read) do
-      {nodes, edges} = Native.graph_size(graph)
-      {:ok, %{variables: nodes, dependencies: edges}}
-    end
+    result =
+      with {:ok, graph} <- SessionStore.session_graph(session_id, opts, :read) do
+        {nodes, edges} = Native.graph_size(graph)
+        {:ok, %{variables: nodes, dependencies: edges}}
+      end
+
+    routed(result, session_id, :graph_size, [session_id, opts])
   end
+
+  # A session this node does not hold is asked of its owner (see HAManager).
+  defp routed(result, session_id, fun, args),
+    do: DSPex.Bridge.HAManager.Router.routed(result, __MODULE__, session_id, fun, args)
 
   defp check_pair(a, b) when is_id(a) and is_id(b), do: :ok
   defp check_pair(a, b), do: check_names([a, b])

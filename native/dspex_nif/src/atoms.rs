@@ -4,6 +4,7 @@
 rustler::atoms! {
     ok,
     added,
+    routed,
     error,
     data,
     compute,

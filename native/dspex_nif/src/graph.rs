@@ -6,7 +6,7 @@
 //! dependency call finds the graph inside the NIF: an ETS lookup that copies the resource
 //! reference out cost more than the insert itself.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 
 use ahash::AHashMap;
@@ -21,8 +21,12 @@ use crate::reporting;
 use crate::term_key::{atom_word, prefetch, prefetch_elements, IdKey, Key};
 use crate::var_key::{id_term, lookup_bytes, push_id, IdTerm, VarKey};
 
-/// A session's dependency graph.
-pub struct GraphResource(Mutex<DependencyGraph<VarKey>>);
+/// A session's dependency graph, and whether its writes must go through the session's
+/// process (set while the session is under HA, so every edge is ordered and replicated with
+/// the session's other writes). The flag is set and read under the graph's lock, so a
+/// direct write either lands before the flag (and in the snapshot taken after it) or is
+/// refused with `:routed`.
+pub struct GraphResource(Mutex<DependencyGraph<VarKey>>, AtomicBool);
 
 #[rustler::resource_impl]
 impl rustler::Resource for GraphResource {}
@@ -102,6 +106,27 @@ fn with<T>(graph: &Graph, f: impl FnOnce(&mut DependencyGraph<VarKey>) -> T) -> 
     f(&mut guard)
 }
 
+// Runs `f` for a caller that is not the session's process: `None` when the session's writes
+// are routed through its process.
+fn with_direct<T>(graph: &Graph, f: impl FnOnce(&mut DependencyGraph<VarKey>) -> T) -> Option<T> {
+    let mut guard = graph.0.lock().unwrap_or_else(|p| p.into_inner());
+    if graph.1.load(Ordering::Relaxed) {
+        None
+    } else {
+        Some(f(&mut guard))
+    }
+}
+
+/// `graph_route_writes(graph, on)`: from now on, writes from other processes than the
+/// session's (`*_direct`, `graph_add_edge_in`) are refused with `:routed` (`on`), or taken
+/// again (`off`).
+#[rustler::nif]
+fn graph_route_writes(graph: Graph, on: bool) -> rustler::Atom {
+    let _guard = graph.0.lock().unwrap_or_else(|p| p.into_inner());
+    graph.1.store(on, Ordering::Relaxed);
+    atoms::ok()
+}
+
 fn decode_kind(term: Term) -> NifResult<EdgeKind> {
     // The usual kind first, by its word: no call into the VM for the term's type.
     if atom_is(term, atoms::data()) {
@@ -151,7 +176,10 @@ fn ok_or_error<'a, T: Encoder>(env: Env<'a>, result: Result<T, GraphError<VarKey
 #[rustler::nif]
 fn graph_new() -> Graph {
     LIVE_GRAPHS.fetch_add(1, Ordering::Relaxed);
-    ResourceArc::new(GraphResource(Mutex::new(DependencyGraph::new())))
+    ResourceArc::new(GraphResource(
+        Mutex::new(DependencyGraph::new()),
+        AtomicBool::new(false),
+    ))
 }
 
 /// Makes `graph` the graph of `session` (replacing any previous one).
@@ -222,11 +250,31 @@ fn graph_add_edge<'a>(
     ))
 }
 
+/// `graph_add_edge/4` for a caller other than the session's process: `:routed` when the
+/// session's writes go through its process.
+#[rustler::nif]
+fn graph_add_edge_direct<'a>(
+    env: Env<'a>,
+    graph: Graph,
+    from: VarKey,
+    to: VarKey,
+    kind: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let kind = decode_kind(kind)?;
+    Ok(
+        match with_direct(&graph, |g| g.add_edge(&from, &to, kind)) {
+            Some(result) => ok_or_error(env, result),
+            None => atoms::routed().encode(env),
+        },
+    )
+}
+
 hot_nif!("graph_add_edge_in", 4, add_edge_in);
 
 /// `graph_add_edge_in(session, from, to, kind)`: adds `from -> to` to the session's graph,
 /// found in the directory. `:ok` when nothing listens for events, `:added` when the caller
-/// should emit the `added` event, `{:error, :session_not_found}`, `{:error, {:cycle, path}}`
+/// should emit the `added` event, `:routed` when the session's writes go through its
+/// process, `{:error, :session_not_found}`, `{:error, {:cycle, path}}`
 /// or `{:error, {:unknown_variable, id}}`. The ids are looked up as borrowed bytes: the
 /// call allocates nothing unless it adds a custom kind or reports an error.
 fn add_edge_in<'a>(env: Env<'a>, [session, from, to, kind]: [Term<'a>; 4]) -> NifResult<Term<'a>> {
@@ -243,13 +291,14 @@ fn add_edge_in<'a>(env: Env<'a>, [session, from, to, kind]: [Term<'a>; 4]) -> Ni
             return Ok((atoms::error(), atoms::session_not_found()).encode(env));
         };
         Ok(
-            match with(graph, |g| {
+            match with_direct(graph, |g| {
                 g.add_edge(from_key.bytes(), to_key.bytes(), kind)
             }) {
                 // The events flag is mirrored here, so the caller need not read it.
-                Ok(_) if reporting::events_enabled() => atoms::added().encode(env),
-                Ok(_) => atoms::ok().encode(env),
-                Err(err) => encode_graph_error(env, err),
+                Some(Ok(_)) if reporting::events_enabled() => atoms::added().encode(env),
+                Some(Ok(_)) => atoms::ok().encode(env),
+                Some(Err(err)) => encode_graph_error(env, err),
+                None => atoms::routed().encode(env),
             },
         )
     })?
@@ -313,6 +362,22 @@ fn decode_bulk_edge(
 /// bulk imports can be large.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn graph_add_edges<'a>(env: Env<'a>, graph: Graph, edges: Term<'a>) -> NifResult<Term<'a>> {
+    add_edges(env, &graph, edges, false)
+}
+
+/// `graph_add_edges/2` for a caller other than the session's process: `:routed` when the
+/// session's writes go through its process. DirtyCpu, as `graph_add_edges/2`.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn graph_add_edges_direct<'a>(env: Env<'a>, graph: Graph, edges: Term<'a>) -> NifResult<Term<'a>> {
+    add_edges(env, &graph, edges, true)
+}
+
+fn add_edges<'a>(
+    env: Env<'a>,
+    graph: &Graph,
+    edges: Term<'a>,
+    direct: bool,
+) -> NifResult<Term<'a>> {
     let mut arena = Key::new();
     // `list_length` refuses an improper list, which the iterator would end early on.
     let mut entries: Vec<Term> = Vec::with_capacity(edges.list_length()?);
@@ -348,7 +413,14 @@ fn graph_add_edges<'a>(env: Env<'a>, graph: Graph, edges: Term<'a>) -> NifResult
     let edges = batch
         .iter()
         .map(|edge| (id(edge.from), id(edge.to), kinds.get(edge.kind).clone()));
-    Ok(ok_or_error(env, with(&graph, |g| g.add_edges_by(edges))))
+    if direct {
+        Ok(match with_direct(graph, |g| g.add_edges_by(edges)) {
+            Some(result) => ok_or_error(env, result),
+            None => atoms::routed().encode(env),
+        })
+    } else {
+        Ok(ok_or_error(env, with(graph, |g| g.add_edges_by(edges))))
+    }
 }
 
 /// Removes `from -> to`; `false` if there was no such edge.

@@ -24,6 +24,7 @@ defmodule DSPex.Bridge.HAManager.Replication do
     :define_computed,
     :acl,
     :add_dependency,
+    :add_dependencies,
     :remove_dependency,
     :clear_dependencies,
     :update,

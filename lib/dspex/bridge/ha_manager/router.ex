@@ -1,22 +1,39 @@
 defmodule DSPex.Bridge.HAManager.Router do
   @moduledoc false
-  # Sends a SessionStore call for a session this node does not hold to the owner the
-  # directory names. A call travels at most three hops, so directories that disagree for a
-  # moment (during a migration) cannot bounce it forever.
+  # Sends a call for a session this node does not hold to the owner the directory names
+  # (SessionStore's, DependencyManager's, ...: `module` says whose). A call travels at most
+  # three hops, so directories that disagree for a moment (during a migration) cannot
+  # bounce it forever.
 
   alias DSPex.Bridge.HAManager.Directory
   alias DSPex.Bridge.SessionStore
 
   @max_hops 3
 
-  def forward(session_id, fun, args, error) do
+  @doc false
+  # `result` is this node's answer; when it says the session is not here (or, for a
+  # session another node owns, that the caller is unknown here), the owner answers instead.
+  def routed({:error, reason} = error, module, session_id, fun, args)
+      when reason in [:session_not_found, :access_denied],
+      do: forward(module, session_id, fun, args, error)
+
+  def routed(result, _module, _session_id, _fun, _args), do: result
+
+  def forward(session_id, fun, args, error), do: forward(SessionStore, session_id, fun, args, error)
+
+  def forward(module, session_id, fun, args, error) do
     hops = Process.get(:dspex_ha_hops, 0)
 
     with false <- :ets.member(SessionStore.Tables.sessions(), session_id),
          {owner, _epoch, _replicas} when owner != node() <- Directory.lookup(session_id),
          true <- hops < @max_hops do
       try do
-        :erpc.call(owner, __MODULE__, :apply_routed, [fun, with_caller_pid(fun, args), hops + 1])
+        :erpc.call(owner, __MODULE__, :apply_routed, [
+          module,
+          fun,
+          with_caller_pid(fun, args),
+          hops + 1
+        ])
       catch
         :error, {:erpc, _} -> {:error, {:owner_unreachable, owner}}
       end
@@ -26,9 +43,9 @@ defmodule DSPex.Bridge.HAManager.Router do
   end
 
   @doc false
-  def apply_routed(fun, args, hops) do
+  def apply_routed(module, fun, args, hops) do
     Process.put(:dspex_ha_hops, hops)
-    apply(SessionStore, fun, args)
+    apply(module, fun, args)
   end
 
   # watch/unwatch default to the calling process, which must stay this caller.

@@ -158,7 +158,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
   end
 
   def handle_call({:ha_attach, ha}, _from, state) do
-    case Replication.attach(state.id, ha, fn -> export(state) end) do
+    case attach(state, ha) do
       {:ok, ha} ->
         :ets.insert(Tables.keep(), {state.id, Map.take(ha, [:key, :epoch, :replicas])})
         {:reply, :ok, %{state | ha: ha}}
@@ -213,6 +213,13 @@ defmodule DSPex.Bridge.SessionStore.Session do
   end
 
   def handle_call(msg, from, state), do: guarded(msg, from, state)
+
+  # Under HA every write goes through this process (and so to the replicas): direct edge
+  # writes are turned away before the snapshot the replicas start from is taken.
+  defp attach(state, ha) do
+    :ok = Native.graph_route_writes(state.meta.graph, true)
+    Replication.attach(state.id, ha, fn -> export(state) end)
+  end
 
   # A call that raises must not take the session (and its watchers) down: the caller gets
   # an error, the state is as before the call, and the count is re-read from the rows in
@@ -317,16 +324,20 @@ defmodule DSPex.Bridge.SessionStore.Session do
     {:reply, reply, state}
   end
 
+  # Edges of a session under HA (DependencyManager routes them here): the reply is the
+  # graph's own, which DependencyManager turns into its errors and events.
   defp handle({:add_dependency, from, to, kind}, _from, state) do
     reply =
       case Native.graph_add_edge(state.meta.graph, from, to, kind) do
         {:ok, _new?} -> :ok
-        {:error, {:cycle, _path}} -> {:error, :would_create_cycle}
-        {:error, {:unknown_variable, name}} -> {:error, {:variable_not_found, name}}
+        error -> error
       end
 
     {:reply, reply, state}
   end
+
+  defp handle({:add_dependencies, edges}, _from, state),
+    do: {:reply, Native.graph_add_edges(state.meta.graph, edges), state}
 
   defp handle({:remove_dependency, from, to}, _from, state) do
     reply =
@@ -479,7 +490,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     case :ets.lookup(Tables.keep(), state.id) do
       [{_, ha}] ->
         # The replicas get a full snapshot: a write the crash interrupted may be here only.
-        case Replication.attach(state.id, ha, fn -> export(state) end) do
+        case attach(state, ha) do
           {:ok, ha} -> {:noreply, %{state | ha: ha}}
           _error -> {:noreply, state}
         end
