@@ -65,3 +65,22 @@ defmodule DSPex.Bridge.TestComputes.Remote do
     )
   end
 end
+
+defmodule DSPex.Bridge.TestWatcher do
+  @moduledoc false
+  # A watcher to spawn on another node: it watches `name` of `session_id` and relays every
+  # message it gets to `to` as `{:seen, message}`.
+  def start(session_id, name, to) do
+    {:ok, _} = DSPex.Bridge.SessionStore.watch(session_id, name)
+    send(to, :watching)
+    relay(to)
+  end
+
+  defp relay(to) do
+    receive do
+      msg ->
+        send(to, {:seen, msg})
+        relay(to)
+    end
+  end
+end

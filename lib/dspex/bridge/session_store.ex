@@ -540,7 +540,11 @@ defmodule DSPex.Bridge.SessionStore do
   @doc """
   Sends `{:dspex_variable_changed, session_id, name, %{old: old, new: new, version: v}}` to
   `pid` (default the caller) on every committed write of the variable, and
-  `{:dspex_variable_deleted, session_id, name}` when it is deleted. Watching twice is a
+  `{:dspex_variable_deleted, session_id, name}` when it is deleted. A watch of a session
+  under HA moves with it (migration, failover) and keeps its messages coming from the new
+  owner; a watch that ends otherwise says so with
+  `{:dspex_watch_lost, session_id, name, reason}` (`:session_deleted`, `:session_expired`,
+  `:session_crashed`, or `:noconnection` when the watcher's node was lost). Watching twice is a
   no-op; a watcher that exits is dropped. Returns the variable as it is now.
   """
   @spec watch(session_id(), name(), keyword()) :: {:ok, Variable.t()} | {:error, reason()}

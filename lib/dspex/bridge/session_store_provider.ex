@@ -35,7 +35,8 @@ defmodule DSPex.Bridge.SessionStoreProvider do
     variables that exist are updated, the others registered.
   * `watch_variables/4` calls `watcher_fn.(identifier, old, new, metadata)` from a process
     of its own, for every committed write (`metadata`: `%{version: v}`, plus
-    `initial: true` for `include_initial:` and `deleted: true` when the variable is deleted).
+    `initial: true` for `include_initial:`, `deleted: true` when the variable is deleted,
+    `lost: reason` when the watch ended, see `DSPex.Bridge.SessionStore.watch/3`).
     Options: `include_initial:`, `filter:` `fn old, new -> boolean end`, `watcher_pid:`
     (default the caller: the watch ends when it exits).
 

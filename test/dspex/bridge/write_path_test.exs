@@ -63,4 +63,35 @@ defmodule DSPex.Bridge.WritePathTest do
     assert {:ok, ["x", "y", "z", "w"]} = deps(c, :get_upstream, [id, "v"])
     assert {:error, :would_create_cycle} = deps(c, :add_dependency, [id, "v", "x"])
   end
+
+  test "a watcher on a third node keeps receiving changes across a migration and a failover" do
+    [a, b, c] = peers(["wp_watch_a", "wp_watch_b", "wp_watch_c"])
+    id = new_session(a, ~w(x))
+    test = self()
+
+    # The watcher lives on c; the session moves a -> b by migration, then b dies.
+    watcher = Node.spawn(c, DSPex.Bridge.TestWatcher, :start, [id, "x", test])
+
+    assert_receive :watching, 10_000
+    {:ok, _} = store(a, :update_variable, [id, "x", 1])
+    assert_receive {:seen, {:dspex_variable_changed, ^id, "x", %{new: 1, version: 2}}}, 5_000
+
+    assert {:ok, _} = ha(a, :migrate_session, [id, b])
+    {:ok, _} = store(b, :update_variable, [id, "x", 2])
+    assert_receive {:seen, {:dspex_variable_changed, ^id, "x", %{new: 2, version: 3}}}, 5_000
+
+    # The owner b dies; its replica takes over and goes on telling the watcher.
+    :ok = LocalCluster.kill(b)
+    eventually(fn -> match?({:ok, o} when o in [a, c], HAManager.get_session_owner(id)) end, 30_000)
+    {:ok, owner} = HAManager.get_session_owner(id)
+    {:ok, _} = store(owner, :update_variable, [id, "x", 3])
+
+    assert_receive {:seen, {:dspex_variable_changed, ^id, "x", %{old: 2, new: 3, version: 4}}},
+                   5_000
+
+    # A session that ends for good says so to its watchers.
+    :ok = store(owner, :delete_session, [id])
+    assert_receive {:seen, {:dspex_watch_lost, ^id, "x", :session_deleted}}, 5_000
+    Process.exit(watcher, :kill)
+  end
 end

@@ -29,7 +29,9 @@ defmodule DSPex.Bridge.HAManager.Replication do
     :clear_dependencies,
     :update,
     :rollback,
-    :delete_variable
+    :delete_variable,
+    :watch,
+    :unwatch
   ]
 
   # Owned by DSPex.Bridge.TableOwner processes, so replicas outlive a restart of the
@@ -125,7 +127,9 @@ defmodule DSPex.Bridge.HAManager.Replication do
   defp replicate(_id, %{replicas: []} = ha, _msg, _export, _count), do: {:ok, ha}
 
   defp replicate(id, ha, msg, export, count) do
-    mode = HAManager.config().replication
+    # Watches are few and must never be lost silently: they reach the replicas before they
+    # are acknowledged, whatever the mode.
+    mode = if watch?(msg), do: :sync, else: HAManager.config().replication
     results = for r <- ha.replicas, do: {r, send_op(mode, r, id, ha.epoch, msg)}
 
     case Enum.find(results, &match?({_, {:error, {:stale_epoch, _, _}}}, &1)) do
@@ -149,6 +153,8 @@ defmodule DSPex.Bridge.HAManager.Replication do
         {:ok, %{ha | ops: if(refresh?, do: 0, else: ops)}}
     end
   end
+
+  defp watch?(msg), do: is_tuple(msg) and elem(msg, 0) in [:watch, :unwatch]
 
   defp send_op(:sync, r, id, epoch, msg) do
     GenServer.call({HAManager, r}, {:replica_op, id, node(), epoch, msg}, @replica_timeout)

@@ -51,11 +51,15 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
   def init({id, meta, init}) do
     touch = :atomics.new(1, signed: false)
+    # A session that comes from another node (a migration, a promoted replica) brings the
+    # watchers it had there.
+    {watchers, meta} = Map.pop(meta, :watchers, [])
 
     if :ets.insert_new(Tables.sessions(), {id, meta, self(), touch}) do
       Keeper.watch(id, self())
       :ok = Native.graph_publish(id, meta.graph)
       state = schedule_idle_check(new_state(id, meta, touch))
+      state = Enum.reduce(watchers, state, fn {name, pid}, st -> add_watcher(st, name, pid) end)
 
       case init do
         :empty -> {:ok, state}
@@ -437,13 +441,16 @@ defmodule DSPex.Bridge.SessionStore.Session do
   defp handle(:export, _from, state), do: {:reply, export_terms(state), state}
 
   defp handle(:delete, _from, state) do
+    lose_watchers(state, :session_deleted)
     destroy(state)
     {:stop, :normal, :ok, state}
   end
 
-  # What HA sends to another node (a migration, a replica's snapshot).
+  # What HA sends to another node (a migration, a replica's snapshot), watchers included:
+  # they keep receiving changes from the new owner.
   defp export(state) do
-    meta = Map.delete(state.meta, :graph)
+    watchers = for {name, by_pid} <- state.watchers, pid <- Map.keys(by_pid), do: {name, pid}
+    meta = state.meta |> Map.delete(:graph) |> Map.put(:watchers, watchers)
     Codec.encode_split(state.id, meta, Native.graph_edges(state.meta.graph))
   end
 
@@ -757,6 +764,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     idle_for = now_ms() - state.last_activity
 
     if state.meta.ttl != :infinity and idle_for >= state.meta.ttl do
+      lose_watchers(state, :session_expired)
       destroy(state)
       if state.ha, do: Replication.retire(state.id, state.ha)
 
@@ -772,12 +780,17 @@ defmodule DSPex.Bridge.SessionStore.Session do
     end
   end
 
-  def handle_info({:DOWN, ref, :process, _pid, _reason}, state) do
+  def handle_info({:DOWN, ref, :process, _pid, reason}, state) do
     case Map.pop(state.monitors, ref) do
       {nil, _} ->
         {:noreply, state}
 
       {{name, pid}, monitors} ->
+        # A watcher on a node this one lost sight of may still be alive: it is told, so that
+        # it can watch again once its node is back, rather than wait in silence.
+        if reason == :noconnection,
+          do: send(pid, {:dspex_watch_lost, state.id, name, :noconnection})
+
         :ets.delete_object(Tables.watchers(), {state.id, name, pid})
         watchers = Map.update(state.watchers, name, %{}, &Map.delete(&1, pid))
         {:noreply, %{state | monitors: monitors, watchers: prune(watchers, name)}}
@@ -942,6 +955,15 @@ defmodule DSPex.Bridge.SessionStore.Session do
     :ets.delete(Tables.keep(), id)
     Native.graph_unpublish(id)
     :ets.delete(Tables.sessions(), id)
+    :ok
+  end
+
+  # The session ends for good: every watcher hears it.
+  defp lose_watchers(state, reason) do
+    for {name, by_pid} <- state.watchers,
+        pid <- Map.keys(by_pid),
+        do: send(pid, {:dspex_watch_lost, state.id, name, reason})
+
     :ok
   end
 

@@ -105,6 +105,10 @@ defmodule DSPex.Bridge.SessionStoreProvider.Watcher do
         call(s.fun, s.ids[name], nil, nil, %{deleted: true})
         loop(%{s | ids: Map.delete(s.ids, name)})
 
+      {:dspex_watch_lost, sid, name, reason} when sid == s.session and is_map_key(s.ids, name) ->
+        call(s.fun, s.ids[name], nil, nil, %{lost: reason})
+        loop(%{s | ids: Map.delete(s.ids, name)})
+
       {:DOWN, ref, :process, _, _} when ref == s.owner ->
         :ok
 
