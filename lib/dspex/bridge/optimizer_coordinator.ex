@@ -28,6 +28,12 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
     new owner holds the lock for it with the **same token** for the rest of its lease, so its
     token-carrying writes (routed there by `SessionStore`) keep working and nobody else's do.
     Waiters here give up (`{:error, :timeout}`).
+  * A lock of a session that another node of the cluster owns is taken, released, renewed
+    and checked **on the owner**, from any node: it excludes writers on every node, and the
+    holder's token is valid wherever it writes (its writes are routed to the owner too).
+    The owner holds it for the remote process through a local stand-in that monitors it, so
+    the holder's death (or its node's) releases the lock there. Runs started on such a
+    lock live on the owner; their ids name it, so every run call reaches it.
   * A waiter that times out never keeps a lock it does not know about: if the grant raced
     the timeout, the lock is released.
 
@@ -46,7 +52,8 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   """
 
   alias DSPex.Bridge.{Events, Native, Options}
-  alias DSPex.Bridge.OptimizerCoordinator.Progress
+  alias DSPex.Bridge.HAManager.Router
+  alias DSPex.Bridge.OptimizerCoordinator.{Progress, RemoteHolder}
   import DSPex.Bridge.Options, only: [is_id: 1]
 
   defmodule Lock do
@@ -67,7 +74,9 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
 
   @doc false
   def child_spec(_) do
-    children = Progress.tables() ++ [%{id: :ticker, start: {__MODULE__, :start_link, []}}]
+    children =
+      Progress.tables() ++
+        [RemoteHolder.table(), %{id: :ticker, start: {__MODULE__, :start_link, []}}]
 
     %{
       id: __MODULE__,
@@ -161,6 +170,41 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
 
   def acquire_lock(var_id, optimizer_id, optimizer_pid, opts)
       when is_id(var_id) and is_id(optimizer_id) and is_pid(optimizer_pid) do
+    case remote_owner(opts) do
+      nil ->
+        acquire_here(var_id, optimizer_id, optimizer_pid, opts)
+
+      owner ->
+        # The wait happens on the owner; the answer comes back here.
+        timeout = Keyword.get(opts, :timeout, 5_000)
+        wait = if is_integer(timeout), do: timeout + 5_000, else: :infinity
+
+        Router.call_owner(
+          owner,
+          __MODULE__,
+          :acquire_for_remote,
+          [var_id, optimizer_id, optimizer_pid, opts],
+          wait
+        )
+    end
+  end
+
+  def acquire_lock(var_id, optimizer_id, optimizer_pid, _opts) do
+    cond do
+      not is_id(var_id) -> {:error, {:invalid_name, var_id}}
+      not is_id(optimizer_id) -> {:error, {:invalid_optimizer_id, optimizer_id}}
+      true -> {:error, {:invalid_pid, optimizer_pid}}
+    end
+  end
+
+  @doc false
+  # On the session's owner, for a holder on another node (see RemoteHolder).
+  def acquire_for_remote(var_id, optimizer_id, pid, opts) do
+    holder = if node(pid) == node(), do: pid, else: RemoteHolder.for(pid)
+    acquire_lock(var_id, optimizer_id, holder, opts)
+  end
+
+  defp acquire_here(var_id, optimizer_id, optimizer_pid, opts) do
     with {:ok, o} <- acquire_options(opts, @acquire_defaults),
          :ok <- may_optimize(o, var_id) do
       session = o.session_id || :global
@@ -196,14 +240,6 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
     end
   rescue
     ArgumentError -> {:error, {:invalid_name, {var_id, optimizer_id}}}
-  end
-
-  def acquire_lock(var_id, optimizer_id, optimizer_pid, _opts) do
-    cond do
-      not is_id(var_id) -> {:error, {:invalid_name, var_id}}
-      not is_id(optimizer_id) -> {:error, {:invalid_optimizer_id, optimizer_id}}
-      true -> {:error, {:invalid_pid, optimizer_pid}}
-    end
   end
 
   # The options walked once into a map of every setting (a hot path: no intermediate map).
@@ -325,6 +361,12 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
     do: release(:global, var_id, optimizer_id)
 
   def release_lock(var_id, optimizer_id, opts) do
+    on_owner(opts, :release_lock, [var_id, optimizer_id, opts], fn ->
+      release_here(var_id, optimizer_id, opts)
+    end)
+  end
+
+  defp release_here(var_id, optimizer_id, opts) do
     with {:ok, %{session_id: session}} <- options(opts),
          :ok <- ids(var_id, optimizer_id) do
       release(session, var_id, optimizer_id)
@@ -350,6 +392,12 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   @doc "Renews the lease: `:ok` or `{:error, :not_lock_owner}`. Options `session_id:`, `lease_ms:`."
   @spec renew_lock(term(), term(), keyword()) :: :ok | {:error, term()}
   def renew_lock(var_id, optimizer_id, opts \\ []) do
+    on_owner(opts, :renew_lock, [var_id, optimizer_id, opts], fn ->
+      renew_here(var_id, optimizer_id, opts)
+    end)
+  end
+
+  defp renew_here(var_id, optimizer_id, opts) do
     with {:ok, o} <- options(opts, %{lease_ms: &Options.pos_ms?/1}),
          :ok <- ids(var_id, optimizer_id) do
       lease = Map.get(o, :lease_ms, 300_000)
@@ -373,7 +421,10 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   waiters: [%{optimizer_id, ticket, priority}]}}`.
   """
   @spec get_lock_info(term(), keyword()) :: {:ok, map()} | {:error, term()}
-  def get_lock_info(var_id, opts \\ []) do
+  def get_lock_info(var_id, opts \\ []),
+    do: on_owner(opts, :get_lock_info, [var_id, opts], fn -> lock_info_here(var_id, opts) end)
+
+  defp lock_info_here(var_id, opts) do
     with {:ok, %{session_id: session}} <- options(opts),
          :ok <- ids(var_id, :x) do
       {holder, waiters} = Native.coordinator_info(coordinator(), session, var_id)
@@ -405,6 +456,12 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   """
   @spec force_release(term(), term(), keyword()) :: :ok | {:error, term()}
   def force_release(var_id, reason \\ :forced, opts \\ []) do
+    on_owner(opts, :force_release, [var_id, reason, opts], fn ->
+      force_release_here(var_id, reason, opts)
+    end)
+  end
+
+  defp force_release_here(var_id, reason, opts) do
     with {:ok, %{session_id: session} = o} <- options(opts, %{caller: &Options.id?/1}),
          :ok <- ids(var_id, :x),
          :ok <- owner_only(o) do
@@ -428,6 +485,12 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   """
   @spec check_write_allowed(term(), pos_integer() | nil, keyword()) :: :ok | {:error, term()}
   def check_write_allowed(var_id, token, opts \\ []) do
+    on_owner(opts, :check_write_allowed, [var_id, token, opts], fn ->
+      check_write_here(var_id, token, opts)
+    end)
+  end
+
+  defp check_write_here(var_id, token, opts) do
     with {:ok, %{session_id: session}} <- options(opts),
          :ok <- ids(var_id, :x) do
       if is_nil(token) or Options.int_in?(token, 1, @max_u64),
@@ -449,7 +512,15 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   """
   @spec start_optimization(Lock.t(), keyword()) :: {:ok, String.t()} | {:error, term()}
   def start_optimization(lock, opts \\ [])
-  def start_optimization(%Lock{} = lock, opts), do: Progress.start(lock, opts, coordinator())
+
+  def start_optimization(%Lock{} = lock, opts) do
+    owner = if is_id(lock.session_id), do: Router.remote_owner(lock.session_id)
+
+    if owner,
+      do: Router.call_owner(owner, __MODULE__, :start_optimization, [lock, opts]),
+      else: Progress.start(lock, opts, coordinator())
+  end
+
   def start_optimization(other, _opts), do: {:error, {:invalid_lock, other}}
 
   @doc """
@@ -459,7 +530,15 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   """
   @spec report_progress(String.t(), integer(), term(), map()) :: :ok | {:error, term()}
   def report_progress(optimization_id, iteration, value, metrics),
-    do: Progress.report(optimization_id, iteration, value, metrics, coordinator())
+    do:
+      on_run_node(
+        optimization_id,
+        :report_progress,
+        [optimization_id, iteration, value, metrics],
+        fn ->
+          Progress.report(optimization_id, iteration, value, metrics, coordinator())
+        end
+      )
 
   @doc """
   Writes `final_value` to the variable through `SessionStore` with the lock's fencing token,
@@ -468,16 +547,29 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   """
   @spec complete_optimization(String.t(), term(), map()) :: {:ok, term()} | {:error, term()}
   def complete_optimization(optimization_id, final_value, final_metrics \\ %{}),
-    do: Progress.complete(optimization_id, final_value, final_metrics)
+    do:
+      on_run_node(
+        optimization_id,
+        :complete_optimization,
+        [optimization_id, final_value, final_metrics],
+        fn -> Progress.complete(optimization_id, final_value, final_metrics) end
+      )
 
   @doc "Ends a run as failed and releases its lock."
   @spec fail_optimization(String.t(), term()) :: :ok | {:error, term()}
   def fail_optimization(optimization_id, reason),
-    do: Progress.fail(optimization_id, reason)
+    do:
+      on_run_node(optimization_id, :fail_optimization, [optimization_id, reason], fn ->
+        Progress.fail(optimization_id, reason)
+      end)
 
   @doc "The state of a run, running or finished."
   @spec get_optimization_status(String.t()) :: {:ok, map()} | {:error, term()}
-  def get_optimization_status(optimization_id), do: Progress.status(optimization_id)
+  def get_optimization_status(optimization_id),
+    do:
+      on_run_node(optimization_id, :get_optimization_status, [optimization_id], fn ->
+        Progress.status(optimization_id)
+      end)
 
   @doc "Every running optimization."
   @spec list_active_optimizations() :: [map()]
@@ -500,6 +592,32 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
     Native.coordinator_check_write(coordinator(), session_id, name, token)
   rescue
     ArgumentError -> {:error, {:invalid_name, name}}
+  end
+
+  # The node that owns the session `opts` names, when another node does.
+  defp remote_owner(opts) when is_list(opts) do
+    # Options are checked later, where they are used: an improper list is not routed.
+    case Options.proper_list?(opts) and List.keyfind(opts, :session_id, 0) do
+      {:session_id, s} when s != :global and is_id(s) -> Router.remote_owner(s)
+      _ -> nil
+    end
+  end
+
+  defp remote_owner(_opts), do: nil
+
+  defp on_owner(opts, fun, args, here) do
+    case remote_owner(opts) do
+      nil -> here.()
+      owner -> Router.call_owner(owner, __MODULE__, fun, args)
+    end
+  end
+
+  # A run's id names the node it lives on (see Progress.start/3).
+  defp on_run_node(id, fun, args, here) do
+    case Progress.node_of(id) do
+      node when node in [nil, node()] -> here.()
+      node -> Router.call_owner(node, __MODULE__, fun, args)
+    end
   end
 
   defp lock(session, var_id, optimizer_id, token, acquired_at) do

@@ -192,7 +192,9 @@ defmodule DSPex.Bridge.HAManagerTest do
              rpc(a, :update_variable, [id, "counter", 2, [lock_token: lock.token]])
 
     assert {:error, {:locked_by, :opt}} = rpc(a, :update_variable, [id, "counter", 3])
-    assert {:ok, %{holder: nil}} = :erpc.call(a, oc, :get_lock_info, ["counter", [session_id: id]])
+    # Asked on A, the lock's state is B's now: the session's locks live with its owner.
+    assert {:ok, %{holder: %{optimizer_id: :opt, token: ^token}}} =
+             :erpc.call(a, oc, :get_lock_info, ["counter", [session_id: id]])
 
     assert {:messages, [{:lock_lost, "counter", :moved, _held_ms}]} =
              :erpc.call(a, :erlang, :process_info, [holder, :messages])

@@ -5,7 +5,7 @@ defmodule DSPex.Bridge.WritePathTest do
   """
   use ExUnit.Case, async: false
 
-  alias DSPex.Bridge.{DependencyManager, HAManager, SessionStore}
+  alias DSPex.Bridge.{DependencyManager, HAManager, OptimizerCoordinator, SessionStore}
   alias DSPex.Bridge.HAManager.LocalCluster
   import DSPex.Bridge.TestHelpers, only: [eventually: 2]
 
@@ -24,6 +24,7 @@ defmodule DSPex.Bridge.WritePathTest do
 
   defp store(node, fun, args), do: :erpc.call(node, SessionStore, fun, args, 30_000)
   defp deps(node, fun, args), do: :erpc.call(node, DependencyManager, fun, args, 30_000)
+  defp locks(node, fun, args), do: :erpc.call(node, OptimizerCoordinator, fun, args, 30_000)
   defp ha(node, fun, args), do: :erpc.call(node, HAManager, fun, args, 60_000)
 
   defp new_session(node, names) do
@@ -93,5 +94,69 @@ defmodule DSPex.Bridge.WritePathTest do
     :ok = store(owner, :delete_session, [id])
     assert_receive {:seen, {:dspex_watch_lost, ^id, "x", :session_deleted}}, 5_000
     Process.exit(watcher, :kill)
+  end
+
+  test "a lock taken on a node that does not own the session holds on the owner" do
+    [a, b] = peers(["wp_lock_a", "wp_lock_b"])
+    id = new_session(a, ~w(x))
+    on = [session_id: id]
+    holder = Node.spawn(b, Process, :sleep, [:infinity])
+
+    assert {:ok, %{token: token}} = locks(b, :acquire_lock, ["x", "opt_b", holder, on])
+    assert locks(a, :locked?, ["x", on])
+
+    # Writers on the owner (and anywhere) without the token are refused; the holder's token
+    # works from its own node.
+    assert {:error, {:locked_by, "opt_b"}} = store(a, :update_variable, [id, "x", 1])
+    assert {:error, {:locked_by, "opt_b"}} = SessionStore.update_variable(id, "x", 1)
+    assert {:ok, %{value: 2}} = store(b, :update_variable, [id, "x", 2, [lock_token: token]])
+
+    assert {:error, :stale_token} =
+             store(a, :update_variable, [id, "x", 3, [lock_token: token + 1]])
+
+    # Another optimizer, on a third node, is refused or waits for it.
+    assert {:error, {:lock_held_by, "opt_b"}} =
+             OptimizerCoordinator.acquire_lock(
+               "x",
+               "opt_t",
+               self(),
+               on ++ [conflict_resolution: :abort]
+             )
+
+    # (The waiting is done by a task; the lock is held for this test's process.)
+    test = self()
+
+    waiter =
+      Task.async(fn ->
+        OptimizerCoordinator.acquire_lock("x", "opt_t", test, on ++ [timeout: 20_000])
+      end)
+
+    eventually(fn -> match?({:ok, %{waiters: [_]}}, locks(a, :get_lock_info, ["x", on])) end, 5_000)
+
+    # A run on the lock lives on the owner and answers from every node.
+    lock = %OptimizerCoordinator.Lock{
+      session_id: id,
+      var_id: "x",
+      optimizer_id: "opt_b",
+      token: token
+    }
+
+    assert {:ok, run} = locks(b, :start_optimization, [lock, [objective: {:maximize, :score}]])
+    assert String.ends_with?(run, "@#{a}")
+    assert :ok = locks(b, :report_progress, [run, 1, 2, %{score: 0.5}])
+    assert {:ok, %{iteration: 1, best: 0.5}} = OptimizerCoordinator.get_optimization_status(run)
+
+    # Released from this node, which neither owns the session nor holds the lock: the waiter
+    # here gets it.
+    assert :ok = OptimizerCoordinator.release_lock("x", "opt_b", on)
+    assert {:ok, %{optimizer_id: "opt_t", token: waiter_token}} = Task.await(waiter, 30_000)
+    assert waiter_token > token
+    assert {:ok, %{value: 4}} = SessionStore.update_variable(id, "x", 4, lock_token: waiter_token)
+    assert :ok = OptimizerCoordinator.release_lock("x", "opt_t", on)
+
+    # The holder's death on its node releases its lock on the owner.
+    assert {:ok, _} = locks(b, :acquire_lock, ["x", "opt_b", holder, on])
+    Process.exit(holder, :kill)
+    eventually(fn -> not locks(a, :locked?, ["x", on]) end, 5_000)
   end
 end

@@ -43,6 +43,34 @@ defmodule DSPex.Bridge.HAManager.Router do
   end
 
   @doc false
+  # The node that owns `session_id` when it is not this one (nil when it is here, or is
+  # known nowhere).
+  def remote_owner(session_id) do
+    with false <- :ets.member(SessionStore.Tables.sessions(), session_id),
+         {owner, _epoch, _replicas} when owner != node() <- Directory.lookup(session_id) do
+      owner
+    else
+      _ -> nil
+    end
+  end
+
+  @doc false
+  # `module.fun(args)` on `owner`, within the hop limit.
+  def call_owner(owner, module, fun, args, timeout \\ 30_000) do
+    hops = Process.get(:dspex_ha_hops, 0)
+
+    if hops < @max_hops do
+      try do
+        :erpc.call(owner, __MODULE__, :apply_routed, [module, fun, args, hops + 1], timeout)
+      catch
+        :error, {:erpc, _} -> {:error, {:owner_unreachable, owner}}
+      end
+    else
+      {:error, {:owner_unreachable, owner}}
+    end
+  end
+
+  @doc false
   def apply_routed(module, fun, args, hops) do
     Process.put(:dspex_ha_hops, hops)
     apply(module, fun, args)

@@ -18,6 +18,23 @@ defmodule DSPex.Bridge.OptimizerCoordinator.Progress do
     ]
   end
 
+  # The node a run id names (`opt_N@node`); nil for an id that is not a run's.
+  def node_of(id) when is_binary(id) do
+    case String.split(id, "@", parts: 2) do
+      ["opt_" <> _, node] -> existing_node(node)
+      _ -> nil
+    end
+  end
+
+  def node_of(_id), do: nil
+
+  defp existing_node(text) do
+    node = String.to_existing_atom(text)
+    if node in [node() | Node.list()], do: node
+  rescue
+    ArgumentError -> nil
+  end
+
   def start(lock, opts, coordinator) do
     spec = %{
       objective: &match?({dir, _} when dir in [:minimize, :maximize], &1),
@@ -28,7 +45,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator.Progress do
 
     with {:ok, o} <- Options.take(opts, spec),
          :ok <- holds?(coordinator, lock) do
-      id = "opt_#{System.unique_integer([:positive, :monotonic])}"
+      id = "opt_#{System.unique_integer([:positive, :monotonic])}@#{node()}"
       now = System.monotonic_time(:millisecond)
 
       run = %{
