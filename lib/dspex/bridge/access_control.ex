@@ -104,9 +104,17 @@ defmodule DSPex.Bridge.AccessControl do
           :ok | {:error, term()}
   def check_permission(variable, session_id, permission, context \\ %{})
 
+  # A denial may come from not holding the session: its owner, on another node, decides.
   def check_permission({owner, name} = variable, session_id, permission, context)
-      when is_request(owner, name, session_id, permission, context),
-      do: decide(variable, session_id, permission, context)
+      when is_request(owner, name, session_id, permission, context) do
+    case decide(variable, session_id, permission, context) do
+      :ok ->
+        :ok
+
+      denied ->
+        routed(denied, owner, :check_permission, [variable, session_id, permission, context])
+    end
+  end
 
   def check_permission(variable, session_id, permission, context),
     do: check_request(variable, session_id, permission, context)
@@ -165,7 +173,10 @@ defmodule DSPex.Bridge.AccessControl do
   def get_permissions(variable, session_id, context \\ %{}) do
     with :ok <- check_request(variable, session_id, :read, context) do
       {owner, name} = variable
-      {:ok, Native.acl_permissions(owner, name, session_id, context, now())}
+
+      on_owner(owner, :get_permissions, [variable, session_id, context], fn ->
+        {:ok, Native.acl_permissions(owner, name, session_id, context, now())}
+      end)
     end
   end
 
@@ -180,8 +191,10 @@ defmodule DSPex.Bridge.AccessControl do
 
   def explain({owner, name}, session_id, permission, context)
       when is_request(owner, name, session_id, permission, context) do
-    {allowed, reason} = Native.acl_explain(owner, name, session_id, permission, context)
-    {:ok, %{allowed: allowed, decided_by: reason}}
+    on_owner(owner, :explain, [{owner, name}, session_id, permission, context], fn ->
+      {allowed, reason} = Native.acl_explain(owner, name, session_id, permission, context)
+      {:ok, %{allowed: allowed, decided_by: reason}}
+    end)
   end
 
   def explain(variable, session_id, permission, context),
@@ -245,7 +258,9 @@ defmodule DSPex.Bridge.AccessControl do
   @spec add_rule(variable(), rule(), keyword()) :: :ok | {:error, term()}
   def add_rule(variable, rule, opts \\ []) do
     with {:ok, [canonical]} <- normalize_rules([rule]) do
-      policy_call(variable, {:add_rule, canonical}, opts)
+      variable
+      |> policy_call({:add_rule, canonical}, opts)
+      |> routed_policy(variable, :add_rule, [variable, rule, opts])
     end
   end
 
@@ -253,8 +268,13 @@ defmodule DSPex.Bridge.AccessControl do
   @spec remove_rule(variable(), String.t() | atom(), keyword()) :: :ok | {:error, term()}
   def remove_rule(variable, rule_id, opts \\ []) do
     case given_rule_id(rule_id) do
-      {:ok, id} -> policy_call(variable, {:remove_rule, id}, opts)
-      {:error, _} -> {:error, {:invalid_rule_id, rule_id}}
+      {:ok, id} ->
+        variable
+        |> policy_call({:remove_rule, id}, opts)
+        |> routed_policy(variable, :remove_rule, [variable, rule_id, opts])
+
+      {:error, _} ->
+        {:error, {:invalid_rule_id, rule_id}}
     end
   end
 
@@ -263,19 +283,42 @@ defmodule DSPex.Bridge.AccessControl do
   def set_access_mode(variable, mode, opts \\ [])
 
   def set_access_mode(variable, mode, opts) when mode in @modes,
-    do: policy_call(variable, {:set_mode, mode}, opts)
+    do:
+      variable
+      |> policy_call({:set_mode, mode}, opts)
+      |> routed_policy(variable, :set_access_mode, [variable, mode, opts])
 
   def set_access_mode(_variable, mode, _opts), do: {:error, {:invalid_mode, mode}}
 
   @doc "`{:ok, %{mode: mode, rules: [canonical_rule]}}` for a variable (owner only)."
   @spec get_policy(variable(), keyword()) :: {:ok, map()} | {:error, term()}
-  def get_policy(variable, opts \\ []), do: policy_call(variable, :get_policy, opts)
+  def get_policy(variable, opts \\ []),
+    do:
+      variable
+      |> policy_call(:get_policy, opts)
+      |> routed_policy(variable, :get_policy, [variable, opts])
 
   defp policy_call({session_id, name}, message, opts) when is_id(session_id) and is_id(name) do
     SessionStore.session_call(session_id, {:acl, name, message}, opts, :owner)
   end
 
   defp policy_call(variable, _message, _opts), do: {:error, {:invalid_variable, variable}}
+
+  # Policies live with their session: one this node does not hold is asked of its owner.
+  defp routed_policy(result, {session_id, _name}, fun, args),
+    do: routed(result, session_id, fun, args)
+
+  defp routed_policy(result, _variable, _fun, _args), do: result
+
+  defp routed(result, session_id, fun, args),
+    do: DSPex.Bridge.HAManager.Router.routed(result, __MODULE__, session_id, fun, args)
+
+  defp on_owner(session_id, fun, args, here) do
+    case DSPex.Bridge.HAManager.Router.remote_owner(session_id) do
+      nil -> here.()
+      node -> DSPex.Bridge.HAManager.Router.call_owner(node, __MODULE__, fun, args)
+    end
+  end
 
   # ---------------------------------------------------------------------------------------
   # rule normalization: any accepted spelling -> the canonical tuple the NIF decodes

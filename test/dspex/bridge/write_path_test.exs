@@ -5,7 +5,14 @@ defmodule DSPex.Bridge.WritePathTest do
   """
   use ExUnit.Case, async: false
 
-  alias DSPex.Bridge.{DependencyManager, HAManager, OptimizerCoordinator, SessionStore}
+  alias DSPex.Bridge.{
+    AccessControl,
+    DependencyManager,
+    HAManager,
+    OptimizerCoordinator,
+    SessionStore
+  }
+
   alias DSPex.Bridge.HAManager.LocalCluster
   import DSPex.Bridge.TestHelpers, only: [eventually: 2]
 
@@ -25,6 +32,7 @@ defmodule DSPex.Bridge.WritePathTest do
   defp store(node, fun, args), do: :erpc.call(node, SessionStore, fun, args, 30_000)
   defp deps(node, fun, args), do: :erpc.call(node, DependencyManager, fun, args, 30_000)
   defp locks(node, fun, args), do: :erpc.call(node, OptimizerCoordinator, fun, args, 30_000)
+  defp acl(node, fun, args), do: :erpc.call(node, AccessControl, fun, args, 30_000)
   defp ha(node, fun, args), do: :erpc.call(node, HAManager, fun, args, 60_000)
 
   defp new_session(node, names) do
@@ -158,5 +166,38 @@ defmodule DSPex.Bridge.WritePathTest do
     assert {:ok, _} = locks(b, :acquire_lock, ["x", "opt_b", holder, on])
     Process.exit(holder, :kill)
     eventually(fn -> not locks(a, :locked?, ["x", on]) end, 5_000)
+  end
+
+  test "policies and modes set from any node live with the session and survive failover" do
+    [a, b] = peers(["wp_acl_a", "wp_acl_b"])
+    id = new_session(a, ~w(x secret))
+    reader = "reader_#{System.unique_integer([:positive])}"
+    rule = [id: "readers", session_pattern: {:exact, reader}, permissions: [:read], effect: :allow]
+
+    # Set from b and from this node, neither of which holds the session.
+    assert :ok = acl(b, :add_rule, [{id, "x"}, rule, []])
+    assert :ok = AccessControl.set_access_mode({id, "secret"}, :public)
+    assert {:ok, %{mode: :private, rules: [_]}} = acl(b, :get_policy, [{id, "x"}, []])
+
+    for node <- [a, b] do
+      assert :ok = acl(node, :check_permission, [{id, "x"}, reader, :read, %{}])
+
+      assert {:error, :access_denied} =
+               acl(node, :check_permission, [{id, "x"}, reader, :write, %{}])
+    end
+
+    assert {:ok, [:read]} = AccessControl.get_permissions({id, "x"}, reader)
+    assert {:ok, %{value: 0}} = store(b, :get_variable, [id, "x", [caller: reader]])
+
+    # The owner dies; the replica decides the same.
+    :ok = LocalCluster.kill(a)
+    eventually(fn -> HAManager.get_session_owner(id) == {:ok, b} end, 30_000)
+    assert :ok = acl(b, :check_permission, [{id, "x"}, reader, :read, %{}])
+
+    assert {:error, :access_denied} =
+             acl(b, :check_permission, [{id, "x"}, "someone_else", :read, %{}])
+
+    assert :ok = AccessControl.check_permission({id, "secret"}, "anyone", :read)
+    assert {:ok, %{mode: :public}} = AccessControl.get_policy({id, "secret"})
   end
 end
