@@ -84,3 +84,47 @@ defmodule DSPex.Bridge.TestWatcher do
     end
   end
 end
+
+defmodule DSPex.Bridge.TestWriters do
+  @moduledoc false
+  # Compare-and-set writers for the linearizability test: each write reads a variable and
+  # writes `"tag-seq"` with `expected_version:` the version it read, until `count` writes
+  # were acknowledged (or a minute passed). Returns every acknowledged write as
+  # `{name, value, version}`, in the order of the acknowledgements; `to` gets `:progress`
+  # after each one.
+  alias DSPex.Bridge.SessionStore
+
+  def cas(session_id, names, tag, count, to) do
+    deadline = System.monotonic_time(:millisecond) + 60_000
+    cas_loop(session_id, names, tag, count, to, deadline, 1, [])
+  end
+
+  defp cas_loop(session_id, names, tag, count, to, deadline, seq, acked) do
+    if length(acked) >= count or System.monotonic_time(:millisecond) > deadline do
+      Enum.reverse(acked)
+    else
+      name = Enum.at(names, rem(seq, length(names)))
+      value = "#{tag}-#{seq}"
+
+      with {:ok, var} <- SessionStore.get_variable(session_id, name),
+           {:ok, written} <-
+             SessionStore.update_variable(session_id, name, value,
+               expected_version: var.version,
+               timeout: 10_000
+             ) do
+        send(to, :progress)
+        acked = [{name, written.value, written.version} | acked]
+        cas_loop(session_id, names, tag, count, to, deadline, seq + 1, acked)
+      else
+        # Not acknowledged: a version conflict, or no owner for a moment (a failover), when
+        # the writer backs off a little rather than spin.
+        {:error, {:version_mismatch, _}} ->
+          cas_loop(session_id, names, tag, count, to, deadline, seq + 1, acked)
+
+        _ ->
+          Process.sleep(5)
+          cas_loop(session_id, names, tag, count, to, deadline, seq + 1, acked)
+      end
+    end
+  end
+end

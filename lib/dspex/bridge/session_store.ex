@@ -169,9 +169,12 @@ defmodule DSPex.Bridge.SessionStore do
 
   defp hand_over(_pid, :empty, _access), do: :ok
 
-  defp hand_over(pid, {:import, vars, hist}, access) do
+  defp hand_over(pid, {:import, vars, hist}, access),
+    do: hand_over(pid, {:import, vars, hist, nil}, access)
+
+  defp hand_over(pid, {:import, vars, hist, promotion}, access) do
     ref = Process.monitor(pid)
-    send(pid, {:dspex_load, self(), ref, vars, hist, access})
+    send(pid, {:dspex_load, self(), ref, vars, hist, access, promotion})
 
     receive do
       {^ref, :loaded} ->
@@ -626,9 +629,13 @@ defmodule DSPex.Bridge.SessionStore do
   @doc false
   # Import of a frame from another node of the cluster (DSPex.Bridge.HAManager): the sender
   # is as trusted as distribution itself, so atoms the payload names may be created here.
-  def import_trusted(frame) do
+  # With `replay: ops` (a replica's promotion), the new session applies those writes before
+  # it takes any call, and holds new writes until HA registers it.
+  def import_trusted(frame, opts \\ []) do
+    promotion = if ops = opts[:replay], do: {:replay, ops}
+
     with {:ok, meta, vars, hist} <- Codec.decode(frame, :trusted) do
-      start_session(meta, {:import, vars, hist}, :created)
+      start_session(meta, {:import, vars, hist, promotion}, :created)
     end
   end
 

@@ -200,4 +200,64 @@ defmodule DSPex.Bridge.WritePathTest do
     assert :ok = AccessControl.check_permission({id, "secret"}, "anyone", :read)
     assert {:ok, %{mode: :public}} = AccessControl.get_policy({id, "secret"})
   end
+
+  test "linearizable writes: every acknowledged CAS write is in the new owner's history, in order" do
+    [a, b, c] = peers(["wp_lin_a", "wp_lin_b", "wp_lin_c"])
+    names = ~w(v1 v2 v3)
+    id = "wp_#{System.unique_integer([:positive])}"
+    {:ok, ^id} = store(a, :create_session, [id, [history_limit: 10_000]])
+    for n <- names, do: {:ok, _} = store(a, :register_variable, [id, n, :string, "init"])
+    {:ok, _} = ha(a, :register_session, [id])
+    test = self()
+
+    # Two writers on each of b and c, racing on three variables.
+    writers =
+      for node <- [b, c], w <- 1..2 do
+        tag = "#{node}/#{w}"
+
+        Task.async(fn ->
+          :erpc.call(node, DSPex.Bridge.TestWriters, :cas, [id, names, tag, 300, test], 120_000)
+        end)
+      end
+
+    # The owner dies mid-run, once some writes are acknowledged.
+    for _ <- 1..100, do: assert_receive(:progress, 30_000)
+
+    IO.inspect(for(n <- [b, c], do: :erpc.call(n, DSPex.Bridge.HAManager.Replication, :held, [id])),
+      label: "held"
+    )
+
+    :ok = LocalCluster.kill(a)
+    acked = writers |> Task.await_many(150_000) |> List.flatten()
+    eventually(fn -> match?({:ok, o} when o in [b, c], HAManager.get_session_owner(id)) end, 30_000)
+    {:ok, owner} = HAManager.get_session_owner(id)
+    # Every writer got all its writes acknowledged, most of them by the new owner.
+    assert length(acked) == 4 * 300
+
+    for name <- names do
+      {:ok, history} = store(owner, :get_history, [id, name, []])
+      by_version = Map.new(history, &{&1.version, &1.value})
+      mine = for {^name, value, version} <- acked, do: {version, value}
+
+      # Each acknowledged write holds its version in the new owner's history ...
+      for {version, value} <- mine,
+          do:
+            assert(
+              by_version[version] == value,
+              "#{name} v#{version}: #{inspect(value)} lost; history has #{inspect(by_version[version])}, " <>
+                "acked at that version: #{inspect(for {^version, v} <- mine, do: v)}; " <>
+                "history versions #{inspect(Enum.take(Enum.sort(Map.keys(by_version)), 5))}..#{length(history)}"
+            )
+
+      # ... no version was acknowledged twice ...
+      versions = Enum.map(mine, &elem(&1, 0))
+      assert length(Enum.uniq(versions)) == length(versions)
+
+      # ... and each writer's acknowledgements come in version order (real-time order).
+      for {tag, _} <- Enum.group_by(mine, fn {_, v} -> v |> String.split("-") |> hd() end) do
+        own = for {v, value} <- mine, String.starts_with?(value, tag <> "-"), do: v
+        assert own == Enum.sort(own)
+      end
+    end
+  end
 end

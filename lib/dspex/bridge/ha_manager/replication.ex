@@ -359,10 +359,9 @@ defmodule DSPex.Bridge.HAManager.Replication do
     started = System.monotonic_time(:millisecond)
 
     with {:ok, _key, _old, frame, _locks} <- open(envelope),
-         {:ok, ^id} <- SessionStore.import_trusted(frame),
+         {:ok, ^id} <- SessionStore.import_trusted(frame, replay: ops),
          {:ok, pid} <- HAManager.local_session(id),
-         :ok <- replay(pid, ops),
-         {:ok, epoch} <- Native.ha_apply(HAManager.table(), key, :promote) do
+         {:ok, epoch} <- promoted(pid, key) do
       :ets.delete(@table, id)
       drop_writes(id)
       replicas = HAManager.choose_replicas(key, [node(), dead])
@@ -388,8 +387,16 @@ defmodule DSPex.Bridge.HAManager.Replication do
     end
   end
 
-  # The replayed writes are the owner's committed ones, in order; each is applied once.
-  defp replay(pid, ops) do
-    Enum.each(ops, &GenServer.call(pid, &1, 30_000))
+  # The session replayed the owner's committed writes before taking calls; it holds new
+  # writes until it is attached, or goes on unregistered if the promotion is refused.
+  defp promoted(pid, key) do
+    case Native.ha_apply(HAManager.table(), key, :promote) do
+      {:ok, epoch} ->
+        {:ok, epoch}
+
+      error ->
+        send(pid, :ha_standalone)
+        error
+    end
   end
 end

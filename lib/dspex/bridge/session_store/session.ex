@@ -165,11 +165,24 @@ defmodule DSPex.Bridge.SessionStore.Session do
     case attach(state, ha) do
       {:ok, ha} ->
         :ets.insert(Tables.keep(), {state.id, Map.take(ha, [:key, :epoch, :replicas])})
-        {:reply, :ok, %{state | ha: ha}}
+        # Writes held while a promotion finished go through the attached path now.
+        state = %{state | ha: ha}
+
+        case run_held(state) do
+          {:cont, state} -> {:reply, :ok, state}
+          {:stop, state} -> {:stop, :normal, :ok, state}
+        end
 
       error ->
         {:reply, error, state}
     end
+  end
+
+  # A promoted session's writes wait for its HA registration.
+  def handle_call(msg, from, %{ha: :pending} = state) do
+    if Replication.write?(msg),
+      do: {:noreply, %{state | held: [{msg, from} | state.held]}},
+      else: guarded(msg, from, state)
   end
 
   def handle_call({:ha_migrate, target, timeout}, _from, %{ha: ha} = state) when ha != nil do
@@ -217,6 +230,26 @@ defmodule DSPex.Bridge.SessionStore.Session do
   end
 
   def handle_call(msg, from, state), do: guarded(msg, from, state)
+
+  # A replica becoming the owner: the writes it holds are applied here, in order, before
+  # any call is taken (calls wait in the mailbox), and writes that come meanwhile wait for
+  # the HA registration (`ha: :pending`), so that none is acknowledged unreplicated.
+  defp promote(nil, state), do: {:cont, state}
+
+  defp promote({:replay, ops}, state) do
+    Enum.reduce_while(ops, {:cont, state}, fn op, {:cont, st} ->
+      case handle_call(op, {self(), make_ref()}, st) do
+        {:reply, _reply, st} -> {:cont, {:cont, st}}
+        {:reply, _reply, st, {:continue, c}} -> {:cont, {:cont, continue(st, c)}}
+        {:noreply, st} -> {:cont, {:cont, st}}
+        {:stop, _why, _reply, st} -> {:halt, {:stop, st}}
+      end
+    end)
+    |> case do
+      {:cont, st} -> {:cont, %{st | ha: :pending}}
+      stop -> stop
+    end
+  end
 
   # Under HA every write goes through this process (and so to the replicas): direct edge
   # writes are turned away before the snapshot the replicas start from is taken.
@@ -474,10 +507,19 @@ defmodule DSPex.Bridge.SessionStore.Session do
   @impl true
   def handle_continue(:await_load, state) do
     receive do
-      {:dspex_load, from, ref, variables, histories, access} ->
+      {:dspex_load, from, ref, variables, histories, access, promotion} ->
         count = load(state.id, variables, histories, access, state.meta.graph)
-        send(from, {ref, :loaded})
-        {:noreply, %{state | count: count}}
+        state = %{state | count: count}
+
+        case promote(promotion, state) do
+          {:cont, state} ->
+            send(from, {ref, :loaded})
+            {:noreply, state}
+
+          {:stop, state} ->
+            send(from, {ref, :loaded})
+            {:stop, :normal, state}
+        end
     after
       30_000 ->
         destroy(state)
@@ -733,6 +775,14 @@ defmodule DSPex.Bridge.SessionStore.Session do
   # This node's copy was replaced by a newer owner (a healed partition, or a replica that
   # refused a write as stale): drop it; callers are routed to the owner from now on.
   # A migration was called off before its call reached this process.
+  # A promotion that could not register the session: it goes on as a plain local one.
+  def handle_info(:ha_standalone, %{ha: :pending} = state) do
+    case run_held(%{state | ha: nil}) do
+      {:cont, state} -> {:noreply, state}
+      {:stop, state} -> {:stop, :normal, state}
+    end
+  end
+
   def handle_info(:ha_resume, state) do
     case run_held(state) do
       {:cont, state} -> {:noreply, state}
