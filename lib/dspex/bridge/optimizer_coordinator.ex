@@ -236,6 +236,10 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
 
       DSPex.Bridge.Analytics.Recorder.count_lock(match?({:ok, _}, result))
       if observed, do: emit_acquire(result, session, var_id, optimizer_id, started)
+
+      with {:ok, lock} <- result,
+           do: replicate(session, {:lock_held, var_id, optimizer_id, lock.token, o.lease_ms})
+
       result
     end
   rescue
@@ -375,6 +379,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
 
   defp release(session, var_id, optimizer_id) do
     result = Native.coordinator_release(session, var_id, optimizer_id)
+    if result == :ok, do: replicate(session, {:lock_released, var_id, optimizer_id})
 
     if result == :ok and Events.enabled?(),
       do:
@@ -466,6 +471,8 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
          :ok <- ids(var_id, :x),
          :ok <- owner_only(o) do
       if Native.coordinator_force_release(coordinator(), session, var_id) do
+        replicate(session, {:lock_released, var_id, :any})
+
         Events.emit([:dspex, :bridge, :coordinator, :lock_released], %{}, %{
           session_id: session,
           var_id: var_id,
@@ -592,6 +599,46 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
     Native.coordinator_check_write(coordinator(), session_id, name, token)
   rescue
     ArgumentError -> {:error, {:invalid_name, name}}
+  end
+
+  # A lock of a session under HA goes to its replicas through the session's process, in
+  # order with the session's writes (see SessionStore.Session): a replica that becomes the
+  # owner holds it with the same token. The lease is sent as a wall-clock deadline.
+  defp replicate(:global, _op), do: :ok
+
+  defp replicate(session, op) do
+    if DSPex.Bridge.SessionStore.Session.replicated?(session) do
+      op =
+        case op do
+          {:lock_held, var, optimizer, token, lease_ms} ->
+            {:lock_held, var, optimizer, token, System.system_time(:millisecond) + lease_ms}
+
+          other ->
+            other
+        end
+
+      DSPex.Bridge.SessionStore.Session.record(session, op)
+    end
+
+    :ok
+  end
+
+  @doc false
+  # A promoted replica's lock operations (SessionStore.Session), applied to this node's table.
+  def apply_replicated(session, {:lock_held, var, optimizer, token, until_ms}) do
+    lease = max(until_ms - System.system_time(:millisecond), 1)
+    _ = adopt(session, var, optimizer, token, lease)
+    :ok
+  end
+
+  def apply_replicated(session, {:lock_released, var, :any}) do
+    _ = Native.coordinator_force_release(coordinator(), session, var)
+    :ok
+  end
+
+  def apply_replicated(session, {:lock_released, var, optimizer}) do
+    _ = Native.coordinator_release(session, var, optimizer)
+    :ok
   end
 
   # The node that owns the session `opts` names, when another node does.

@@ -260,4 +260,32 @@ defmodule DSPex.Bridge.WritePathTest do
       end
     end
   end
+
+  test "a lock held after registration survives failover, with its token" do
+    [a, b] = peers(["wp_lockfo_a", "wp_lockfo_b"])
+    id = new_session(a, ~w(x y))
+    on = [session_id: id]
+
+    # Taken from this node (neither owner nor replica), on the owner; another one taken and
+    # given back, which the new owner must not hold.
+    assert {:ok, %{token: token}} = OptimizerCoordinator.acquire_lock("x", "opt", self(), on)
+    assert {:ok, _} = OptimizerCoordinator.acquire_lock("y", "opt_y", self(), on)
+    assert :ok = OptimizerCoordinator.release_lock("y", "opt_y", on)
+    assert {:ok, %{value: 1}} = SessionStore.update_variable(id, "x", 1, lock_token: token)
+
+    :ok = LocalCluster.kill(a)
+    eventually(fn -> HAManager.get_session_owner(id) == {:ok, b} end, 30_000)
+
+    assert {:ok, %{holder: %{optimizer_id: "opt", token: ^token}}} =
+             locks(b, :get_lock_info, ["x", on])
+
+    refute locks(b, :locked?, ["y", on])
+    assert {:error, {:locked_by, "opt"}} = store(b, :update_variable, [id, "x", 2])
+
+    assert {:ok, %{value: 3, version: 3}} =
+             SessionStore.update_variable(id, "x", 3, lock_token: token)
+
+    assert :ok = OptimizerCoordinator.release_lock("x", "opt", on)
+    assert {:ok, %{value: 4}} = store(b, :update_variable, [id, "x", 4])
+  end
 end

@@ -31,7 +31,9 @@ defmodule DSPex.Bridge.HAManager.Replication do
     :rollback,
     :delete_variable,
     :watch,
-    :unwatch
+    :unwatch,
+    :lock_held,
+    :lock_released
   ]
 
   # Owned by DSPex.Bridge.TableOwner processes, so replicas outlive a restart of the
@@ -54,7 +56,7 @@ defmodule DSPex.Bridge.HAManager.Replication do
 
       to_push ->
         with {:ok, frame} <- export.(),
-             {:ok, envelope} <- Native.ha_envelope_encode(key, epoch, frame, []) do
+             {:ok, envelope} <- Native.ha_envelope_encode(key, epoch, frame, fences(id)) do
           for r <- to_push, do: push_snapshot(r, id, epoch, envelope)
           {:ok, ha}
         end
@@ -145,7 +147,7 @@ defmodule DSPex.Bridge.HAManager.Replication do
 
         if resync != [] and msg != :delete do
           with {:ok, frame} <- export.(),
-               {:ok, envelope} <- Native.ha_envelope_encode(ha.key, ha.epoch, frame, []) do
+               {:ok, envelope} <- Native.ha_envelope_encode(ha.key, ha.epoch, frame, fences(id)) do
             for r <- resync, do: push_snapshot(r, id, ha.epoch, envelope)
           end
         end
@@ -184,11 +186,7 @@ defmodule DSPex.Bridge.HAManager.Replication do
   def migrate_out(id, ha, target, timeout, {:ok, frame}) do
     held = OptimizerCoordinator.held_in(id)
 
-    fences =
-      for {var, optimizer, token, lease_ms} <- held,
-          do: {:erlang.term_to_binary(var), :erlang.term_to_binary(optimizer), token, lease_ms}
-
-    with {:ok, envelope} <- Native.ha_envelope_encode(ha.key, ha.epoch, frame, fences),
+    with {:ok, envelope} <- Native.ha_envelope_encode(ha.key, ha.epoch, frame, fences(held)),
          {:ok, epoch, pid, replicas} <- transfer(target, envelope, timeout) do
       :ok = Native.ha_apply(HAManager.table(), ha.key, {:finish_out, epoch})
       # The new owner holds these locks now, with the same tokens; their holders are told.
@@ -202,6 +200,15 @@ defmodule DSPex.Bridge.HAManager.Replication do
   end
 
   def migrate_out(_id, _ha, _target, _timeout, error), do: error
+
+  # The locks held on a session's variables, as an envelope carries them (a migration's, and
+  # a replica's snapshot, so that a promoted replica holds them too).
+  defp fences(held) when is_list(held) do
+    for {var, optimizer, token, lease_ms} <- held,
+        do: {:erlang.term_to_binary(var), :erlang.term_to_binary(optimizer), token, lease_ms}
+  end
+
+  defp fences(id), do: fences(OptimizerCoordinator.held_in(id))
 
   defp transfer(target, envelope, timeout) do
     case :erpc.call(target, __MODULE__, :accept_migration, [envelope, node()], timeout) do
@@ -358,7 +365,9 @@ defmodule DSPex.Bridge.HAManager.Replication do
     ops = writes(id)
     started = System.monotonic_time(:millisecond)
 
-    with {:ok, _key, _old, frame, _locks} <- open(envelope),
+    with {:ok, _key, _old, frame, locks} <- open(envelope),
+         # The locks of the snapshot first; the replayed writes and lock changes follow.
+         :ok <- adopt_locks(id, locks),
          {:ok, ^id} <- SessionStore.import_trusted(frame, replay: ops),
          {:ok, pid} <- HAManager.local_session(id),
          {:ok, epoch} <- promoted(pid, key) do

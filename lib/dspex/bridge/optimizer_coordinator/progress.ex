@@ -158,7 +158,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator.Progress do
              lock_token: run.token
            ) do
         {:ok, var} ->
-          Native.coordinator_release(run.session_id, run.var_id, run.optimizer_id)
+          release(run)
           finish(run, :completed, %{final_value: final_value, final_metrics: final_metrics})
           {:ok, var}
 
@@ -172,11 +172,18 @@ defmodule DSPex.Bridge.OptimizerCoordinator.Progress do
 
   def fail(id, reason) do
     with {:ok, run} <- fetch(id) do
-      Native.coordinator_release(run.session_id, run.var_id, run.optimizer_id)
+      release(run)
       finish(run, :failed, %{reason: reason})
       :ok
     end
   end
+
+  # Through the coordinator's API, so that a session under HA hears of it too.
+  defp release(run),
+    do:
+      DSPex.Bridge.OptimizerCoordinator.release_lock(run.var_id, run.optimizer_id,
+        session_id: run.session_id
+      )
 
   defp finish(run, status, extra) do
     run =

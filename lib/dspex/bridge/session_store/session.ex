@@ -237,13 +237,18 @@ defmodule DSPex.Bridge.SessionStore.Session do
   defp promote(nil, state), do: {:cont, state}
 
   defp promote({:replay, ops}, state) do
-    Enum.reduce_while(ops, {:cont, state}, fn op, {:cont, st} ->
-      case handle_call(op, {self(), make_ref()}, st) do
-        {:reply, _reply, st} -> {:cont, {:cont, st}}
-        {:reply, _reply, st, {:continue, c}} -> {:cont, {:cont, continue(st, c)}}
-        {:noreply, st} -> {:cont, {:cont, st}}
-        {:stop, _why, _reply, st} -> {:halt, {:stop, st}}
-      end
+    Enum.reduce_while(ops, {:cont, state}, fn
+      op, {:cont, st} when elem(op, 0) in [:lock_held, :lock_released] ->
+        :ok = DSPex.Bridge.OptimizerCoordinator.apply_replicated(st.id, op)
+        {:cont, {:cont, st}}
+
+      op, {:cont, st} ->
+        case handle_call(op, {self(), make_ref()}, st) do
+          {:reply, _reply, st} -> {:cont, {:cont, st}}
+          {:reply, _reply, st, {:continue, c}} -> {:cont, {:cont, continue(st, c)}}
+          {:noreply, st} -> {:cont, {:cont, st}}
+          {:stop, _why, _reply, st} -> {:halt, {:stop, st}}
+        end
     end)
     |> case do
       {:cont, st} -> {:cont, %{st | ha: :pending}}
@@ -470,6 +475,13 @@ defmodule DSPex.Bridge.SessionStore.Session do
   defp handle({:unwatch, name, pid}, _from, state) do
     {:reply, :ok, remove_watcher(state, name, pid)}
   end
+
+  # A lock granted or released on this session's variables: nothing to do here (the lock
+  # table has it); the message exists to reach the replicas in order with the writes.
+  defp handle({:lock_held, _var, _optimizer, _token, _until}, _from, state),
+    do: {:reply, :ok, state}
+
+  defp handle({:lock_released, _var, _optimizer}, _from, state), do: {:reply, :ok, state}
 
   defp handle(:export, _from, state), do: {:reply, export_terms(state), state}
 
@@ -1006,6 +1018,26 @@ defmodule DSPex.Bridge.SessionStore.Session do
     Native.graph_unpublish(id)
     :ets.delete(Tables.sessions(), id)
     :ok
+  end
+
+  @doc false
+  # Whether `id` lives here under HA (its writes are replicated).
+  def replicated?(id), do: :ets.member(Tables.keep(), id)
+
+  @doc false
+  # A message for the session's ordered, replicated path (lock grants and releases).
+  def record(id, message) do
+    case :ets.lookup(Tables.sessions(), id) do
+      [{_, _meta, pid, _touch}] ->
+        try do
+          GenServer.call(pid, message, 10_000)
+        catch
+          :exit, _ -> {:error, :session_not_found}
+        end
+
+      [] ->
+        {:error, :session_not_found}
+    end
   end
 
   # The session ends for good: every watcher hears it.
