@@ -66,6 +66,7 @@ defmodule DSPex.Bridge.DependencyManager do
 
   alias DSPex.Bridge.{Events, Native, Options, SessionStore, Variable}
   import DSPex.Bridge.Options, only: [is_id: 1]
+  import DSPex.Bridge.HAManager.Routed, only: [defrouted: 1]
 
   @type session_id :: Variable.id()
   @type name :: Variable.id()
@@ -227,14 +228,7 @@ defmodule DSPex.Bridge.DependencyManager do
   `{:ok, path}`, or `{:error, :no_cycle}` when the edge would be accepted.
   """
   @spec cycle_path(session_id(), name(), name(), keyword()) :: {:ok, [name()]} | {:error, term()}
-  def cycle_path(session_id, from_var, to_var, opts \\ []),
-    do:
-      routed(local_cycle_path(session_id, from_var, to_var, opts), session_id, :cycle_path, [
-        session_id,
-        from_var,
-        to_var,
-        opts
-      ])
+  defrouted cycle_path(session_id, from_var, to_var, opts \\ [])
 
   defp local_cycle_path(session_id, from_var, to_var, opts) do
     with :ok <- check_names([from_var, to_var]),
@@ -262,15 +256,9 @@ defmodule DSPex.Bridge.DependencyManager do
   """
   @spec get_update_order(session_id(), name() | [name()], keyword()) ::
           {:ok, [name()]} | {:error, term()}
-  def get_update_order(session_id, changed, opts \\ []),
-    do:
-      routed(local_update_order(session_id, changed, opts), session_id, :get_update_order, [
-        session_id,
-        changed,
-        opts
-      ])
+  defrouted get_update_order(session_id, changed, opts \\ [])
 
-  defp local_update_order(session_id, changed, opts) do
+  defp local_get_update_order(session_id, changed, opts) do
     changed_list = List.wrap(changed)
 
     with :ok <- check_names(changed_list),
@@ -331,16 +319,9 @@ defmodule DSPex.Bridge.DependencyManager do
   with `{:error, {:compute_input, to, from}}`.
   """
   @spec remove_dependency(session_id(), name(), name(), keyword()) :: :ok | {:error, term()}
-  def remove_dependency(session_id, from_var, to_var, opts \\ []),
-    do:
-      routed(local_remove(session_id, from_var, to_var, opts), session_id, :remove_dependency, [
-        session_id,
-        from_var,
-        to_var,
-        opts
-      ])
+  defrouted remove_dependency(session_id, from_var, to_var, opts \\ [])
 
-  defp local_remove(session_id, from_var, to_var, opts) do
+  defp local_remove_dependency(session_id, from_var, to_var, opts) do
     with :ok <- check_names([from_var, to_var]),
          :ok <-
            SessionStore.session_call(
@@ -355,15 +336,9 @@ defmodule DSPex.Bridge.DependencyManager do
 
   @doc "Removes every edge into and out of `var` (not those of compute declarations)."
   @spec clear_dependencies(session_id(), name(), keyword()) :: :ok | {:error, term()}
-  def clear_dependencies(session_id, var, opts \\ []),
-    do:
-      routed(local_clear(session_id, var, opts), session_id, :clear_dependencies, [
-        session_id,
-        var,
-        opts
-      ])
+  defrouted clear_dependencies(session_id, var, opts \\ [])
 
-  defp local_clear(session_id, var, opts) do
+  defp local_clear_dependencies(session_id, var, opts) do
     with :ok <- check_names([var]),
          :ok <- SessionStore.session_call(session_id, {:clear_dependencies, var}, opts, :write) do
       emit(:removed, session_id, %{variable: var})

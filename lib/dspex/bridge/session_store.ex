@@ -72,9 +72,11 @@ defmodule DSPex.Bridge.SessionStore do
 
   alias DSPex.Bridge.{AccessControl, Analytics, Events, Native, Options, Variable, VariableType}
   alias DSPex.Bridge.Analytics.Recorder
-  alias DSPex.Bridge.HAManager.Router
   alias DSPex.Bridge.SessionStore.{Codec, Limits, Session, Tables}
   import DSPex.Bridge.Options, only: [is_id: 1]
+  # A session this node does not hold may be owned by another node (DSPex.Bridge.HAManager):
+  # the call goes there. Only a failed local call is routed, so local sessions pay nothing.
+  import DSPex.Bridge.HAManager.Routed, only: [defrouted: 1]
 
   @sessions :dspex_bridge_sessions
   @variables :dspex_bridge_variables
@@ -188,9 +190,7 @@ defmodule DSPex.Bridge.SessionStore do
 
   @doc "Deletes a session and everything in it. Only the owner may delete it."
   @spec delete_session(session_id(), [access_opt()]) :: :ok | {:error, reason()}
-  def delete_session(session_id, opts \\ []),
-    do:
-      route(local_delete_session(session_id, opts), session_id, :delete_session, [session_id, opts])
+  defrouted delete_session(session_id, opts \\ [])
 
   defp local_delete_session(session_id, opts) do
     with {:ok, o} <- check(session_id, opts),
@@ -210,8 +210,7 @@ defmodule DSPex.Bridge.SessionStore do
   metadata, propagation, variable_count}`.
   """
   @spec get_session(session_id(), [access_opt()]) :: {:ok, map()} | {:error, reason()}
-  def get_session(session_id, opts \\ []),
-    do: route(local_get_session(session_id, opts), session_id, :get_session, [session_id, opts])
+  defrouted get_session(session_id, opts \\ [])
 
   defp local_get_session(session_id, opts) do
     with {:ok, o} <- check(session_id, opts),
@@ -250,14 +249,7 @@ defmodule DSPex.Bridge.SessionStore do
   """
   @spec register_variable(session_id(), name(), Variable.type(), term(), keyword()) ::
           {:ok, Variable.t()} | {:error, reason()}
-  def register_variable(session_id, name, type, value, opts \\ []),
-    do:
-      route(
-        local_register_variable(session_id, name, type, value, opts),
-        session_id,
-        :register_variable,
-        [session_id, name, type, value, opts]
-      )
+  defrouted register_variable(session_id, name, type, value, opts \\ [])
 
   defp local_register_variable(session_id, name, type, value, opts) do
     spec =
@@ -287,13 +279,7 @@ defmodule DSPex.Bridge.SessionStore do
   """
   @spec get_variable(session_id(), name(), [access_opt()]) ::
           {:ok, Variable.t()} | {:error, reason()}
-  def get_variable(session_id, name, opts \\ []),
-    do:
-      route(local_get_variable(session_id, name, opts), session_id, :get_variable, [
-        session_id,
-        name,
-        opts
-      ])
+  defrouted get_variable(session_id, name, opts \\ [])
 
   defp local_get_variable(session_id, name, []) when is_id(session_id) and is_id(name) do
     if Recorder.count_read() or Events.enabled?() do
@@ -336,9 +322,7 @@ defmodule DSPex.Bridge.SessionStore do
 
   @doc "All variables of a session, ordered by name."
   @spec list_variables(session_id(), [access_opt()]) :: {:ok, [Variable.t()]} | {:error, reason()}
-  def list_variables(session_id, opts \\ []),
-    do:
-      route(local_list_variables(session_id, opts), session_id, :list_variables, [session_id, opts])
+  defrouted list_variables(session_id, opts \\ [])
 
   defp local_list_variables(session_id, opts) do
     with {:ok, o} <- check(session_id, opts) do
@@ -379,14 +363,7 @@ defmodule DSPex.Bridge.SessionStore do
   """
   @spec update_variable(session_id(), name(), term(), keyword()) ::
           {:ok, Variable.t()} | {:error, reason()}
-  def update_variable(session_id, name, value, opts \\ []),
-    do:
-      route(local_update_variable(session_id, name, value, opts), session_id, :update_variable, [
-        session_id,
-        name,
-        value,
-        opts
-      ])
+  defrouted update_variable(session_id, name, value, opts \\ [])
 
   defp local_update_variable(session_id, name, value, opts) do
     spec =
@@ -423,13 +400,7 @@ defmodule DSPex.Bridge.SessionStore do
   """
   @spec update_variables(session_id(), map() | [{name(), term()}], keyword()) ::
           {:ok, [Variable.t()]} | {:error, reason()}
-  def update_variables(session_id, updates, opts \\ []),
-    do:
-      route(local_update_variables(session_id, updates, opts), session_id, :update_variables, [
-        session_id,
-        updates,
-        opts
-      ])
+  defrouted update_variables(session_id, updates, opts \\ [])
 
   defp local_update_variables(session_id, updates, opts) do
     spec =
@@ -469,13 +440,7 @@ defmodule DSPex.Bridge.SessionStore do
 
   @doc "Deletes a variable and its history; watchers get `{:dspex_variable_deleted, session_id, name}`."
   @spec delete_variable(session_id(), name(), [access_opt()]) :: :ok | {:error, reason()}
-  def delete_variable(session_id, name, opts \\ []),
-    do:
-      route(local_delete_variable(session_id, name, opts), session_id, :delete_variable, [
-        session_id,
-        name,
-        opts
-      ])
+  defrouted delete_variable(session_id, name, opts \\ [])
 
   defp local_delete_variable(session_id, name, opts) do
     with {:ok, o} <- check(session_id, name, opts, @access),
@@ -492,13 +457,7 @@ defmodule DSPex.Bridge.SessionStore do
   @doc "The last versions of a variable (up to the session's `history_limit`), newest first."
   @spec get_history(session_id(), name(), [access_opt()]) ::
           {:ok, [history_entry()]} | {:error, reason()}
-  def get_history(session_id, name, opts \\ []),
-    do:
-      route(local_get_history(session_id, name, opts), session_id, :get_history, [
-        session_id,
-        name,
-        opts
-      ])
+  defrouted get_history(session_id, name, opts \\ [])
 
   defp local_get_history(session_id, name, opts) do
     with {:ok, o} <- check(session_id, name, opts, @access),
@@ -517,14 +476,7 @@ defmodule DSPex.Bridge.SessionStore do
   """
   @spec rollback_variable(session_id(), name(), pos_integer(), [access_opt()]) ::
           {:ok, Variable.t()} | {:error, reason()}
-  def rollback_variable(session_id, name, version, opts \\ []),
-    do:
-      route(
-        local_rollback_variable(session_id, name, version, opts),
-        session_id,
-        :rollback_variable,
-        [session_id, name, version, opts]
-      )
+  defrouted rollback_variable(session_id, name, version, opts \\ [])
 
   defp local_rollback_variable(session_id, name, version, opts) do
     with {:ok, o} <- check(session_id, name, opts, @access),
@@ -551,8 +503,7 @@ defmodule DSPex.Bridge.SessionStore do
   no-op; a watcher that exits is dropped. Returns the variable as it is now.
   """
   @spec watch(session_id(), name(), keyword()) :: {:ok, Variable.t()} | {:error, reason()}
-  def watch(session_id, name, opts \\ []),
-    do: route(local_watch(session_id, name, opts), session_id, :watch, [session_id, name, opts])
+  defrouted watch(session_id, name, opts \\ [])
 
   defp local_watch(session_id, name, opts) do
     with {:ok, o} <- check(session_id, name, opts, Map.put(@access, :pid, &is_pid/1)),
@@ -563,8 +514,7 @@ defmodule DSPex.Bridge.SessionStore do
 
   @doc "Stops watching. Unknown watchers are a no-op."
   @spec unwatch(session_id(), name(), keyword()) :: :ok | {:error, reason()}
-  def unwatch(session_id, name, opts \\ []),
-    do: route(local_unwatch(session_id, name, opts), session_id, :unwatch, [session_id, name, opts])
+  defrouted unwatch(session_id, name, opts \\ [])
 
   defp local_unwatch(session_id, name, opts) do
     with {:ok, o} <- check(session_id, name, opts, Map.put(@access, :pid, &is_pid/1)) do
@@ -577,12 +527,7 @@ defmodule DSPex.Bridge.SessionStore do
   (immediately for `:sync` sessions).
   """
   @spec await_propagation(session_id(), [access_opt()]) :: :ok | {:error, reason()}
-  def await_propagation(session_id, opts \\ []),
-    do:
-      route(local_await_propagation(session_id, opts), session_id, :await_propagation, [
-        session_id,
-        opts
-      ])
+  defrouted await_propagation(session_id, opts \\ [])
 
   defp local_await_propagation(session_id, opts) do
     with {:ok, o} <- check(session_id, opts),
@@ -599,9 +544,7 @@ defmodule DSPex.Bridge.SessionStore do
   with a CRC-32 checksum, taken as a consistent cut between writes.
   """
   @spec export_session(session_id(), [access_opt()]) :: {:ok, binary()} | {:error, reason()}
-  def export_session(session_id, opts \\ []),
-    do:
-      route(local_export_session(session_id, opts), session_id, :export_session, [session_id, opts])
+  defrouted export_session(session_id, opts \\ [])
 
   defp local_export_session(session_id, opts) do
     with {:ok, o} <- check(session_id, opts),
@@ -641,14 +584,6 @@ defmodule DSPex.Bridge.SessionStore do
 
   # ---------------------------------------------------------------------------------------
   # plumbing
-
-  # A session this node does not hold may be owned by another node (DSPex.Bridge.HAManager):
-  # the call goes there. Only a failed local call is routed, so local sessions pay nothing.
-  defp route({:error, reason} = error, session_id, fun, args)
-       when reason in [:session_not_found, :access_denied],
-       do: Router.forward(session_id, fun, args, error)
-
-  defp route(result, _session_id, _fun, _args), do: result
 
   defp check(session_id, opts, spec \\ @access)
   defp check(session_id, opts, spec) when is_id(session_id), do: Options.take(opts, spec)

@@ -19,8 +19,6 @@ defmodule DSPex.Bridge.HAManager.Router do
 
   def routed(result, _module, _session_id, _fun, _args), do: result
 
-  def forward(session_id, fun, args, error), do: forward(SessionStore, session_id, fun, args, error)
-
   def forward(module, session_id, fun, args, error) do
     hops = Process.get(:dspex_ha_hops, 0)
 
