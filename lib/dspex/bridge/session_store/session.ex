@@ -14,7 +14,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
   alias DSPex.Bridge.HAManager
   alias DSPex.Bridge.HAManager.Replication
   alias DSPex.Bridge.DependencyManager.Propagation
-  alias DSPex.Bridge.SessionStore.{Codec, Keeper, Tables}
+  alias DSPex.Bridge.SessionStore.{Codec, Keeper, Tables, Watchers}
 
   @enforce_keys [:id, :meta, :touch]
   defstruct [
@@ -59,7 +59,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
       Keeper.watch(id, self())
       :ok = Native.graph_publish(id, meta.graph)
       state = schedule_idle_check(new_state(id, meta, touch))
-      state = Enum.reduce(watchers, state, fn {name, pid}, st -> add_watcher(st, name, pid) end)
+      state = Enum.reduce(watchers, state, fn {name, pid}, st -> Watchers.add(st, name, pid) end)
 
       case init do
         :empty -> {:ok, state}
@@ -453,7 +453,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
       :ets.delete(Tables.access(), {state.id, name})
       :ets.delete(Tables.variables(), {state.id, name})
       :ets.delete(Tables.history(), {state.id, name})
-      {state, watchers} = drop_watchers(state, name)
+      {state, watchers} = Watchers.drop(state, name)
       for pid <- watchers, do: send(pid, {:dspex_variable_deleted, state.id, name})
       {:reply, :ok, active(%{state | count: state.count - 1})}
     else
@@ -465,7 +465,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
   defp handle({:watch, name, pid}, _from, state) do
     case fetch(state.id, name) do
       {:ok, var} ->
-        {:reply, {:ok, var}, add_watcher(state, name, pid)}
+        {:reply, {:ok, var}, Watchers.add(state, name, pid)}
 
       error ->
         {:reply, error, state}
@@ -473,7 +473,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
   end
 
   defp handle({:unwatch, name, pid}, _from, state) do
-    {:reply, :ok, remove_watcher(state, name, pid)}
+    {:reply, :ok, Watchers.remove(state, name, pid)}
   end
 
   # A lock granted or released on this session's variables: nothing to do here (the lock
@@ -486,7 +486,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
   defp handle(:export, _from, state), do: {:reply, export_terms(state), state}
 
   defp handle(:delete, _from, state) do
-    lose_watchers(state, :session_deleted)
+    Watchers.lose_all(state, :session_deleted)
     destroy(state)
     {:stop, :normal, :ok, state}
   end
@@ -494,8 +494,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
   # What HA sends to another node (a migration, a replica's snapshot), watchers included:
   # they keep receiving changes from the new owner.
   defp export(state) do
-    watchers = for {name, by_pid} <- state.watchers, pid <- Map.keys(by_pid), do: {name, pid}
-    meta = state.meta |> Map.delete(:graph) |> Map.put(:watchers, watchers)
+    meta = state.meta |> Map.delete(:graph) |> Map.put(:watchers, Watchers.list(state))
     Codec.encode_split(state.id, meta, Native.graph_edges(state.meta.graph))
   end
 
@@ -541,12 +540,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
   # After a crash: the watchers and the HA registration the rows kept.
   def handle_continue(:recover, state) do
-    state =
-      Enum.reduce(:ets.lookup(Tables.watchers(), state.id), state, fn {_, name, pid} = row, st ->
-        # The row goes back with the new monitor (add_watcher/3 inserts it again).
-        :ets.delete_object(Tables.watchers(), row)
-        if Process.alive?(pid), do: add_watcher(st, name, pid), else: st
-      end)
+    state = Watchers.restore(state)
 
     case :ets.lookup(Tables.keep(), state.id) do
       [{_, ha}] ->
@@ -826,7 +820,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     idle_for = now_ms() - state.last_activity
 
     if state.meta.ttl != :infinity and idle_for >= state.meta.ttl do
-      lose_watchers(state, :session_expired)
+      Watchers.lose_all(state, :session_expired)
       destroy(state)
       if state.ha, do: Replication.retire(state.id, state.ha)
 
@@ -842,22 +836,8 @@ defmodule DSPex.Bridge.SessionStore.Session do
     end
   end
 
-  def handle_info({:DOWN, ref, :process, _pid, reason}, state) do
-    case Map.pop(state.monitors, ref) do
-      {nil, _} ->
-        {:noreply, state}
-
-      {{name, pid}, monitors} ->
-        # A watcher on a node this one lost sight of may still be alive: it is told, so that
-        # it can watch again once its node is back, rather than wait in silence.
-        if reason == :noconnection,
-          do: send(pid, {:dspex_watch_lost, state.id, name, :noconnection})
-
-        :ets.delete_object(Tables.watchers(), {state.id, name, pid})
-        watchers = Map.update(state.watchers, name, %{}, &Map.delete(&1, pid))
-        {:noreply, %{state | monitors: monitors, watchers: prune(watchers, name)}}
-    end
-  end
+  def handle_info({:DOWN, ref, :process, _pid, reason}, state),
+    do: {:noreply, Watchers.down(state, ref, reason)}
 
   def handle_info(_other, state), do: {:noreply, state}
 
@@ -985,15 +965,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
       end)
     )
 
-    for {old, new, _} <- changes,
-        old != nil,
-        pid <- Map.keys(Map.get(state.watchers, new.name, %{})) do
-      send(
-        pid,
-        {:dspex_variable_changed, state.id, new.name,
-         %{old: old.value, new: new.value, version: new.version}}
-      )
-    end
+    for {old, new, _} <- changes, old != nil, do: Watchers.notify(state, old, new)
 
     :ok
   end
@@ -1038,50 +1010,5 @@ defmodule DSPex.Bridge.SessionStore.Session do
       [] ->
         {:error, :session_not_found}
     end
-  end
-
-  # The session ends for good: every watcher hears it.
-  defp lose_watchers(state, reason) do
-    for {name, by_pid} <- state.watchers,
-        pid <- Map.keys(by_pid),
-        do: send(pid, {:dspex_watch_lost, state.id, name, reason})
-
-    :ok
-  end
-
-  defp add_watcher(state, name, pid) do
-    if Map.has_key?(Map.get(state.watchers, name, %{}), pid) do
-      state
-    else
-      ref = Process.monitor(pid)
-      :ets.insert(Tables.watchers(), {state.id, name, pid})
-      watchers = Map.update(state.watchers, name, %{pid => ref}, &Map.put(&1, pid, ref))
-      %{state | watchers: watchers, monitors: Map.put(state.monitors, ref, {name, pid})}
-    end
-  end
-
-  defp remove_watcher(state, name, pid) do
-    case state.watchers do
-      %{^name => %{^pid => ref}} ->
-        Process.demonitor(ref, [:flush])
-        :ets.delete_object(Tables.watchers(), {state.id, name, pid})
-        watchers = Map.update!(state.watchers, name, &Map.delete(&1, pid))
-        %{state | watchers: prune(watchers, name), monitors: Map.delete(state.monitors, ref)}
-
-      _ ->
-        state
-    end
-  end
-
-  defp drop_watchers(state, name) do
-    {by_pid, watchers} = Map.pop(state.watchers, name, %{})
-    for {_pid, ref} <- by_pid, do: Process.demonitor(ref, [:flush])
-    :ets.match_delete(Tables.watchers(), {state.id, name, :_})
-    monitors = Map.drop(state.monitors, Map.values(by_pid))
-    {%{state | watchers: watchers, monitors: monitors}, Map.keys(by_pid)}
-  end
-
-  defp prune(watchers, name) do
-    if watchers[name] == %{}, do: Map.delete(watchers, name), else: watchers
   end
 end
