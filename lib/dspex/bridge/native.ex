@@ -63,6 +63,8 @@ defmodule DSPex.Bridge.Native do
   def acl_add_rule(_session, _name, _rule), do: not_loaded()
   def acl_remove_rule(_session, _name, _id), do: not_loaded()
   def acl_set_mode(_session, _name, _mode), do: not_loaded()
+  def acl_policy(_session, _name), do: not_loaded()
+  def acl_session_policies(_session), do: not_loaded()
   def acl_check(_session, _name, _caller, _permission, _context), do: not_loaded()
   def acl_set_audit_all(_all?), do: not_loaded()
   def events_set_enabled(_enabled?), do: not_loaded()

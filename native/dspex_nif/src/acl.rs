@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
+use ahash::AHashMap;
 use dspex_core::acl::{
     AccessControl, AccessMode, Caller, Condition, Context, Decision, Effect, OwnedCaller,
     Permission, Rule, RuleError, SessionPattern, Value,
@@ -30,8 +31,66 @@ type Engine = AccessControl<(VarKey, VarKey)>;
 /// Decisions cached at most; past this the cache starts over.
 const CACHE_CAPACITY: usize = 100_000;
 
-static ENGINE: LazyLock<Mutex<Engine>> =
-    LazyLock::new(|| Mutex::new(AccessControl::new(CACHE_CAPACITY)));
+/// A policy as it was given: its mode and each rule's id with the canonical term
+/// (`DSPex.Bridge.AccessControl` builds them), in external term format.
+struct Source {
+    mode: AccessMode,
+    rules: Vec<(String, Vec<u8>)>,
+}
+
+/// The compiled engine and the policies as given, under one lock: `get_policy` and a
+/// session's snapshot read the rules back exactly as they were set, and the two can never
+/// be out of step (the policies are stored here only).
+struct Store {
+    engine: Engine,
+    sources: AHashMap<(VarKey, VarKey), Source>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl std::ops::DerefMut for Store {
+    fn deref_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+}
+
+static ENGINE: LazyLock<Mutex<Store>> = LazyLock::new(|| {
+    Mutex::new(Store {
+        engine: AccessControl::new(CACHE_CAPACITY),
+        sources: AHashMap::new(),
+    })
+});
+
+/// Each rule term's id and external form, for `Source`.
+fn rule_sources(rules: Term) -> NifResult<Vec<(String, Vec<u8>)>> {
+    crate::list::terms(rules)?
+        .into_iter()
+        .map(rule_source)
+        .collect()
+}
+
+fn rule_source(rule: Term) -> NifResult<(String, Vec<u8>)> {
+    let id: String = get_tuple(rule)?.first().ok_or(Error::BadArg)?.decode()?;
+    Ok((id, rule.to_binary().as_slice().to_vec()))
+}
+
+fn encode_source<'a>(env: Env<'a>, source: &Source) -> NifResult<Term<'a>> {
+    let rules = source
+        .rules
+        .iter()
+        .map(|(_, bytes)| {
+            env.binary_to_term(bytes)
+                .map(|(t, _)| t)
+                .ok_or(Error::BadArg)
+        })
+        .collect::<NifResult<Vec<Term>>>()?;
+    Ok((encode_mode(source.mode), rules).encode(env))
+}
 
 fn decode_permission(term: Term) -> NifResult<Permission> {
     [
@@ -292,15 +351,23 @@ fn acl_set_policy<'a>(
 ) -> NifResult<Term<'a>> {
     let mode = decode_mode(mode)?;
     let owner = session.id_bytes().to_vec();
+    let source = Source {
+        mode,
+        rules: rule_sources(rules)?,
+    };
     Ok(match decode_rules(rules)? {
         Err((i, e)) => invalid_rule(env, i, &e),
-        Ok(rules) => match ENGINE
-            .lock()
-            .set_policy((session, name), &owner, mode, rules)
-        {
-            Ok(()) => atoms::ok().encode(env),
-            Err((i, e)) => invalid_rule(env, i, &e),
-        },
+        Ok(compiled) => {
+            let mut store = ENGINE.lock();
+            let key = (session, name);
+            match store.set_policy(key.clone(), &owner, mode, compiled) {
+                Ok(()) => {
+                    store.sources.insert(key, source);
+                    atoms::ok().encode(env)
+                }
+                Err((i, e)) => invalid_rule(env, i, &e),
+            }
+        }
     })
 }
 
@@ -319,14 +386,23 @@ fn acl_set_policies<'a>(
     for (name, mode, rules) in policies {
         match decode_rules(rules)? {
             Err((i, e)) => return Ok(invalid_rule(env, i, &e)),
-            Ok(rules) => decoded.push((name, decode_mode(mode)?, rules)),
+            Ok(compiled) => {
+                let mode = decode_mode(mode)?;
+                let source = Source {
+                    mode,
+                    rules: rule_sources(rules)?,
+                };
+                decoded.push((name, mode, compiled, source))
+            }
         }
     }
-    let mut engine = ENGINE.lock();
-    for (name, mode, rules) in decoded {
-        if let Err((i, e)) = engine.set_policy((session.clone(), name), &owner, mode, rules) {
+    let mut store = ENGINE.lock();
+    for (name, mode, compiled, source) in decoded {
+        let key = (session.clone(), name);
+        if let Err((i, e)) = store.set_policy(key.clone(), &owner, mode, compiled) {
             return Ok(invalid_rule(env, i, &e));
         }
+        store.sources.insert(key, source);
     }
     Ok(atoms::ok().encode(env))
 }
@@ -343,13 +419,18 @@ fn acl_remove_session(session: Term) -> NifResult<usize> {
         Err(_) if session.is_atom() => return Ok(0),
         Err(err) => return Err(err),
     };
-    Ok(ENGINE.lock().remove_policies_where(|(s, _)| *s == session))
+    let mut store = ENGINE.lock();
+    store.sources.retain(|(s, _), _| *s != session);
+    Ok(store.remove_policies_where(|(s, _)| *s == session))
 }
 
 /// Drops a variable's policy; `true` if it had one.
 #[rustler::nif]
 fn acl_remove_policy(session: VarKey, name: VarKey) -> bool {
-    ENGINE.lock().remove_policy(&(session, name))
+    let mut store = ENGINE.lock();
+    let key = (session, name);
+    store.sources.remove(&key);
+    store.remove_policy(&key)
 }
 
 /// Adds one rule: `:ok` or `{:error, reason}`.
@@ -360,16 +441,35 @@ fn acl_add_rule<'a>(
     name: VarKey,
     rule: Term<'a>,
 ) -> NifResult<Term<'a>> {
+    let source = rule_source(rule)?;
     Ok(match decode_rule(rule)? {
         Err(e) => (atoms::error(), rule_error(env, &e)).encode(env),
-        Ok(rule) => ok_or_rule_error(env, ENGINE.lock().add_rule(&(session, name), rule)),
+        Ok(compiled) => {
+            let mut store = ENGINE.lock();
+            let key = (session, name);
+            let result = store.add_rule(&key, compiled);
+            if result.is_ok() {
+                if let Some(s) = store.sources.get_mut(&key) {
+                    s.rules.push(source);
+                }
+            }
+            ok_or_rule_error(env, result)
+        }
     })
 }
 
 /// Removes a rule by id.
 #[rustler::nif]
 fn acl_remove_rule(env: Env, session: VarKey, name: VarKey, id: String) -> Term {
-    ok_or_rule_error(env, ENGINE.lock().remove_rule(&(session, name), &id))
+    let mut store = ENGINE.lock();
+    let key = (session, name);
+    let result = store.remove_rule(&key, &id);
+    if result.is_ok() {
+        if let Some(s) = store.sources.get_mut(&key) {
+            s.rules.retain(|(rule_id, _)| *rule_id != id);
+        }
+    }
+    ok_or_rule_error(env, result)
 }
 
 /// Changes the access mode.
@@ -381,10 +481,39 @@ fn acl_set_mode<'a>(
     mode: Term<'a>,
 ) -> NifResult<Term<'a>> {
     let mode = decode_mode(mode)?;
-    Ok(ok_or_rule_error(
-        env,
-        ENGINE.lock().set_mode(&(session, name), mode),
-    ))
+    let mut store = ENGINE.lock();
+    let key = (session, name);
+    let result = store.set_mode(&key, mode);
+    if result.is_ok() {
+        if let Some(s) = store.sources.get_mut(&key) {
+            s.mode = mode;
+        }
+    }
+    Ok(ok_or_rule_error(env, result))
+}
+
+/// A variable's policy as it was set: `{mode, [rule]}` (the canonical rule terms), or `nil`.
+#[rustler::nif]
+fn acl_policy(env: Env, session: VarKey, name: VarKey) -> NifResult<Term> {
+    match ENGINE.lock().sources.get(&(session, name)) {
+        Some(source) => encode_source(env, source),
+        None => Ok(atoms::nil().encode(env)),
+    }
+}
+
+/// Every policy of a session as it was set: `[{name, mode, [rule]}]`. DirtyCpu: a large
+/// session has tens of thousands.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn acl_session_policies(env: Env, session: VarKey) -> NifResult<Term> {
+    let store = ENGINE.lock();
+    let mut out = Vec::new();
+    for ((s, name), source) in store.sources.iter() {
+        if *s == session {
+            let (mode, rules) = encode_source(env, source)?.decode::<(Term, Term)>()?;
+            out.push((name, mode, rules).encode(env));
+        }
+    }
+    Ok(out.encode(env))
 }
 
 /// Decisions made by `acl_check` since the last `acl_take_counts`: allowed and denied, each

@@ -267,6 +267,37 @@ defmodule DSPex.Bridge.AccessControlTest do
       assert {:ok, %{allowed: false, decided_by: :no_policy}} =
                AccessControl.explain({copy, :x}, "admin_z", :write)
     end
+
+    test "a policy is stored once, in the engine, and read back as it was given" do
+      s = session!()
+      {:ok, _} = SessionStore.register_variable(s, :x, :integer, 1)
+      rule = [id: "r", session_pattern: {:regex, "^team_[0-9]+$"}, permissions: [:read]]
+      conditions = [conditions: %{"tier" => {:in, ["gold", :platinum]}, "score" => {:gt, 3}}]
+      :ok = AccessControl.add_rule({s, :x}, rule ++ conditions)
+
+      :ok =
+        AccessControl.add_rule({s, :x},
+          id: "w",
+          session_pattern: :any,
+          permissions: [:write],
+          effect: :deny
+        )
+
+      :ok = AccessControl.set_access_mode({s, :x}, :public)
+      :ok = AccessControl.remove_rule({s, :x}, "w")
+
+      assert {:ok, %{mode: :public, rules: [given]}} = AccessControl.get_policy({s, :x})
+      assert {"r", {:regex, "^team_[0-9]+$"}, [:read], :allow, conds, 0, nil, nil, nil, nil} = given
+      assert Enum.sort(conds) == [{"score", {:gt, 3}}, {"tier", {:in, ["gold", :platinum]}}]
+
+      # No second copy beside the engine.
+      assert :ets.info(:dspex_bridge_access) == :undefined
+      {:ok, bin} = SessionStore.export_session(s)
+      copy = unique_id("copy")
+      {:ok, ^copy} = SessionStore.import_session(bin, session_id: copy)
+      on_exit(fn -> SessionStore.delete_session(copy) end)
+      assert {:ok, %{mode: :public, rules: [^given]}} = AccessControl.get_policy({copy, :x})
+    end
   end
 
   describe "bad input" do

@@ -223,10 +223,6 @@ defmodule DSPex.Bridge.WritePathTest do
     # The owner dies mid-run, once some writes are acknowledged.
     for _ <- 1..100, do: assert_receive(:progress, 30_000)
 
-    IO.inspect(for(n <- [b, c], do: :erpc.call(n, DSPex.Bridge.HAManager.Replication, :held, [id])),
-      label: "held"
-    )
-
     :ok = LocalCluster.kill(a)
     acked = writers |> Task.await_many(150_000) |> List.flatten()
     eventually(fn -> match?({:ok, o} when o in [b, c], HAManager.get_session_owner(id)) end, 30_000)

@@ -83,8 +83,7 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   defp select_history(id),
     do: :ets.select(Tables.history(), [{{{id, :"$1"}, :"$2"}, [], [{{:"$1", :"$2"}}]}])
 
-  defp select_access(id),
-    do: :ets.select(Tables.access(), [{{{id, :"$1"}, :"$2", :"$3"}, [], [{{:"$1", :"$2", :"$3"}}]}])
+  defp select_access(id), do: Native.acl_session_policies(id)
 
   defp history_tuples({n, es}), do: {n, Enum.map(es, &entry_tuple/1)}
 

@@ -146,7 +146,6 @@ defmodule DSPex.Bridge.SessionStore.Session do
       end
 
     :ok = Native.acl_set_policies(id, access)
-    :ets.insert(Tables.access(), Enum.map(access, fn {n, m, r} -> {{id, n}, m, r} end))
     :ets.insert(Tables.variables(), Enum.map(variables, &{{id, &1.name}, &1, touch}))
     :ok
   end
@@ -450,7 +449,6 @@ defmodule DSPex.Bridge.SessionStore.Session do
          [] <- Enum.filter(dependents(state, name), &computed_from?(state.id, &1, name)) do
       Native.graph_remove_node(state.meta.graph, name)
       Native.acl_remove_policy(state.id, name)
-      :ets.delete(Tables.access(), {state.id, name})
       :ets.delete(Tables.variables(), {state.id, name})
       :ets.delete(Tables.history(), {state.id, name})
       {state, watchers} = Watchers.drop(state, name)
@@ -503,11 +501,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     hist = :ets.select(Tables.history(), [{{{state.id, :"$1"}, :"$2"}, [], [{{:"$1", :"$2"}}]}])
     edges = Native.graph_edges(state.meta.graph)
 
-    access =
-      :ets.select(Tables.access(), [
-        {{{state.id, :"$1"}, :"$2", :"$3"}, [], [{{:"$1", :"$2", :"$3"}}]}
-      ])
-
+    access = Native.acl_session_policies(state.id)
     meta = state.meta |> Map.delete(:graph) |> Map.put(:access, access)
     {:ok, meta, vars, hist, edges}
   end
@@ -723,7 +717,6 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
     case Native.acl_set_policy(state.id, name, mode, rules) do
       :ok ->
-        :ets.insert(Tables.access(), {{state.id, name}, mode, rules})
         :ok
 
       error ->
@@ -732,32 +725,28 @@ defmodule DSPex.Bridge.SessionStore.Session do
     end
   end
 
+  # Policies are stored once, in the NIF's engine, with their rules as they were given.
   defp policy_change(id, name, :get_policy) do
-    [{_, mode, rules}] = :ets.lookup(Tables.access(), {id, name})
-    {:ok, %{mode: mode, rules: rules}}
+    case Native.acl_policy(id, name) do
+      {mode, rules} -> {:ok, %{mode: mode, rules: rules}}
+      nil -> {:ok, %{mode: :private, rules: []}}
+    end
   end
 
   defp policy_change(id, name, message) do
-    [{key, mode, rules}] = :ets.lookup(Tables.access(), {id, name})
+    case message do
+      {:add_rule, rule} ->
+        case Native.acl_add_rule(id, name, rule) do
+          :ok -> :ok
+          {:error, reason} -> {:error, {:invalid_rule, 0, reason}}
+        end
 
-    {result, mode, rules} =
-      case message do
-        {:add_rule, rule} ->
-          case Native.acl_add_rule(id, name, rule) do
-            :ok -> {:ok, mode, rules ++ [rule]}
-            {:error, reason} -> {{:error, {:invalid_rule, 0, reason}}, mode, rules}
-          end
+      {:remove_rule, rule_id} ->
+        Native.acl_remove_rule(id, name, rule_id)
 
-        {:remove_rule, rule_id} ->
-          {Native.acl_remove_rule(id, name, rule_id), mode,
-           Enum.reject(rules, &(elem(&1, 0) == rule_id))}
-
-        {:set_mode, new_mode} ->
-          {Native.acl_set_mode(id, name, new_mode), new_mode, rules}
-      end
-
-    if result == :ok, do: :ets.insert(Tables.access(), {key, mode, rules})
-    result
+      {:set_mode, new_mode} ->
+        Native.acl_set_mode(id, name, new_mode)
+    end
   end
 
   defp dependents(state, name) do
@@ -979,7 +968,6 @@ defmodule DSPex.Bridge.SessionStore.Session do
     # The tables are emptied in parallel: for a large session this is most of the work.
     others =
       Task.async(fn ->
-        :ets.match_delete(Tables.access(), {{id, :_}, :_, :_})
         :ets.match_delete(Tables.history(), {{id, :_}, :_})
       end)
 

@@ -6,8 +6,7 @@ defmodule DSPex.Bridge.SessionStore.Tables do
   # variables: {{session_id, name}, %Variable{}, touch}  ordered_set: a session's variables
   #            are one contiguous key range, so listing or deleting them never scans others
   # history:   {{session_id, name}, [entry]}             ordered_set, newest entry first
-  # access:    {{session_id, name}, mode, [rule]}        ordered_set; the policies as given
-  #            (canonical form), for export and get_policy; decisions come from the NIF
+  # (Access policies are not here: the NIF's engine stores them once, compiled and as given.)
   # audit:     {unique_int, entry}                       ordered_set, bounded access log
   # watchers:  {session_id, name, pid}                   duplicate_bag; a session's watchers,
   #            kept here so that a session restarted after a crash still notifies them
@@ -21,7 +20,6 @@ defmodule DSPex.Bridge.SessionStore.Tables do
   @sessions :dspex_bridge_sessions
   @variables :dspex_bridge_variables
   @history :dspex_bridge_history
-  @access :dspex_bridge_access
   @audit :dspex_bridge_audit
   @watchers :dspex_bridge_watchers
   @keep :dspex_bridge_session_keep
@@ -29,7 +27,6 @@ defmodule DSPex.Bridge.SessionStore.Tables do
   def sessions, do: @sessions
   def variables, do: @variables
   def history, do: @history
-  def access, do: @access
   def watchers, do: @watchers
   def keep, do: @keep
 
@@ -41,7 +38,6 @@ defmodule DSPex.Bridge.SessionStore.Tables do
     :ets.new(@sessions, [:set | opts])
     :ets.new(@variables, [:ordered_set | opts])
     :ets.new(@history, [:ordered_set | opts])
-    :ets.new(@access, [:ordered_set | opts])
     :ets.new(@audit, [:ordered_set, :public, :named_table, write_concurrency: true])
     :ets.new(@watchers, [:duplicate_bag | opts])
     :ets.new(@keep, [:set | opts])
