@@ -474,11 +474,11 @@ defmodule DSPex.Bridge.HAManager do
     {:reply, :ok, state}
   end
 
-  def handle_call({:replica_snapshot, id, owner, epoch, envelope}, _from, state),
-    do: {:reply, Replication.store_snapshot(id, owner, epoch, envelope), state}
+  def handle_call({:replica_snapshot, id, owner, epoch, seq, envelope}, _from, state),
+    do: {:reply, Replication.store_snapshot(id, owner, epoch, seq, envelope), state}
 
-  def handle_call({:replica_op, id, owner, epoch, op}, _from, state),
-    do: {:reply, Replication.store_op(id, owner, epoch, op), state}
+  def handle_call({:replica_op, id, owner, epoch, seq, op}, _from, state),
+    do: {:reply, Replication.store_op(id, owner, epoch, seq, op), state}
 
   defp eligible(state) do
     for {n, %{weight: w, draining: false}} <- state.members, w > 0, do: {n, w}
@@ -509,8 +509,18 @@ defmodule DSPex.Bridge.HAManager do
     {:noreply, state}
   end
 
-  def handle_cast({:replica_op, id, owner, epoch, op}, state) do
-    Replication.store_op(id, owner, epoch, op)
+  def handle_cast({:replica_op, id, owner, epoch, seq, op}, state) do
+    Replication.store_op(id, owner, epoch, seq, op)
+    {:noreply, state}
+  end
+
+  # A replica of a session owned here missed a write: its session sends it a snapshot.
+  def handle_cast({:resync, id, replica}, state) do
+    case local_session(id) do
+      {:ok, pid} -> send(pid, {:ha_resync, replica})
+      _ -> :ok
+    end
+
     {:noreply, state}
   end
 

@@ -128,9 +128,15 @@ defmodule DSPex.Bridge.HAManagerTest do
 
   test "a session that expires on its owner is forgotten by its replica and every node" do
     [a, b] = peers(["ttl_a", "ttl_b"])
-    id = new_session(a, ttl: 200)
+    # A TTL long enough that the replica is seen holding its copy on a loaded machine.
+    id = new_session(a, ttl: 2_000)
     assert {:ok, _} = :erpc.call(b, Replication, :held, [id])
-    eventually(fn -> :erpc.call(b, Replication, :held, [id]) == {:error, :not_a_replica} end, 5_000)
+
+    eventually(
+      fn -> :erpc.call(b, Replication, :held, [id]) == {:error, :not_a_replica} end,
+      15_000
+    )
+
     eventually(fn -> ha(b, :get_session_owner, [id]) == {:error, :not_registered} end, 5_000)
     assert {:error, :session_not_found} = rpc(b, :get_variable, [id, "counter"])
   end
@@ -288,7 +294,7 @@ defmodule DSPex.Bridge.HAManagerTest do
     op = {:update, [{"counter", 7}], %{expected_versions: %{}}}
 
     assert {:error, {:stale_epoch, ^old_epoch, _}} =
-             :erpc.call(b, GenServer, :call, [HAManager, {:replica_op, id, a, old_epoch, op}])
+             :erpc.call(b, GenServer, :call, [HAManager, {:replica_op, id, a, old_epoch, 1, op}])
   end
 
   test "events: migration with duration and bytes, node_down; the cluster dashboard merges every node" do

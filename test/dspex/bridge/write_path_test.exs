@@ -284,4 +284,29 @@ defmodule DSPex.Bridge.WritePathTest do
     assert :ok = OptimizerCoordinator.release_lock("x", "opt", on)
     assert {:ok, %{value: 4}} = store(b, :update_variable, [id, "x", 4])
   end
+
+  test "replicas apply writes in sequence: a gap is caught up by a snapshot, never applied around" do
+    [a, b] = peers(["wp_seq_a", "wp_seq_b"])
+    id = new_session(a, ~w(counter))
+    replica = fn -> :erpc.call(b, DSPex.Bridge.HAManager.Replication, :held, [id]) end
+    for v <- 1..3, do: {:ok, _} = store(a, :update_variable, [id, "counter", v])
+    assert {:ok, %{writes: 3, seq: seq, epoch: epoch}} = replica.()
+
+    # A write that does not follow the last one (as an :async write lost on the way would
+    # leave) is refused, and the replica asks the owner for a snapshot.
+    op = {:update, [{"counter", 99}], %{expected_versions: %{}}}
+
+    assert {:error, {:gap, ^seq, _}} =
+             :erpc.call(b, GenServer, :call, [HAManager, {:replica_op, id, a, epoch, seq + 5, op}])
+
+    eventually(fn -> match?({:ok, %{writes: 0, seq: ^seq}}, replica.()) end, 5_000)
+    {:ok, _} = store(a, :update_variable, [id, "counter", 4])
+    assert {:ok, %{writes: 1}} = replica.()
+
+    # What the replica holds is exactly the owner's history: it promotes with it.
+    :ok = LocalCluster.kill(a)
+    eventually(fn -> HAManager.get_session_owner(id) == {:ok, b} end, 30_000)
+    {:ok, history} = store(b, :get_history, [id, "counter", []])
+    assert Enum.map(history, & &1.value) == [4, 3, 2, 1, 0]
+  end
 end

@@ -48,7 +48,9 @@ defmodule DSPex.Bridge.HAManager.Replication do
   def write?(_msg), do: false
 
   def attach(id, %{key: key, epoch: epoch, replicas: replicas} = request, export) do
-    ha = %{key: key, epoch: epoch, replicas: replicas, ops: 0}
+    # `seq` numbers the writes sent to the replicas (the snapshot they start from is 0);
+    # `ops` counts them since the last full snapshot.
+    ha = %{key: key, epoch: epoch, replicas: replicas, ops: 0, seq: 0}
 
     case replicas -- Map.get(request, :skip, []) do
       [] ->
@@ -57,7 +59,7 @@ defmodule DSPex.Bridge.HAManager.Replication do
       to_push ->
         with {:ok, frame} <- export.(),
              {:ok, envelope} <- Native.ha_envelope_encode(key, epoch, frame, fences(id)) do
-          for r <- to_push, do: push_snapshot(r, id, epoch, envelope)
+          for r <- to_push, do: push_snapshot(r, id, epoch, 0, envelope)
           {:ok, ha}
         end
     end
@@ -132,14 +134,16 @@ defmodule DSPex.Bridge.HAManager.Replication do
     # Watches are few and must never be lost silently: they reach the replicas before they
     # are acknowledged, whatever the mode.
     mode = if watch?(msg), do: :sync, else: HAManager.config().replication
-    results = for r <- ha.replicas, do: {r, send_op(mode, r, id, ha.epoch, msg)}
+    seq = ha.seq + 1
+    results = for r <- ha.replicas, do: {r, send_op(mode, r, id, ha.epoch, seq, msg)}
 
     case Enum.find(results, &match?({_, {:error, {:stale_epoch, _, _}}}, &1)) do
       {_, error} ->
         error
 
       nil ->
-        # A replica that lost its copy (restarted) gets a fresh snapshot.
+        # A replica that lost its copy (restarted), or missed a write (a gap in the
+        # sequence), gets a fresh snapshot.
         lost = for {r, {:error, _}} <- results, do: r
         ops = ha.ops + 1
         refresh? = ops >= @refresh_every + count
@@ -148,33 +152,50 @@ defmodule DSPex.Bridge.HAManager.Replication do
         if resync != [] and msg != :delete do
           with {:ok, frame} <- export.(),
                {:ok, envelope} <- Native.ha_envelope_encode(ha.key, ha.epoch, frame, fences(id)) do
-            for r <- resync, do: push_snapshot(r, id, ha.epoch, envelope)
+            for r <- resync, do: push_snapshot(r, id, ha.epoch, seq, envelope)
           end
         end
 
-        {:ok, %{ha | ops: if(refresh?, do: 0, else: ops)}}
+        {:ok, %{ha | ops: if(refresh?, do: 0, else: ops), seq: seq}}
     end
   end
 
   defp watch?(msg), do: is_tuple(msg) and elem(msg, 0) in [:watch, :unwatch]
 
-  defp send_op(:sync, r, id, epoch, msg) do
-    GenServer.call({HAManager, r}, {:replica_op, id, node(), epoch, msg}, @replica_timeout)
+  @doc false
+  # A replica found a gap in the writes it received (an :async write lost on the way): it
+  # gets a fresh snapshot, sent from the session's process so that it is in order with the
+  # writes that follow.
+  def resync(id, %{replicas: replicas} = ha, replica, export) do
+    if replica in replicas do
+      with {:ok, frame} <- export.(),
+           {:ok, envelope} <- Native.ha_envelope_encode(ha.key, ha.epoch, frame, fences(id)) do
+        push_snapshot(replica, id, ha.epoch, ha.seq, envelope)
+      end
+    end
+
+    :ok
+  end
+
+  def resync(_id, _ha, _replica, _export), do: :ok
+
+  defp send_op(:sync, r, id, epoch, seq, msg) do
+    GenServer.call({HAManager, r}, {:replica_op, id, node(), epoch, seq, msg}, @replica_timeout)
   catch
     # An unreachable replica does not block the owner: the write is kept here and the
     # replica is resynced when it comes back (see the moduledoc on partitions).
     :exit, _ -> :unreachable
   end
 
-  defp send_op(:async, r, id, epoch, msg) do
-    GenServer.cast({HAManager, r}, {:replica_op, id, node(), epoch, msg})
+  defp send_op(:async, r, id, epoch, seq, msg) do
+    GenServer.cast({HAManager, r}, {:replica_op, id, node(), epoch, seq, msg})
     :ok
   end
 
-  defp push_snapshot(r, id, epoch, envelope) do
+  defp push_snapshot(r, id, epoch, seq, envelope) do
     GenServer.call(
       {HAManager, r},
-      {:replica_snapshot, id, node(), epoch, envelope},
+      {:replica_snapshot, id, node(), epoch, seq, envelope},
       @replica_timeout
     )
   catch
@@ -193,7 +214,7 @@ defmodule DSPex.Bridge.HAManager.Replication do
       for {var, _, _, _} <- held, do: OptimizerCoordinator.hand_over(id, var)
       # The copy this node just sent is exactly the new owner's starting state, so when it
       # is to be a replica it keeps that copy instead of receiving it again.
-      if node() in replicas, do: store_snapshot(id, target, epoch, envelope)
+      if node() in replicas, do: store_snapshot(id, target, epoch, 0, envelope)
       Directory.learn(id, target, epoch, replicas)
       {:ok, %{epoch: epoch, bytes: byte_size(envelope)}, pid}
     end
@@ -285,13 +306,15 @@ defmodule DSPex.Bridge.HAManager.Replication do
   # ---------------------------------------------------------------------------------------
   # on a replica node (called in the HAManager process)
 
-  def store_snapshot(id, owner, epoch, envelope) do
+  # `seq`: the number of the last write the snapshot holds; the next write is `seq + 1`.
+  def store_snapshot(id, owner, epoch, seq, envelope) do
     key = HAManager.key(id)
 
     case Native.ha_apply(HAManager.table(), key, {:become_replica, Atom.to_string(owner), epoch}) do
       :ok ->
         drop_writes(id)
-        :ets.insert(@table, {id, owner, epoch, envelope, 0})
+        Process.delete({:resync_asked, id})
+        :ets.insert(@table, {id, owner, epoch, envelope, seq})
         :ok
 
       error ->
@@ -299,7 +322,10 @@ defmodule DSPex.Bridge.HAManager.Replication do
     end
   end
 
-  def store_op(id, owner, epoch, op) do
+  # Writes are kept in their sequence: one that does not follow the last is never applied
+  # out of order. A duplicate is ignored; after a gap the owner is asked (once) for a fresh
+  # snapshot, and nothing is kept until it comes. Called in the HAManager process.
+  def store_op(id, owner, epoch, seq, op) do
     key = HAManager.key(id)
 
     with :ok <-
@@ -308,20 +334,36 @@ defmodule DSPex.Bridge.HAManager.Replication do
              key,
              {:accept_replicated, Atom.to_string(owner), epoch}
            ),
-         true <- :ets.member(@table, id) do
-      if op == :delete do
-        :ets.delete(@table, id)
-        drop_writes(id)
-        Directory.forget(id)
-      else
-        seq = :ets.update_counter(@table, id, {5, 1})
-        :ets.insert(@ops, {{id, seq}, op})
-      end
+         [{_, _, _, _, last}] <- :ets.lookup(@table, id) do
+      cond do
+        seq <= last ->
+          :ok
 
-      :ok
+        seq > last + 1 ->
+          ask_resync(id, owner)
+          {:error, {:gap, last, seq}}
+
+        op == :delete ->
+          :ets.delete(@table, id)
+          drop_writes(id)
+          Directory.forget(id)
+          :ok
+
+        true ->
+          :ets.insert(@ops, {{id, seq}, op})
+          :ets.update_element(@table, id, {5, seq})
+          :ok
+      end
     else
-      false -> {:error, :no_snapshot}
+      [] -> {:error, :no_snapshot}
       error -> error
+    end
+  end
+
+  defp ask_resync(id, owner) do
+    unless Process.get({:resync_asked, id}) do
+      Process.put({:resync_asked, id}, true)
+      GenServer.cast({HAManager, owner}, {:resync, id, node()})
     end
   end
 
@@ -334,8 +376,12 @@ defmodule DSPex.Bridge.HAManager.Replication do
   # The writes a replica holds for `id` since its snapshot (for tests and benchmarks).
   def held(id) do
     case :ets.lookup(@table, id) do
-      [{_, owner, epoch, _envelope, n}] -> {:ok, %{owner: owner, epoch: epoch, writes: n}}
-      [] -> {:error, :not_a_replica}
+      [{_, owner, epoch, _envelope, seq}] ->
+        writes = :ets.select_count(@ops, [{{{id, :_}, :_}, [], [true]}])
+        {:ok, %{owner: owner, epoch: epoch, writes: writes, seq: seq}}
+
+      [] ->
+        {:error, :not_a_replica}
     end
   end
 

@@ -770,6 +770,13 @@ defmodule DSPex.Bridge.SessionStore.Session do
   # This node's copy was replaced by a newer owner (a healed partition, or a replica that
   # refused a write as stale): drop it; callers are routed to the owner from now on.
   # A migration was called off before its call reached this process.
+  def handle_info({:ha_resync, replica}, %{ha: %{} = ha} = state) do
+    :ok = Replication.resync(state.id, ha, replica, fn -> export(state) end)
+    {:noreply, state}
+  end
+
+  def handle_info({:ha_resync, _replica}, state), do: {:noreply, state}
+
   # A promotion that could not register the session: it goes on as a plain local one.
   def handle_info(:ha_standalone, %{ha: :pending} = state) do
     case run_held(%{state | ha: nil}) do
