@@ -653,6 +653,11 @@ defmodule DSPex.Bridge.SessionStore do
   # Live sessions publish their graph in the NIF's directory (see Session.init/1).
   defp graph_of(session_id), do: Native.graph_of(session_id)
 
+  @doc false
+  # A message to the session's own process (what SessionStore.Session.record/2 sends).
+  def session_message(session_id, message, timeout),
+    do: call(session_id, message, %{timeout: timeout})
+
   defp call(session_id, message, opts) do
     case :ets.lookup(@sessions, session_id) do
       [{_, _meta, pid, _touch}] ->

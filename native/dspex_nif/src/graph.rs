@@ -243,11 +243,7 @@ fn graph_add_edge<'a>(
     to: VarKey,
     kind: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let kind = decode_kind(kind)?;
-    Ok(ok_or_error(
-        env,
-        with(&graph, |g| g.add_edge(&from, &to, kind)),
-    ))
+    add_edge(env, &graph, from, to, kind, false)
 }
 
 /// `graph_add_edge/4` for a caller other than the session's process: `:routed` when the
@@ -260,13 +256,27 @@ fn graph_add_edge_direct<'a>(
     to: VarKey,
     kind: Term<'a>,
 ) -> NifResult<Term<'a>> {
+    add_edge(env, &graph, from, to, kind, true)
+}
+
+fn add_edge<'a>(
+    env: Env<'a>,
+    graph: &Graph,
+    from: VarKey,
+    to: VarKey,
+    kind: Term<'a>,
+    direct: bool,
+) -> NifResult<Term<'a>> {
     let kind = decode_kind(kind)?;
-    Ok(
-        match with_direct(&graph, |g| g.add_edge(&from, &to, kind)) {
+    let add = |g: &mut DependencyGraph<VarKey>| g.add_edge(&from, &to, kind);
+    Ok(if direct {
+        match with_direct(graph, add) {
             Some(result) => ok_or_error(env, result),
             None => atoms::routed().encode(env),
-        },
-    )
+        }
+    } else {
+        ok_or_error(env, with(graph, add))
+    })
 }
 
 hot_nif!("graph_add_edge_in", 4, add_edge_in);

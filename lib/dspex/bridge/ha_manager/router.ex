@@ -19,24 +19,16 @@ defmodule DSPex.Bridge.HAManager.Router do
 
   def routed(result, _module, _session_id, _fun, _args), do: result
 
+  # A call whose hops are spent answers as this node would (its `error`).
   def forward(module, session_id, fun, args, error) do
-    hops = Process.get(:dspex_ha_hops, 0)
+    case remote_owner(session_id) do
+      nil ->
+        error
 
-    with false <- :ets.member(SessionStore.Tables.sessions(), session_id),
-         {owner, _epoch, _replicas} when owner != node() <- Directory.lookup(session_id),
-         true <- hops < @max_hops do
-      try do
-        :erpc.call(owner, __MODULE__, :apply_routed, [
-          module,
-          fun,
-          with_caller_pid(fun, args),
-          hops + 1
-        ])
-      catch
-        :error, {:erpc, _} -> {:error, {:owner_unreachable, owner}}
-      end
-    else
-      _ -> error
+      owner ->
+        if Process.get(:dspex_ha_hops, 0) < @max_hops,
+          do: call_owner(owner, module, fun, with_caller_pid(fun, args), :infinity),
+          else: error
     end
   end
 

@@ -993,17 +993,6 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
   @doc false
   # A message for the session's ordered, replicated path (lock grants and releases).
-  def record(id, message) do
-    case :ets.lookup(Tables.sessions(), id) do
-      [{_, _meta, pid, _touch}] ->
-        try do
-          GenServer.call(pid, message, 10_000)
-        catch
-          :exit, _ -> {:error, :session_not_found}
-        end
-
-      [] ->
-        {:error, :session_not_found}
-    end
-  end
+  def record(id, message),
+    do: DSPex.Bridge.SessionStore.session_message(id, message, 10_000)
 end
