@@ -80,6 +80,18 @@ defmodule DSPex.Bridge.Options do
   def id?(id) when is_id(id), do: true
   def id?(_), do: false
 
+  @doc false
+  # The ids a name given as text (or as an atom) may stand for: the text and the atom of
+  # that text if one exists (an atom and its text). No atom is ever created.
+  @spec spellings(atom() | String.t()) :: [atom() | String.t()]
+  def spellings(name) when is_atom(name), do: [name, Atom.to_string(name)]
+
+  def spellings(text) when is_binary(text) do
+    [text, String.to_existing_atom(text)]
+  rescue
+    ArgumentError -> [text]
+  end
+
   @doc "The longest time in milliseconds any option takes: the VM's timer limit (~49.7 days)."
   def max_ms, do: @max_ms
 

@@ -306,15 +306,7 @@ defmodule DSPex.Bridge.PythonWorker do
   # The pool a remote hello names (by its text: no atom is made), if it accepts remote
   # workers: {:ok, pool, token_digest, supervisor} or :error.
   def remote_gate(text) when is_binary(text) do
-    candidates =
-      [text] ++
-        try do
-          [String.to_existing_atom(text)]
-        rescue
-          ArgumentError -> []
-        end
-
-    Enum.find_value(candidates, :error, fn pool ->
+    Enum.find_value(Options.spellings(text), :error, fn pool ->
       case Registry.lookup(@registry, {:pool, pool}) do
         [{sup, %{token: digest} = value}] when digest != nil -> {:ok, pool, digest, {sup, value}}
         _ -> nil

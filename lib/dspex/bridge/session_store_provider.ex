@@ -48,7 +48,7 @@ defmodule DSPex.Bridge.SessionStoreProvider do
   reasons are SessionStore's (see `DSPex.Bridge.SessionStore`).
   """
 
-  alias DSPex.Bridge.{HAManager, SessionStore, Variable, VariableType}
+  alias DSPex.Bridge.{HAManager, Options, SessionStore, Variable, VariableType}
   alias DSPex.Bridge.SessionStoreProvider.Watcher
   alias DSPex.Bridge.SessionStore.Tables
 
@@ -409,21 +409,12 @@ defmodule DSPex.Bridge.SessionStoreProvider do
   defp resolve(_state, identifier), do: {:error, {:invalid_name, identifier}}
 
   defp resolve_local(state, identifier) do
-    candidates =
-      if is_atom(identifier),
-        do: [identifier, Atom.to_string(identifier)],
-        else: [identifier | existing_atom(identifier)]
+    candidates = Options.spellings(identifier)
 
     case Enum.find(candidates, &:ets.member(Tables.variables(), {state.session_id, &1})) do
       nil -> {:error, :not_found}
       name -> {:ok, name}
     end
-  end
-
-  defp existing_atom(text) do
-    [String.to_existing_atom(text)]
-  rescue
-    ArgumentError -> []
   end
 
   defp id_of(name) when is_atom(name), do: Atom.to_string(name)

@@ -37,6 +37,19 @@ defmodule DSPex.Bridge.PythonDSPyTest do
 
   defp demos(pairs), do: Enum.map(pairs, fn {q, a} -> %{question: q, answer: a} end)
 
+  # The candidate whose demos answer the whole dev set right.
+  defp right_candidate do
+    %{
+      "qa.instructions" => "Name the capital city.",
+      "qa.demos" =>
+        demos([
+          {"capital of France?", "Paris"},
+          {"capital of Italy?", "Rome"},
+          {"capital of Spain?", "Madrid"}
+        ])
+    }
+  end
+
   test "a DSPy program runs with the instructions, demos and LM settings of the session",
        %{pool: pool, session: s} do
     assert {:ok, %{type: :json, value: [], version: 1}} = SessionStore.get_variable(s, "qa.demos")
@@ -130,15 +143,7 @@ defmodule DSPex.Bridge.PythonDSPyTest do
             {"capital of Spain?", "Barcelona"}
           ])
       },
-      %{
-        "qa.instructions" => "Name the capital city.",
-        "qa.demos" =>
-          demos([
-            {"capital of France?", "Paris"},
-            {"capital of Italy?", "Rome"},
-            {"capital of Spain?", "Madrid"}
-          ])
-      },
+      right_candidate(),
       %{
         "qa.instructions" => "Name a large city.",
         "qa.demos" =>
@@ -259,15 +264,7 @@ defmodule DSPex.Bridge.PythonDSPyTest do
 
   test "an optimizer that dies releases its locks; a failed search restores the variables",
        %{pool: pool, session: s} do
-    good = %{
-      "qa.instructions" => "Name the capital city.",
-      "qa.demos" =>
-        demos([
-          {"capital of France?", "Paris"},
-          {"capital of Italy?", "Rome"},
-          {"capital of Spain?", "Madrid"}
-        ])
-    }
+    good = right_candidate()
 
     test = self()
 

@@ -138,14 +138,11 @@ defmodule DSPex.Bridge.Python.CandidateSearch do
     end
   end
 
+  # The first of equal scores wins: candidates come in the caller's order of preference.
   defp best(candidates, scores) do
-    # The first of equal scores wins: candidates come in the caller's order of preference.
-    {candidate, score} =
-      candidates
-      |> Enum.zip(scores)
-      |> Enum.reduce(fn {c, s}, {_, best_s} = acc -> if s > best_s, do: {c, s}, else: acc end)
-
-    {candidate, score}
+    candidates
+    |> Enum.zip(scores)
+    |> Enum.reduce(fn {c, s}, {_, best_s} = acc -> if s > best_s, do: {c, s}, else: acc end)
   end
 
   defp write(_session, candidate, _tokens) when map_size(candidate) == 0, do: {:ok, []}

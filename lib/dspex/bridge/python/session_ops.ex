@@ -16,6 +16,7 @@ defmodule DSPex.Bridge.Python.SessionOps do
     AccessControl,
     DependencyManager,
     OptimizerCoordinator,
+    Options,
     SessionStore,
     Variable
   }
@@ -278,9 +279,7 @@ defmodule DSPex.Bridge.Python.SessionOps do
   defp target_session(session, nil), do: {:ok, session}
 
   defp target_session(_session, text) when is_binary(text) do
-    candidates = [text | existing_atom(text)]
-
-    case Enum.find(candidates, &(&1 in SessionStore.list_sessions())) do
+    case Enum.find(Options.spellings(text), &(&1 in SessionStore.list_sessions())) do
       nil -> {:error, :session_not_found}
       id -> {:ok, id}
     end
@@ -289,9 +288,7 @@ defmodule DSPex.Bridge.Python.SessionOps do
   defp target_session(_session, other), do: {:error, {:invalid_session_id, other}}
 
   defp variable(session, text) when is_binary(text) do
-    candidates = [text | existing_atom(text)]
-
-    case Enum.find(candidates, &:ets.member(Tables.variables(), {session, &1})) do
+    case Enum.find(Options.spellings(text), &:ets.member(Tables.variables(), {session, &1})) do
       nil -> {:ok, text}
       name -> {:ok, name}
     end
@@ -302,12 +299,6 @@ defmodule DSPex.Bridge.Python.SessionOps do
   # A new variable is named by a string: Python's text, exactly.
   defp new_name(text) when is_binary(text), do: {:ok, text}
   defp new_name(other), do: {:error, {:invalid_name, other}}
-
-  defp existing_atom(text) do
-    [String.to_existing_atom(text)]
-  rescue
-    ArgumentError -> []
-  end
 
   @types ~w(float integer string boolean choice module embedding tensor json)
   defp type(t) when t in @types, do: {:ok, String.to_existing_atom(t)}
