@@ -11,9 +11,11 @@
 //! ## Features
 //!
 //! One cargo feature per state machine, all on by default: `acl`, `analytics`, `breaker`,
-//! `coordinator`, `graph`, `ha`, `rate_limit`. With `default-features = false, features =
-//! ["breaker"]` only the breaker (and the always-present clock, effects, error and snapshot
-//! frame) is compiled, without regex, ipnet or postcard.
+//! `coordinator`, `graph`, `ha`, `rate_limit`, and `session` (the one write path of a
+//! session: typed commands over its graph, versions and lock fences, each accepted one
+//! logged with a sequence number). With `default-features = false, features = ["breaker"]`
+//! only the breaker (and the always-present clock, effects, error and snapshot frame) is
+//! compiled, without regex, ipnet or postcard.
 //!
 //! ## Example: a checked snapshot frame
 //!
@@ -65,6 +67,8 @@ pub mod ha;
 pub mod prefetch;
 #[cfg(feature = "rate_limit")]
 pub mod rate_limit;
+#[cfg(feature = "session")]
+pub mod session;
 pub mod snapshot;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};

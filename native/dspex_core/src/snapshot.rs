@@ -38,6 +38,8 @@ pub enum FrameKind {
     Analytics = 2,
     /// A session in its high-availability envelope (epoch, lock fences); see `ha::snapshot`.
     HaSession = 3,
+    /// A session aggregate's image (see `session::SessionImage`).
+    SessionImage = 4,
 }
 
 impl FrameKind {
@@ -50,6 +52,7 @@ impl FrameKind {
             1 => Ok(FrameKind::Session),
             2 => Ok(FrameKind::Analytics),
             3 => Ok(FrameKind::HaSession),
+            4 => Ok(FrameKind::SessionImage),
             other => Err(Error::UnknownKind(other)),
         }
     }
