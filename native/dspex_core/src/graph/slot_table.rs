@@ -60,9 +60,13 @@ impl SlotTable {
     // The slot where the probe for `hash` starts, if there are slots.
     #[inline]
     pub(super) fn first_slot(&self, hash: u64) -> Option<usize> {
-        let slot = hash as usize & self.ctrl.len().checked_sub(1)?;
+        Some(hash as usize & self.ctrl.len().checked_sub(1)?)
+    }
+
+    // Asks for the control byte of `slot` (see `DependencyGraph::prefetch_lookup`).
+    #[inline(always)]
+    pub(super) fn prefetch(&self, slot: usize) {
         prefetch::read(&self.ctrl[slot]);
-        Some(slot)
     }
 
     // The slot holding the node whose id hashes to `hash` and passes `is`.
