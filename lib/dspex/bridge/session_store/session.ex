@@ -11,10 +11,9 @@ defmodule DSPex.Bridge.SessionStore.Session do
   require Logger
 
   alias DSPex.Bridge.{Events, Native, Variable, VariableType}
-  alias DSPex.Bridge.HAManager
   alias DSPex.Bridge.HAManager.Replication
   alias DSPex.Bridge.DependencyManager.Propagation
-  alias DSPex.Bridge.SessionStore.{Codec, Keeper, Tables, Watchers}
+  alias DSPex.Bridge.SessionStore.{Codec, Keeper, SessionHA, Tables, Watchers}
 
   @enforce_keys [:id, :meta, :touch]
   defstruct [
@@ -30,10 +29,6 @@ defmodule DSPex.Bridge.SessionStore.Session do
     watchers: %{},
     monitors: %{}
   ]
-
-  # How long a migrated-away session's process lingers to forward calls already addressed
-  # to it, once it has been idle.
-  @forward_linger 5_000
 
   def start_link(args), do: GenServer.start_link(__MODULE__, args)
 
@@ -151,121 +146,17 @@ defmodule DSPex.Bridge.SessionStore.Session do
   end
 
   # ---------------------------------------------------------------------------------------
-  # calls: forwarding after a migration, HA, then the session's own operations
+  # calls: the HA path first (SessionHA: forwarding, held writes, replication), then the
+  # session's own operations
 
   @impl true
-  def handle_call(msg, _from, %{forward_to: pid} = state) when is_pid(pid) do
-    # Calls that reached this process after it handed the session over go to the new owner,
-    # in the order they arrived; the caller hears back only once the new owner answered.
-    {:reply, forward(msg, state), state, @forward_linger}
-  end
-
-  def handle_call({:ha_attach, ha}, _from, state) do
-    case attach(state, ha) do
-      {:ok, ha} ->
-        :ets.insert(Tables.keep(), {state.id, Map.take(ha, [:key, :epoch, :replicas])})
-        # Writes held while a promotion finished go through the attached path now.
-        state = %{state | ha: ha}
-
-        case run_held(state) do
-          {:cont, state} -> {:reply, :ok, state}
-          {:stop, state} -> {:stop, :normal, :ok, state}
-        end
-
-      error ->
-        {:reply, error, state}
-    end
-  end
-
-  # A promoted session's writes wait for its HA registration.
-  def handle_call(msg, from, %{ha: :pending} = state) do
-    if Replication.write?(msg),
-      do: {:noreply, %{state | held: [{msg, from} | state.held]}},
-      else: guarded(msg, from, state)
-  end
-
-  def handle_call({:ha_migrate, target, timeout}, _from, %{ha: ha} = state) when ha != nil do
-    case Replication.migrate_out(state.id, ha, target, timeout, export(state)) do
-      {:ok, info, new_pid} ->
-        # The copy here goes before the reply: a read here after the migration returned must
-        # be routed to the new owner, not served the old rows. (Cleaning up after the reply
-        # would also race a quick migration of the same session back to this node.)
-        destroy(state)
-        state = %{state | ha: nil, forward_to: new_pid, watchers: %{}, monitors: %{}}
-        # Writes that came in after the hand-over began, before this call: to the new owner.
-        for {msg, from} <- Enum.reverse(state.held), do: GenServer.reply(from, forward(msg, state))
-        {:reply, {:ok, info}, %{state | held: []}, @forward_linger}
-
-      error ->
-        Native.ha_apply(HAManager.table(), ha.key, :abort_out)
-
-        case run_held(state) do
-          {:cont, state} -> {:reply, error, state}
-          {:stop, state} -> {:stop, :normal, error, state}
-        end
-    end
-  end
-
-  def handle_call({:ha_migrate, _target, _timeout}, _from, state),
-    do: {:reply, {:error, :not_registered}, state}
-
-  def handle_call(msg, from, %{ha: ha} = state) when ha != nil do
-    if Replication.write?(msg) do
-      case Replication.accept_write(ha) do
-        :ok ->
-          msg |> guarded(from, state) |> Replication.after_write(msg, fn -> export(state) end)
-
-        # A migration has begun and its call is on its way here: the write waits for it,
-        # then goes to the new owner (or is applied here if the migration fails).
-        {:error, :migrating} ->
-          {:noreply, %{state | held: [{msg, from} | state.held]}}
-
-        error ->
-          {:reply, error, state}
-      end
-    else
-      guarded(msg, from, state)
-    end
-  end
-
-  def handle_call(msg, from, state), do: guarded(msg, from, state)
-
-  # A replica becoming the owner: the writes it holds are applied here, in order, before
-  # any call is taken (calls wait in the mailbox), and writes that come meanwhile wait for
-  # the HA registration (`ha: :pending`), so that none is acknowledged unreplicated.
-  defp promote(nil, state), do: {:cont, state}
-
-  defp promote({:replay, ops}, state) do
-    Enum.reduce_while(ops, {:cont, state}, fn
-      op, {:cont, st} when elem(op, 0) in [:lock_held, :lock_released] ->
-        :ok = DSPex.Bridge.OptimizerCoordinator.apply_replicated(st.id, op)
-        {:cont, {:cont, st}}
-
-      op, {:cont, st} ->
-        case handle_call(op, {self(), make_ref()}, st) do
-          {:reply, _reply, st} -> {:cont, {:cont, st}}
-          {:reply, _reply, st, {:continue, c}} -> {:cont, {:cont, continue(st, c)}}
-          {:noreply, st} -> {:cont, {:cont, st}}
-          {:stop, _why, _reply, st} -> {:halt, {:stop, st}}
-        end
-    end)
-    |> case do
-      {:cont, st} -> {:cont, %{st | ha: :pending}}
-      stop -> stop
-    end
-  end
-
-  # Under HA every write goes through this process (and so to the replicas): direct edge
-  # writes are turned away before the snapshot the replicas start from is taken.
-  defp attach(state, ha) do
-    :ok = Native.graph_route_writes(state.meta.graph, true)
-    Replication.attach(state.id, ha, fn -> export(state) end)
-  end
+  def handle_call(msg, from, state), do: SessionHA.call(msg, from, state)
 
   # A call that raises must not take the session (and its watchers) down: the caller gets
   # an error, the state is as before the call, and the count is re-read from the rows in
   # case the call got as far as writing some.
-  defp guarded(msg, from, state) do
+  @doc false
+  def guarded(msg, from, state) do
     handle(msg, from, state)
   rescue
     e ->
@@ -280,40 +171,6 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
   defp tag(msg) when is_tuple(msg), do: elem(msg, 0)
   defp tag(msg), do: msg
-
-  defp forward(msg, %{forward_to: pid}) do
-    GenServer.call(pid, msg, 30_000)
-  catch
-    :exit, _ -> {:error, :session_not_found}
-  end
-
-  # The migration did not happen: the writes it held are applied here, in order. Returns
-  # `{:stop, state}` when one of them deleted the session.
-  defp run_held(state) do
-    Enum.reduce(Enum.reverse(state.held), {:cont, %{state | held: []}}, fn
-      {_msg, from}, {:stop, st} ->
-        GenServer.reply(from, {:error, :session_not_found})
-        {:stop, st}
-
-      {msg, from}, {:cont, st} ->
-        case handle_call(msg, from, st) do
-          {:reply, reply, st} -> {:cont, reply_to(st, from, reply)}
-          {:reply, reply, st, {:continue, c}} -> {:cont, st |> reply_to(from, reply) |> continue(c)}
-          {:noreply, st} -> {:cont, st}
-          {:stop, _, reply, st} -> {:stop, reply_to(st, from, reply)}
-        end
-    end)
-  end
-
-  defp reply_to(state, from, reply) do
-    GenServer.reply(from, reply)
-    state
-  end
-
-  defp continue(state, c) do
-    {:noreply, state} = handle_continue(c, state)
-    state
-  end
 
   # ---------------------------------------------------------------------------------------
   # writes
@@ -491,7 +348,8 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
   # What HA sends to another node (a migration, a replica's snapshot), watchers included:
   # they keep receiving changes from the new owner.
-  defp export(state) do
+  @doc false
+  def export(state) do
     meta = state.meta |> Map.delete(:graph) |> Map.put(:watchers, Watchers.list(state))
     Codec.encode_split(state.id, meta, Native.graph_edges(state.meta.graph))
   end
@@ -516,7 +374,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
         count = load(state.id, variables, histories, access, state.meta.graph)
         state = %{state | count: count}
 
-        case promote(promotion, state) do
+        case SessionHA.promote(promotion, state) do
           {:cont, state} ->
             send(from, {ref, :loaded})
             {:noreply, state}
@@ -539,7 +397,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
     case :ets.lookup(Tables.keep(), state.id) do
       [{_, ha}] ->
         # The replicas get a full snapshot: a write the crash interrupted may be here only.
-        case attach(state, ha) do
+        case SessionHA.attach(state, ha) do
           {:ok, ha} -> {:noreply, %{state | ha: ha}}
           _error -> {:noreply, state}
         end
@@ -767,45 +625,14 @@ defmodule DSPex.Bridge.SessionStore.Session do
   # idle expiry: readers set the touch flag; the timer turns it into "active now".
 
   @impl true
-  # This node's copy was replaced by a newer owner (a healed partition, or a replica that
-  # refused a write as stale): drop it; callers are routed to the owner from now on.
-  # A migration was called off before its call reached this process.
-  def handle_info({:ha_resync, replica}, %{ha: %{} = ha} = state) do
-    :ok = Replication.resync(state.id, ha, replica, fn -> export(state) end)
-    {:noreply, state}
-  end
-
-  def handle_info({:ha_resync, _replica}, state), do: {:noreply, state}
-
-  # A promotion that could not register the session: it goes on as a plain local one.
-  def handle_info(:ha_standalone, %{ha: :pending} = state) do
-    case run_held(%{state | ha: nil}) do
-      {:cont, state} -> {:noreply, state}
-      {:stop, state} -> {:stop, :normal, state}
+  def handle_info(msg, state) do
+    case SessionHA.info(msg, state) do
+      :pass -> local_info(msg, state)
+      result -> result
     end
   end
 
-  def handle_info(:ha_resume, state) do
-    case run_held(state) do
-      {:cont, state} -> {:noreply, state}
-      {:stop, state} -> {:stop, :normal, state}
-    end
-  end
-
-  def handle_info(:ha_demote, %{forward_to: pid} = state) when is_pid(pid),
-    do: {:noreply, state, @forward_linger}
-
-  def handle_info(:ha_demote, state) do
-    destroy(state)
-    {:stop, :normal, state}
-  end
-
-  # A forwarding process stops once callers have stopped reaching it.
-  def handle_info(msg, %{forward_to: pid} = state)
-      when is_pid(pid) and msg in [:timeout, :idle_check],
-      do: {:stop, :normal, state}
-
-  def handle_info(:idle_check, state) do
+  defp local_info(:idle_check, state) do
     state = %{state | timer: nil}
 
     state =
@@ -832,10 +659,10 @@ defmodule DSPex.Bridge.SessionStore.Session do
     end
   end
 
-  def handle_info({:DOWN, ref, :process, _pid, reason}, state),
+  defp local_info({:DOWN, ref, :process, _pid, reason}, state),
     do: {:noreply, Watchers.down(state, ref, reason)}
 
-  def handle_info(_other, state), do: {:noreply, state}
+  defp local_info(_other, state), do: {:noreply, state}
 
   # The check runs every quarter TTL, so a session expires between ttl and 1.25 * ttl
   # after it was last used.
