@@ -6,7 +6,7 @@
 //! another shape is a badarg (the Elixir layer has already refused it with a clear error).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ahash::AHashMap;
@@ -14,13 +14,13 @@ use dspex_core::acl::{
     AccessControl, AccessMode, Caller, Condition, Context, Decision, Effect, OwnedCaller,
     Permission, Rule, RuleError, SessionPattern, Value,
 };
-use parking_lot::Mutex;
 use rustler::types::tuple::get_tuple;
 use rustler::{Atom, Encoder, Env, Error, MapIterator, NifResult, Term, TermType};
 
 use crate::atoms::{self, atom_is};
 use crate::hot_nif::hot_nif;
 use crate::list::List;
+use crate::registry;
 use crate::reporting;
 use crate::term_key::{remembered, AtomMemo, Key};
 use crate::var_key::{with_text, VarKey};
@@ -41,7 +41,7 @@ struct Source {
 /// The compiled engine and the policies as given, under one lock: `get_policy` and a
 /// session's snapshot read the rules back exactly as they were set, and the two can never
 /// be out of step (the policies are stored here only).
-struct Store {
+pub(crate) struct Store {
     engine: Engine,
     sources: AHashMap<(VarKey, VarKey), Source>,
 }
@@ -59,12 +59,14 @@ impl std::ops::DerefMut for Store {
     }
 }
 
-static ENGINE: LazyLock<Mutex<Store>> = LazyLock::new(|| {
-    Mutex::new(Store {
-        engine: AccessControl::new(CACHE_CAPACITY),
-        sources: AHashMap::new(),
-    })
-});
+impl Store {
+    pub(crate) fn new() -> Self {
+        Store {
+            engine: AccessControl::new(CACHE_CAPACITY),
+            sources: AHashMap::new(),
+        }
+    }
+}
 
 /// Each rule term's id and external form, for `Source`.
 fn rule_sources(rules: Term) -> NifResult<Vec<(String, Vec<u8>)>> {
@@ -358,7 +360,7 @@ fn acl_set_policy<'a>(
     Ok(match decode_rules(rules)? {
         Err((i, e)) => invalid_rule(env, i, &e),
         Ok(compiled) => {
-            let mut store = ENGINE.lock();
+            let mut store = registry::ACL.lock();
             let key = (session, name);
             match store.set_policy(key.clone(), &owner, mode, compiled) {
                 Ok(()) => {
@@ -396,7 +398,7 @@ fn acl_set_policies<'a>(
             }
         }
     }
-    let mut store = ENGINE.lock();
+    let mut store = registry::ACL.lock();
     for (name, mode, compiled, source) in decoded {
         let key = (session.clone(), name);
         if let Err((i, e)) = store.set_policy(key.clone(), &owner, mode, compiled) {
@@ -419,7 +421,7 @@ fn acl_remove_session(session: Term) -> NifResult<usize> {
         Err(_) if session.is_atom() => return Ok(0),
         Err(err) => return Err(err),
     };
-    let mut store = ENGINE.lock();
+    let mut store = registry::ACL.lock();
     store.sources.retain(|(s, _), _| *s != session);
     Ok(store.remove_policies_where(|(s, _)| *s == session))
 }
@@ -427,7 +429,7 @@ fn acl_remove_session(session: Term) -> NifResult<usize> {
 /// Drops a variable's policy; `true` if it had one.
 #[rustler::nif]
 fn acl_remove_policy(session: VarKey, name: VarKey) -> bool {
-    let mut store = ENGINE.lock();
+    let mut store = registry::ACL.lock();
     let key = (session, name);
     store.sources.remove(&key);
     store.remove_policy(&key)
@@ -445,7 +447,7 @@ fn acl_add_rule<'a>(
     Ok(match decode_rule(rule)? {
         Err(e) => (atoms::error(), rule_error(env, &e)).encode(env),
         Ok(compiled) => {
-            let mut store = ENGINE.lock();
+            let mut store = registry::ACL.lock();
             let key = (session, name);
             let result = store.add_rule(&key, compiled);
             if result.is_ok() {
@@ -461,7 +463,7 @@ fn acl_add_rule<'a>(
 /// Removes a rule by id.
 #[rustler::nif]
 fn acl_remove_rule(env: Env, session: VarKey, name: VarKey, id: String) -> Term {
-    let mut store = ENGINE.lock();
+    let mut store = registry::ACL.lock();
     let key = (session, name);
     let result = store.remove_rule(&key, &id);
     if result.is_ok() {
@@ -481,7 +483,7 @@ fn acl_set_mode<'a>(
     mode: Term<'a>,
 ) -> NifResult<Term<'a>> {
     let mode = decode_mode(mode)?;
-    let mut store = ENGINE.lock();
+    let mut store = registry::ACL.lock();
     let key = (session, name);
     let result = store.set_mode(&key, mode);
     if result.is_ok() {
@@ -495,7 +497,7 @@ fn acl_set_mode<'a>(
 /// A variable's policy as it was set: `{mode, [rule]}` (the canonical rule terms), or `nil`.
 #[rustler::nif]
 fn acl_policy(env: Env, session: VarKey, name: VarKey) -> NifResult<Term> {
-    match ENGINE.lock().sources.get(&(session, name)) {
+    match registry::ACL.lock().sources.get(&(session, name)) {
         Some(source) => encode_source(env, source),
         None => Ok(atoms::nil().encode(env)),
     }
@@ -505,7 +507,7 @@ fn acl_policy(env: Env, session: VarKey, name: VarKey) -> NifResult<Term> {
 /// session has tens of thousands.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn acl_session_policies(env: Env, session: VarKey) -> NifResult<Term> {
-    let store = ENGINE.lock();
+    let store = registry::ACL.lock();
     let mut out = Vec::new();
     for ((s, name), source) in store.sources.iter() {
         if *s == session {
@@ -559,7 +561,7 @@ fn acl_check<'a>(
     let observed = reporting::events_enabled();
     let started = observed.then(Instant::now);
     let key = request_key([session, name, caller, permission], context);
-    let mut engine = ENGINE.lock();
+    let mut engine = registry::ACL.lock();
     // The clock is read (precisely: rule windows are judged to the millisecond) only when
     // the cached decision has a window, or when there is none to use.
     let mut now = None;
@@ -633,9 +635,10 @@ fn acl_explain<'a>(
         id: caller.id_bytes(),
         text: &text,
     };
-    let decision = ENGINE
-        .lock()
-        .explain_with(&variable, who, p, &ctx, wall_clock::precise_ms);
+    let decision =
+        registry::ACL
+            .lock()
+            .explain_with(&variable, who, p, &ctx, wall_clock::precise_ms);
     let reason = match &decision {
         Decision::Owner => atoms::owner().encode(env),
         Decision::Rule {
@@ -673,14 +676,16 @@ fn acl_permissions<'a>(
         id: caller.id_bytes(),
         text: &text,
     };
-    let perms = ENGINE.lock().permissions(&(session, name), who, &ctx, now);
+    let perms = registry::ACL
+        .lock()
+        .permissions(&(session, name), who, &ctx, now);
     Ok(perms.into_iter().map(encode_permission).collect())
 }
 
 /// `{hits, misses, cache_size, policies}`.
 #[rustler::nif]
 fn acl_stats() -> (u64, u64, usize, usize) {
-    let engine = ENGINE.lock();
+    let engine = registry::ACL.lock();
     let s = engine.cache_stats();
     (s.hits, s.misses, s.size, engine.policy_count())
 }

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use crate::binary::to_binary;
 use crate::hot_nif::hot_nif;
 use crate::list::List;
+use crate::registry;
 use crate::term_key::{atom_word, Key};
 use crate::wall_clock;
 use rustler::types::map::MapIterator;
@@ -66,13 +67,8 @@ fn kind_of(term: Term) -> NifResult<Kind> {
     }
 }
 
-/// The node's engine. Global rather than a resource argument: recording is the hottest call
-/// of the bridge, and decoding a resource (with its reference count) costs as much as the
-/// recording itself.
-static GLOBAL: OnceLock<ResourceArc<EngineResource>> = OnceLock::new();
-
 fn global() -> &'static ResourceArc<EngineResource> {
-    GLOBAL.get_or_init(|| new_engine(Config::default()))
+    registry::ANALYTICS.get_or_init(|| new_engine(Config::default()))
 }
 
 fn new_engine(config: Config) -> ResourceArc<EngineResource> {
@@ -84,7 +80,7 @@ fn new_engine(config: Config) -> ResourceArc<EngineResource> {
 /// returns the engine; the first call wins, later calls return the existing engine.
 #[rustler::nif]
 fn analytics_init(env: Env, max_metrics: usize, max_series: usize, key_cache: usize) -> Term {
-    GLOBAL
+    registry::ANALYTICS
         .get_or_init(|| {
             new_engine(Config {
                 max_metrics: max_metrics.max(1),

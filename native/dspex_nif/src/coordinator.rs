@@ -13,11 +13,12 @@ use dspex_core::clock::{Clock, MonotonicClock};
 use dspex_core::coordinator::{
     Acquired, Cancelled, Conflict, Effect, LockError, LockTable, LossReason,
 };
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use rustler::{Atom, Encoder, Env, Error, LocalPid, Monitor, NifResult, ResourceArc, Term};
 
 use crate::atoms::{self, atom_is};
 use crate::hot_nif::hot_nif;
+use crate::registry;
 use crate::var_key::VarKey;
 use crate::wall_clock::precise_ms;
 
@@ -83,7 +84,7 @@ impl rustler::Resource for Coordinator {
     }
 }
 
-type Handle = ResourceArc<Coordinator>;
+pub(crate) type Handle = ResourceArc<Coordinator>;
 
 /// Monitors `pid` (once); false when it is not alive, so that nothing is held for a
 /// process whose exit would never be reported.
@@ -204,12 +205,8 @@ fn deliver(env: Env, st: &mut State, effects: Vec<Effect<Key, VarKey>>) {
     }
 }
 
-// The coordinator the hot NIFs (acquire, release) work on: the one made last. Read under a
-// read lock rather than decoded from an argument: decoding a resource costs ~40 ns.
-static INSTALLED: LazyLock<RwLock<Option<Handle>>> = LazyLock::new(|| RwLock::new(None));
-
 fn installed<T>(f: impl FnOnce(&Handle) -> NifResult<T>) -> NifResult<T> {
-    match INSTALLED.read().as_ref() {
+    match registry::COORDINATOR.read().as_ref() {
         Some(handle) => f(handle),
         None => Err(Error::RaiseAtom("coordinator_not_started")),
     }
@@ -220,7 +217,7 @@ fn installed<T>(f: impl FnOnce(&Handle) -> NifResult<T>) -> NifResult<T> {
 #[rustler::nif]
 fn coordinator_new(env: Env) -> Term {
     let handle = ResourceArc::new(Coordinator(Mutex::new(State::default())));
-    *INSTALLED.write() = Some(handle.clone());
+    *registry::COORDINATOR.write() = Some(handle.clone());
     // Encoded here rather than returned as a ResourceArc: parking_lot's mutex is not
     // RefUnwindSafe, which rustler requires of resources returned directly.
     handle.encode(env)

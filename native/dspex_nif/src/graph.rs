@@ -2,21 +2,20 @@
 //! a mutex (the core graph is not `Sync`). All regular NIFs finish in microseconds on
 //! graphs of thousands of nodes, except those marked DirtyCpu, which walk the whole graph.
 //!
-//! Live sessions publish their graph in a directory keyed by session id, so that a
-//! dependency call finds the graph inside the NIF: an ETS lookup that copies the resource
-//! reference out cost more than the insert itself.
+//! Live sessions publish their graph in a directory keyed by session id
+//! ([`registry::GRAPHS`]), so that a dependency call finds the graph inside the NIF.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 
 use ahash::AHashMap;
 use dspex_core::graph::{DependencyGraph, EdgeKind, EdgeLabels, GraphError};
-use parking_lot::RwLock;
 use rustler::{Encoder, Env, Error, NifResult, ResourceArc, Term, TermType};
 
 use crate::atoms::{self, atom_is};
 use crate::hot_nif::hot_nif;
 use crate::list::List;
+use crate::registry;
 use crate::reporting;
 use crate::term_key::{atom_word, prefetch, prefetch_elements, IdKey, Key};
 use crate::var_key::{id_term, lookup_bytes, push_id, IdTerm, VarKey};
@@ -46,7 +45,7 @@ type Graph = ResourceArc<GraphResource>;
 // word (any atom can name a session, even one whose text is outside Latin-1), strings by
 // their bytes; both are looked up as the caller's term gives them, nothing copied.
 #[derive(Default)]
-struct Directory {
+pub(crate) struct Directory {
     by_atom: AHashMap<usize, Graph>,
     by_text: AHashMap<Box<[u8]>, Graph>,
 }
@@ -81,8 +80,6 @@ impl Directory {
     }
 }
 
-static DIRECTORY: LazyLock<RwLock<Directory>> = LazyLock::new(Default::default);
-
 // A session id is an id as for variables.
 fn session_id(session: Term) -> NifResult<SessionId> {
     match id_term(session) {
@@ -96,7 +93,7 @@ fn session_id(session: Term) -> NifResult<SessionId> {
 // it there saves the reference-count increment and decrement of a clone on a shared line.
 fn with_published<T>(session: Term, f: impl FnOnce(Option<&Graph>) -> T) -> NifResult<T> {
     let id = session_id(session)?;
-    let directory = DIRECTORY.read();
+    let directory = registry::GRAPHS.read();
     Ok(f(directory.get(id)))
 }
 
@@ -186,7 +183,7 @@ fn graph_new() -> Graph {
 #[rustler::nif]
 fn graph_publish(session: Term, graph: Graph) -> NifResult<rustler::Atom> {
     let id = session_id(session)?;
-    DIRECTORY.write().insert(id, graph);
+    registry::GRAPHS.write().insert(id, graph);
     Ok(atoms::ok())
 }
 
@@ -195,7 +192,7 @@ fn graph_publish(session: Term, graph: Graph) -> NifResult<rustler::Atom> {
 fn graph_unpublish(session: Term) -> NifResult<bool> {
     let id = session_id(session)?;
     // Dropped outside the lock: the last reference frees the whole graph.
-    let graph = DIRECTORY.write().remove(id);
+    let graph = registry::GRAPHS.write().remove(id);
     Ok(graph.is_some())
 }
 

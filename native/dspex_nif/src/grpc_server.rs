@@ -20,7 +20,6 @@
 use std::convert::Infallible;
 use std::net::TcpListener;
 use std::pin::Pin;
-use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,19 +36,11 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::atoms;
 use crate::binary::to_binary;
+use crate::registry;
 
 mod tags {
     rustler::atoms! { dspex_grpc, connected, frame, closed, not_listening, address_in_use, bind_failed }
 }
-
-static RUNTIME: LazyLock<Option<tokio::runtime::Runtime>> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("dspex-grpc")
-        .enable_all()
-        .build()
-        .ok()
-});
 
 // ------------------------------------------------------------------------------------
 // the codec: frames as bytes
@@ -309,7 +300,7 @@ fn grpc_listen<'a>(
     listener: LocalPid,
     max_frame: usize,
 ) -> NifResult<Term<'a>> {
-    let Some(runtime) = RUNTIME.as_ref() else {
+    let Some(runtime) = registry::RUNTIME.as_ref() else {
         return Ok((atoms::error(), tags::not_listening()).encode(env));
     };
     let socket = match TcpListener::bind((host.as_str(), port)) {

@@ -4,6 +4,11 @@
 //! regular (non-dirty) NIF unless its doc comment says otherwise: a plain NIF call costs
 //! about 30 ns here and a dirty one about 3.8 µs, so only work that can pass ~1 ms (a large
 //! snapshot, a bulk import) goes to a dirty scheduler.
+//!
+//! State: a feature's state is a resource passed to its NIFs as an argument; what must be
+//! reached without one (and why) is in `registry.rs`, and nowhere else. The hottest NIFs
+//! are registered by `hot_nif.rs`, the one module that uses rustler's internals (the
+//! `plain_nifs` feature swaps it for plain `#[rustler::nif]` wrappers).
 
 mod acl;
 mod analytics;
@@ -20,6 +25,7 @@ mod hot_nif;
 mod list;
 mod proto;
 mod rate_limit;
+mod registry;
 mod reporting;
 mod snapshot;
 mod term_key;
