@@ -16,11 +16,12 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   * Leases (`lease_ms:`, default 5 minutes) are renewed by `renew_lock/3`; an expired lease
     frees the lock and sends the holder `{:lock_lost, var_id, :lease_expired, held_ms}`.
   * Events `[:dspex, :bridge, :coordinator, e]`: `lock_acquired` (`wait_time_us`),
-    `lock_conflict`, `lock_released`, `preempt_notice` (`grace_ms`), `preempted` and
-    `lease_expired` (`held_duration_ms`), `force_released`, and for runs `progress`,
+    `lock_conflict`, `lock_released`, `preempt_notice` (`grace_ms`), `preempted`,
+    `lease_expired` and `holder_down` (`held_duration_ms`), `force_released`, and for runs `progress`,
     `completed`, `failed`, `stalled`.
-  * When the optimizer process dies its locks go to the next waiter at once; a waiter that
-    dies leaves the queue.
+  * When the optimizer process dies its locks go to the next waiter at once (event
+    `holder_down`; on a session under HA the release reaches its replicas too); a waiter
+    that dies leaves the queue.
     An acquire for a process that is already gone is refused with
     `{:error, {:holder_down, pid}}`: nothing is ever held for it.
   * When a session moves to another node (`DSPex.Bridge.HAManager`), its locks move with it:
@@ -114,6 +115,11 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   end
 
   defp publish({kind, session, var_id, holder, ms}) do
+    # A dead holder's release reaches the session's replicas like any other (from a process
+    # of its own: the session's process must not hold up the ticks).
+    if kind == :holder_down,
+      do: spawn(fn -> replicate(session, {:lock_released, var_id, holder}) end)
+
     {event, measurements} =
       case kind do
         :preempt_notice -> {:preempt_notice, %{grace_ms: ms}}
@@ -121,6 +127,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
         :lease_expired -> {:lease_expired, %{held_duration_ms: ms}}
         :forced -> {:force_released, %{held_duration_ms: ms}}
         :moved -> {:lock_moved, %{held_duration_ms: ms}}
+        :holder_down -> {:holder_down, %{held_duration_ms: ms}}
       end
 
     Events.emit([:dspex, :bridge, :coordinator, event], measurements, %{

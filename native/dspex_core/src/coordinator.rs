@@ -135,6 +135,9 @@ pub enum LossReason {
     /// The session moved to another node, which holds the lock from now on with the same
     /// token ([`LockTable::hand_over`], [`LockTable::adopt`]).
     Moved,
+    /// The holder died ([`LockTable::holder_down`]): nobody is told but whoever replicates
+    /// the table.
+    HolderDown,
 }
 
 /// Refusals.
@@ -551,7 +554,9 @@ impl<K: Eq + Hash + Clone, H: Eq + Clone> LockTable<K, H> {
     }
 
     /// [`holder_down`](Self::holder_down) for every holder and waiter matching `gone`.
-    /// Returns how many locks were released; removed waits produce no effect.
+    /// Returns how many locks were released, each also reported as a
+    /// [`LossReason::HolderDown`] loss (before the grant to its next waiter); removed waits
+    /// produce no effect.
     pub fn remove_where(&mut self, gone: impl Fn(&H) -> bool, now: u64) -> Out<usize, K, H> {
         let mut effects = Vec::new();
         let keys: Vec<K> = self.locks.keys().cloned().collect();
@@ -560,7 +565,7 @@ impl<K: Eq + Hash + Clone, H: Eq + Clone> LockTable<K, H> {
             let lock = self.locks.get_mut(&key).expect("listed key");
             lock.waiters.retain(|_, w| !gone(&w.who));
             if lock.holder.as_ref().is_some_and(|h| gone(&h.who)) {
-                lock.holder = None;
+                self.take_from_holder(&key, LossReason::HolderDown, now, &mut effects);
                 released += 1;
                 self.grant_next(&key, now, &mut effects);
             }

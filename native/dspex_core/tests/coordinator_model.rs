@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dspex_core::coordinator::{Acquired, Cancelled, Conflict, Effect, LockTable};
+use dspex_core::coordinator::{Acquired, Cancelled, Conflict, Effect, LockTable, LossReason};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -344,4 +344,33 @@ fn a_cancel_racing_a_grant_reports_the_grant() {
         t.cancel_wait(&"v", ticket),
         Cancelled::AlreadyGranted { .. }
     ));
+}
+
+#[test]
+fn a_dead_holder_is_reported_lost_before_its_waiter_is_granted() {
+    let mut t: LockTable<&str, &str> = LockTable::new();
+    let _ = t.acquire("v", "a", 0, Conflict::Abort, 1_000, 0);
+    let _ = t.acquire("w", "b", 0, Conflict::Abort, 1_000, 0);
+    let wait = Conflict::Wait { deadline: 500 };
+    let _ = t.acquire("v", "c", 0, wait, 1_000, 5);
+    let out = t.holder_down(&"a", 10);
+    assert_eq!(out.value, 1);
+    assert!(matches!(
+        out.effects.as_slice(),
+        [
+            Effect::LockLost {
+                key: "v",
+                holder: "a",
+                reason: LossReason::HolderDown,
+                held_ns: 10,
+            },
+            Effect::Granted {
+                key: "v",
+                holder: "c",
+                ..
+            },
+        ]
+    ));
+    // Another holder's lock is untouched.
+    assert_eq!(t.info(&"w").0.map(|h| h.holder), Some("b"));
 }

@@ -124,6 +124,7 @@ fn loss_atom(r: LossReason) -> Atom {
         LossReason::Preempted => atoms::preempted(),
         LossReason::Forced => atoms::forced(),
         LossReason::Moved => atoms::moved(),
+        LossReason::HolderDown => atoms::holder_down(),
     }
 }
 

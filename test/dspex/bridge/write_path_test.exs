@@ -162,10 +162,29 @@ defmodule DSPex.Bridge.WritePathTest do
     assert {:ok, %{value: 4}} = SessionStore.update_variable(id, "x", 4, lock_token: waiter_token)
     assert :ok = OptimizerCoordinator.release_lock("x", "opt_t", on)
 
-    # The holder's death on its node releases its lock on the owner.
+    # The holder's death on its node releases its lock on the owner, and the release
+    # reaches the replica (b) as the next write of the session.
     assert {:ok, _} = locks(b, :acquire_lock, ["x", "opt_b", holder, on])
+    {:ok, %{seq: before}} = :erpc.call(b, HAManager.Replication, :held, [id])
     Process.exit(holder, :kill)
     eventually(fn -> not locks(a, :locked?, ["x", on]) end, 5_000)
+
+    eventually(
+      fn ->
+        match?(
+          {:ok, %{seq: seq}} when seq > before,
+          :erpc.call(b, HAManager.Replication, :held, [id])
+        )
+      end,
+      5_000
+    )
+
+    # So when the owner fails, the new owner holds nothing for the dead holder (its
+    # five-minute lease would keep the variable locked otherwise).
+    :ok = LocalCluster.kill(a)
+    eventually(fn -> HAManager.get_session_owner(id) == {:ok, b} end, 30_000)
+    refute locks(b, :locked?, ["x", on])
+    assert {:ok, %{value: 5}} = store(b, :update_variable, [id, "x", 5])
   end
 
   test "policies and modes set from any node live with the session and survive failover" do
