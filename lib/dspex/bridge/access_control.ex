@@ -77,6 +77,7 @@ defmodule DSPex.Bridge.AccessControl do
       :ok
   """
 
+  alias DSPex.Bridge.HAManager.Router
   alias DSPex.Bridge.{Events, Native, Options, SessionStore}
   import DSPex.Bridge.Options, only: [is_id: 1]
 
@@ -207,9 +208,14 @@ defmodule DSPex.Bridge.AccessControl do
 
   def filter_accessible_variables(variables, session_id, permission, context)
       when is_list(variables) do
-    if Options.proper_list?(variables),
-      do: Enum.filter(variables, &(check_permission(&1, session_id, permission, context) == :ok)),
-      else: {:error, {:invalid_variables, variables}}
+    if Options.proper_list?(variables) do
+      variables
+      |> Enum.map(&{&1, permission})
+      |> batch(session_id, context)
+      |> Enum.flat_map(fn {variable, _, result} -> if result == :ok, do: [variable], else: [] end)
+    else
+      {:error, {:invalid_variables, variables}}
+    end
   end
 
   def filter_accessible_variables(other, _, _, _), do: {:error, {:invalid_variables, other}}
@@ -230,14 +236,49 @@ defmodule DSPex.Bridge.AccessControl do
 
   def check_permissions_batch(other, _, _), do: {:error, {:invalid_requests, other}}
 
+  # Decided here first; the requests this node refused on sessions another node owns are
+  # asked of that owner, in one call per owner node.
   defp batch(requests, session_id, context) do
-    Enum.map(requests, fn
-      {variable, permission} ->
-        {variable, permission, check_permission(variable, session_id, permission, context)}
+    here =
+      Enum.map(requests, fn
+        {{owner, name} = variable, permission}
+        when is_request(owner, name, session_id, permission, context) ->
+          {variable, permission, decide(variable, session_id, permission, context)}
 
-      other ->
-        {other, nil, {:error, {:invalid_request, other}}}
+        {variable, permission} ->
+          {variable, permission, check_request(variable, session_id, permission, context)}
+
+        other ->
+          {other, nil, {:error, {:invalid_request, other}}}
+      end)
+
+    answers =
+      here
+      |> Enum.filter(&match?({{_, _}, _, {:error, reason}} when reason == :access_denied, &1))
+      |> Enum.group_by(fn {{owner, _}, _, _} -> Router.remote_owner(owner) end)
+      |> Map.delete(nil)
+      |> Enum.flat_map(fn {node, denied} -> ask_owner(node, denied, session_id, context) end)
+      |> Map.new()
+
+    Enum.map(here, fn {variable, permission, _} = decided ->
+      case Map.fetch(answers, {variable, permission}) do
+        {:ok, result} -> {variable, permission, result}
+        :error -> decided
+      end
     end)
+  end
+
+  # The owner's answers by request; none (this node's stand) when it cannot be asked.
+  defp ask_owner(node, denied, session_id, context) do
+    pairs = for {variable, permission, _} <- denied, do: {variable, permission}
+
+    case Router.call_owner(node, __MODULE__, :check_permissions_batch, [pairs, session_id, context]) do
+      results when is_list(results) ->
+        for {variable, permission, result} <- results, do: {{variable, permission}, result}
+
+      _unreachable ->
+        []
+    end
   end
 
   # ---------------------------------------------------------------------------------------
@@ -311,12 +352,12 @@ defmodule DSPex.Bridge.AccessControl do
   defp routed_policy(result, _variable, _fun, _args), do: result
 
   defp routed(result, session_id, fun, args),
-    do: DSPex.Bridge.HAManager.Router.routed(result, __MODULE__, session_id, fun, args)
+    do: Router.routed(result, __MODULE__, session_id, fun, args)
 
   defp on_owner(session_id, fun, args, here) do
-    case DSPex.Bridge.HAManager.Router.remote_owner(session_id) do
+    case Router.remote_owner(session_id) do
       nil -> here.()
-      node -> DSPex.Bridge.HAManager.Router.call_owner(node, __MODULE__, fun, args)
+      node -> Router.call_owner(node, __MODULE__, fun, args)
     end
   end
 

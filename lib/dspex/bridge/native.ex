@@ -142,7 +142,7 @@ defmodule DSPex.Bridge.Native do
   def coordinator_info(_c, _s, _v), do: not_loaded()
   def coordinator_held_in(_c, _s), do: not_loaded()
   def coordinator_hand_over(_c, _s, _v), do: not_loaded()
-  def coordinator_adopt(_c, _s, _v, _o, _token, _lease_ms), do: not_loaded()
+  def coordinator_adopt(_c, _s, _v, _o, _token, _lease_ms, _holder), do: not_loaded()
   def coordinator_tick(_c), do: not_loaded()
   def coordinator_listen(_c), do: not_loaded()
 end

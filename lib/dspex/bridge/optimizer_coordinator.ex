@@ -141,15 +141,29 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
 
   @doc false
   # HA migration (DSPex.Bridge.HAManager.Replication): the locks held on `session`'s
-  # variables, as `[{var_id, optimizer_id, token, lease_left_ms}]`.
-  def held_in(session), do: Native.coordinator_held_in(coordinator(), session)
+  # variables, as `[{var_id, optimizer_id, token, lease_left_ms, holder_pid | nil}]`, the pid
+  # being the holder itself (not its stand-in here), wherever it runs.
+  def held_in(session) do
+    for {var, optimizer, token, left, pid} <- Native.coordinator_held_in(coordinator(), session),
+        do: {var, optimizer, token, left, holder_of(pid)}
+  end
+
+  defp holder_of(nil), do: nil
+  defp holder_of(pid), do: RemoteHolder.remote_of(pid) || pid
 
   @doc false
   def hand_over(session, var_id), do: Native.coordinator_hand_over(coordinator(), session, var_id)
 
   @doc false
-  def adopt(session, var_id, optimizer_id, token, lease_ms),
-    do: Native.coordinator_adopt(coordinator(), session, var_id, optimizer_id, token, lease_ms)
+  # A lock that comes with its session from another node. Its holder (when known) is
+  # monitored here, through a stand-in when it runs on another node, so that its death
+  # releases the lock here too; one already gone adopts nothing.
+  def adopt(session, var_id, optimizer_id, token, lease_ms, holder \\ nil) do
+    holder =
+      if is_pid(holder) and node(holder) != node(), do: RemoteHolder.for(holder), else: holder
+
+    Native.coordinator_adopt(coordinator(), session, var_id, optimizer_id, token, lease_ms, holder)
+  end
 
   # Defaults of acquire_lock/4; `session_id: nil` stands for "not given" (the global lock
   # space, where no session's access rules apply).
@@ -245,7 +259,11 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
       if observed, do: emit_acquire(result, session, var_id, optimizer_id, started)
 
       with {:ok, lock} <- result,
-           do: replicate(session, {:lock_held, var_id, optimizer_id, lock.token, o.lease_ms})
+           do:
+             replicate(
+               session,
+               {:lock_held, var_id, optimizer_id, lock.token, o.lease_ms, holder_of(optimizer_pid)}
+             )
 
       result
     end
@@ -617,8 +635,8 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
     if DSPex.Bridge.SessionStore.Session.replicated?(session) do
       op =
         case op do
-          {:lock_held, var, optimizer, token, lease_ms} ->
-            {:lock_held, var, optimizer, token, System.system_time(:millisecond) + lease_ms}
+          {:lock_held, var, optimizer, token, lease_ms, holder} ->
+            {:lock_held, var, optimizer, token, System.system_time(:millisecond) + lease_ms, holder}
 
           other ->
             other
@@ -632,9 +650,9 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
 
   @doc false
   # A promoted replica's lock operations (SessionStore.Session), applied to this node's table.
-  def apply_replicated(session, {:lock_held, var, optimizer, token, until_ms}) do
+  def apply_replicated(session, {:lock_held, var, optimizer, token, until_ms, holder}) do
     lease = max(until_ms - System.system_time(:millisecond), 1)
-    _ = adopt(session, var, optimizer, token, lease)
+    _ = adopt(session, var, optimizer, token, lease, holder)
     :ok
   end
 

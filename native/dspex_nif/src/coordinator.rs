@@ -411,8 +411,9 @@ fn coordinator_info(env: Env, handle: Handle, session: VarKey, var: VarKey) -> T
     (holder, waiters).encode(env)
 }
 
-/// The locks held on variables of `session`: `[{var, optimizer, token, lease_left_ms}]`
-/// (what a migrating session carries to its new node).
+/// The locks held on variables of `session`: `[{var, optimizer, token, lease_left_ms,
+/// holder_pid | nil}]` (what a migrating session carries to its new node, which monitors
+/// the holder from then on).
 #[rustler::nif]
 fn coordinator_held_in(env: Env, handle: Handle, session: VarKey) -> Term {
     let st = handle.0.lock();
@@ -420,7 +421,13 @@ fn coordinator_held_in(env: Env, handle: Handle, session: VarKey) -> Term {
         .table
         .held_where(|k| k.0 == session, now())
         .into_iter()
-        .map(|((_, var), who, token, left)| (var, who, token, left / MS).encode(env))
+        .map(|((_, var), who, token, left)| {
+            let pid = match st.pid_of.get(&who) {
+                Some(pid) => pid.encode(env),
+                None => atoms::nil().encode(env),
+            };
+            (var, &who, token, left / MS, pid).encode(env)
+        })
         .collect();
     held.encode(env)
 }
@@ -436,25 +443,42 @@ fn coordinator_hand_over(env: Env, handle: Handle, session: VarKey, var: VarKey)
 }
 
 /// Takes over a lock held on the session's former node: `optimizer` holds `var` with `token`
-/// for `lease_ms` more. `:ok` or `{:error, {:locked_by, holder}}`.
+/// for `lease_ms` more, bound to `holder` (a local process: its death releases the lock
+/// here as it would have there) or to nobody (`nil`: the lease bounds it). `:ok`,
+/// `{:error, {:locked_by, holder}}`, or `:holder_down` when `holder` is already gone
+/// (nothing is adopted).
 #[rustler::nif]
-fn coordinator_adopt(
-    env: Env,
+#[allow(clippy::too_many_arguments)] // one argument per part of the lock, as Elixir calls it
+fn coordinator_adopt<'a>(
+    env: Env<'a>,
     handle: Handle,
     session: VarKey,
     var: VarKey,
     optimizer: VarKey,
     token: u64,
     lease_ms: u64,
-) -> Term {
+    holder: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let holder: Option<LocalPid> = if atom_is(holder, atoms::nil()) {
+        None
+    } else {
+        Some(holder.decode()?)
+    };
     let mut st = handle.0.lock();
-    match st
-        .table
-        .adopt((session, var), optimizer, token, lease_ms * MS, now())
-    {
-        Ok(()) => atoms::ok().encode(env),
-        Err(e) => lock_error(env, e),
+    if let Some(pid) = holder {
+        if !bind(env, &handle, &mut st, &optimizer, pid) {
+            return Ok(atoms::holder_down().encode(env));
+        }
     }
+    Ok(
+        match st
+            .table
+            .adopt((session, var), optimizer, token, lease_ms * MS, now())
+        {
+            Ok(()) => atoms::ok().encode(env),
+            Err(e) => lock_error(env, e),
+        },
+    )
 }
 
 /// Makes the calling process the receiver of `{:dspex_coordinator_event, event}` messages

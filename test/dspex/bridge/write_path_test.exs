@@ -187,6 +187,31 @@ defmodule DSPex.Bridge.WritePathTest do
     assert {:ok, %{value: 5}} = store(b, :update_variable, [id, "x", 5])
   end
 
+  test "a holder that dies after its session moved or failed over still frees its lock" do
+    [a, b, c] = peers(["wp_mon_a", "wp_mon_b", "wp_mon_c"])
+    id = new_session(a, ~w(x y))
+    on = [session_id: id]
+    # The holders run on c, for locks taken on the owner a.
+    [h1, h2] = for _ <- 1..2, do: Node.spawn(c, Process, :sleep, [:infinity])
+    assert {:ok, _} = locks(c, :acquire_lock, ["x", "opt_1", h1, on])
+    assert {:ok, _} = locks(c, :acquire_lock, ["y", "opt_2", h2, on])
+
+    # Migrated to b: b holds both locks and watches their holders.
+    assert {:ok, _} = ha(a, :migrate_session, [id, b])
+    assert locks(b, :locked?, ["x", on]) and locks(b, :locked?, ["y", on])
+    Process.exit(h1, :kill)
+    eventually(fn -> not locks(b, :locked?, ["x", on]) end, 5_000)
+
+    # b fails: the promoted replica holds "y" and watches its holder too.
+    :ok = LocalCluster.kill(b)
+    eventually(fn -> match?({:ok, o} when o in [a, c], HAManager.get_session_owner(id)) end, 30_000)
+    {:ok, owner} = HAManager.get_session_owner(id)
+    assert {:error, {:locked_by, "opt_2"}} = store(owner, :update_variable, [id, "y", 1])
+    Process.exit(h2, :kill)
+    eventually(fn -> not locks(owner, :locked?, ["y", on]) end, 5_000)
+    assert {:ok, %{value: 2}} = store(owner, :update_variable, [id, "y", 2])
+  end
+
   test "policies and modes set from any node live with the session and survive failover" do
     [a, b] = peers(["wp_acl_a", "wp_acl_b"])
     id = new_session(a, ~w(x secret))
@@ -206,6 +231,20 @@ defmodule DSPex.Bridge.WritePathTest do
     end
 
     assert {:ok, [:read]} = AccessControl.get_permissions({id, "x"}, reader)
+
+    # Batches from a node that does not hold the session: the owner decides them in one call.
+    requests = [{{id, "x"}, :read}, {{id, "x"}, :write}, {{id, "secret"}, :read}, :junk]
+
+    assert [
+             {{^id, "x"}, :read, :ok},
+             {{^id, "x"}, :write, {:error, :access_denied}},
+             {{^id, "secret"}, :read, :ok},
+             {:junk, nil, {:error, {:invalid_request, :junk}}}
+           ] = AccessControl.check_permissions_batch(requests, reader)
+
+    assert [{^id, "x"}, {^id, "secret"}] =
+             acl(b, :filter_accessible_variables, [[{id, "x"}, {id, "secret"}], reader, :read, %{}])
+
     assert {:ok, %{value: 0}} = store(b, :get_variable, [id, "x", [caller: reader]])
 
     # The owner dies; the replica decides the same.

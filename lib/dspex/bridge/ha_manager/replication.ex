@@ -211,7 +211,7 @@ defmodule DSPex.Bridge.HAManager.Replication do
          {:ok, epoch, pid, replicas} <- transfer(target, envelope, timeout) do
       :ok = Native.ha_apply(HAManager.table(), ha.key, {:finish_out, epoch})
       # The new owner holds these locks now, with the same tokens; their holders are told.
-      for {var, _, _, _} <- held, do: OptimizerCoordinator.hand_over(id, var)
+      for {var, _, _, _, _} <- held, do: OptimizerCoordinator.hand_over(id, var)
       # The copy this node just sent is exactly the new owner's starting state, so when it
       # is to be a replica it keeps that copy instead of receiving it again.
       if node() in replicas, do: store_snapshot(id, target, epoch, 0, envelope)
@@ -224,9 +224,10 @@ defmodule DSPex.Bridge.HAManager.Replication do
 
   # The locks held on a session's variables, as an envelope carries them (a migration's, and
   # a replica's snapshot, so that a promoted replica holds them too).
+  # The holder's bytes carry its process too, so the new owner monitors it.
   defp fences(held) when is_list(held) do
-    for {var, optimizer, token, lease_ms} <- held,
-        do: {:erlang.term_to_binary(var), :erlang.term_to_binary(optimizer), token, lease_ms}
+    for {var, optimizer, token, lease_ms, pid} <- held,
+        do: {:erlang.term_to_binary(var), :erlang.term_to_binary({optimizer, pid}), token, lease_ms}
   end
 
   defp fences(id), do: fences(OptimizerCoordinator.held_in(id))
@@ -268,10 +269,17 @@ defmodule DSPex.Bridge.HAManager.Replication do
   # The session's locks continue here with their holders' tokens (the sender is a cluster
   # node, as trusted as distribution itself, so its terms are decoded as they are).
   defp adopt_locks(id, locks) do
-    Enum.each(locks, fn {var, optimizer, token, lease_ms} ->
+    Enum.each(locks, fn {var, holder, token, lease_ms} ->
       var = :erlang.binary_to_term(var)
-      optimizer = :erlang.binary_to_term(optimizer)
-      _ = OptimizerCoordinator.adopt(id, var, optimizer, token, lease_ms)
+
+      {optimizer, pid} =
+        case :erlang.binary_to_term(holder) do
+          {optimizer, pid} when is_pid(pid) or pid == nil -> {optimizer, pid}
+          # A node of the release before holders carried their process.
+          optimizer -> {optimizer, nil}
+        end
+
+      _ = OptimizerCoordinator.adopt(id, var, optimizer, token, lease_ms, pid)
     end)
   end
 

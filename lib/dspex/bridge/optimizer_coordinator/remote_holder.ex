@@ -28,6 +28,16 @@ defmodule DSPex.Bridge.OptimizerCoordinator.RemoteHolder do
     end
   end
 
+  @doc false
+  # The remote process `proxy` stands for, or nil when `proxy` is not a stand-in.
+  @spec remote_of(pid()) :: pid() | nil
+  def remote_of(proxy) when is_pid(proxy) do
+    case :ets.match(@table, {:"$1", proxy}) do
+      [[remote] | _] -> remote
+      [] -> nil
+    end
+  end
+
   defp start(remote) do
     parent = self()
     tag = make_ref()

@@ -333,7 +333,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
   # A lock granted or released on this session's variables: nothing to do here (the lock
   # table has it); the message exists to reach the replicas in order with the writes.
-  defp handle({:lock_held, _var, _optimizer, _token, _until}, _from, state),
+  defp handle({:lock_held, _var, _optimizer, _token, _until, _holder}, _from, state),
     do: {:reply, :ok, state}
 
   defp handle({:lock_released, _var, _optimizer}, _from, state), do: {:reply, :ok, state}
