@@ -78,8 +78,8 @@ defmodule DSPex.Bridge.NifFuzz do
 
   # Real resources, so that random terms beside them reach the NIFs' bodies.
   defp resources do
-    graph = Native.graph_new()
-    Native.graph_add_nodes(graph, [:a, "b", :π])
+    graph = Native.session_new()
+    :ok = Native.session_load(graph, [{:a, 1, []}, {"b", 1, []}, {:π, 1, []}], [])
     {:ok, breaker} = Native.breaker_new({{:consecutive, 2}, 0.5, nil, 1, 1, 2.0, 1, 0.0, 1, 1, 1})
     engine = Native.analytics_init(10, 10, 16)
     coordinator = Native.coordinator_new()

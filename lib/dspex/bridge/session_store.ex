@@ -138,7 +138,7 @@ defmodule DSPex.Bridge.SessionStore do
         max_variables: Map.get(o, :max_variables, @default_max_variables),
         metadata: Map.get(o, :metadata, %{}),
         propagation: Map.get(o, :propagation, :sync),
-        graph: Native.graph_new()
+        core: Native.session_new()
       }
 
       start_session(meta, :empty, :created)
@@ -221,7 +221,7 @@ defmodule DSPex.Bridge.SessionStore do
 
           {:ok,
            meta
-           |> Map.delete(:graph)
+           |> Map.delete(:core)
            |> Map.put(:variable_count, Session.count_variables(session_id))}
 
         [] ->
@@ -562,7 +562,7 @@ defmodule DSPex.Bridge.SessionStore do
   def import_session(binary, opts \\ []) do
     with {:ok, o} <- Options.take(opts, %{session_id: &Options.id?/1}),
          {:ok, meta, vars, hist} <- Codec.decode(binary) do
-      # meta.graph was rebuilt from the snapshot's edges by the codec.
+      # meta.core was rebuilt from the snapshot's edges by the codec.
       id = Map.get(o, :session_id, meta.id)
       vars = Enum.map(vars, &%{&1 | session_id: id})
       start_session(%{meta | id: id}, {:import, vars, hist}, :created)

@@ -1,45 +1,30 @@
-//! Dependency graph NIFs (`dspex_core::graph`). One resource per session graph, guarded by
-//! a mutex (the core graph is not `Sync`). All regular NIFs finish in microseconds on
-//! graphs of thousands of nodes, except those marked DirtyCpu, which walk the whole graph.
+//! Dependency graph NIFs (`dspex_core::graph`), over the graph of a session's core
+//! (`session.rs`). All regular NIFs finish in microseconds on graphs of thousands of nodes,
+//! except those marked DirtyCpu, which walk the whole graph.
 //!
-//! Live sessions publish their graph in a directory keyed by session id
-//! ([`registry::GRAPHS`]), so that a dependency call finds the graph inside the NIF.
+//! Live sessions publish their core in a directory keyed by session id
+//! ([`registry::GRAPHS`]), so that a dependency call finds the graph inside the NIF. The
+//! session's process changes variables and compute edges through `session_apply`; edges
+//! added here by borrowed ids are the aggregate's unlogged writes, taken only while the
+//! session's writes are not routed through its process.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 use ahash::AHashMap;
 use dspex_core::graph::{DependencyGraph, EdgeKind, EdgeLabels, GraphError};
-use rustler::{Encoder, Env, Error, NifResult, ResourceArc, Term, TermType};
+use dspex_core::session::{Rejection, Session};
+use rustler::{Encoder, Env, Error, NifResult, Term, TermType};
 
 use crate::atoms::{self, atom_is};
 use crate::hot_nif::hot_nif;
 use crate::list::List;
 use crate::registry;
 use crate::reporting;
+use crate::session::{Core, LIVE};
 use crate::term_key::{atom_word, prefetch, prefetch_elements, IdKey, Key};
 use crate::var_key::{id_term, lookup_bytes, push_id, IdTerm, VarKey};
 
-/// A session's dependency graph, and whether its writes must go through the session's
-/// process (set while the session is under HA, so every edge is ordered and replicated with
-/// the session's other writes). The flag is set and read under the graph's lock, so a
-/// direct write either lands before the flag (and in the snapshot taken after it) or is
-/// refused with `:routed`.
-pub struct GraphResource(Mutex<DependencyGraph<VarKey>>, AtomicBool);
-
-#[rustler::resource_impl]
-impl rustler::Resource for GraphResource {}
-
-// Live graphs, so tests can prove that deleting a session frees its graph.
-static LIVE_GRAPHS: AtomicUsize = AtomicUsize::new(0);
-
-impl Drop for GraphResource {
-    fn drop(&mut self) {
-        LIVE_GRAPHS.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-type Graph = ResourceArc<GraphResource>;
+type Graph = Core;
 
 // Session id -> its graph, for every live session of this node. Atoms are keyed by their
 // word (any atom can name a session, even one whose text is outside Latin-1), strings by
@@ -97,17 +82,21 @@ fn with_published<T>(session: Term, f: impl FnOnce(Option<&Graph>) -> T) -> NifR
     Ok(f(directory.get(id)))
 }
 
-fn with<T>(graph: &Graph, f: impl FnOnce(&mut DependencyGraph<VarKey>) -> T) -> T {
-    // No core operation panics half-way, so a poisoned lock still guards a valid graph.
-    let mut guard = graph.0.lock().unwrap_or_else(|p| p.into_inner());
-    f(&mut guard)
+// Reads the session's graph.
+fn with<T>(graph: &Graph, f: impl FnOnce(&DependencyGraph<VarKey>) -> T) -> T {
+    f(graph.lock().graph())
+}
+
+// Runs an unlogged edge write of the session's process (a bulk of edges it was sent).
+fn with_owner<T>(graph: &Graph, f: impl FnOnce(&mut Session<VarKey, VarKey>) -> T) -> T {
+    f(&mut graph.lock())
 }
 
 // Runs `f` for a caller that is not the session's process: `None` when the session's writes
 // are routed through its process.
-fn with_direct<T>(graph: &Graph, f: impl FnOnce(&mut DependencyGraph<VarKey>) -> T) -> Option<T> {
-    let mut guard = graph.0.lock().unwrap_or_else(|p| p.into_inner());
-    if graph.1.load(Ordering::Relaxed) {
+fn with_direct<T>(graph: &Graph, f: impl FnOnce(&mut Session<VarKey, VarKey>) -> T) -> Option<T> {
+    let mut guard = graph.lock();
+    if graph.routed.load(Ordering::Relaxed) {
         None
     } else {
         Some(f(&mut guard))
@@ -119,12 +108,12 @@ fn with_direct<T>(graph: &Graph, f: impl FnOnce(&mut DependencyGraph<VarKey>) ->
 /// again (`off`).
 #[rustler::nif]
 fn graph_route_writes(graph: Graph, on: bool) -> rustler::Atom {
-    let _guard = graph.0.lock().unwrap_or_else(|p| p.into_inner());
-    graph.1.store(on, Ordering::Relaxed);
+    let _guard = graph.lock();
+    graph.routed.store(on, Ordering::Relaxed);
     atoms::ok()
 }
 
-fn decode_kind(term: Term) -> NifResult<EdgeKind> {
+pub(crate) fn decode_kind(term: Term) -> NifResult<EdgeKind> {
     // The usual kind first, by its word: no call into the VM for the term's type.
     if atom_is(term, atoms::data()) {
         return Ok(EdgeKind::Data);
@@ -144,7 +133,7 @@ fn decode_kind(term: Term) -> NifResult<EdgeKind> {
     }
 }
 
-fn encode_kind<'a>(env: Env<'a>, kind: &EdgeKind) -> Term<'a> {
+pub(crate) fn encode_kind<'a>(env: Env<'a>, kind: &EdgeKind) -> Term<'a> {
     match kind {
         EdgeKind::Data => atoms::data().encode(env),
         EdgeKind::Compute => atoms::compute().encode(env),
@@ -169,14 +158,24 @@ fn ok_or_error<'a, T: Encoder>(env: Env<'a>, result: Result<T, GraphError<VarKey
     }
 }
 
-/// A new empty graph.
-#[rustler::nif]
-fn graph_new() -> Graph {
-    LIVE_GRAPHS.fetch_add(1, Ordering::Relaxed);
-    ResourceArc::new(GraphResource(
-        Mutex::new(DependencyGraph::new()),
-        AtomicBool::new(false),
-    ))
+// An edge write's refusal in the graph NIFs' words (`{:cycle, path}`,
+// `{:unknown_variable, id}`).
+fn encode_edge_rejection<'a>(env: Env<'a>, r: Rejection<VarKey, VarKey>) -> Term<'a> {
+    match r {
+        Rejection::Cycle(path) => encode_graph_error(env, GraphError::Cycle(path)),
+        Rejection::NotFound(key) => encode_graph_error(env, GraphError::UnknownNode(key)),
+        other => crate::session::encode_rejection(env, other),
+    }
+}
+
+fn edge_result<'a, T: Encoder>(
+    env: Env<'a>,
+    result: Result<T, Rejection<VarKey, VarKey>>,
+) -> Term<'a> {
+    match result {
+        Ok(value) => (atoms::ok(), value).encode(env),
+        Err(r) => encode_edge_rejection(env, r),
+    }
 }
 
 /// Makes `graph` the graph of `session` (replacing any previous one).
@@ -205,44 +204,6 @@ fn graph_of<'a>(env: Env<'a>, session: Term<'a>) -> NifResult<Term<'a>> {
     })
 }
 
-/// Adds a node; `false` if it was already there.
-#[rustler::nif]
-fn graph_add_node(graph: Graph, key: VarKey) -> bool {
-    with(&graph, |g| g.add_node(key))
-}
-
-/// Adds many nodes at once (an import): the number that were new. DirtyCpu: a large
-/// session's import adds tens of thousands.
-#[rustler::nif(schedule = "DirtyCpu")]
-fn graph_add_nodes(graph: Graph, keys: List<VarKey>) -> usize {
-    with(&graph, |g| {
-        keys.0
-            .into_iter()
-            .map(|k| g.add_node(k))
-            .filter(|&new| new)
-            .count()
-    })
-}
-
-/// Removes a node and its edges; `false` if it was absent.
-#[rustler::nif]
-fn graph_remove_node(graph: Graph, key: VarKey) -> bool {
-    with(&graph, |g| g.remove_node(&key))
-}
-
-/// Adds `from -> to`: `{:ok, new?}`, `{:error, {:cycle, path}}` or
-/// `{:error, {:unknown_variable, key}}`.
-#[rustler::nif]
-fn graph_add_edge<'a>(
-    env: Env<'a>,
-    graph: Graph,
-    from: VarKey,
-    to: VarKey,
-    kind: Term<'a>,
-) -> NifResult<Term<'a>> {
-    add_edge(env, &graph, from, to, kind, false)
-}
-
 /// `graph_add_edge/4` for a caller other than the session's process: `:routed` when the
 /// session's writes go through its process.
 #[rustler::nif]
@@ -253,7 +214,7 @@ fn graph_add_edge_direct<'a>(
     to: VarKey,
     kind: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    add_edge(env, &graph, from, to, kind, true)
+    add_edge(env, &graph, from, to, kind)
 }
 
 fn add_edge<'a>(
@@ -262,18 +223,14 @@ fn add_edge<'a>(
     from: VarKey,
     to: VarKey,
     kind: Term<'a>,
-    direct: bool,
 ) -> NifResult<Term<'a>> {
     let kind = decode_kind(kind)?;
-    let add = |g: &mut DependencyGraph<VarKey>| g.add_edge(&from, &to, kind);
-    Ok(if direct {
-        match with_direct(graph, add) {
-            Some(result) => ok_or_error(env, result),
+    Ok(
+        match with_direct(graph, |s| s.add_edge_unlogged(&from, &to, kind)) {
+            Some(result) => edge_result(env, result),
             None => atoms::routed().encode(env),
-        }
-    } else {
-        ok_or_error(env, with(graph, add))
-    })
+        },
+    )
 }
 
 hot_nif!("graph_add_edge_in", 4, add_edge_in);
@@ -298,13 +255,13 @@ fn add_edge_in<'a>(env: Env<'a>, [session, from, to, kind]: [Term<'a>; 4]) -> Ni
             return Ok((atoms::error(), atoms::session_not_found()).encode(env));
         };
         Ok(
-            match with_direct(graph, |g| {
-                g.add_edge(from_key.bytes(), to_key.bytes(), kind)
+            match with_direct(graph, |s| {
+                s.add_edge_unlogged(from_key.bytes(), to_key.bytes(), kind)
             }) {
                 // The events flag is mirrored here, so the caller need not read it.
                 Some(Ok(_)) if reporting::events_enabled() => atoms::added().encode(env),
                 Some(Ok(_)) => atoms::ok().encode(env),
-                Some(Err(err)) => encode_graph_error(env, err),
+                Some(Err(r)) => encode_edge_rejection(env, r),
                 None => atoms::routed().encode(env),
             },
         )
@@ -421,25 +378,16 @@ fn add_edges<'a>(
         .iter()
         .map(|edge| (id(edge.from), id(edge.to), kinds.get(edge.kind).clone()));
     if direct {
-        Ok(match with_direct(graph, |g| g.add_edges_by(edges)) {
-            Some(result) => ok_or_error(env, result),
+        Ok(match with_direct(graph, |s| s.add_edges_unlogged(edges)) {
+            Some(result) => edge_result(env, result),
             None => atoms::routed().encode(env),
         })
     } else {
-        Ok(ok_or_error(env, with(graph, |g| g.add_edges_by(edges))))
+        Ok(edge_result(
+            env,
+            with_owner(graph, |s| s.add_edges_unlogged(edges)),
+        ))
     }
-}
-
-/// Removes `from -> to`; `false` if there was no such edge.
-#[rustler::nif]
-fn graph_remove_edge(graph: Graph, from: VarKey, to: VarKey) -> bool {
-    with(&graph, |g| g.remove_edge(&from, &to))
-}
-
-/// Removes every edge of a node: `{:ok, removed}`.
-#[rustler::nif]
-fn graph_clear_edges(env: Env, graph: Graph, key: VarKey) -> Term {
-    ok_or_error(env, with(&graph, |g| g.clear_edges(&key)))
 }
 
 /// Direct dependencies (`:in`), dependents (`:out`), transitive `:upstream` or `:downstream`.
@@ -509,5 +457,5 @@ fn graph_size(graph: Graph) -> (usize, usize) {
 /// How many graph resources are alive in this VM.
 #[rustler::nif]
 fn graph_live_count() -> usize {
-    LIVE_GRAPHS.load(Ordering::Relaxed)
+    LIVE.load(Ordering::Relaxed)
 }

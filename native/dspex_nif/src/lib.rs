@@ -27,6 +27,7 @@ mod proto;
 mod rate_limit;
 mod registry;
 mod reporting;
+mod session;
 mod snapshot;
 mod term_key;
 mod var_key;

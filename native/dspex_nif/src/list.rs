@@ -6,7 +6,7 @@
 //! for an improper list, so a bad list is an `ArgumentError` (or the NIF's own error) like
 //! any other wrong term.
 
-use rustler::{Decoder, NifResult, Term};
+use rustler::{Decoder, Encoder, Env, NifResult, Term};
 
 /// The items of a proper list; `Err(BadArg)` for an improper list or a non-list.
 pub fn terms(term: Term) -> NifResult<Vec<Term>> {
@@ -26,5 +26,11 @@ impl<'a, T: Decoder<'a>> Decoder<'a> for List<T> {
             .map(|t| t.decode::<T>())
             .collect::<NifResult<Vec<T>>>()
             .map(List)
+    }
+}
+
+impl<T: Encoder> Encoder for List<T> {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        self.0.encode(env)
     }
 }

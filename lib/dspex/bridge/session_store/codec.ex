@@ -211,7 +211,7 @@ defmodule DSPex.Bridge.SessionStore.Codec do
        )
        when is_map(meta) and is_list(v) and is_binary(h) and is_binary(a) and is_list(edges) do
     with {:ok, meta} <- check_meta(meta) do
-      {:ok, Map.put(meta, :graph, Native.graph_new()), {:split, v, a, edges}, {:split, h}}
+      {:ok, Map.put(meta, :core, Native.session_new()), {:split, v, a, edges}, {:split, h}}
     end
   end
 
@@ -236,8 +236,8 @@ defmodule DSPex.Bridge.SessionStore.Codec do
          :ok <- check_computes(vars),
          :ok <- check_access(Map.get(meta, :access, []), vars),
          {:ok, hist} <- check_histories(hist, vars, meta.history_limit),
-         {:ok, graph} <- rebuild_graph(vars, Map.get(p, :graph, [])) do
-      {:ok, Map.merge(meta, %{graph: graph}), vars, hist}
+         {:ok, core} <- rebuild_core(vars, Map.get(p, :graph, [])) do
+      {:ok, Map.put(meta, :core, core), vars, hist}
     end
   end
 
@@ -407,14 +407,12 @@ defmodule DSPex.Bridge.SessionStore.Codec do
   # session exists; the import then just adopts it.
   # A computed variable's edges from its inputs are part of its declaration: they are added
   # whether or not the snapshot lists them, as registering it would.
-  defp rebuild_graph(vars, edges) when is_list(edges) do
-    graph = Native.graph_new()
-    Native.graph_add_nodes(graph, Enum.map(vars, & &1.name))
-    declared = for %{compute: {_, inputs}, name: n} <- vars, i <- inputs, do: {i, n, :compute}
+  defp rebuild_core(vars, edges) when is_list(edges) do
+    core = Native.session_new()
 
     with true <- Options.proper_list?(edges) and Enum.all?(edges, &edge?/1),
-         {:ok, _} <- Native.graph_add_edges(graph, Enum.uniq(edges ++ declared)) do
-      {:ok, graph}
+         :ok <- Native.session_load(core, core_variables(vars), edges) do
+      {:ok, core}
     else
       false -> {:error, {:invalid_snapshot, :bad_graph}}
       {:error, reason} -> {:error, {:invalid_snapshot, {:bad_graph, reason}}}
@@ -423,7 +421,16 @@ defmodule DSPex.Bridge.SessionStore.Codec do
     ArgumentError -> {:error, {:invalid_snapshot, :bad_graph}}
   end
 
-  defp rebuild_graph(_vars, _edges), do: {:error, {:invalid_snapshot, :bad_graph}}
+  defp rebuild_core(_vars, _edges), do: {:error, {:invalid_snapshot, :bad_graph}}
+
+  @doc false
+  # What the session's core keeps of each variable: `{name, version, compute inputs}`.
+  def core_variables(vars) do
+    for var <- vars do
+      inputs = with {_fun, inputs} <- var.compute, do: inputs
+      {var.name, var.version, inputs || []}
+    end
+  end
 
   defp edge?({from, to, kind}) when is_id(from) and is_id(to),
     do: kind in [:data, :compute, :constraint] or is_binary(kind)

@@ -52,7 +52,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
     if :ets.insert_new(Tables.sessions(), {id, meta, self(), touch}) do
       Keeper.watch(id, self())
-      :ok = Native.graph_publish(id, meta.graph)
+      :ok = Native.graph_publish(id, meta.core)
       state = schedule_idle_check(new_state(id, meta, touch))
       state = Enum.reduce(watchers, state, fn {name, pid}, st -> Watchers.add(st, name, pid) end)
 
@@ -99,32 +99,30 @@ defmodule DSPex.Bridge.SessionStore.Session do
   # the graph); variables without a stored policy get the default private one. A format 3
   # snapshot is stored in parallel: the history and each half of the variables (with their
   # graph nodes and policies) by processes of their own.
-  defp load(id, {:split, vbins, abin, edges}, {:split, hbin}, [], graph) do
+  defp load(id, {:split, vbins, abin, edges}, {:split, hbin}, [], core) do
     history =
       Task.async(fn ->
         rows = for {name, h} <- Codec.history_from(hbin), do: {{id, name}, h}
         :ets.insert(Tables.history(), rows)
       end)
 
-    counts =
+    cores =
       vbins
       |> Enum.map(fn vbin ->
         Task.async(fn ->
           variables = Codec.variables_from(vbin, id)
-          Native.graph_add_nodes(graph, Enum.map(variables, & &1.name))
           load_rows(id, variables, Codec.access_from(abin))
-          length(variables)
+          Codec.core_variables(variables)
         end)
       end)
       |> Task.await_many(:infinity)
 
-    # Edges once every node exists.
-    {:ok, _} = Native.graph_add_edges(graph, edges)
+    :ok = Native.session_load(core, Enum.concat(cores), edges)
     Task.await(history, :infinity)
-    Enum.sum(counts)
+    Enum.sum(Enum.map(cores, &length/1))
   end
 
-  defp load(id, variables, histories, access, _graph) do
+  defp load(id, variables, histories, access, _core) do
     load_rows(id, variables, access)
     :ets.insert(Tables.history(), Enum.map(histories, fn {name, h} -> {{id, name}, h} end))
     length(variables)
@@ -226,8 +224,9 @@ defmodule DSPex.Bridge.SessionStore.Session do
   # graph's own, which DependencyManager turns into its errors and events.
   defp handle({:add_dependency, from, to, kind}, _from, state) do
     reply =
-      case Native.graph_add_edge(state.meta.graph, from, to, kind) do
-        {:ok, _new?} -> :ok
+      case core(state, {:add_edges, [{from, to, kind}]}) do
+        {:ok, _} -> :ok
+        {:error, {:variable_not_found, name}} -> {:error, {:unknown_variable, name}}
         error -> error
       end
 
@@ -235,14 +234,13 @@ defmodule DSPex.Bridge.SessionStore.Session do
   end
 
   defp handle({:add_dependencies, edges}, _from, state),
-    do: {:reply, Native.graph_add_edges(state.meta.graph, edges), state}
+    do: {:reply, Native.graph_add_edges(state.meta.core, edges), state}
 
   defp handle({:remove_dependency, from, to}, _from, state) do
     reply =
-      cond do
-        computed_from?(state.id, to, from) -> {:error, {:compute_input, to, from}}
-        Native.graph_remove_edge(state.meta.graph, from, to) -> :ok
-        true -> {:error, :dependency_not_found}
+      case core(state, {:remove_edge, %{from: from, to: to}}) do
+        {:ok, _} -> :ok
+        error -> error
       end
 
     {:reply, reply, state}
@@ -250,22 +248,9 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
   defp handle({:clear_dependencies, name}, _from, state) do
     reply =
-      case fetch(state.id, name) do
-        {:ok, %Variable{compute: {_, _}}} ->
-          {:error, {:compute_input, name, :computed}}
-
-        {:ok, _} ->
-          case Enum.find(dependents(state, name), &computed_from?(state.id, &1, name)) do
-            nil ->
-              {:ok, _} = Native.graph_clear_edges(state.meta.graph, name)
-              :ok
-
-            dependent ->
-              {:error, {:compute_input, dependent, name}}
-          end
-
-        error ->
-          error
+      case core(state, {:clear_edges, name}) do
+        {:ok, _} -> :ok
+        error -> error
       end
 
     {:reply, reply, state}
@@ -302,9 +287,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
   end
 
   defp handle({:delete_variable, name}, _from, state) do
-    with {:ok, _var} <- fetch(state.id, name),
-         [] <- Enum.filter(dependents(state, name), &computed_from?(state.id, &1, name)) do
-      Native.graph_remove_node(state.meta.graph, name)
+    with {:ok, _} <- core(state, {:delete, name}) do
       Native.acl_remove_policy(state.id, name)
       :ets.delete(Tables.variables(), {state.id, name})
       :ets.delete(Tables.history(), {state.id, name})
@@ -312,7 +295,6 @@ defmodule DSPex.Bridge.SessionStore.Session do
       for pid <- watchers, do: send(pid, {:dspex_variable_deleted, state.id, name})
       {:reply, :ok, active(%{state | count: state.count - 1})}
     else
-      [_ | _] = dependents -> {:reply, {:error, {:has_dependents, dependents}}, state}
       error -> {:reply, error, state}
     end
   end
@@ -350,17 +332,17 @@ defmodule DSPex.Bridge.SessionStore.Session do
   # they keep receiving changes from the new owner.
   @doc false
   def export(state) do
-    meta = state.meta |> Map.delete(:graph) |> Map.put(:watchers, Watchers.list(state))
-    Codec.encode_split(state.id, meta, Native.graph_edges(state.meta.graph))
+    meta = state.meta |> Map.delete(:core) |> Map.put(:watchers, Watchers.list(state))
+    Codec.encode_split(state.id, meta, Native.graph_edges(state.meta.core))
   end
 
   defp export_terms(state) do
     vars = :ets.select(Tables.variables(), [{{{state.id, :_}, :"$1", :_}, [], [:"$1"]}])
     hist = :ets.select(Tables.history(), [{{{state.id, :"$1"}, :"$2"}, [], [{{:"$1", :"$2"}}]}])
-    edges = Native.graph_edges(state.meta.graph)
+    edges = Native.graph_edges(state.meta.core)
 
     access = Native.acl_session_policies(state.id)
-    meta = state.meta |> Map.delete(:graph) |> Map.put(:access, access)
+    meta = state.meta |> Map.delete(:core) |> Map.put(:access, access)
     {:ok, meta, vars, hist, edges}
   end
 
@@ -371,7 +353,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
   def handle_continue(:await_load, state) do
     receive do
       {:dspex_load, from, ref, variables, histories, access, promotion} ->
-        count = load(state.id, variables, histories, access, state.meta.graph)
+        count = load(state.id, variables, histories, access, state.meta.core)
         state = %{state | count: count}
 
         case SessionHA.promote(promotion, state) do
@@ -431,11 +413,11 @@ defmodule DSPex.Bridge.SessionStore.Session do
   end
 
   defp propagate(state, changed) do
-    {graph_size, _} = Native.graph_size(state.meta.graph)
+    {graph_size, _} = Native.graph_size(state.meta.core)
 
     if graph_size > 1 do
       started = System.monotonic_time()
-      result = Propagation.run(state.meta.graph, changed, &fetch_or_nil(state.id, &1))
+      result = Propagation.run(state.meta.core, changed, &fetch_or_nil(state.id, &1))
 
       if result.affected > 0 do
         meta = %{session_id: state.id, changed: changed}
@@ -547,25 +529,32 @@ defmodule DSPex.Bridge.SessionStore.Session do
   end
 
   defp add_node(state, name, compute) do
-    if Native.graph_add_node(state.meta.graph, name) do
-      case add_compute_edges(state, compute, name) do
-        {:ok, _} -> :ok
-        error -> tap(error, fn _ -> Native.graph_remove_node(state.meta.graph, name) end)
-      end
-    else
-      {:error, {:variable_exists, name}}
+    case core(state, {:register, %{name: name, inputs: inputs_of(compute)}}) do
+      {:ok, _} -> :ok
+      error -> error
     end
   rescue
     ArgumentError -> {:error, {:invalid_name, name}}
   end
 
-  defp add_compute_edges(_state, nil, _name), do: {:ok, 0}
-
-  defp add_compute_edges(state, {_fun, inputs}, name) do
-    case Native.graph_add_edges(state.meta.graph, Enum.map(inputs, &{&1, name, :compute})) do
-      {:ok, n} -> {:ok, n}
+  defp add_compute_edges(state, compute, name) do
+    case core(state, {:define_computed, %{name: name, inputs: inputs_of(compute)}}) do
+      {:ok, _} -> {:ok, name}
       {:error, {:cycle, _path}} -> {:error, :would_create_cycle}
-      {:error, {:unknown_variable, missing}} -> {:error, {:variable_not_found, missing}}
+      error -> error
+    end
+  end
+
+  defp inputs_of(nil), do: []
+  defp inputs_of({_fun, inputs}), do: inputs
+
+  # The session's core (dspex_core::session through the NIF) decides what it holds: which
+  # variables exist with which versions, which are computed from which, the graph's edges.
+  # Its refusals are this module's errors as they are.
+  defp core(state, command) do
+    case Native.session_apply(state.meta.core, command, core_clock()) do
+      {:ok, _seq, reply} -> {:ok, reply}
+      error -> error
     end
   end
 
@@ -578,7 +567,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
         :ok
 
       error ->
-        Native.graph_remove_node(state.meta.graph, name)
+        {:ok, :done} = core(state, {:delete, name})
         error
     end
   end
@@ -604,20 +593,6 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
       {:set_mode, new_mode} ->
         Native.acl_set_mode(id, name, new_mode)
-    end
-  end
-
-  defp dependents(state, name) do
-    case Native.graph_neighbours(state.meta.graph, name, :dependents) do
-      {:ok, list} -> list
-      {:error, _} -> []
-    end
-  end
-
-  defp computed_from?(id, name, input) do
-    case fetch(id, name) do
-      {:ok, %Variable{compute: {_, inputs}}} -> input in inputs
-      _ -> false
     end
   end
 
@@ -674,6 +649,10 @@ defmodule DSPex.Bridge.SessionStore.Session do
 
   defp active(state), do: %{state | last_activity: now_ms()}
   defp now_ms, do: System.monotonic_time(:millisecond)
+
+  # The core's clock, which only stamps its log here: SessionStore keeps no lock fences in
+  # the core (the lock table fences writes), so no lease is judged by it.
+  defp core_clock, do: System.os_time(:millisecond)
 
   # ---------------------------------------------------------------------------------------
   # helpers
@@ -773,6 +752,7 @@ defmodule DSPex.Bridge.SessionStore.Session do
   # All rows of one change go in with one :ets.insert per table, so a reader sees either
   # none or all of a batch's variables.
   defp commit(state, changes) do
+    :ok = count_versions(state, changes)
     limit = state.meta.history_limit
 
     :ets.insert(
@@ -791,6 +771,26 @@ defmodule DSPex.Bridge.SessionStore.Session do
     for {old, new, _} <- changes, old != nil, do: Watchers.notify(state, old, new)
 
     :ok
+  end
+
+  # Every new version is counted by the session's core first (registrations are, by
+  # `add_node`): the rows then carry the versions it gave. A row whose version the core does
+  # not expect is a bug, raised here (and answered as an internal error) before any row
+  # changes.
+  defp count_versions(state, changes) do
+    bumped = for {%{version: old}, %{version: new} = var, _} <- changes, new != old, do: var
+
+    case bumped do
+      [] ->
+        :ok
+
+      _ ->
+        writes = for var <- bumped, do: {var.name, var.version - 1, nil}
+
+        expected = Enum.map(bumped, & &1.version)
+        {:ok, {:versions, ^expected}} = core(state, {:write, writes})
+        :ok
+    end
   end
 
   defp destroy(state), do: destroy_rows(state.id)

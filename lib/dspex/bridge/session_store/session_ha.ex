@@ -122,7 +122,7 @@ defmodule DSPex.Bridge.SessionStore.SessionHA do
   # Under HA every write goes through this process (and so to the replicas): direct edge
   # writes are turned away before the snapshot the replicas start from is taken.
   def attach(state, ha) do
-    :ok = Native.graph_route_writes(state.meta.graph, true)
+    :ok = Native.graph_route_writes(state.meta.core, true)
     Replication.attach(state.id, ha, fn -> Session.export(state) end)
   end
 

@@ -34,6 +34,12 @@ impl<K: Eq + Hash + Clone> DependencyGraph<K> {
         Ok(self.keys_in_order(self.adj[ix as usize].out().to_vec()))
     }
 
+    /// Whether anything is computed from `key` (false for an unknown key); allocates nothing.
+    pub fn has_dependents(&self, key: &K) -> bool {
+        self.find(key)
+            .is_some_and(|ix| !self.adj[ix as usize].out().is_empty())
+    }
+
     /// Every node `key` transitively depends on, in topological order.
     ///
     /// # Errors

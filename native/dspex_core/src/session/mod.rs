@@ -369,6 +369,10 @@ impl<K: Eq + Hash + Clone, H: Clone + Eq> Session<K, H> {
     }
 
     fn computed_downstream(&self, writes: &[Write<K>]) -> Vec<K> {
+        // The usual write has nothing downstream: no search, no allocation.
+        if !writes.iter().any(|w| self.graph.has_dependents(&w.name)) {
+            return Vec::new();
+        }
         let written: Vec<K> = writes.iter().map(|w| w.name.clone()).collect();
         match self.graph.update_order_refs(&written) {
             Ok(order) => order
@@ -493,6 +497,76 @@ impl<K: Eq + Hash + Clone, H: Clone + Eq> Session<K, H> {
             self.fences.remove(name);
         }
         Reply::Released(matches)
+    }
+}
+
+/// Writes outside the log, for an owner that has no log consumer: no replica, no backend,
+/// so nothing to keep in step. They change the state as the commands they stand for would,
+/// without a sequence number or an entry (an [`image`](Session::image) taken later holds
+/// them). They exist for the hot path: many processes adding edges at once, by borrowed ids,
+/// without building a command.
+impl<K: Eq + Hash + Clone, H: Clone + Eq> Session<K, H> {
+    /// [`Command::AddEdges`] for one edge, unlogged; `Ok(true)` when it is new.
+    ///
+    /// # Errors
+    /// As the command: [`Rejection::NotFound`], [`Rejection::Cycle`].
+    pub fn add_edge_unlogged<Q>(
+        &mut self,
+        from: &Q,
+        to: &Q,
+        kind: EdgeKind,
+    ) -> Result<bool, Rejection<K, H>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned + ?Sized,
+        Q::Owned: Into<K>,
+    {
+        self.graph.add_edge(from, to, kind).map_err(graph_rejection)
+    }
+
+    /// [`Command::AddEdges`], unlogged, for edges given by borrowed ids (all or none): how
+    /// many were new.
+    ///
+    /// # Errors
+    /// As the command.
+    pub fn add_edges_unlogged<'q, Q>(
+        &mut self,
+        edges: impl IntoIterator<Item = (&'q Q, &'q Q, EdgeKind)>,
+    ) -> Result<usize, Rejection<K, H>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned + ?Sized + 'q,
+        Q::Owned: Into<K>,
+    {
+        self.graph.add_edges_by(edges).map_err(graph_rejection)
+    }
+
+    /// A session built at once from its variables and edges (an import), at sequence
+    /// number 0; the compute edges of computed variables go in with the other edges.
+    ///
+    /// # Errors
+    /// [`Rejection::Exists`] for a repeated variable, [`Rejection::NotFound`] for an input
+    /// or an edge end that is not a variable, [`Rejection::Cycle`].
+    pub fn load(
+        variables: Vec<(K, Variable<K>)>,
+        edges: &[(K, K, EdgeKind)],
+    ) -> Result<Self, Rejection<K, H>> {
+        let mut session = Self::new();
+        for (name, _) in &variables {
+            if !session.graph.add_node(name.clone()) {
+                return Err(Rejection::Exists(name.clone()));
+            }
+        }
+        let mut all: Vec<(K, K, EdgeKind)> = Vec::with_capacity(edges.len());
+        for (name, var) in &variables {
+            for input in &var.inputs {
+                all.push((input.clone(), name.clone(), EdgeKind::Compute));
+            }
+        }
+        all.extend_from_slice(edges);
+        session.graph.add_edges(&all).map_err(graph_rejection)?;
+        session.variables = variables.into_iter().collect();
+        Ok(session)
     }
 }
 

@@ -401,3 +401,66 @@ fn an_image_whose_parts_disagree_is_refused() {
         Err(crate::Error::Payload(_))
     ));
 }
+
+#[test]
+fn unlogged_edges_change_the_state_without_a_sequence_number() {
+    let mut session = S::new();
+    for v in ["a", "b", "c"] {
+        done(reg(&mut session, v, &[]));
+    }
+    assert_eq!(
+        session.add_edge_unlogged("a", "b", EdgeKind::Data),
+        Ok(true)
+    );
+    assert!(matches!(
+        session.add_edge_unlogged("b", "a", EdgeKind::Data),
+        Err(Rejection::Cycle(_))
+    ));
+    assert_eq!(
+        session.add_edge_unlogged("a", "x", EdgeKind::Data),
+        Err(Rejection::NotFound(s("x")))
+    );
+    let batch = [("b", "c", EdgeKind::Data), ("a", "c", EdgeKind::Data)];
+    assert_eq!(
+        session.add_edges_unlogged(batch.iter().map(|(f, t, k)| (*f, *t, k.clone()))),
+        Ok(2)
+    );
+    assert_eq!(session.seq(), 3);
+    assert_eq!(session.image().graph.edges.len(), 3);
+}
+
+#[test]
+fn a_loaded_session_holds_its_variables_and_edges() {
+    let var = |version, inputs: &[&str]| Variable {
+        version,
+        inputs: inputs.iter().map(|i| s(i)).collect(),
+    };
+    let variables = vec![
+        (s("a"), var(4, &[])),
+        (s("b"), var(2, &["a"])),
+        (s("c"), var(1, &[])),
+    ];
+    let loaded = S::load(variables.clone(), &[(s("b"), s("c"), EdgeKind::Data)]).unwrap();
+    assert_eq!(loaded.version("a"), Some(4));
+    assert_eq!(loaded.graph().edge_count(), 2);
+    assert_eq!(
+        loaded.graph().edge_kind(&s("a"), &s("b")),
+        Some(&EdgeKind::Compute)
+    );
+    assert!(matches!(
+        S::load(
+            variables.clone(),
+            &[
+                (s("b"), s("c"), EdgeKind::Data),
+                (s("c"), s("a"), EdgeKind::Data)
+            ]
+        ),
+        Err(Rejection::Cycle(_))
+    ));
+    assert_eq!(
+        S::load(variables, &[(s("c"), s("zz"), EdgeKind::Data)]).err(),
+        Some(Rejection::NotFound(s("zz")))
+    );
+    let twice = vec![(s("a"), var(1, &[])), (s("a"), var(1, &[]))];
+    assert_eq!(S::load(twice, &[]).err(), Some(Rejection::Exists(s("a"))));
+}
