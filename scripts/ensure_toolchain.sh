@@ -2,7 +2,7 @@
 # Installs what a fresh machine lacks for `make test` / `make demo`: Erlang/OTP and Elixir from
 # Debian packages when `erl` or `mix` is missing, python3 for the worker bridge, promtool
 # (package prometheus) to validate the /metrics export, dialyzer (erlang-dialyzer) for
-# make lint, python3-venv for the Python
+# make lint, redis-server for the Redis backend's tests, python3-venv for the Python
 # workers' environment, and a running epmd for the
 # distributed tests.
 # Rust is a prerequisite (rustup); this script only checks for it.
@@ -40,6 +40,11 @@ fi
 if ! command -v promtool >/dev/null 2>&1; then
   echo "==> promtool not found: installing the Debian package prometheus (CI validates /metrics with it)"
   apt_install --no-install-recommends prometheus
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "==> redis-server not found: installing the Debian package redis-server (the Redis backend's tests start one)"
+  apt_install --no-install-recommends redis-server
 fi
 
 if ! command -v dialyzer >/dev/null 2>&1; then

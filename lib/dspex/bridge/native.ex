@@ -114,6 +114,11 @@ defmodule DSPex.Bridge.Native do
   def bridge_decode(_bytes), do: not_loaded()
   def bridge_decode_dirty(_bytes), do: not_loaded()
 
+  # redis_client
+  def redis_connect(_url, _opts, _pid, _ref), do: not_loaded()
+  def redis_command(_conn, _commands, _atomic, _pid, _ref), do: not_loaded()
+  def redis_cancel(_pending), do: not_loaded()
+
   # grpc_server
   def grpc_listen(_host, _port, _listener, _max_frame), do: not_loaded()
   def grpc_stop(_server), do: not_loaded()

@@ -25,6 +25,7 @@ mod hot_nif;
 mod list;
 mod proto;
 mod rate_limit;
+mod redis_client;
 mod registry;
 mod reporting;
 mod session;

@@ -1,0 +1,229 @@
+defmodule DSPex.Bridge.Redis do
+  @moduledoc """
+  A Redis client inside the NIF, for the Redis backend and for your own use.
+
+  Connections and I/O run on the NIF's own runtime threads (never a BEAM scheduler); a call
+  waits in the calling process for its reply message, so a slow server slows only its
+  caller. A connection reconnects by itself after the server went away; while it is away,
+  calls fail fast with `{:error, {:unavailable, text}}`.
+
+  ## Example
+
+      {:ok, redis} = DSPex.Bridge.Redis.connect("redis://127.0.0.1:6379/0", password: "s3cret")
+      {:ok, :ok} = DSPex.Bridge.Redis.command(redis, ["SET", "greeting", "hello"])
+      {:ok, "hello"} = DSPex.Bridge.Redis.command(redis, ["GET", "greeting"])
+      {:ok, [1, 2]} = DSPex.Bridge.Redis.pipeline(redis, [["INCR", "n"], ["INCR", "n"]])
+
+      incr_by = DSPex.Bridge.Redis.script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+      {:ok, 12} = DSPex.Bridge.Redis.eval(redis, incr_by, ["n"], [10])
+
+  ## Replies and errors
+
+  Replies are `nil`, integers, binaries, floats, booleans, `:ok` (a status `OK`), lists
+  (arrays, sets) and lists of `{key, value}` pairs (maps). Errors:
+
+  | reason                         | when                                                  |
+  |--------------------------------|-------------------------------------------------------|
+  | `{:redis, code, detail}`       | the server refused the command (`"ERR"`, `"WRONGTYPE"`) |
+  | `{:auth_failed, text}`         | a wrong user or password                              |
+  | `{:unavailable, text}`         | no connection, a dropped link, a response timeout     |
+  | `:timeout`                     | no reply within the call's `timeout:`                 |
+  | `{:invalid_url, text}`         | `connect/2` of a URL that is not `redis://...`        |
+  | `{:invalid_argument, term}`    | a command that is not a list of binaries and numbers  |
+  | `{:invalid_option, detail}`    | an unknown option or a wrong type                     |
+
+  A write that ended in `:timeout` or `{:unavailable, _}` may or may not have been applied;
+  one that returned `{:ok, _}` was acknowledged by the server.
+  """
+
+  alias DSPex.Bridge.{Native, Options}
+
+  @enforce_keys [:conn, :timeout]
+  defstruct [:conn, :timeout]
+
+  @typedoc "A connection, made by `connect/2`."
+  @opaque t :: %__MODULE__{conn: reference(), timeout: timeout()}
+
+  @typedoc "A command's words."
+  @type command :: [binary() | integer() | float()]
+
+  @typedoc "A reply."
+  @type value ::
+          nil | integer() | binary() | float() | boolean() | :ok | [value()] | [{value(), value()}]
+
+  @type reason ::
+          {:redis, binary(), binary()}
+          | {:auth_failed, binary()}
+          | {:unavailable, binary()}
+          | :timeout
+          | {:invalid_url, binary()}
+          | {:invalid_argument, term()}
+          | {:invalid_option, term()}
+
+  defmodule Script do
+    @moduledoc "A Lua script for `DSPex.Bridge.Redis.eval/5`, sent by its SHA-1 once loaded."
+    @enforce_keys [:source, :sha]
+    defstruct [:source, :sha]
+    @type t :: %__MODULE__{source: binary(), sha: binary()}
+  end
+
+  @connect_opts %{
+    username: &is_binary/1,
+    password: &is_binary/1,
+    connect_timeout: &Options.pos_ms?/1,
+    timeout: &Options.pos_ms?/1,
+    retries: &Options.non_neg_integer?/1
+  }
+  @call_opts %{timeout: &Options.timeout?/1}
+
+  @doc """
+  Connects to `url` (`redis://[user[:password]@]host[:port][/db]`), authenticating when a
+  user or password is given (options win over the URL).
+
+  Options: `username:`, `password:`, `connect_timeout:` ms for one dial (default 2,000),
+  `timeout:` ms a call waits by default (default 5,000), `retries:` reconnect attempts per
+  command after a dropped link (default 2). A server that is down or refuses the password
+  is an error here, at start.
+  """
+  @spec connect(binary(), keyword()) :: {:ok, t()} | {:error, reason()}
+  def connect(url, opts \\ [])
+
+  def connect(url, opts) when is_binary(url) do
+    with {:ok, o} <- Options.take(opts, @connect_opts) do
+      timeout = Map.get(o, :timeout, 5_000)
+      connect_timeout = Map.get(o, :connect_timeout, 2_000)
+
+      nif_opts = %{
+        username: Map.get(o, :username),
+        password: Map.get(o, :password),
+        connect_timeout_ms: connect_timeout,
+        response_timeout_ms: timeout,
+        retries: Map.get(o, :retries, 2)
+      }
+
+      ref = make_ref()
+
+      case Native.redis_connect(url, nif_opts, self(), ref) do
+        :ok -> await_connect(ref, timeout + connect_timeout, timeout)
+        {:error, {:client, text}} -> {:error, {:invalid_url, text}}
+        {:error, _} = error -> error
+      end
+    end
+  end
+
+  def connect(url, _opts), do: {:error, {:invalid_url, inspect(url)}}
+
+  # The NIF bounds the dial by connect_timeout; this bound only guards against a reply lost
+  # to a bug, and a late connection is then dropped with its message.
+  defp await_connect(ref, bound, timeout) do
+    receive do
+      {:dspex_redis, ^ref, {:ok, conn}} -> {:ok, %__MODULE__{conn: conn, timeout: timeout}}
+      {:dspex_redis, ^ref, {:error, _} = error} -> error
+    after
+      bound -> {:error, :timeout}
+    end
+  end
+
+  @doc """
+  Runs one command. Option: `timeout:` (default the connection's).
+
+      {:ok, "PONG"} = DSPex.Bridge.Redis.command(redis, ["PING"])
+  """
+  @spec command(t(), command(), keyword()) :: {:ok, value()} | {:error, reason()}
+  def command(redis, command, opts \\ []) do
+    with :ok <- check_command(command), do: send_commands(redis, [command], false, opts)
+  end
+
+  @doc """
+  Runs `commands` in one round trip. The reply lists each command's result in order, a
+  command the server refused as `{:error, reason}` in its place.
+  """
+  @spec pipeline(t(), [command()], keyword()) ::
+          {:ok, [value() | {:error, reason()}]} | {:error, reason()}
+  def pipeline(redis, commands, opts \\ []),
+    do: with(:ok <- check_commands(commands), do: send_commands(redis, commands, false, opts))
+
+  @doc """
+  Runs `commands` inside `MULTI`/`EXEC`: all of them or, when one is malformed, none.
+  """
+  @spec transaction(t(), [command()], keyword()) ::
+          {:ok, [value() | {:error, reason()}]} | {:error, reason()}
+  def transaction(redis, commands, opts \\ []),
+    do: with(:ok <- check_commands(commands), do: send_commands(redis, commands, true, opts))
+
+  @doc "A script for `eval/5`: its source and SHA-1."
+  @spec script(binary()) :: Script.t()
+  def script(source) when is_binary(source) do
+    sha = :crypto.hash(:sha, source) |> Base.encode16(case: :lower)
+    %Script{source: source, sha: sha}
+  end
+
+  @doc """
+  Runs `script` with `keys` and `args`: by its SHA-1, and with its source the first time a
+  server has not seen it (so a restarted server is no problem).
+  """
+  @spec eval(t(), Script.t(), [binary()], [binary() | number()], keyword()) ::
+          {:ok, value()} | {:error, reason()}
+  def eval(redis, script, keys, args, opts \\ [])
+
+  def eval(redis, %Script{sha: sha, source: source}, keys, args, opts)
+      when is_list(keys) and is_list(args) do
+    call = [length(keys) | keys ++ args]
+
+    case command(redis, ["EVALSHA", sha | call], opts) do
+      {:error, {:redis, "NOSCRIPT", _}} -> command(redis, ["EVAL", source | call], opts)
+      other -> other
+    end
+  end
+
+  def eval(_redis, script, keys, args, _opts),
+    do: {:error, {:invalid_argument, {script, keys, args}}}
+
+  defp send_commands(%__MODULE__{conn: conn, timeout: default}, commands, atomic, opts) do
+    with {:ok, o} <- Options.take(opts, @call_opts) do
+      ref = make_ref()
+      {:ok, pending} = Native.redis_command(conn, commands, atomic, self(), ref)
+      await(ref, pending, Map.get(o, :timeout, default))
+    end
+  end
+
+  defp send_commands(redis, _commands, _atomic, _opts),
+    do: {:error, {:invalid_argument, {:not_a_connection, redis}}}
+
+  defp await(ref, pending, timeout) do
+    receive do
+      {:dspex_redis, ^ref, result} -> result
+    after
+      timeout ->
+        case Native.redis_cancel(pending) do
+          :cancelled ->
+            {:error, :timeout}
+
+          :sent ->
+            receive do
+              {:dspex_redis, ^ref, result} -> result
+            end
+        end
+    end
+  end
+
+  defp check_commands(commands) do
+    if Options.proper_list?(commands) and commands != [],
+      do: Enum.find_value(commands, :ok, &error_of(check_command(&1))),
+      else: {:error, {:invalid_argument, commands}}
+  end
+
+  defp error_of(:ok), do: nil
+  defp error_of(error), do: error
+
+  defp check_command([_ | _] = command) do
+    if Options.proper_list?(command) and Enum.all?(command, &arg?/1),
+      do: :ok,
+      else: {:error, {:invalid_argument, command}}
+  end
+
+  defp check_command(command), do: {:error, {:invalid_argument, command}}
+
+  defp arg?(arg) when is_integer(arg), do: arg >= -0x8000000000000000 and arg <= 0x7FFFFFFFFFFFFFFF
+  defp arg?(arg), do: is_binary(arg) or is_float(arg)
+end

@@ -1,0 +1,134 @@
+defmodule DSPex.Bridge.TestRedis do
+  @moduledoc false
+  # A real redis-server (Debian's package) for a test: on a free loopback port, with its
+  # data in a fresh directory, append-only with `appendfsync always` so that every write it
+  # acknowledged survives a kill -9. It runs under a shell that kills it when its stdin
+  # closes, so it never outlives the test VM.
+
+  defstruct [:port, :os_pid, :dir, :password, :shell]
+
+  @start_timeout 10_000
+
+  @doc "Starts a server. Options: `password:`, `dir:` (reuse data, for a restart), `port:`."
+  def start(opts \\ []) do
+    exe = System.find_executable("redis-server") || raise "redis-server is not installed"
+    dir = Keyword.get_lazy(opts, :dir, &fresh_dir/0)
+    port = Keyword.get_lazy(opts, :port, &free_port/0)
+    password = Keyword.get(opts, :password)
+
+    args =
+      [
+        "--port #{port}",
+        "--bind 127.0.0.1",
+        "--dir #{dir}",
+        "--save ''",
+        "--appendonly yes",
+        "--appendfsync always",
+        "--daemonize no",
+        "--logfile ''"
+      ] ++ if(password, do: ["--requirepass #{password}"], else: [])
+
+    script =
+      "#{exe} #{Enum.join(args, " ")} >#{dir}/server.log 2>&1 & pid=$!; echo $pid; " <>
+        "read _; kill -9 $pid"
+
+    shell = Port.open({:spawn_executable, "/bin/sh"}, [:binary, args: ["-c", script]])
+    os_pid = read_pid(shell)
+    server = %__MODULE__{port: port, os_pid: os_pid, dir: dir, password: password, shell: shell}
+    await_ready(server, System.monotonic_time(:millisecond) + @start_timeout)
+    server
+  end
+
+  @doc "The server's URL."
+  def url(%__MODULE__{port: port}), do: "redis://127.0.0.1:#{port}/0"
+
+  @doc "kill -9 of the server, and its wait until the port is free."
+  def kill(%__MODULE__{os_pid: os_pid, shell: shell} = server) do
+    # It may be dead already: the shell kills it when the process that started it exits.
+    System.cmd("kill", ["-9", Integer.to_string(os_pid)], stderr_to_stdout: true)
+    # The shell reaps its killed child when its stdin closes and it exits.
+    if Port.info(shell), do: Port.close(shell)
+    await_down(server, System.monotonic_time(:millisecond) + @start_timeout)
+  end
+
+  @doc "Starts the server again on its port and data, after `kill/1`."
+  def restart(%__MODULE__{} = server),
+    do: start(dir: server.dir, port: server.port, password: server.password)
+
+  @doc "Stops the server and removes its data."
+  def stop(%__MODULE__{dir: dir} = server) do
+    if os_alive?(server.os_pid), do: kill(server)
+    File.rm_rf!(dir)
+    :ok
+  end
+
+  defp read_pid(shell) do
+    receive do
+      {^shell, {:data, data}} -> data |> String.trim() |> String.to_integer()
+    after
+      @start_timeout -> raise "redis-server did not start"
+    end
+  end
+
+  # Ready when it answers PING (with a password set, NOAUTH is an answer too).
+  defp await_ready(server, deadline) do
+    if answers?(server.port) do
+      :ok
+    else
+      if System.monotonic_time(:millisecond) > deadline do
+        log = File.read!(Path.join(server.dir, "server.log"))
+        raise "redis-server on port #{server.port} did not become ready:\n#{log}"
+      end
+
+      Process.sleep(20)
+      await_ready(server, deadline)
+    end
+  end
+
+  defp await_down(server, deadline) do
+    cond do
+      not answers?(server.port) and not os_alive?(server.os_pid) -> :ok
+      System.monotonic_time(:millisecond) > deadline -> raise "redis-server did not die"
+      true -> retry_down(server, deadline)
+    end
+  end
+
+  defp retry_down(server, deadline) do
+    Process.sleep(20)
+    await_down(server, deadline)
+  end
+
+  defp answers?(port) do
+    case :gen_tcp.connect(~c"127.0.0.1", port, [:binary, active: false], 500) do
+      {:ok, socket} ->
+        :ok = :gen_tcp.send(socket, "PING\r\n")
+        reply = :gen_tcp.recv(socket, 0, 1_000)
+        :gen_tcp.close(socket)
+        match?({:ok, <<c, _::binary>>} when c in [?+, ?-], reply)
+
+      {:error, _} ->
+        false
+    end
+  end
+
+  # A killed server may stay a zombie for a while; that is dead too.
+  defp os_alive?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} -> stat |> String.split(") ") |> List.last() |> String.first() != "Z"
+      {:error, _} -> false
+    end
+  end
+
+  defp free_port do
+    {:ok, socket} = :gen_tcp.listen(0, ip: {127, 0, 0, 1}, reuseaddr: true)
+    {:ok, port} = :inet.port(socket)
+    :gen_tcp.close(socket)
+    port
+  end
+
+  defp fresh_dir do
+    dir = Path.join(System.tmp_dir!(), "dspex_redis_#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    dir
+  end
+end
