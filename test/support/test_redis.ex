@@ -30,7 +30,7 @@ defmodule DSPex.Bridge.TestRedis do
 
     script =
       "#{exe} #{Enum.join(args, " ")} >#{dir}/server.log 2>&1 & pid=$!; echo $pid; " <>
-        "read _; kill -9 $pid"
+        "read _; kill -9 $pid 2>/dev/null"
 
     shell = Port.open({:spawn_executable, "/bin/sh"}, [:binary, args: ["-c", script]])
     os_pid = read_pid(shell)

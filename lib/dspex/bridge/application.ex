@@ -17,6 +17,7 @@ defmodule DSPex.Bridge.Application do
         DSPex.Bridge.Analytics.Recorder,
         DSPex.Bridge.SessionStore.Supervisor
       ] ++
+        DSPex.Bridge.SessionStore.Backends.children() ++
         DSPex.Bridge.HAManager.children() ++
         [
           {DSPex.Bridge.CircuitBreaker, :system},

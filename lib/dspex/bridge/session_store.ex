@@ -72,7 +72,7 @@ defmodule DSPex.Bridge.SessionStore do
 
   alias DSPex.Bridge.{AccessControl, Analytics, Events, Native, Options, Variable, VariableType}
   alias DSPex.Bridge.Analytics.Recorder
-  alias DSPex.Bridge.SessionStore.{Codec, Limits, Session, Tables}
+  alias DSPex.Bridge.SessionStore.{Backends, Codec, Limits, RedisBackend, Session, Tables}
   import DSPex.Bridge.Options, only: [is_id: 1]
   # A session this node does not hold may be owned by another node (DSPex.Bridge.HAManager):
   # the call goes there. Only a failed local call is routed, so local sessions pay nothing.
@@ -126,10 +126,13 @@ defmodule DSPex.Bridge.SessionStore do
       history_limit: &Limits.history_limit?/1,
       max_variables: &Limits.max_variables?/1,
       metadata: &is_map/1,
-      propagation: &(&1 in [:sync, :async])
+      propagation: &(&1 in [:sync, :async]),
+      backend: fn _ -> true end
     }
 
-    with {:ok, o} <- Options.take(opts, spec) do
+    with {:ok, o} <- Options.take(opts, spec),
+         backend = Map.get(o, :backend, Backends.default()),
+         :ok <- Backends.check_backend(backend) do
       meta = %{
         id: session_id,
         created_at: System.system_time(:millisecond),
@@ -137,15 +140,34 @@ defmodule DSPex.Bridge.SessionStore do
         history_limit: Map.get(o, :history_limit, @default_history),
         max_variables: Map.get(o, :max_variables, @default_max_variables),
         metadata: Map.get(o, :metadata, %{}),
-        propagation: Map.get(o, :propagation, :sync),
-        core: Native.session_new()
+        propagation: Map.get(o, :propagation, :sync)
       }
 
-      start_session(meta, :empty, :created)
+      create_on(backend, meta)
     end
   end
 
   def create_session(session_id, _opts), do: {:error, {:invalid_session_id, session_id}}
+
+  defp create_on(:local, meta) do
+    # A session of this id on Redis would hide behind a local one.
+    if Backends.on_redis?(meta.id),
+      do: {:error, {:session_exists, meta.id}},
+      else: start_session(Map.put(meta, :core, Native.session_new()), :empty, :created)
+  end
+
+  defp create_on(:redis, meta) do
+    with {:ok, backend} <- Backends.redis(),
+         :ok <- absent_here(meta.id),
+         {:ok, id} <- RedisBackend.create_session(backend, meta) do
+      Events.emit([:dspex, :bridge, :session, :created], %{}, %{session_id: id, backend: :redis})
+      {:ok, id}
+    end
+  end
+
+  defp absent_here(id) do
+    if :ets.member(@sessions, id), do: {:error, {:session_exists, id}}, else: :ok
+  end
 
   defp start_session(meta, init, event) do
     {access, meta} = Map.pop(meta, :access, [])
@@ -203,7 +225,8 @@ defmodule DSPex.Bridge.SessionStore do
 
   @doc "The ids of all live sessions."
   @spec list_sessions() :: [session_id()]
-  def list_sessions, do: :ets.select(@sessions, [{{:"$1", :_, :_, :_}, [], [:"$1"]}])
+  def list_sessions,
+    do: :ets.select(@sessions, [{{:"$1", :_, :_, :_}, [], [:"$1"]}]) ++ Backends.list_sessions()
 
   @doc """
   A session's settings and size: `%{id, created_at, ttl, history_limit, max_variables,

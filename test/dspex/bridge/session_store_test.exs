@@ -6,45 +6,9 @@ defmodule DSPex.Bridge.SessionStoreTest do
 
   doctest DSPex.Bridge.SessionStore
 
+  use DSPex.Bridge.SessionStoreSuite, backend: :local
+
   describe "sessions" do
-    test "create, get, list and delete" do
-      id = unique_id()
-      assert {:ok, ^id} = SessionStore.create_session(id, metadata: %{owner: "me"}, ttl: 10_000)
-      assert id in SessionStore.list_sessions()
-
-      assert {:ok, %{id: ^id, ttl: 10_000, metadata: %{owner: "me"}, variable_count: 0}} =
-               SessionStore.get_session(id)
-
-      assert {:error, {:session_exists, ^id}} = SessionStore.create_session(id)
-      assert :ok = SessionStore.delete_session(id)
-      refute id in SessionStore.list_sessions()
-      assert {:error, :session_not_found} = SessionStore.get_session(id)
-      assert {:error, :session_not_found} = SessionStore.delete_session(id)
-    end
-
-    test "atom ids come back as atoms" do
-      id = :"atom_session_#{System.unique_integer([:positive])}"
-      assert {:ok, ^id} = SessionStore.create_session(id)
-
-      assert {:ok, %Variable{session_id: ^id, name: :x}} =
-               SessionStore.register_variable(id, :x, :integer, 1)
-
-      assert :ok = SessionStore.delete_session(id)
-    end
-
-    test "concurrent creates of one id: exactly one wins" do
-      id = unique_id()
-
-      results =
-        1..20
-        |> Task.async_stream(fn _ -> SessionStore.create_session(id) end)
-        |> Enum.map(&elem(&1, 1))
-
-      assert Enum.count(results, &match?({:ok, _}, &1)) == 1
-      assert Enum.count(results, &match?({:error, {:session_exists, _}}, &1)) == 19
-      SessionStore.delete_session(id)
-    end
-
     test "deleting a session frees its variables and history" do
       id = session!()
       for i <- 1..50, do: {:ok, _} = SessionStore.register_variable(id, "v#{i}", :integer, i)
@@ -68,20 +32,6 @@ defmodule DSPex.Bridge.SessionStoreTest do
       assert idle >= 80
       assert {:error, :session_not_found} = SessionStore.get_variable(id, :x)
       refute id in SessionStore.list_sessions()
-    end
-
-    test "reads keep a session alive" do
-      id = unique_id()
-      {:ok, _} = SessionStore.create_session(id, ttl: 200)
-      {:ok, _} = SessionStore.register_variable(id, :x, :integer, 1)
-      # Read every 40 ms for 600 ms: three TTLs pass, but never 200 ms without a read.
-      for _ <- 1..15 do
-        assert {:ok, _} = SessionStore.get_variable(id, :x)
-        Process.sleep(40)
-      end
-
-      assert {:ok, _} = SessionStore.get_variable(id, :x)
-      SessionStore.delete_session(id)
     end
 
     test "a crashed session process is restarted and nothing stored is lost" do
@@ -113,30 +63,6 @@ defmodule DSPex.Bridge.SessionStoreTest do
       {:ok, session: session!()}
     end
 
-    test "register and read each type", %{session: s} do
-      cases = [
-        {:f, :float, 1, [min: 0, max: 2], 1.0},
-        {:i, :integer, 3, [min: 0], 3},
-        {:s, :string, "héllo", [max_length: 5], "héllo"},
-        {:b, :boolean, false, [], false},
-        {:c, :choice, :b, [choices: [:a, :b]], :b},
-        {:m, :module, "ChainOfThought", [], "ChainOfThought"},
-        {:e, :embedding, [1, 2.5], [dimensions: 2], [1.0, 2.5]},
-        {:t, :tensor, [[1, 2], [3, 4], [5, 6]], [shape: [3, 2]], [[1, 2], [3, 4], [5, 6]]},
-        {:j, :json, [%{q: "2+2?", a: 4}], [max_items: 8], [%{"q" => "2+2?", "a" => 4}]}
-      ]
-
-      for {name, type, value, constraints, stored} <- cases do
-        assert {:ok, %Variable{name: ^name, type: ^type, value: ^stored, version: 1}} =
-                 SessionStore.register_variable(s, name, type, value, constraints: constraints)
-
-        assert {:ok, ^stored} = SessionStore.get_value(s, name)
-      end
-
-      {:ok, vars} = SessionStore.list_variables(s)
-      assert Enum.map(vars, & &1.name) == Enum.sort(Enum.map(cases, &elem(&1, 0)))
-    end
-
     test "json values survive export and import, and rollback", %{session: s} do
       demos = [%{"question" => "2+2?", "answer" => "4"}]
       {:ok, _} = SessionStore.register_variable(s, "demos", :json, demos)
@@ -146,142 +72,6 @@ defmodule DSPex.Bridge.SessionStoreTest do
       on_exit(fn -> SessionStore.delete_session(copy) end)
       assert {:ok, []} = SessionStore.get_value(copy, "demos")
       assert {:ok, %{value: ^demos, version: 3}} = SessionStore.rollback_variable(copy, "demos", 1)
-    end
-
-    test "string and atom names are distinct and come back as given", %{session: s} do
-      {:ok, _} = SessionStore.register_variable(s, :x, :integer, 1)
-      {:ok, _} = SessionStore.register_variable(s, "x", :integer, 2)
-      assert {:ok, 1} = SessionStore.get_value(s, :x)
-      assert {:ok, 2} = SessionStore.get_value(s, "x")
-    end
-
-    test "registering twice is refused and keeps the first", %{session: s} do
-      {:ok, _} = SessionStore.register_variable(s, :x, :integer, 1)
-      assert {:error, {:variable_exists, :x}} = SessionStore.register_variable(s, :x, :integer, 9)
-      assert {:ok, 1} = SessionStore.get_value(s, :x)
-    end
-
-    test "unknown variable and unknown session are told apart", %{session: s} do
-      assert {:error, {:variable_not_found, :nope}} = SessionStore.get_variable(s, :nope)
-      assert {:error, :session_not_found} = SessionStore.get_variable("no_such_session", :x)
-      assert {:error, :session_not_found} = SessionStore.update_variable("no_such_session", :x, 1)
-    end
-
-    test "versions grow by one and expected_version is enforced", %{session: s} do
-      {:ok, _} = SessionStore.register_variable(s, :x, :integer, 0)
-
-      assert {:ok, %Variable{version: 2}} =
-               SessionStore.update_variable(s, :x, 1, expected_version: 1)
-
-      assert {:error, {:version_mismatch, 2}} =
-               SessionStore.update_variable(s, :x, 5, expected_version: 1)
-
-      assert {:ok, %Variable{value: 1, version: 2}} = SessionStore.get_variable(s, :x)
-    end
-
-    test "a value violating constraints is refused and nothing changes", %{session: s} do
-      {:ok, _} = SessionStore.register_variable(s, :x, :integer, 5, constraints: [min: 0, max: 10])
-      assert {:error, {:invalid_value, {:above_max, 10}}} = SessionStore.update_variable(s, :x, 11)
-
-      assert {:error, {:invalid_value, {:expected, :integer}}} =
-               SessionStore.update_variable(s, :x, 1.5)
-
-      assert {:ok, %Variable{value: 5, version: 1}} = SessionStore.get_variable(s, :x)
-      assert {:ok, [%{version: 1}]} = SessionStore.get_history(s, :x)
-    end
-
-    test "metadata is merged on update", %{session: s} do
-      {:ok, _} = SessionStore.register_variable(s, :x, :integer, 1, metadata: %{a: 1})
-      {:ok, var} = SessionStore.update_variable(s, :x, 2, metadata: %{b: 2})
-      assert var.metadata == %{a: 1, b: 2}
-    end
-
-    test "update_variables is all or nothing", %{session: s} do
-      {:ok, _} = SessionStore.register_variable(s, :a, :integer, 1)
-      {:ok, _} = SessionStore.register_variable(s, :b, :integer, 1, constraints: [max: 5])
-
-      assert {:error, {:b, {:invalid_value, {:above_max, 5}}}} =
-               SessionStore.update_variables(s, %{a: 2, b: 6})
-
-      assert {:ok, 1} = SessionStore.get_value(s, :a)
-
-      assert {:error, {:b, {:version_mismatch, 1}}} =
-               SessionStore.update_variables(s, [a: 2, b: 3], expected_versions: %{b: 7})
-
-      assert {:error, {:c, {:variable_not_found, :c}}} =
-               SessionStore.update_variables(s, a: 2, c: 3)
-
-      assert {:error, {:a, {:duplicate_variable, :a}}} =
-               SessionStore.update_variables(s, [{:a, 2}, {:a, 3}])
-
-      assert {:ok, [%Variable{name: :a, value: 2}, %Variable{name: :b, value: 3}]} =
-               SessionStore.update_variables(s, [a: 2, b: 3], expected_versions: %{a: 1, b: 1})
-    end
-
-    test "delete_variable removes value and history", %{session: s} do
-      {:ok, _} = SessionStore.register_variable(s, :x, :integer, 1)
-      assert :ok = SessionStore.delete_variable(s, :x)
-      assert {:error, {:variable_not_found, :x}} = SessionStore.get_variable(s, :x)
-      assert {:error, {:variable_not_found, :x}} = SessionStore.get_history(s, :x)
-      assert {:error, {:variable_not_found, :x}} = SessionStore.delete_variable(s, :x)
-      assert {:ok, %Variable{version: 1}} = SessionStore.register_variable(s, :x, :integer, 7)
-    end
-
-    test "max_variables is enforced" do
-      s = session!(max_variables: 2)
-      {:ok, _} = SessionStore.register_variable(s, :a, :integer, 1)
-      {:ok, _} = SessionStore.register_variable(s, :b, :integer, 1)
-      assert {:error, {:too_many_variables, 2}} = SessionStore.register_variable(s, :c, :integer, 1)
-    end
-
-    test "concurrent writers to one session: no lost update", %{session: s} do
-      {:ok, _} = SessionStore.register_variable(s, :counter, :integer, 0)
-
-      # Each writer retries on version conflicts, as an optimistic client must.
-      increment = fn ->
-        Enum.each(1..50, fn _ -> cas_increment(s, :counter) end)
-      end
-
-      1..8 |> Enum.map(fn _ -> Task.async(increment) end) |> Enum.each(&Task.await(&1, 30_000))
-      assert {:ok, %Variable{value: 400, version: 401}} = SessionStore.get_variable(s, :counter)
-    end
-  end
-
-  defp cas_increment(s, name) do
-    {:ok, %Variable{value: v, version: ver}} = SessionStore.get_variable(s, name)
-
-    case SessionStore.update_variable(s, name, v + 1, expected_version: ver) do
-      {:ok, _} -> :ok
-      {:error, {:version_mismatch, _}} -> cas_increment(s, name)
-    end
-  end
-
-  describe "history and rollback" do
-    test "keeps the last history_limit versions, newest first" do
-      s = session!(history_limit: 3)
-      {:ok, _} = SessionStore.register_variable(s, :x, :integer, 0)
-      for i <- 1..5, do: {:ok, _} = SessionStore.update_variable(s, :x, i)
-      assert {:ok, entries} = SessionStore.get_history(s, :x)
-      assert Enum.map(entries, &{&1.version, &1.value}) == [{6, 5}, {5, 4}, {4, 3}]
-    end
-
-    test "rollback writes the old value as a new version" do
-      s = session!()
-      {:ok, _} = SessionStore.register_variable(s, :x, :string, "a")
-      {:ok, _} = SessionStore.update_variable(s, :x, "b")
-      assert {:ok, %Variable{value: "a", version: 3}} = SessionStore.rollback_variable(s, :x, 1)
-      {:ok, [latest | _]} = SessionStore.get_history(s, :x)
-      assert latest.change == {:rollback, 1}
-      assert {:error, {:version_not_found, 42}} = SessionStore.rollback_variable(s, :x, 42)
-      assert {:error, {:invalid_option, {:version, 0}}} = SessionStore.rollback_variable(s, :x, 0)
-    end
-
-    test "rollback to a version that fell out of history is refused" do
-      s = session!(history_limit: 2)
-      {:ok, _} = SessionStore.register_variable(s, :x, :integer, 0)
-      for i <- 1..3, do: {:ok, _} = SessionStore.update_variable(s, :x, i)
-      assert {:error, {:version_not_found, 1}} = SessionStore.rollback_variable(s, :x, 1)
-      assert {:ok, %Variable{value: 3, version: 4}} = SessionStore.get_variable(s, :x)
     end
   end
 

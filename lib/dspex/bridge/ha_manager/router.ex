@@ -23,7 +23,8 @@ defmodule DSPex.Bridge.HAManager.Router do
   def forward(module, session_id, fun, args, error) do
     case remote_owner(session_id) do
       nil ->
-        error
+        # Not on this node nor on an owner node: the Redis backend may hold it.
+        DSPex.Bridge.SessionStore.Backends.route(module, fun, args, error)
 
       owner ->
         if Process.get(:dspex_ha_hops, 0) < @max_hops,

@@ -1,0 +1,144 @@
+defmodule DSPex.Bridge.SessionStore.Backends do
+  @moduledoc false
+  # Which backend holds a session, and the calls of SessionStore's public API on a session
+  # that lives on Redis.
+  #
+  # A session is found in this order: this node's own sessions (the `:local` backend, ETS
+  # and the NIF), the node that owns it under HAManager, then the Redis backend when one
+  # runs here. Only a call that this node could not answer goes further, so local sessions
+  # pay nothing for the seam. The arguments reach here already checked by SessionStore.
+
+  alias DSPex.Bridge.SessionStore
+  import DSPex.Bridge.Options, only: [is_id: 1]
+  alias DSPex.Bridge.SessionStore.RedisBackend
+
+  @doc false
+  # The default backend of new sessions: `config :dspex_bridge, backend: :local | {:redis, opts}`.
+  def default do
+    case Application.get_env(:dspex_bridge, :backend, :local) do
+      {:redis, _opts} -> :redis
+      other -> other
+    end
+  end
+
+  @doc false
+  # The child that starts the configured Redis backend with the application, if any.
+  def children do
+    case Application.get_env(:dspex_bridge, :backend, :local) do
+      {:redis, opts} -> [{RedisBackend, opts}]
+      _ -> []
+    end
+  end
+
+  @doc false
+  def check_backend(backend) when backend in [:local, :redis], do: :ok
+  def check_backend(backend), do: {:error, {:invalid_option, {:backend, backend}}}
+
+  @doc false
+  def redis do
+    case RedisBackend.lookup() do
+      nil -> {:error, {:backend_not_started, :redis}}
+      backend -> {:ok, backend}
+    end
+  end
+
+  @doc false
+  # True when a session `id` lives on the Redis backend (false when none runs).
+  def on_redis?(id) do
+    case RedisBackend.lookup() do
+      nil -> false
+      backend -> RedisBackend.exists?(backend, id)
+    end
+  end
+
+  @doc false
+  def list_sessions do
+    case RedisBackend.lookup() do
+      nil -> []
+      backend -> RedisBackend.list_sessions(backend)
+    end
+  end
+
+  @doc false
+  # `error` is this node's answer (`:session_not_found` or `:access_denied`); it stands
+  # unless the Redis backend holds the session.
+  def route(module, fun, [id | _] = args, error) when is_id(id) do
+    case RedisBackend.lookup() do
+      nil ->
+        error
+
+      backend ->
+        case call(backend, module, fun, args) do
+          {:error, :session_not_found} -> error
+          result -> result
+        end
+    end
+  end
+
+  def route(_module, _fun, _args, error), do: error
+
+  defp call(backend, SessionStore, fun, args) do
+    [id | _] = args
+
+    if owner?(id, List.last(args)),
+      do: session_call(backend, fun, args),
+      else: denied_or_missing(backend, id)
+  end
+
+  # DependencyManager and other session-scoped modules: not on Redis yet.
+  defp call(backend, module, _fun, [id | _]), do: unsupported(backend, id, module)
+
+  # Every variable of a Redis session is private: another session's caller is denied, and
+  # learns nothing (a missing session looks the same).
+  defp owner?(id, opts) when is_list(opts), do: Keyword.get(opts, :caller, id) == id
+  defp owner?(_id, _not_opts), do: true
+
+  defp denied_or_missing(backend, id) do
+    if RedisBackend.exists?(backend, id),
+      do: {:error, :access_denied},
+      else: {:error, :session_not_found}
+  end
+
+  defp unsupported(backend, id, what) do
+    if RedisBackend.exists?(backend, id),
+      do: {:error, {:not_supported, what}},
+      else: {:error, :session_not_found}
+  end
+
+  defp session_call(b, :delete_session, [id, _opts]), do: RedisBackend.delete_session(b, id)
+  defp session_call(b, :get_session, [id, _opts]), do: RedisBackend.get_session(b, id)
+  defp session_call(b, :get_variable, [id, name, _]), do: RedisBackend.get_variable(b, id, name)
+  defp session_call(b, :list_variables, [id, _opts]), do: RedisBackend.list_variables(b, id)
+  defp session_call(b, :get_history, [id, name, _]), do: RedisBackend.get_history(b, id, name)
+
+  defp session_call(b, :delete_variable, [id, name, _]),
+    do: RedisBackend.delete_variable(b, id, name)
+
+  defp session_call(b, :rollback_variable, [id, name, version, _]),
+    do: RedisBackend.rollback_variable(b, id, name, version)
+
+  defp session_call(b, :register_variable, [id, name, type, value, opts]),
+    do: RedisBackend.register_variable(b, id, name, type, value, Map.new(opts))
+
+  defp session_call(b, :update_variable, [id, name, value, opts]) do
+    o = Map.new(opts)
+    expected = if v = o[:expected_version], do: %{name => v}, else: %{}
+    tokens = if t = o[:lock_token], do: %{name => t}, else: %{}
+    o = Map.merge(o, %{expected_versions: expected, lock_tokens: tokens})
+
+    case RedisBackend.update_variables(b, id, [{name, value}], o) do
+      {:ok, [var]} -> {:ok, var}
+      error -> error
+    end
+  end
+
+  defp session_call(b, :update_variables, [id, updates, opts]),
+    do: RedisBackend.update_variables(b, id, Enum.to_list(updates), Map.new(opts))
+
+  # No propagation runs on Redis sessions: there is nothing to wait for.
+  defp session_call(b, :await_propagation, [id, _opts]) do
+    if RedisBackend.exists?(b, id), do: :ok, else: {:error, :session_not_found}
+  end
+
+  defp session_call(b, fun, [id | _]), do: unsupported(b, id, fun)
+end

@@ -1,0 +1,548 @@
+defmodule DSPex.Bridge.SessionStore.RedisBackend do
+  @moduledoc """
+  Sessions on Redis: the `:redis` backend of `DSPex.Bridge.SessionStore`.
+
+  A session created with `backend: :redis` (or on a node whose default is Redis) lives in
+  the Redis server, not in this node: every node that runs this backend against the same
+  server sees it, with no HAManager, and it outlives every node. You keep calling
+  `DSPex.Bridge.SessionStore`; its functions find the session here.
+
+  * Every change is one server-side script, so its checks and its write are atomic across
+    nodes: versions grow by exactly one, `expected_version:` conflicts are
+    `{:error, {:version_mismatch, current}}` as on the local backend, `update_variables/3`
+    is all or nothing. A write returns only after Redis acknowledged it.
+  * Values are validated against the variable's type and constraints on the calling node
+    before the script runs; the script refuses the write if the variable was re-registered
+    meanwhile (its registration generation changed), and the node then validates again.
+  * Sessions expire in Redis when idle for their TTL (reads and writes refresh it).
+  * When Redis cannot be reached, calls return `{:error, :backend_unavailable}`; nothing is
+    half-written (each change is one script).
+
+  Not yet on this backend (they return `{:error, {:not_supported, what}}`): computed
+  variables, access rules other than `:private` (only the owner may use a Redis session),
+  watchers, dependencies, export/import and optimizer locks.
+
+  ## Starting it
+
+      # config/runtime.exs: every node's default backend, started with the application
+      config :dspex_bridge, backend: {:redis, url: "redis://127.0.0.1:6379/0", password: "..."}
+
+      # or in your supervision tree, and per session:
+      children = [{DSPex.Bridge.SessionStore.RedisBackend, url: "redis://10.0.0.5:6379/0"}]
+      DSPex.Bridge.SessionStore.create_session("s1", backend: :redis)
+
+  Options: `url:` (required), `password:`, `username:`, `timeout:` ms per call (default
+  5,000), `prefix:` for the keys (default `"dspex:"`).
+  """
+
+  use GenServer
+
+  alias DSPex.Bridge.{CircuitBreaker, Options, Redis, Variable, VariableType}
+  alias DSPex.Bridge.SessionStore.RedisBackend.Scripts
+
+  @default_prefix "dspex:"
+  # A write whose variable was re-registered between validation and script is validated
+  # again; more attempts than this means something keeps re-registering it.
+  @stale_retries 3
+
+  # In front of the server: after a few calls that could not reach it, calls fail at once
+  # for a while instead of each waiting for a dial; one probe at a time tells when it is back.
+  @breaker :dspex_redis_backend
+  @breaker_opts [
+    failure_threshold: 3,
+    open_timeout_ms: 500,
+    max_open_timeout_ms: 5_000,
+    half_open_calls: 1
+  ]
+
+  @start_opts %{
+    url: &is_binary/1,
+    password: &is_binary/1,
+    username: &is_binary/1,
+    timeout: &Options.pos_ms?/1,
+    prefix: &is_binary/1
+  }
+
+  @typedoc "A running backend, as this node sees it."
+  @type t :: %{conn: Redis.t(), prefix: binary(), schemas: :ets.tid()}
+
+  # ---------------------------------------------------------------------------------------
+  # the process: it connects at start (a wrong password or a server that is not there is an
+  # error here) and publishes the connection for the callers.
+
+  @doc false
+  def child_spec(opts), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [opts]}}
+
+  @doc "Starts the backend. See the module doc for the options."
+  @spec start_link(keyword()) :: GenServer.on_start()
+  def start_link(opts) do
+    with {:ok, o} <- Options.take(opts, @start_opts),
+         {:ok, url} <- Map.fetch(o, :url) |> required(:url) do
+      GenServer.start_link(__MODULE__, Map.put(o, :url, url), name: __MODULE__)
+    end
+  end
+
+  defp required({:ok, v}, _key), do: {:ok, v}
+  defp required(:error, key), do: {:error, {:invalid_option, {:missing, key}}}
+
+  @impl true
+  def init(o) do
+    # terminate/2 must run on shutdown: it unpublishes the backend.
+    Process.flag(:trap_exit, true)
+    connect_opts = Map.take(o, [:password, :username, :timeout]) |> Map.to_list()
+
+    with {:ok, conn} <- Redis.connect(o.url, connect_opts),
+         :ok <- CircuitBreaker.start_breaker(@breaker, @breaker_opts) do
+      # Registration generations of the variables this node has seen: a schema is fixed
+      # at registration, so it is cached until the server says it was replaced.
+      schemas = :ets.new(:dspex_redis_schemas, [:public, read_concurrency: true])
+      backend = %{conn: conn, prefix: Map.get(o, :prefix, @default_prefix), schemas: schemas}
+      :persistent_term.put(__MODULE__, backend)
+      {:ok, nil}
+    else
+      {:error, reason} -> {:stop, {:redis_connect_failed, reason}}
+    end
+  end
+
+  @impl true
+  def terminate(_reason, _state) do
+    :persistent_term.erase(__MODULE__)
+    CircuitBreaker.delete_breaker(@breaker)
+    :ok
+  end
+
+  @doc "This node's running backend, or nil. One per node: the server all nodes share."
+  @spec lookup() :: t() | nil
+  def lookup do
+    backend = :persistent_term.get(__MODULE__, nil)
+    # A backend killed without its terminate/2 must not linger.
+    if backend && Process.whereis(__MODULE__), do: backend
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # sessions
+
+  @doc false
+  # `meta` is SessionStore's checked session settings.
+  def create_session(backend, meta) do
+    ttl = if meta.ttl == :infinity, do: "inf", else: meta.ttl
+
+    args = [
+      blob(Map.delete(meta, :core)),
+      ttl,
+      meta.history_limit,
+      meta.max_variables
+    ]
+
+    case run(backend, Scripts.create(), meta.id, args) do
+      {:ok, "ok"} -> {:ok, meta.id}
+      {:ok, "exists"} -> {:error, {:session_exists, meta.id}}
+      error -> error
+    end
+  end
+
+  @doc false
+  def delete_session(backend, id) do
+    case run(backend, Scripts.delete(), id, [], false) do
+      {:ok, "ok"} ->
+        :ets.match_delete(backend.schemas, {{id, :_}, :_, :_})
+        :ok
+
+      error ->
+        error
+    end
+  end
+
+  @doc false
+  def get_session(backend, id) do
+    with {:ok, [meta, count]} <- run(backend, Scripts.session(), id, []),
+         {:ok, meta} <- unblob(meta) do
+      {:ok, Map.put(meta, :variable_count, String.to_integer(count))}
+    end
+  end
+
+  @doc false
+  def exists?(backend, id), do: match?({:ok, _}, get_session(backend, id))
+
+  @doc false
+  def list_sessions(backend) do
+    now = System.system_time(:millisecond)
+
+    case Redis.command(backend.conn, ["ZRANGEBYSCORE", index_key(backend), "(#{now}", "+inf"]) do
+      {:ok, ids} -> Enum.map(ids, &decode_id/1)
+      {:error, _} -> []
+    end
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # variables
+
+  @doc false
+  # `opts` is SessionStore's checked options map.
+  def register_variable(backend, id, name, type, value, opts) do
+    now = System.system_time(:millisecond)
+
+    with :ok <- supported(opts),
+         {:ok, constraints} <- VariableType.normalize_constraints(type, opts[:constraints] || %{}),
+         {:ok, stored} <- VariableType.validate(type, value, constraints) do
+      schema = %{
+        type: type,
+        constraints: constraints,
+        description: opts[:description],
+        created_at: now
+      }
+
+      metadata = opts[:metadata] || %{}
+
+      args = [
+        encode_id(name),
+        blob(schema),
+        blob(metadata),
+        blob({stored, now}),
+        blob({stored, now, :register})
+      ]
+
+      case run(backend, Scripts.register(), id, args) do
+        {:ok, ["ok", gen]} ->
+          :ets.insert(backend.schemas, {{id, name}, gen, schema})
+          {:ok, variable(id, name, schema, metadata, stored, now, 1)}
+
+        {:ok, "exists"} ->
+          {:error, {:variable_exists, name}}
+
+        {:ok, ["limit", max]} ->
+          {:error, {:too_many_variables, String.to_integer(max)}}
+
+        error ->
+          error
+      end
+    end
+  end
+
+  defp supported(opts) do
+    cond do
+      opts[:compute] != nil -> {:error, {:not_supported, :compute}}
+      Map.get(opts, :access_mode, :private) != :private -> {:error, {:not_supported, :access_mode}}
+      Map.get(opts, :access_rules, []) != [] -> {:error, {:not_supported, :access_rules}}
+      true -> :ok
+    end
+  end
+
+  @doc false
+  def get_variable(backend, id, name) do
+    case read(backend, id, [name]) do
+      {:ok, [var]} -> {:ok, var}
+      error -> error
+    end
+  end
+
+  # The named variables, one round trip; refreshes the schema cache on the way.
+  defp read(backend, id, names) do
+    with {:ok, rows} <- run(backend, Scripts.read(), id, Enum.map(names, &encode_id/1)) do
+      names
+      |> Enum.zip(rows)
+      |> Options.map_ok(fn {name, row} -> row_variable(backend, id, name, row) end)
+    end
+  end
+
+  defp row_variable(_backend, _id, name, [nil | _]), do: {:error, {:variable_not_found, name}}
+
+  defp row_variable(backend, id, name, [schema, gen, metadata, value, version]) do
+    with {:ok, schema} <- unblob(schema),
+         {:ok, metadata} <- unblob(metadata),
+         {:ok, {value, updated_at}} <- unblob(value) do
+      :ets.insert(backend.schemas, {{id, name}, String.to_integer(gen), schema})
+      {:ok, variable(id, name, schema, metadata, value, updated_at, String.to_integer(version))}
+    end
+  end
+
+  @doc false
+  def list_variables(backend, id) do
+    with {:ok, flat} <- run(backend, Scripts.list(), id, []) do
+      fields = flat |> Enum.chunk_every(2) |> Map.new(fn [k, v] -> {k, v} end)
+
+      vars =
+        for {"n:" <> f, version} <- fields do
+          name = decode_id(f)
+
+          row = [
+            fields["s:" <> f],
+            fields["g:" <> f],
+            fields["m:" <> f],
+            fields["v:" <> f],
+            version
+          ]
+
+          row_variable(backend, id, name, row)
+        end
+
+      with {:ok, vars} <- Options.map_ok(vars, & &1), do: {:ok, Enum.sort_by(vars, & &1.name)}
+    end
+  end
+
+  @doc false
+  # `updates` is a checked list of `{name, value}`; opts holds `expected_versions`,
+  # `metadata`, `lock_tokens`. A single update reports its error as is.
+  def update_variables(backend, id, updates, opts, change \\ :update),
+    do: update(backend, id, updates, opts, change, @stale_retries)
+
+  defp update(backend, id, updates, opts, change, retries) do
+    updates
+    |> attempt(backend, id, opts, change, retries)
+    |> tag_error(updates)
+  end
+
+  defp attempt(updates, backend, id, opts, change, retries) do
+    names = Enum.map(updates, &elem(&1, 0))
+
+    with :ok <- no_lock_tokens(opts),
+         :ok <- no_duplicates(updates),
+         {:ok, schemas} <- schemas(backend, id, names),
+         {:ok, writes} <- prepare(updates, schemas, opts, change),
+         {:ok, metadata} <- merged_metadata(backend, id, names, opts[:metadata] || %{}) do
+      now = System.system_time(:millisecond)
+
+      args =
+        [length(writes)] ++
+          Enum.flat_map(writes, fn {name, gen, expected, stored, _schema} ->
+            [
+              encode_id(name),
+              gen,
+              expected,
+              blob({stored, now}),
+              Map.get(metadata, name, ""),
+              blob({stored, now, change})
+            ]
+          end)
+
+      case run(backend, Scripts.write(), id, args) do
+        {:ok, ["ok" | results]} ->
+          {:ok, Enum.zip_with(writes, results, &written(id, &1, &2, now))}
+
+        {:ok, ["stale", i, _]} when retries > 0 ->
+          {name, _, _, _, _} = Enum.at(writes, i - 1)
+          :ets.delete(backend.schemas, {id, name})
+          attempt(updates, backend, id, opts, change, retries - 1)
+
+        {:ok, [reason, i, detail]} ->
+          {name, _, _, _, _} = Enum.at(writes, i - 1)
+          {:error, {name, script_error(reason, name, detail)}}
+
+        error ->
+          error
+      end
+    end
+  end
+
+  defp written(id, {name, _gen, _expected, stored, schema}, [version, metadata], now) do
+    {:ok, metadata} = unblob(metadata)
+    variable(id, name, schema, metadata, stored, now, version)
+  end
+
+  defp script_error("missing", name, _), do: {:variable_not_found, name}
+  defp script_error("stale", name, _), do: {:variable_replaced, name}
+  defp script_error("mismatch", _name, current), do: {:version_mismatch, String.to_integer(current)}
+
+  # A write with `metadata:` merges it into the current metadata, read first: name ->
+  # the merged blob. (Two nodes merging metadata into one variable at once may lose one
+  # merge; values and versions are exact.)
+  defp merged_metadata(_backend, _id, _names, metadata) when metadata == %{}, do: {:ok, %{}}
+
+  defp merged_metadata(backend, id, names, metadata) do
+    with {:ok, vars} <- read_tagged(backend, id, names),
+         do: {:ok, Map.new(vars, &{&1.name, blob(Map.merge(&1.metadata, metadata))})}
+  end
+
+  defp no_lock_tokens(opts) do
+    if Map.get(opts, :lock_tokens, %{}) == %{},
+      do: :ok,
+      else: {:error, {:not_supported, :lock_tokens}}
+  end
+
+  defp no_duplicates(updates) do
+    updates
+    |> Enum.reduce_while(%{}, fn {name, _}, seen ->
+      if Map.has_key?(seen, name),
+        do: {:halt, {:error, {name, {:duplicate_variable, name}}}},
+        else: {:cont, Map.put(seen, name, true)}
+    end)
+    |> case do
+      {:error, _} = error -> error
+      _ -> :ok
+    end
+  end
+
+  defp prepare(updates, schemas, opts, change) do
+    expected = Map.get(opts, :expected_versions, %{})
+
+    Options.map_ok(updates, fn {name, value} ->
+      {gen, schema} = Map.fetch!(schemas, name)
+
+      case VariableType.validate(schema.type, value, schema.constraints) do
+        {:ok, stored} ->
+          exp = if change == :update, do: Map.get(expected, name, ""), else: ""
+          {:ok, {name, gen, exp, stored, schema}}
+
+        {:error, reason} ->
+          {:error, {name, reason}}
+      end
+    end)
+  end
+
+  # The schemas of `names`: from the cache, the rest from the server in one read.
+  defp schemas(backend, id, names) do
+    {cached, missing} =
+      Enum.reduce(names, {%{}, []}, fn name, {cached, missing} ->
+        case :ets.lookup(backend.schemas, {id, name}) do
+          [{_, gen, schema}] -> {Map.put(cached, name, {gen, schema}), missing}
+          [] -> {cached, [name | missing]}
+        end
+      end)
+
+    if missing == [] do
+      {:ok, cached}
+    else
+      with {:ok, _vars} <- read_tagged(backend, id, Enum.reverse(missing)) do
+        schemas(backend, id, names)
+      end
+    end
+  end
+
+  defp read_tagged(backend, id, names) do
+    case read(backend, id, names) do
+      {:error, {:variable_not_found, name}} -> {:error, {name, {:variable_not_found, name}}}
+      other -> other
+    end
+  end
+
+  # A batch names the failing variable; a single update does not.
+  defp tag_error({:error, {name, reason}}, [{name, _}]), do: {:error, reason}
+  defp tag_error(result, _updates), do: result
+
+  @doc false
+  def delete_variable(backend, id, name) do
+    case run(backend, Scripts.delete_variable(), id, [encode_id(name)]) do
+      {:ok, "ok"} ->
+        :ets.delete(backend.schemas, {id, name})
+        :ok
+
+      {:ok, "missing"} ->
+        {:error, {:variable_not_found, name}}
+
+      error ->
+        error
+    end
+  end
+
+  @doc false
+  def get_history(backend, id, name, limit \\ 1_000_000) do
+    case run(backend, Scripts.history(), id, [encode_id(name), limit]) do
+      {:ok, [version, entries]} ->
+        entries
+        |> Enum.with_index()
+        |> Enum.reject(fn {entry, _} -> is_nil(entry) end)
+        |> Options.map_ok(fn {entry, i} ->
+          with {:ok, {value, at, change}} <- unblob(entry),
+               do: {:ok, %{version: version - i, value: value, updated_at: at, change: change}}
+        end)
+
+      {:ok, "missing"} ->
+        {:error, {:variable_not_found, name}}
+
+      error ->
+        error
+    end
+  end
+
+  @doc false
+  def rollback_variable(backend, id, name, version) do
+    with {:ok, entries} <- get_history(backend, id, name),
+         {:ok, entry} <- find_version(entries, version) do
+      case update_variables(backend, id, [{name, entry.value}], %{}, {:rollback, version}) do
+        {:ok, [var]} -> {:ok, var}
+        error -> error
+      end
+    end
+  end
+
+  defp find_version(entries, version) do
+    case Enum.find(entries, &(&1.version == version)) do
+      nil -> {:error, {:version_not_found, version}}
+      entry -> {:ok, entry}
+    end
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # encoding
+
+  defp variable(id, name, schema, metadata, value, updated_at, version) do
+    %Variable{
+      session_id: id,
+      name: name,
+      type: schema.type,
+      value: value,
+      version: version,
+      created_at: schema.created_at,
+      updated_at: updated_at,
+      constraints: schema.constraints,
+      metadata: metadata,
+      description: schema.description
+    }
+  end
+
+  # Ids in keys and fields: an atom and a string of the same text are different ids.
+  @doc false
+  def encode_id(id) when is_atom(id), do: "a" <> Atom.to_string(id)
+  def encode_id(id) when is_binary(id), do: "s" <> id
+
+  @doc false
+  # An atom id comes back only if the atom exists on this node (a caller named it here).
+  def decode_id("a" <> text) do
+    String.to_existing_atom(text)
+  rescue
+    ArgumentError -> text
+  end
+
+  def decode_id("s" <> text), do: text
+
+  defp blob(term), do: :erlang.term_to_binary(term)
+
+  defp unblob(binary) when is_binary(binary) do
+    {:ok, :erlang.binary_to_term(binary, [:safe])}
+  rescue
+    ArgumentError -> {:error, {:backend_corrupt, :undecodable}}
+  end
+
+  defp unblob(other), do: {:error, {:backend_corrupt, other}}
+
+  defp session_key(backend, id), do: backend.prefix <> "{" <> encode_id(id) <> "}"
+  defp index_key(backend), do: backend.prefix <> "sessions"
+
+  # Runs a session script; `touch` scripts also get the current time.
+  defp run(backend, script, id, args, touch \\ true) do
+    key = session_key(backend, id)
+    keys = [key, key <> ":h", index_key(backend)]
+
+    args =
+      if touch,
+        do: [encode_id(id), System.system_time(:millisecond) | args],
+        else: [encode_id(id) | args]
+
+    call = fn -> backend.conn |> Redis.eval(script, keys, args) |> result() end
+
+    case CircuitBreaker.call(@breaker, call, classify: &classify/1) do
+      {:error, :circuit_open} -> {:error, :backend_unavailable}
+      result -> result
+    end
+  end
+
+  defp result({:ok, "no_session"}), do: {:error, :session_not_found}
+  defp result({:ok, _} = ok), do: ok
+  defp result({:error, {:unavailable, _}}), do: {:error, :backend_unavailable}
+  defp result({:error, :timeout}), do: {:error, :backend_unavailable}
+  defp result({:error, reason}), do: {:error, {:backend_error, reason}}
+
+  # Only an unreachable server counts against the breaker; refusals are answers.
+  defp classify({:error, :backend_unavailable}), do: :failure
+  defp classify(_), do: :success
+end
