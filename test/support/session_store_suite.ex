@@ -213,20 +213,11 @@ defmodule DSPex.Bridge.SessionStoreSuite do
 
           # Each writer retries on version conflicts, as an optimistic client must.
           increment = fn ->
-            Enum.each(1..50, fn _ -> cas_increment(s, :counter) end)
+            TestHelpers.cas_increments(s, :counter, 50)
           end
 
           1..8 |> Enum.map(fn _ -> Task.async(increment) end) |> Enum.each(&Task.await(&1, 30_000))
           assert {:ok, %Variable{value: 400, version: 401}} = SessionStore.get_variable(s, :counter)
-        end
-      end
-
-      defp cas_increment(s, name) do
-        {:ok, %Variable{value: v, version: ver}} = SessionStore.get_variable(s, name)
-
-        case SessionStore.update_variable(s, name, v + 1, expected_version: ver) do
-          {:ok, _} -> :ok
-          {:error, {:version_mismatch, _}} -> cas_increment(s, name)
         end
       end
 

@@ -4,6 +4,24 @@ defmodule DSPex.Bridge.TestHelpers do
   @doc "A session id no other test uses."
   def unique_id(prefix \\ "s"), do: "#{prefix}_#{System.unique_integer([:positive])}"
 
+  @doc """
+  Adds one to an integer variable `n` times, each by read and compare-and-set, retrying on
+  a version conflict as an optimistic client must. Also runs on peers.
+  """
+  def cas_increments(session, name, n) do
+    for _ <- 1..n//1, do: cas_increment(session, name)
+    :ok
+  end
+
+  defp cas_increment(session, name) do
+    {:ok, %{value: v, version: version}} = DSPex.Bridge.SessionStore.get_variable(session, name)
+
+    case DSPex.Bridge.SessionStore.update_variable(session, name, v + 1, expected_version: version) do
+      {:ok, _} -> :ok
+      {:error, {:version_mismatch, _}} -> cas_increment(session, name)
+    end
+  end
+
   @doc "Creates a session that is deleted when the test ends."
   def session!(opts \\ []) do
     id = unique_id()

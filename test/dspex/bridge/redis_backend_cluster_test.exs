@@ -1,0 +1,104 @@
+defmodule DSPex.Bridge.RedisBackendClusterTest do
+  @moduledoc """
+  Three `:peer` nodes share one Redis server and no HAManager session: a session made on
+  one is used on all, with exact versions and compare-and-set across nodes.
+  """
+  use ExUnit.Case, async: false
+
+  alias DSPex.Bridge.{SessionStore, TestRedis, Variable}
+  alias DSPex.Bridge.HAManager.LocalCluster
+  alias DSPex.Bridge.SessionStore.RedisBackend
+
+  @moduletag timeout: 240_000
+
+  setup_all do
+    :ok = LocalCluster.ensure_distributed(:dspex_redis_cluster_test)
+    server = TestRedis.start(password: "cluster-pw")
+    {:ok, nodes} = LocalCluster.start_peers(["redis_a", "redis_b", "redis_c"])
+
+    for node <- nodes do
+      child = {RedisBackend, url: TestRedis.url(server), password: "cluster-pw"}
+      {:ok, _} = :erpc.call(node, Supervisor, :start_child, [DSPex.Bridge.Supervisor, child])
+    end
+
+    on_exit(fn ->
+      LocalCluster.stop_peers(nodes)
+      TestRedis.stop(server)
+    end)
+
+    %{nodes: nodes, server: server}
+  end
+
+  defp on(node, fun, args), do: :erpc.call(node, SessionStore, fun, args, 60_000)
+
+  defp new_session(node) do
+    id = "cluster_#{System.unique_integer([:positive])}"
+    {:ok, ^id} = on(node, :create_session, [id, [backend: :redis]])
+    id
+  end
+
+  test "a session made on one node is used on the others, with exact compare-and-set", %{
+    nodes: [a, b, c]
+  } do
+    id = new_session(a)
+    {:ok, _} = on(a, :register_variable, [id, :x, :integer, 0, []])
+
+    assert id in on(c, :list_sessions, [])
+    assert {:ok, %Variable{value: 0, version: 1}} = on(b, :get_variable, [id, :x, []])
+
+    assert {:ok, %Variable{value: 5, version: 2}} =
+             on(c, :update_variable, [id, :x, 5, [expected_version: 1]])
+
+    assert {:error, {:version_mismatch, 2}} =
+             on(a, :update_variable, [id, :x, 6, [expected_version: 1]])
+
+    assert {:error, {:session_exists, ^id}} = on(b, :create_session, [id, [backend: :redis]])
+
+    # 3 nodes x 8 processes x 25 read-and-CAS increments: none lost, none doubled.
+    tasks =
+      for node <- [a, b, c], _ <- 1..8 do
+        Task.async(fn ->
+          :erpc.call(node, DSPex.Bridge.TestHelpers, :cas_increments, [id, :x, 25], 120_000)
+        end)
+      end
+
+    Enum.each(tasks, &(:ok = Task.await(&1, 150_000)))
+    assert {:ok, %Variable{value: 605, version: 602}} = on(b, :get_variable, [id, :x, []])
+
+    :ok = on(c, :delete_session, [id, []])
+    assert {:error, :session_not_found} = on(a, :get_variable, [id, :x, []])
+  end
+
+  test "a variable re-registered on one node is never written through another node's old schema",
+       %{nodes: [a, b, _c]} do
+    id = new_session(a)
+    {:ok, _} = on(a, :register_variable, [id, :y, :integer, 1, [constraints: [max: 10]]])
+    # b learns (and caches) the integer schema by writing.
+    {:ok, %Variable{version: 2}} = on(b, :update_variable, [id, :y, 2, []])
+
+    :ok = on(a, :delete_variable, [id, :y, []])
+    {:ok, _} = on(a, :register_variable, [id, :y, :string, "s", []])
+
+    assert {:error, {:invalid_value, {:expected, :string}}} =
+             on(b, :update_variable, [id, :y, 3, []])
+
+    assert {:ok, %Variable{type: :string, value: "t", version: 2}} =
+             on(b, :update_variable, [id, :y, "t", []])
+
+    assert {:ok, [%{version: 2, value: "t"}, %{version: 1, value: "s"}]} =
+             on(a, :get_history, [id, :y, []])
+  end
+
+  test "a session outlives the node that made it", %{nodes: [_a, b, _c], server: server} do
+    {:ok, [extra]} = LocalCluster.start_peers(["redis_extra"])
+    child = {RedisBackend, url: TestRedis.url(server), password: "cluster-pw"}
+    {:ok, _} = :erpc.call(extra, Supervisor, :start_child, [DSPex.Bridge.Supervisor, child])
+    id = new_session(extra)
+    {:ok, _} = on(extra, :register_variable, [id, "kept", :string, "yes", []])
+    {:ok, _} = on(extra, :update_variable, [id, "kept", "still", []])
+
+    :ok = LocalCluster.kill(extra)
+    assert {:ok, %Variable{value: "still", version: 2}} = on(b, :get_variable, [id, "kept", []])
+    assert {:ok, %Variable{version: 3}} = on(b, :update_variable, [id, "kept", "on b", []])
+  end
+end
