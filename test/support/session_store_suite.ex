@@ -221,6 +221,51 @@ defmodule DSPex.Bridge.SessionStoreSuite do
         end
       end
 
+      describe "watchers on #{@suite_backend}" do
+        test "a watcher gets every committed change, and none after unwatch" do
+          s = suite_session!()
+          {:ok, _} = SessionStore.register_variable(s, :x, :integer, 1)
+          assert {:ok, %Variable{value: 1}} = SessionStore.watch(s, :x)
+          {:ok, _} = SessionStore.update_variable(s, :x, 2)
+          assert_receive {:dspex_variable_changed, ^s, :x, %{old: 1, new: 2, version: 2}}
+          {:error, _} = SessionStore.update_variable(s, :x, "bad")
+          {:ok, _} = SessionStore.rollback_variable(s, :x, 1)
+          assert_receive {:dspex_variable_changed, ^s, :x, %{old: 2, new: 1, version: 3}}
+          {:ok, _} = SessionStore.update_variables(s, x: 7)
+          assert_receive {:dspex_variable_changed, ^s, :x, %{old: 1, new: 7, version: 4}}
+          refute_received {:dspex_variable_changed, _, _, _}
+
+          :ok = SessionStore.unwatch(s, :x)
+          {:ok, _} = SessionStore.update_variable(s, :x, 5)
+          refute_receive {:dspex_variable_changed, _, _, _}, 100
+        end
+
+        test "deleting a watched variable tells the watcher" do
+          s = suite_session!()
+          {:ok, _} = SessionStore.register_variable(s, :x, :integer, 1)
+          {:ok, _} = SessionStore.register_variable(s, "other", :integer, 1)
+          {:ok, _} = SessionStore.watch(s, :x)
+          :ok = SessionStore.delete_variable(s, "other")
+          :ok = SessionStore.delete_variable(s, :x)
+          assert_receive {:dspex_variable_deleted, ^s, :x}
+          refute_received {:dspex_variable_deleted, ^s, "other"}
+        end
+
+        test "deleting a watched session ends the watch" do
+          s = TestHelpers.unique_id()
+          {:ok, _} = suite_create(s)
+          {:ok, _} = SessionStore.register_variable(s, :x, :integer, 1)
+          {:ok, _} = SessionStore.watch(s, :x)
+          :ok = SessionStore.delete_session(s)
+          assert_receive {:dspex_watch_lost, ^s, :x, :session_deleted}
+        end
+
+        test "watching an unknown variable is an error" do
+          s = suite_session!()
+          assert {:error, {:variable_not_found, :nope}} = SessionStore.watch(s, :nope)
+        end
+      end
+
       describe "history and rollback on #{@suite_backend}" do
         test "keeps the last history_limit versions, newest first" do
           s = suite_session!(history_limit: 3)

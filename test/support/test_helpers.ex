@@ -22,6 +22,35 @@ defmodule DSPex.Bridge.TestHelpers do
     end
   end
 
+  @doc """
+  Starts a process (here, or on a peer through `:erpc`) that watches `name` and forwards
+  every message it gets to `to`; returns its pid once the watch is in place.
+  """
+  def forward_watch(session, name, to) do
+    parent = self()
+
+    pid =
+      spawn(fn ->
+        send(parent, {:watching, self(), DSPex.Bridge.SessionStore.watch(session, name)})
+        forward(to)
+      end)
+
+    receive do
+      {:watching, ^pid, {:ok, _}} -> {:ok, pid}
+      {:watching, ^pid, error} -> error
+    after
+      10_000 -> {:error, :timeout}
+    end
+  end
+
+  defp forward(to) do
+    receive do
+      message ->
+        send(to, message)
+        forward(to)
+    end
+  end
+
   @doc "Creates a session that is deleted when the test ends."
   def session!(opts \\ []) do
     id = unique_id()

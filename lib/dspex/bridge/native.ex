@@ -118,6 +118,9 @@ defmodule DSPex.Bridge.Native do
   def redis_connect(_url, _opts, _pid, _ref), do: not_loaded()
   def redis_command(_conn, _commands, _atomic, _pid, _ref), do: not_loaded()
   def redis_cancel(_pending), do: not_loaded()
+  def redis_subscriber(_url, _opts, _owner, _ref), do: not_loaded()
+  def redis_subscribe(_sub, _channels, _subscribe, _pid, _ref), do: not_loaded()
+  def redis_subscriber_close(_sub), do: not_loaded()
 
   # grpc_server
   def grpc_listen(_host, _port, _listener, _max_frame), do: not_loaded()

@@ -89,40 +89,104 @@ defmodule DSPex.Bridge.Redis do
   def connect(url, opts \\ [])
 
   def connect(url, opts) when is_binary(url) do
-    with {:ok, o} <- Options.take(opts, @connect_opts) do
-      timeout = Map.get(o, :timeout, 5_000)
-      connect_timeout = Map.get(o, :connect_timeout, 2_000)
+    with {:ok, nif_opts} <- connect_opts(opts) do
+      timeout = nif_opts.response_timeout_ms
 
-      nif_opts = %{
-        username: Map.get(o, :username),
-        password: Map.get(o, :password),
-        connect_timeout_ms: connect_timeout,
-        response_timeout_ms: timeout,
-        retries: Map.get(o, :retries, 2)
-      }
-
-      ref = make_ref()
-
-      case Native.redis_connect(url, nif_opts, self(), ref) do
-        :ok -> await_connect(ref, timeout + connect_timeout, timeout)
-        {:error, {:client, text}} -> {:error, {:invalid_url, text}}
-        {:error, _} = error -> error
+      case dial(&Native.redis_connect/4, url, nif_opts) do
+        {:ok, conn} -> {:ok, %__MODULE__{conn: conn, timeout: timeout}}
+        error -> error
       end
     end
   end
 
   def connect(url, _opts), do: {:error, {:invalid_url, inspect(url)}}
 
-  # The NIF bounds the dial by connect_timeout; this bound only guards against a reply lost
-  # to a bug, and a late connection is then dropped with its message.
-  defp await_connect(ref, bound, timeout) do
-    receive do
-      {:dspex_redis, ^ref, {:ok, conn}} -> {:ok, %__MODULE__{conn: conn, timeout: timeout}}
-      {:dspex_redis, ^ref, {:error, _} = error} -> error
-    after
-      bound -> {:error, :timeout}
+  defp connect_opts(opts) do
+    with {:ok, o} <- Options.take(opts, @connect_opts) do
+      {:ok,
+       %{
+         username: Map.get(o, :username),
+         password: Map.get(o, :password),
+         connect_timeout_ms: Map.get(o, :connect_timeout, 2_000),
+         response_timeout_ms: Map.get(o, :timeout, 5_000),
+         retries: Map.get(o, :retries, 2)
+       }}
     end
   end
+
+  # The NIF bounds the dial by connect_timeout; this bound only guards against a reply lost
+  # to a bug, and a late connection is then dropped with its message.
+  defp dial(nif, url, nif_opts) do
+    ref = make_ref()
+
+    case nif.(url, nif_opts, self(), ref) do
+      :ok ->
+        receive do
+          {:dspex_redis, ^ref, result} -> result
+        after
+          nif_opts.connect_timeout_ms + nif_opts.response_timeout_ms -> {:error, :timeout}
+        end
+
+      {:error, {:client, text}} ->
+        {:error, {:invalid_url, text}}
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  @doc """
+  Opens a subscriber connection owned by the calling process, which then receives
+  `{:dspex_redis_message, subscriber, channel, payload}` for every message on the channels
+  it subscribed, and `{:dspex_redis_message, subscriber, :closed}` once the connection ended
+  (the server went away: subscribe again on a new one). Options as for `connect/2`.
+  """
+  @spec subscriber(binary(), keyword()) :: {:ok, reference()} | {:error, reason()}
+  def subscriber(url, opts \\ [])
+
+  def subscriber(url, opts) when is_binary(url) do
+    with {:ok, nif_opts} <- connect_opts(opts), do: dial(&Native.redis_subscriber/4, url, nif_opts)
+  end
+
+  def subscriber(url, _opts), do: {:error, {:invalid_url, inspect(url)}}
+
+  @doc """
+  Subscribes `subscriber` to `channels`; returns once the server confirmed, so nothing
+  published afterwards is missed.
+  """
+  @spec subscribe(reference(), [binary()], timeout()) :: :ok | {:error, reason()}
+  def subscribe(subscriber, channels, timeout \\ 5_000),
+    do: subscription(subscriber, channels, true, timeout)
+
+  @doc "Unsubscribes `subscriber` from `channels`."
+  @spec unsubscribe(reference(), [binary()], timeout()) :: :ok | {:error, reason()}
+  def unsubscribe(subscriber, channels, timeout \\ 5_000),
+    do: subscription(subscriber, channels, false, timeout)
+
+  @doc "Closes a subscriber connection."
+  @spec close_subscriber(reference()) :: :ok
+  def close_subscriber(subscriber), do: Native.redis_subscriber_close(subscriber)
+
+  defp subscription(subscriber, [_ | _] = channels, subscribe, timeout)
+       when is_reference(subscriber) do
+    if Enum.all?(channels, &is_binary/1) and Options.timeout?(timeout) do
+      ref = make_ref()
+      :ok = Native.redis_subscribe(subscriber, channels, subscribe, self(), ref)
+
+      # No cancellation here: a late confirmation is harmless and rare (the caller
+      # gave up on a server that did not answer for `timeout`).
+      receive do
+        {:dspex_redis, ^ref, result} -> result
+      after
+        timeout -> {:error, :timeout}
+      end
+    else
+      {:error, {:invalid_argument, {channels, timeout}}}
+    end
+  end
+
+  defp subscription(_subscriber, channels, _subscribe, _timeout),
+    do: {:error, {:invalid_argument, channels}}
 
   @doc """
   Runs one command. Option: `timeout:` (default the connection's).

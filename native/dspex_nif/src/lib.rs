@@ -26,6 +26,7 @@ mod list;
 mod proto;
 mod rate_limit;
 mod redis_client;
+mod redis_pubsub;
 mod registry;
 mod reporting;
 mod session;

@@ -57,23 +57,23 @@ pub struct Pending {
 impl rustler::Resource for Pending {}
 
 #[derive(NifMap)]
-struct ConnectOpts {
+pub(crate) struct ConnectOpts {
     username: Option<String>,
     password: Option<String>,
-    connect_timeout_ms: u64,
+    pub(crate) connect_timeout_ms: u64,
     response_timeout_ms: u64,
     retries: usize,
 }
 
 /// Where a reply goes: the caller and its reference, copied into an env of our own.
-struct ReplyTo {
+pub(crate) struct ReplyTo {
     env: OwnedEnv,
     reference: rustler::env::SavedTerm,
     pid: LocalPid,
 }
 
 impl ReplyTo {
-    fn new(pid: LocalPid, reference: Term) -> ReplyTo {
+    pub(crate) fn new(pid: LocalPid, reference: Term) -> ReplyTo {
         let env = OwnedEnv::new();
         let reference = env.save(reference);
         ReplyTo {
@@ -83,7 +83,7 @@ impl ReplyTo {
         }
     }
 
-    fn send(mut self, make: impl for<'a> FnOnce(Env<'a>) -> Term<'a>) {
+    pub(crate) fn send(mut self, make: impl for<'a> FnOnce(Env<'a>) -> Term<'a>) {
         let reference = self.reference;
         let _ = self.env.send_and_clear(&self.pid, |env| {
             (tags::dspex_redis(), reference.load(env), make(env)).encode(env)
@@ -127,7 +127,7 @@ fn redis_connect<'a>(
     Ok(atoms::ok().encode(env))
 }
 
-fn client_for(url: &str, opts: &ConnectOpts) -> Result<redis::Client, RedisError> {
+pub(crate) fn client_for(url: &str, opts: &ConnectOpts) -> Result<redis::Client, RedisError> {
     use redis::IntoConnectionInfo;
     let info = url.into_connection_info()?;
     let mut settings = info.redis_settings().clone();
@@ -306,7 +306,7 @@ fn server_error_term<'a>(env: Env<'a>, e: &redis::ServerError) -> Term<'a> {
     (tags::redis(), code, detail).encode(env)
 }
 
-fn error_term<'a>(env: Env<'a>, e: &RedisError) -> Term<'a> {
+pub(crate) fn error_term<'a>(env: Env<'a>, e: &RedisError) -> Term<'a> {
     let text = |env| to_binary(env, e.to_string().as_bytes());
     if e.kind() == ErrorKind::AuthenticationFailed {
         return (tags::auth_failed(), text(env)).encode(env);

@@ -69,6 +69,30 @@ defmodule DSPex.Bridge.RedisBackendClusterTest do
     assert {:error, :session_not_found} = on(a, :get_variable, [id, :x, []])
   end
 
+  test "watchers on every node get each change, wherever it was written", %{nodes: [a, b, c]} do
+    id = new_session(a)
+    {:ok, _} = on(a, :register_variable, [id, :w, :integer, 0, []])
+    me = self()
+    {:ok, _} = :erpc.call(b, DSPex.Bridge.TestHelpers, :forward_watch, [id, :w, me])
+    {:ok, _} = :erpc.call(c, DSPex.Bridge.TestHelpers, :forward_watch, [id, :w, me])
+
+    {:ok, _} = on(a, :update_variable, [id, :w, 1, []])
+    {:ok, _} = on(c, :update_variable, [id, :w, 2, []])
+
+    # Two watchers (on b and on c), each told of both writes, in order.
+    for _watcher <- 1..2 do
+      assert_receive {:dspex_variable_changed, ^id, :w, %{old: 0, new: 1, version: 2}}, 5_000
+    end
+
+    for _watcher <- 1..2 do
+      assert_receive {:dspex_variable_changed, ^id, :w, %{old: 1, new: 2, version: 3}}, 5_000
+    end
+
+    :ok = on(b, :delete_variable, [id, :w, []])
+    assert_receive {:dspex_variable_deleted, ^id, :w}, 5_000
+    assert_receive {:dspex_variable_deleted, ^id, :w}, 5_000
+  end
+
   test "a variable re-registered on one node is never written through another node's old schema",
        %{nodes: [a, b, _c]} do
     id = new_session(a)

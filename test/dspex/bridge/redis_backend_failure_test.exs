@@ -60,6 +60,26 @@ defmodule DSPex.Bridge.RedisBackendFailureTest do
     end
   end
 
+  test "a watch ends with :backend_unavailable when Redis goes away, and works again after" do
+    server = TestRedis.start()
+    start_supervised!({RedisBackend, url: TestRedis.url(server), timeout: 1_000})
+    id = session!(backend: :redis)
+    {:ok, _} = SessionStore.register_variable(id, :x, :integer, 0)
+    {:ok, _} = SessionStore.watch(id, :x)
+
+    TestRedis.kill(server)
+    assert_receive {:dspex_watch_lost, ^id, :x, :backend_unavailable}, 5_000
+
+    server = TestRedis.restart(server)
+    on_exit(fn -> TestRedis.stop(server) end)
+    assert {:ok, _} = eventually(fn -> ok_or_nil(SessionStore.watch(id, :x)) end, 20_000)
+    {:ok, _} = SessionStore.update_variable(id, :x, 1)
+    assert_receive {:dspex_variable_changed, ^id, :x, %{old: 0, new: 1}}, 5_000
+  end
+
+  defp ok_or_nil({:ok, _} = ok), do: ok
+  defp ok_or_nil(_), do: nil
+
   # Writes n = 1, 2, ... one at a time; reports the 100th acknowledged write, and after a
   # {:continue_until, k} the k-th acknowledged write after it. Returns the acknowledged
   # {version, value} pairs and the errors.

@@ -45,7 +45,6 @@ defmodule DSPex.Bridge.SessionStoreRedisTest do
     assert {:error, {:not_supported, :access_mode}} =
              SessionStore.register_variable(id, :z, :integer, 1, access_mode: :public)
 
-    assert {:error, {:not_supported, :watch}} = SessionStore.watch(id, :x)
     assert {:error, {:not_supported, :export_session}} = SessionStore.export_session(id)
 
     assert {:error, {:not_supported, :lock_tokens}} =

@@ -135,6 +135,15 @@ defmodule DSPex.Bridge.SessionStore.Backends do
   defp session_call(b, :update_variables, [id, updates, opts]),
     do: RedisBackend.update_variables(b, id, Enum.to_list(updates), Map.new(opts))
 
+  defp session_call(_b, :watch, [id, name, opts]),
+    do: RedisBackend.watch(id, name, Keyword.get(opts, :pid, self()))
+
+  defp session_call(b, :unwatch, [id, name, opts]) do
+    if RedisBackend.exists?(b, id),
+      do: RedisBackend.unwatch(id, name, Keyword.get(opts, :pid, self())),
+      else: {:error, :session_not_found}
+  end
+
   # No propagation runs on Redis sessions: there is nothing to wait for.
   defp session_call(b, :await_propagation, [id, _opts]) do
     if RedisBackend.exists?(b, id), do: :ok, else: {:error, :session_not_found}

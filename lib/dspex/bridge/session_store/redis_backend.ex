@@ -18,9 +18,14 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   * When Redis cannot be reached, calls return `{:error, :backend_unavailable}`; nothing is
     half-written (each change is one script).
 
+  * Watchers on every node get each change through Redis pub/sub, in the same messages
+    as on the local backend (`{:dspex_variable_changed, ...}`, `{:dspex_variable_deleted,
+    ...}`); when the server goes away their watch ends with `{:dspex_watch_lost, session,
+    name, :backend_unavailable}`. The expiry of an idle session is not announced.
+
   Not yet on this backend (they return `{:error, {:not_supported, what}}`): computed
   variables, access rules other than `:private` (only the owner may use a Redis session),
-  watchers, dependencies, export/import and optimizer locks.
+  dependencies, export/import and optimizer locks.
 
   ## Starting it
 
@@ -38,7 +43,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   use GenServer
 
   alias DSPex.Bridge.{CircuitBreaker, Options, Redis, Variable, VariableType}
-  alias DSPex.Bridge.SessionStore.RedisBackend.Scripts
+  alias DSPex.Bridge.SessionStore.RedisBackend.{Scripts, Watchers}
 
   @default_prefix "dspex:"
   # A write whose variable was re-registered between validation and script is validated
@@ -98,18 +103,114 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
       schemas = :ets.new(:dspex_redis_schemas, [:public, read_concurrency: true])
       backend = %{conn: conn, prefix: Map.get(o, :prefix, @default_prefix), schemas: schemas}
       :persistent_term.put(__MODULE__, backend)
-      {:ok, nil}
+
+      {:ok,
+       %{
+         backend: backend,
+         url: o.url,
+         connect_opts: connect_opts,
+         sub: nil,
+         channels: %{},
+         watchers: Watchers.new()
+       }}
     else
       {:error, reason} -> {:stop, {:redis_connect_failed, reason}}
     end
   end
 
   @impl true
-  def terminate(_reason, _state) do
+  def terminate(_reason, state) do
     :persistent_term.erase(__MODULE__)
     CircuitBreaker.delete_breaker(@breaker)
+    if state.sub, do: Redis.close_subscriber(state.sub)
     :ok
   end
+
+  # Watches: this process holds the node's subscriber connection and subscribes a
+  # session's channel while anyone on this node watches one of its variables.
+
+  @impl true
+  def handle_call({:watch, id, name, pid}, _from, state) do
+    with {:ok, state} <- subscribed(state, id),
+         {:ok, var} <- get_variable(state.backend, id, name) do
+      watchers = Watchers.add(state.watchers, id, name, pid, var.version)
+      {:reply, {:ok, var}, %{state | watchers: watchers}}
+    else
+      {:error, reason, state} -> {:reply, {:error, reason}, unsubscribe_unwatched(state)}
+      {:error, reason} -> {:reply, {:error, reason}, unsubscribe_unwatched(state)}
+    end
+  end
+
+  def handle_call({:unwatch, id, name, pid}, _from, state) do
+    state = %{state | watchers: Watchers.remove(state.watchers, id, name, pid)}
+    {:reply, :ok, unsubscribe_unwatched(state)}
+  end
+
+  @impl true
+  def handle_info({:dspex_redis_message, sub, channel, payload}, %{sub: sub} = state)
+      when is_binary(channel) do
+    case state.channels do
+      %{^channel => id} ->
+        state = %{state | watchers: Watchers.deliver(state.watchers, id, payload)}
+        {:noreply, unsubscribe_unwatched(state)}
+
+      _ ->
+        {:noreply, state}
+    end
+  end
+
+  # The subscriber connection ended (the server went away): every watch here is lost, and
+  # the next watch dials a new one.
+  def handle_info({:dspex_redis_message, sub, :closed}, %{sub: sub} = state) do
+    watchers = Watchers.lose_all(state.watchers, :backend_unavailable)
+    {:noreply, %{state | sub: nil, channels: %{}, watchers: watchers}}
+  end
+
+  def handle_info({:DOWN, _ref, :process, pid, _reason}, state) do
+    state = %{state | watchers: Watchers.down(state.watchers, pid)}
+    {:noreply, unsubscribe_unwatched(state)}
+  end
+
+  # Late confirmations, and messages of an old subscriber connection.
+  def handle_info(_other, state), do: {:noreply, state}
+
+  defp subscribed(%{sub: nil} = state, id) do
+    case Redis.subscriber(state.url, state.connect_opts) do
+      {:ok, sub} -> subscribed(%{state | sub: sub}, id)
+      {:error, _} -> {:error, :backend_unavailable, state}
+    end
+  end
+
+  defp subscribed(state, id) do
+    channel = channel(state.backend, id)
+
+    if Map.has_key?(state.channels, channel) do
+      {:ok, state}
+    else
+      case Redis.subscribe(state.sub, [channel]) do
+        :ok -> {:ok, %{state | channels: Map.put(state.channels, channel, id)}}
+        {:error, _} -> {:error, :backend_unavailable, state}
+      end
+    end
+  end
+
+  defp unsubscribe_unwatched(state) do
+    {gone, kept} =
+      Enum.split_with(state.channels, fn {_channel, id} ->
+        not Watchers.watched?(state.watchers, id)
+      end)
+
+    if gone != [] and state.sub, do: Redis.unsubscribe(state.sub, Enum.map(gone, &elem(&1, 0)))
+    %{state | channels: Map.new(kept)}
+  end
+
+  defp channel(backend, id), do: session_key(backend, id) <> ":changes"
+
+  @doc false
+  def watch(id, name, pid), do: GenServer.call(__MODULE__, {:watch, id, name, pid}, 15_000)
+
+  @doc false
+  def unwatch(id, name, pid), do: GenServer.call(__MODULE__, {:unwatch, id, name, pid}, 15_000)
 
   @doc "This node's running backend, or nil. One per node: the server all nodes share."
   @spec lookup() :: t() | nil
@@ -143,7 +244,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
 
   @doc false
   def delete_session(backend, id) do
-    case run(backend, Scripts.delete(), id, [], false) do
+    case run(backend, Scripts.delete(), id, []) do
       {:ok, "ok"} ->
         :ets.match_delete(backend.schemas, {{id, :_}, :_, :_})
         :ok
@@ -518,15 +619,12 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   defp session_key(backend, id), do: backend.prefix <> "{" <> encode_id(id) <> "}"
   defp index_key(backend), do: backend.prefix <> "sessions"
 
-  # Runs a session script; `touch` scripts also get the current time.
-  defp run(backend, script, id, args, touch \\ true) do
+  # Runs a session script: ARGV is the session id, the time, then `args`.
+  defp run(backend, script, id, args) do
     key = session_key(backend, id)
     keys = [key, key <> ":h", index_key(backend)]
 
-    args =
-      if touch,
-        do: [encode_id(id), System.system_time(:millisecond) | args],
-        else: [encode_id(id) | args]
+    args = [encode_id(id), System.system_time(:millisecond) | args]
 
     call = fn -> backend.conn |> Redis.eval(script, keys, args) |> result() end
 

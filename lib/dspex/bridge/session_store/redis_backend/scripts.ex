@@ -12,7 +12,9 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   #      `v:f` value, `n:f` version, `g:f` the generation of its registration;
   #   2. the history hash: `<version>:f` -> entry, for the last `hlimit` versions;
   #   3. the index of live sessions: a sorted set, score = the Unix ms it expires at.
-  # Every script that finds the session refreshes its expiry (`touch`).
+  # Every script that finds the session refreshes its expiry (`touch`). Changes are
+  # published on `<session hash key>:changes`: `w` then per variable its name, new version,
+  # old and new value; `d` and a name (deleted); `x` (the session was deleted).
 
   alias DSPex.Bridge.Redis
 
@@ -30,6 +32,13 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   local function alive()
     return redis.call('EXISTS', KEYS[1]) == 1
   end
+  -- Changes go to the session's channel as a list of netstrings (`<length>:<bytes>`).
+  local function ns(s)
+    return #s .. ':' .. s
+  end
+  local function publish(parts)
+    redis.call('PUBLISH', KEYS[1] .. ':changes', table.concat(parts))
+  end
   """
 
   # ARGV: sid, now, meta, ttl, hlimit, max
@@ -44,12 +53,14 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
             """
 
   # ARGV: sid
-  @delete """
-  if redis.call('EXISTS', KEYS[1]) == 0 then return 'no_session' end
-  redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  return 'ok'
-  """
+  @delete @touch <>
+            """
+            if not alive() then return 'no_session' end
+            redis.call('DEL', KEYS[1], KEYS[2])
+            redis.call('ZREM', KEYS[3], ARGV[1])
+            publish({ns('x')})
+            return 'ok'
+            """
 
   # ARGV: sid, now -> {meta, count}
   @session @touch <>
@@ -107,19 +118,22 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
            if not alive() then return 'no_session' end
            local n = tonumber(ARGV[3])
            local versions = {}
+           local olds = {}
            for i = 0, n - 1 do
              local b = 4 + i * 6
              local f = ARGV[b]
-             local current = redis.call('HMGET', KEYS[1], 'n:' .. f, 'g:' .. f)
+             local current = redis.call('HMGET', KEYS[1], 'n:' .. f, 'g:' .. f, 'v:' .. f)
              if not current[1] then return {'missing', i + 1, ''} end
              if current[2] ~= ARGV[b + 1] then return {'stale', i + 1, ''} end
              if ARGV[b + 2] ~= '' and ARGV[b + 2] ~= current[1] then
                return {'mismatch', i + 1, current[1]}
              end
              versions[i + 1] = tonumber(current[1]) + 1
+             olds[i + 1] = current[3]
            end
            local hlimit = tonumber(redis.call('HGET', KEYS[1], 'hlimit'))
            local out = {'ok'}
+           local changes = {ns('w')}
            for i = 0, n - 1 do
              local b = 4 + i * 6
              local f = ARGV[b]
@@ -129,8 +143,10 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
              redis.call('HSET', KEYS[2], v .. ':' .. f, ARGV[b + 5])
              if v - hlimit >= 1 then redis.call('HDEL', KEYS[2], (v - hlimit) .. ':' .. f) end
              out[#out + 1] = {v, redis.call('HGET', KEYS[1], 'm:' .. f)}
+             changes[#changes + 1] = ns(f) .. ns(tostring(v)) .. ns(olds[i + 1]) .. ns(ARGV[b + 3])
            end
            touch(tonumber(ARGV[2]))
+           publish(changes)
            return out
            """
 
@@ -168,6 +184,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                        redis.call('HDEL', KEYS[2], version .. ':' .. f)
                      end
                      touch(tonumber(ARGV[2]))
+                     publish({ns('d'), ns(f)})
                      return 'ok'
                      """
 
