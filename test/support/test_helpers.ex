@@ -51,6 +51,30 @@ defmodule DSPex.Bridge.TestHelpers do
     end
   end
 
+  @doc """
+  `n` times: takes `var`'s optimizer lock as `optimizer`, reads the integer, writes it plus
+  one with the lock's token (no compare-and-set: only the lock keeps it exact), releases.
+  Also runs on peers.
+  """
+  def lock_increments(session, var, optimizer, n) do
+    alias DSPex.Bridge.{OptimizerCoordinator, SessionStore}
+
+    for _ <- 1..n//1 do
+      {:ok, lock} =
+        OptimizerCoordinator.acquire_lock(var, optimizer, self(),
+          session_id: session,
+          timeout: 120_000
+        )
+
+      {:ok, %{value: v}} = SessionStore.get_variable(session, var)
+
+      {:ok, _} = SessionStore.update_variable(session, var, v + 1, lock_token: lock.token)
+      :ok = OptimizerCoordinator.release_lock(var, optimizer, session_id: session)
+    end
+
+    :ok
+  end
+
   @doc "Creates a session that is deleted when the test ends."
   def session!(opts \\ []) do
     id = unique_id()

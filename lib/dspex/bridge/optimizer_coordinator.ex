@@ -54,6 +54,7 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
 
   alias DSPex.Bridge.{Events, Native, Options}
   alias DSPex.Bridge.HAManager.Router
+  alias DSPex.Bridge.SessionStore.{Backends, RedisBackend}
   alias DSPex.Bridge.OptimizerCoordinator.{Progress, RemoteHolder}
   import DSPex.Bridge.Options, only: [is_id: 1]
 
@@ -191,11 +192,17 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
 
   def acquire_lock(var_id, optimizer_id, optimizer_pid, opts)
       when is_id(var_id) and is_id(optimizer_id) and is_pid(optimizer_pid) do
-    case remote_owner(opts) do
-      nil ->
+    case placement(opts) do
+      :here ->
         acquire_here(var_id, optimizer_id, optimizer_pid, opts)
 
-      owner ->
+      {:redis, session} ->
+        acquire_on_redis(session, var_id, optimizer_id, optimizer_pid, opts)
+
+      {:unknown, error} ->
+        error
+
+      {:owner, owner} ->
         # The wait happens on the owner; the answer comes back here.
         timeout = Keyword.get(opts, :timeout, 5_000)
         wait = if is_integer(timeout), do: timeout + 5_000, else: :infinity
@@ -667,22 +674,85 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   end
 
   # The node that owns the session `opts` names, when another node does.
-  defp remote_owner(opts) when is_list(opts) do
+  # Where the locks of the `session_id:` in `opts` live: here, on the node that owns the
+  # session (HAManager), or on the Redis server for a session of the Redis backend.
+  defp placement(opts) when is_list(opts) do
     # Options are checked later, where they are used: an improper list is not routed.
     case Options.proper_list?(opts) and List.keyfind(opts, :session_id, 0) do
-      {:session_id, s} when s != :global and is_id(s) -> Router.remote_owner(s)
-      _ -> nil
+      {:session_id, s} when s != :global and is_id(s) ->
+        case Router.remote_owner(s) do
+          nil -> redis_or_here(s)
+          owner -> {:owner, owner}
+        end
+
+      _ ->
+        :here
     end
   end
 
-  defp remote_owner(_opts), do: nil
+  defp placement(_opts), do: :here
+
+  # A lock of a session that may be on Redis is never taken here while Redis cannot say.
+  defp redis_or_here(session) do
+    case Backends.redis_session(session) do
+      {:ok, true} -> {:redis, session}
+      {:ok, false} -> :here
+      {:error, _} = error -> {:unknown, error}
+    end
+  end
 
   defp on_owner(opts, fun, args, here) do
-    case remote_owner(opts) do
-      nil -> here.()
-      owner -> Router.call_owner(owner, __MODULE__, fun, args)
+    case placement(opts) do
+      :here -> here.()
+      {:owner, owner} -> Router.call_owner(owner, __MODULE__, fun, args)
+      {:redis, session} -> on_redis(session, fun, args)
+      {:unknown, error} -> error
     end
   end
+
+  # A Redis session's locks: only its owner session may take them (see RedisBackend).
+  defp acquire_on_redis(session, var_id, optimizer_id, optimizer_pid, opts) do
+    with {:ok, o} <- acquire_options(opts, @acquire_defaults),
+         :ok <- redis_owner(o.caller, session),
+         {:ok, _backend} <- Backends.redis() do
+      result = RedisBackend.acquire_lock(session, var_id, optimizer_id, optimizer_pid, o)
+      DSPex.Bridge.Analytics.Recorder.count_lock(match?({:ok, _}, result))
+      result
+    end
+  end
+
+  defp on_redis(session, :release_lock, [var_id, optimizer_id, opts]) do
+    with {:ok, _o} <- options(opts),
+         :ok <- ids(var_id, optimizer_id),
+         {:ok, backend} <- Backends.redis(),
+         do: RedisBackend.release_lock(backend, session, var_id, optimizer_id)
+  end
+
+  defp on_redis(session, :renew_lock, [var_id, optimizer_id, opts]) do
+    with {:ok, o} <- options(opts, %{lease_ms: &Options.pos_ms?/1}),
+         :ok <- ids(var_id, optimizer_id),
+         {:ok, backend} <- Backends.redis(),
+         do:
+           RedisBackend.renew_lock(
+             backend,
+             session,
+             var_id,
+             optimizer_id,
+             Map.get(o, :lease_ms, 300_000)
+           )
+  end
+
+  defp on_redis(session, :get_lock_info, [var_id, opts]) do
+    with {:ok, _o} <- options(opts),
+         :ok <- ids(var_id, :x),
+         {:ok, backend} <- Backends.redis(),
+         do: RedisBackend.lock_info(backend, session, var_id)
+  end
+
+  defp on_redis(_session, fun, _args), do: {:error, {:not_supported, fun}}
+
+  defp redis_owner(caller, session) when caller in [nil, session], do: :ok
+  defp redis_owner(_caller, _session), do: {:error, :access_denied}
 
   # A run's id names the node it lives on (see Progress.start/3).
   defp on_run_node(id, fun, args, here) do

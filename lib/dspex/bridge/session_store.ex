@@ -151,9 +151,11 @@ defmodule DSPex.Bridge.SessionStore do
 
   defp create_on(:local, meta) do
     # A session of this id on Redis would hide behind a local one.
-    if Backends.on_redis?(meta.id),
-      do: {:error, {:session_exists, meta.id}},
-      else: start_session(Map.put(meta, :core, Native.session_new()), :empty, :created)
+    case Backends.on_redis(meta.id) do
+      {:ok, false} -> start_session(Map.put(meta, :core, Native.session_new()), :empty, :created)
+      {:ok, true} -> {:error, {:session_exists, meta.id}}
+      error -> error
+    end
   end
 
   defp create_on(:redis, meta) do

@@ -93,6 +93,30 @@ defmodule DSPex.Bridge.RedisBackendClusterTest do
     assert_receive {:dspex_variable_deleted, ^id, :w}, 5_000
   end
 
+  test "3 nodes x 32 processes x 200 lock, read, write, unlock cycles on one variable: an exact count",
+       %{nodes: nodes} do
+    id = new_session(hd(nodes))
+    {:ok, _} = on(hd(nodes), :register_variable, [id, :count, :integer, 0, []])
+    started = System.monotonic_time(:millisecond)
+
+    tasks =
+      for node <- nodes, i <- 1..32 do
+        optimizer = "#{node}/#{i}"
+        args = [id, :count, optimizer, 200]
+
+        Task.async(fn ->
+          :erpc.call(node, DSPex.Bridge.TestHelpers, :lock_increments, args, 200_000)
+        end)
+      end
+
+    Enum.each(tasks, &(:ok = Task.await(&1, 210_000)))
+    elapsed = System.monotonic_time(:millisecond) - started
+    IO.puts("\n  19,200 lock cycles over 3 nodes took #{elapsed} ms")
+
+    assert {:ok, %Variable{value: 19_200, version: 19_201}} =
+             on(hd(nodes), :get_variable, [id, :count, []])
+  end
+
   test "a variable re-registered on one node is never written through another node's old schema",
        %{nodes: [a, b, _c]} do
     id = new_session(a)

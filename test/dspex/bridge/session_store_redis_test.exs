@@ -47,10 +47,15 @@ defmodule DSPex.Bridge.SessionStoreRedisTest do
 
     assert {:error, {:not_supported, :export_session}} = SessionStore.export_session(id)
 
-    assert {:error, {:not_supported, :lock_tokens}} =
-             SessionStore.update_variable(id, :x, 2, lock_token: 1)
+    # A token is good only while its lock is held.
+    assert {:error, :stale_token} = SessionStore.update_variable(id, :x, 2, lock_token: 1)
+    {:ok, _} = SessionStore.register_variable(id, :y, :integer, 1)
 
-    assert {:ok, [%Variable{name: :x, version: 1}]} = SessionStore.list_variables(id)
+    assert {:error, {:not_supported, DSPex.Bridge.DependencyManager}} =
+             DSPex.Bridge.DependencyManager.add_dependency(id, :x, :y)
+
+    assert {:ok, [%Variable{name: :x, version: 1}, %Variable{name: :y}]} =
+             SessionStore.list_variables(id)
   end
 
   test "a session outlives this node's view of it: another connection sees it", %{server: server} do

@@ -43,12 +43,20 @@ defmodule DSPex.Bridge.SessionStore.Backends do
   end
 
   @doc false
-  # True when a session `id` lives on the Redis backend (false when none runs).
-  def on_redis?(id) do
+  # `{:ok, true}` when a session `id` lives on the Redis backend, `{:ok, false}` when not
+  # (or none runs here), or the error that kept it from knowing: a caller must then fail,
+  # not fall back to this node.
+  def on_redis(id, cached \\ false) do
     case RedisBackend.lookup() do
-      nil -> false
-      backend -> RedisBackend.exists?(backend, id)
+      nil -> {:ok, false}
+      backend -> RedisBackend.located(backend, id, cached)
     end
+  end
+
+  @doc false
+  # The same for a session that is not this node's own, remembered once found.
+  def redis_session(id) do
+    if :ets.member(SessionStore.Tables.sessions(), id), do: {:ok, false}, else: on_redis(id, true)
   end
 
   @doc false
@@ -93,16 +101,18 @@ defmodule DSPex.Bridge.SessionStore.Backends do
   defp owner?(id, opts) when is_list(opts), do: Keyword.get(opts, :caller, id) == id
   defp owner?(_id, _not_opts), do: true
 
-  defp denied_or_missing(backend, id) do
-    if RedisBackend.exists?(backend, id),
-      do: {:error, :access_denied},
-      else: {:error, :session_not_found}
-  end
+  defp denied_or_missing(backend, id),
+    do: if_exists(backend, id, fn -> {:error, :access_denied} end)
 
-  defp unsupported(backend, id, what) do
-    if RedisBackend.exists?(backend, id),
-      do: {:error, {:not_supported, what}},
-      else: {:error, :session_not_found}
+  defp unsupported(backend, id, what),
+    do: if_exists(backend, id, fn -> {:error, {:not_supported, what}} end)
+
+  defp if_exists(backend, id, fun) do
+    case RedisBackend.located(backend, id) do
+      {:ok, true} -> fun.()
+      {:ok, false} -> {:error, :session_not_found}
+      error -> error
+    end
   end
 
   defp session_call(b, :delete_session, [id, _opts]), do: RedisBackend.delete_session(b, id)
@@ -138,16 +148,11 @@ defmodule DSPex.Bridge.SessionStore.Backends do
   defp session_call(_b, :watch, [id, name, opts]),
     do: RedisBackend.watch(id, name, Keyword.get(opts, :pid, self()))
 
-  defp session_call(b, :unwatch, [id, name, opts]) do
-    if RedisBackend.exists?(b, id),
-      do: RedisBackend.unwatch(id, name, Keyword.get(opts, :pid, self())),
-      else: {:error, :session_not_found}
-  end
+  defp session_call(b, :unwatch, [id, name, opts]),
+    do: if_exists(b, id, fn -> RedisBackend.unwatch(id, name, Keyword.get(opts, :pid, self())) end)
 
   # No propagation runs on Redis sessions: there is nothing to wait for.
-  defp session_call(b, :await_propagation, [id, _opts]) do
-    if RedisBackend.exists?(b, id), do: :ok, else: {:error, :session_not_found}
-  end
+  defp session_call(b, :await_propagation, [id, _opts]), do: if_exists(b, id, fn -> :ok end)
 
   defp session_call(b, fun, [id | _]), do: unsupported(b, id, fun)
 end

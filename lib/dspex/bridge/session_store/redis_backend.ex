@@ -23,9 +23,18 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     ...}`); when the server goes away their watch ends with `{:dspex_watch_lost, session,
     name, :backend_unavailable}`. The expiry of an idle session is not announced.
 
+  * Optimizer locks (`DSPex.Bridge.OptimizerCoordinator` with `session_id:` a Redis
+    session) live on the server and exclude holders on every node: each grant takes the
+    next value of a per-variable counter as its fencing token; the write script refuses a
+    write to a locked variable without the holder's token, and any token whose lock is no
+    longer held (a paused holder whose lease ran out). Waiters are served by priority, then
+    first come first served, across nodes; a dead holder's lock goes to the next waiter at
+    once (its node's monitor), and a dead node's locks when their lease runs out.
+    `conflict_resolution: :preempt` is not supported yet, nor are optimization runs.
+
   Not yet on this backend (they return `{:error, {:not_supported, what}}`): computed
   variables, access rules other than `:private` (only the owner may use a Redis session),
-  dependencies, export/import and optimizer locks.
+  dependencies and export/import.
 
   ## Starting it
 
@@ -43,7 +52,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   use GenServer
 
   alias DSPex.Bridge.{CircuitBreaker, Options, Redis, Variable, VariableType}
-  alias DSPex.Bridge.SessionStore.RedisBackend.{Scripts, Watchers}
+  alias DSPex.Bridge.SessionStore.RedisBackend.{Locks, Scripts, Watchers}
 
   @default_prefix "dspex:"
   # A write whose variable was re-registered between validation and script is validated
@@ -99,7 +108,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     with {:ok, conn} <- Redis.connect(o.url, connect_opts),
          :ok <- CircuitBreaker.start_breaker(@breaker, @breaker_opts) do
       # Registration generations of the variables this node has seen: a schema is fixed
-      # at registration, so it is cached until the server says it was replaced.
+      # at registration, so it is cached until the server says it was replaced. Also the
+      # sessions found on the server ({:session, id}, see located/3).
       schemas = :ets.new(:dspex_redis_schemas, [:public, read_concurrency: true])
       backend = %{conn: conn, prefix: Map.get(o, :prefix, @default_prefix), schemas: schemas}
       :persistent_term.put(__MODULE__, backend)
@@ -111,7 +121,9 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
          connect_opts: connect_opts,
          sub: nil,
          channels: %{},
-         watchers: Watchers.new()
+         watchers: Watchers.new(),
+         grants: nil,
+         locks: Locks.new()
        }}
     else
       {:error, reason} -> {:stop, {:redis_connect_failed, reason}}
@@ -141,12 +153,32 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     end
   end
 
+  def handle_call({:acquire, _, _, _, _, _} = request, from, state) do
+    {:ok, state} = subscribed_grants(state)
+    request = Tuple.delete_at(request, 0)
+
+    case Locks.acquire(state.locks, state.backend, from, request) do
+      {:reply, reply, locks} -> {:reply, reply, %{state | locks: locks}}
+      {:noreply, locks} -> {:noreply, %{state | locks: locks}}
+    end
+  end
+
   def handle_call({:unwatch, id, name, pid}, _from, state) do
     state = %{state | watchers: Watchers.remove(state.watchers, id, name, pid)}
     {:reply, :ok, unsubscribe_unwatched(state)}
   end
 
   @impl true
+  def handle_cast({:lock_released, id, var, who}, state),
+    do: {:noreply, %{state | locks: Locks.released(state.locks, id, var, who)}}
+
+  @impl true
+  def handle_info(
+        {:dspex_redis_message, sub, channel, payload},
+        %{sub: sub, grants: channel} = state
+      ),
+      do: {:noreply, %{state | locks: Locks.granted(state.locks, payload)}}
+
   def handle_info({:dspex_redis_message, sub, channel, payload}, %{sub: sub} = state)
       when is_binary(channel) do
     case state.channels do
@@ -163,11 +195,22 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   # the next watch dials a new one.
   def handle_info({:dspex_redis_message, sub, :closed}, %{sub: sub} = state) do
     watchers = Watchers.lose_all(state.watchers, :backend_unavailable)
-    {:noreply, %{state | sub: nil, channels: %{}, watchers: watchers}}
+    {:noreply, %{state | sub: nil, channels: %{}, watchers: watchers, grants: nil}}
   end
 
-  def handle_info({:DOWN, _ref, :process, pid, _reason}, state) do
-    state = %{state | watchers: Watchers.down(state.watchers, pid)}
+  def handle_info({:lock_timeout, member}, state),
+    do: {:noreply, %{state | locks: Locks.timed_out(state.locks, state.backend, member)}}
+
+  # Waiters left without a grant (their holder's lease ran out, or the grant's message was
+  # lost with a subscriber connection) ask again.
+  def handle_info({:lock_poke, member}, state) do
+    {:ok, state} = subscribed_grants(state)
+    {:noreply, %{state | locks: Locks.poke(state.locks, state.backend, member)}}
+  end
+
+  def handle_info({:DOWN, ref, :process, pid, _reason}, state) do
+    locks = Locks.down(state.locks, state.backend, ref)
+    state = %{state | watchers: Watchers.down(state.watchers, pid), locks: locks}
     {:noreply, unsubscribe_unwatched(state)}
   end
 
@@ -175,10 +218,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   def handle_info(_other, state), do: {:noreply, state}
 
   defp subscribed(%{sub: nil} = state, id) do
-    case Redis.subscriber(state.url, state.connect_opts) do
-      {:ok, sub} -> subscribed(%{state | sub: sub}, id)
-      {:error, _} -> {:error, :backend_unavailable, state}
-    end
+    with {:ok, state} <- ensure_sub(state), do: subscribed(state, id)
   end
 
   defp subscribed(state, id) do
@@ -194,6 +234,30 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     end
   end
 
+  # This node's grants channel, subscribed before any lock wait starts. Without a
+  # subscriber (Redis is away) waits still end: by poke or timeout.
+  defp subscribed_grants(%{grants: channel} = state) when is_binary(channel), do: {:ok, state}
+
+  defp subscribed_grants(state) do
+    channel = Locks.grants_channel(state.backend, state.locks.node_id)
+
+    with {:ok, state} <- ensure_sub(state),
+         :ok <- Redis.subscribe(state.sub, [channel]) do
+      {:ok, %{state | grants: channel}}
+    else
+      _ -> {:ok, state}
+    end
+  end
+
+  defp ensure_sub(%{sub: nil} = state) do
+    case Redis.subscriber(state.url, state.connect_opts) do
+      {:ok, sub} -> {:ok, %{state | sub: sub}}
+      {:error, _} -> {:error, :backend_unavailable, state}
+    end
+  end
+
+  defp ensure_sub(state), do: {:ok, state}
+
   defp unsubscribe_unwatched(state) do
     {gone, kept} =
       Enum.split_with(state.channels, fn {_channel, id} ->
@@ -205,6 +269,21 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   end
 
   defp channel(backend, id), do: session_key(backend, id) <> ":changes"
+
+  @doc false
+  # OptimizerCoordinator's calls for a Redis session (options already checked).
+  def acquire_lock(id, var, optimizer, pid, o),
+    do: GenServer.call(__MODULE__, {:acquire, id, var, optimizer, pid, o}, o.timeout + 15_000)
+
+  @doc false
+  def release_lock(backend, id, var, optimizer), do: Locks.release(backend, id, var, optimizer)
+
+  @doc false
+  def renew_lock(backend, id, var, optimizer, lease_ms),
+    do: Locks.renew(backend, id, var, optimizer, lease_ms)
+
+  @doc false
+  def lock_info(backend, id, var), do: Locks.info(backend, id, var)
 
   @doc false
   def watch(id, name, pid), do: GenServer.call(__MODULE__, {:watch, id, name, pid}, 15_000)
@@ -247,6 +326,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     case run(backend, Scripts.delete(), id, []) do
       {:ok, "ok"} ->
         :ets.match_delete(backend.schemas, {{id, :_}, :_, :_})
+        :ets.delete(backend.schemas, {:session, id})
         :ok
 
       error ->
@@ -263,7 +343,27 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   end
 
   @doc false
-  def exists?(backend, id), do: match?({:ok, _}, get_session(backend, id))
+  # `{:ok, true | false}`, or the error that kept it from knowing.
+  # A session found once is remembered (unless `cached` is false): its backend never
+  # changes, and a later call on it after its deletion still learns `:session_not_found`
+  # from the server.
+  def located(backend, id, cached \\ true) do
+    if cached and :ets.member(backend.schemas, {:session, id}) do
+      {:ok, true}
+    else
+      case get_session(backend, id) do
+        {:ok, _} ->
+          :ets.insert(backend.schemas, {{:session, id}, 0, nil})
+          {:ok, true}
+
+        {:error, :session_not_found} ->
+          {:ok, false}
+
+        error ->
+          error
+      end
+    end
+  end
 
   @doc false
   def list_sessions(backend) do
@@ -396,8 +496,9 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   defp attempt(updates, backend, id, opts, change, retries) do
     names = Enum.map(updates, &elem(&1, 0))
 
-    with :ok <- no_lock_tokens(opts),
-         :ok <- no_duplicates(updates),
+    tokens = Map.get(opts, :lock_tokens, %{})
+
+    with :ok <- no_duplicates(updates),
          {:ok, schemas} <- schemas(backend, id, names),
          {:ok, writes} <- prepare(updates, schemas, opts, change),
          {:ok, metadata} <- merged_metadata(backend, id, names, opts[:metadata] || %{}) do
@@ -412,7 +513,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
               expected,
               blob({stored, now}),
               Map.get(metadata, name, ""),
-              blob({stored, now, change})
+              blob({stored, now, change}),
+              Map.get(tokens, name, "")
             ]
           end)
 
@@ -443,6 +545,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   defp script_error("missing", name, _), do: {:variable_not_found, name}
   defp script_error("stale", name, _), do: {:variable_replaced, name}
   defp script_error("mismatch", _name, current), do: {:version_mismatch, String.to_integer(current)}
+  defp script_error("stale_token", _name, _), do: :stale_token
+  defp script_error("locked", _name, who), do: {:locked_by, :erlang.binary_to_term(who)}
 
   # A write with `metadata:` merges it into the current metadata, read first: name ->
   # the merged blob. (Two nodes merging metadata into one variable at once may lose one
@@ -452,12 +556,6 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   defp merged_metadata(backend, id, names, metadata) do
     with {:ok, vars} <- read_tagged(backend, id, names),
          do: {:ok, Map.new(vars, &{&1.name, blob(Map.merge(&1.metadata, metadata))})}
-  end
-
-  defp no_lock_tokens(opts) do
-    if Map.get(opts, :lock_tokens, %{}) == %{},
-      do: :ok,
-      else: {:error, {:not_supported, :lock_tokens}}
   end
 
   defp no_duplicates(updates) do
@@ -608,8 +706,11 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
 
   defp blob(term), do: :erlang.term_to_binary(term)
 
+  # Not `[:safe]`: the server is trusted like a database, and a node must read what
+  # another stored although no code of its own has made an atom in it yet (a value of a
+  # `:choice`, a metadata key). Nothing from outside the VM (Python) can store an atom.
   defp unblob(binary) when is_binary(binary) do
-    {:ok, :erlang.binary_to_term(binary, [:safe])}
+    {:ok, :erlang.binary_to_term(binary)}
   rescue
     ArgumentError -> {:error, {:backend_corrupt, :undecodable}}
   end
@@ -623,9 +724,20 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   defp run(backend, script, id, args) do
     key = session_key(backend, id)
     keys = [key, key <> ":h", index_key(backend)]
+    run_script(backend, script, keys, [encode_id(id), System.system_time(:millisecond) | args])
+  end
 
-    args = [encode_id(id), System.system_time(:millisecond) | args]
+  @doc false
+  # The keys of a variable's lock (see LockScripts).
+  def lock_keys(backend, id, var) do
+    key = session_key(backend, id)
+    f = encode_id(var)
+    [key, key <> ":lock:" <> f, key <> ":fence:" <> f, key <> ":q:" <> f, key <> ":qi:" <> f]
+  end
 
+  @doc false
+  # Any script, through the breaker.
+  def run_script(backend, script, keys, args) do
     call = fn -> backend.conn |> Redis.eval(script, keys, args) |> result() end
 
     case CircuitBreaker.call(@breaker, call, classify: &classify/1) do

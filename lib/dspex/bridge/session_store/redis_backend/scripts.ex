@@ -111,7 +111,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
           """
 
   # ARGV: sid, now, n, then per variable: f, gen, expected ('' for any), value, metadata ('' to
-  # keep), history entry. All or nothing: every check runs before the first write.
+  # keep), history entry, lock token ('' for none). All or nothing: every check runs before
+  # the first write.
   # -> {'ok', {version, metadata}...} or {reason, index, detail}
   @write @touch <>
            """
@@ -120,11 +121,22 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
            local versions = {}
            local olds = {}
            for i = 0, n - 1 do
-             local b = 4 + i * 6
+             local b = 4 + i * 7
              local f = ARGV[b]
              local current = redis.call('HMGET', KEYS[1], 'n:' .. f, 'g:' .. f, 'v:' .. f)
              if not current[1] then return {'missing', i + 1, ''} end
              if current[2] ~= ARGV[b + 1] then return {'stale', i + 1, ''} end
+             -- Fencing: a locked variable takes writes with its holder's token only, and a
+             -- token is good only while its lock is held (a late write of an expired
+             -- holder is refused however long it was paused).
+             local held = redis.call('HMGET', KEYS[1] .. ':lock:' .. f, 'token', 'who')
+             local token = ARGV[b + 6]
+             if held[1] then
+               if token == '' then return {'locked', i + 1, held[2]} end
+               if token ~= held[1] then return {'stale_token', i + 1, ''} end
+             elseif token ~= '' then
+               return {'stale_token', i + 1, ''}
+             end
              if ARGV[b + 2] ~= '' and ARGV[b + 2] ~= current[1] then
                return {'mismatch', i + 1, current[1]}
              end
@@ -135,7 +147,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
            local out = {'ok'}
            local changes = {ns('w')}
            for i = 0, n - 1 do
-             local b = 4 + i * 6
+             local b = 4 + i * 7
              local f = ARGV[b]
              local v = versions[i + 1]
              redis.call('HSET', KEYS[1], 'v:' .. f, ARGV[b + 3], 'n:' .. f, v)

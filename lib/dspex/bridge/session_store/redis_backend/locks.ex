@@ -1,0 +1,257 @@
+defmodule DSPex.Bridge.SessionStore.RedisBackend.Locks do
+  @moduledoc false
+  # Fenced optimizer locks of Redis sessions, this node's side (LockScripts has the
+  # server's). The backend process runs the waits: a waiter's call is answered when its
+  # grant is published to this node, or at its timeout; it monitors holders and waiters, so
+  # a dead one's lock goes to the next waiter at once. A holder on a node that died loses
+  # the lock when its lease runs out: the waiters' nodes poke the server at that time.
+  #
+  # Functions here take and return the backend process's lock state (`t`); those that run
+  # in a caller's process (release, renew, info) say so.
+
+  alias DSPex.Bridge.OptimizerCoordinator
+  alias DSPex.Bridge.SessionStore.RedisBackend
+  alias DSPex.Bridge.SessionStore.RedisBackend.LockScripts
+
+  defstruct [:node_id, seq: 0, waiters: %{}, held: %{}]
+
+  @type t :: %__MODULE__{
+          node_id: binary(),
+          seq: non_neg_integer(),
+          # member => %{from, session, var, optimizer, who, pid, monitor, timer, poke}
+          waiters: %{binary() => map()},
+          # member => %{session, var, optimizer, who, pid, monitor}
+          held: %{binary() => map()}
+        }
+
+  # Arrival within one priority, in ms since the epoch: below 2^42 until the year 2109, so
+  # priorities of -1000..1000 order exactly in a double score.
+  @priority_step 4_398_046_511_104
+
+  def new, do: %__MODULE__{node_id: Base.encode16(:crypto.strong_rand_bytes(8), case: :lower)}
+
+  @doc false
+  def grants_channel(backend, node_id), do: backend.prefix <> "grants:" <> node_id
+
+  # In the backend process. Returns {:reply, result, t} or {:noreply, t}.
+  def acquire(%__MODULE__{} = locks, backend, from, {session, var, optimizer, pid, o}) do
+    cond do
+      o.conflict_resolution == :preempt ->
+        {:reply, {:error, {:not_supported, :preempt}}, locks}
+
+      node(pid) == node() and not Process.alive?(pid) ->
+        {:reply, {:error, {:holder_down, pid}}, locks}
+
+      true ->
+        locks = %{locks | seq: locks.seq + 1}
+        member = locks.node_id <> "|" <> Integer.to_string(locks.seq)
+        now = System.system_time(:millisecond)
+        who = :erlang.term_to_binary(optimizer)
+        score = -o.priority * @priority_step + now
+        mode = if o.conflict_resolution == :abort, do: "abort", else: "wait"
+        args = [RedisBackend.encode_id(var), member, who, o.lease_ms, now + o.timeout, score, mode]
+        entry = %{session: session, var: var, optimizer: optimizer, who: who, pid: pid}
+
+        case run(backend, LockScripts.acquire(), session, var, args) do
+          {:ok, ["granted", token]} ->
+            {:reply, {:ok, lock(entry, token)}, hold(locks, member, entry)}
+
+          {:ok, ["held", holder]} ->
+            {:reply, {:error, {:lock_held_by, decode(holder)}}, locks}
+
+          {:ok, ["queued", pttl]} ->
+            waiter =
+              Map.merge(entry, %{
+                from: from,
+                monitor: Process.monitor(pid),
+                timer: Process.send_after(self(), {:lock_timeout, member}, o.timeout),
+                poke: poke_after(member, pttl)
+              })
+
+            {:noreply, %{locks | waiters: Map.put(locks.waiters, member, waiter)}}
+
+          {:ok, "missing"} ->
+            {:reply, {:error, {:variable_not_found, var}}, locks}
+
+          {:error, _} = error ->
+            {:reply, error, locks}
+        end
+    end
+  end
+
+  # A grant published for this node: `<member>|<token>`.
+  def granted(%__MODULE__{} = locks, payload) do
+    with [token, member] <- payload |> String.reverse() |> String.split("|", parts: 2),
+         {token, ""} <- token |> String.reverse() |> Integer.parse() do
+      member = String.reverse(member)
+
+      case Map.pop(locks.waiters, member) do
+        # Nobody here waits for it any more: its timeout (or death) already gave it back.
+        {nil, _} ->
+          locks
+
+        {waiter, waiters} ->
+          stop_timers(waiter)
+          GenServer.reply(waiter.from, {:ok, lock(waiter, token)})
+          locks = %{locks | waiters: waiters}
+          %{locks | held: Map.put(locks.held, member, Map.take(waiter, held_keys()))}
+      end
+    else
+      _ -> locks
+    end
+  end
+
+  def timed_out(%__MODULE__{} = locks, backend, member) do
+    case Map.pop(locks.waiters, member) do
+      {nil, _} ->
+        locks
+
+      {waiter, waiters} ->
+        Process.demonitor(waiter.monitor, [:flush])
+        if waiter.poke, do: Process.cancel_timer(waiter.poke)
+        # A grant that raced the timeout is given back by the same script.
+        drop(backend, locks, member, waiter.session, waiter.var)
+        GenServer.reply(waiter.from, {:error, :timeout})
+        %{locks | waiters: waiters}
+    end
+  end
+
+  def poke(%__MODULE__{} = locks, backend, member) do
+    case locks.waiters do
+      %{^member => waiter} ->
+        args = [RedisBackend.encode_id(waiter.var)]
+
+        pttl =
+          case run(backend, LockScripts.poke(), waiter.session, waiter.var, args) do
+            {:ok, pttl} when is_integer(pttl) -> pttl
+            _ -> -1
+          end
+
+        waiter = %{waiter | poke: poke_after(member, pttl)}
+        %{locks | waiters: Map.put(locks.waiters, member, waiter)}
+
+      _ ->
+        locks
+    end
+  end
+
+  # A holder or waiter died: what it held or waited for goes to the next waiter.
+  def down(%__MODULE__{} = locks, backend, ref) do
+    {dead_waiters, waiters} = Enum.split_with(locks.waiters, fn {_, w} -> w.monitor == ref end)
+    {dead_holders, held} = Enum.split_with(locks.held, fn {_, h} -> h.monitor == ref end)
+
+    for {member, entry} <- dead_waiters ++ dead_holders do
+      if Map.has_key?(entry, :from), do: stop_timers(entry)
+      drop(backend, locks, member, entry.session, entry.var)
+    end
+
+    %{locks | waiters: Map.new(waiters), held: Map.new(held)}
+  end
+
+  # A release made in a caller: forget the holder's monitor.
+  def released(%__MODULE__{} = locks, session, var, who) do
+    {gone, held} =
+      Enum.split_with(locks.held, fn {_, h} -> {h.session, h.var, h.who} == {session, var, who} end)
+
+    for {_, h} <- gone, do: Process.demonitor(h.monitor, [:flush])
+    %{locks | held: Map.new(held)}
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # in the caller's process
+
+  def release(backend, session, var, optimizer) do
+    who = :erlang.term_to_binary(optimizer)
+
+    case run(backend, LockScripts.release(), session, var, [who]) do
+      {:ok, "ok"} ->
+        GenServer.cast(RedisBackend, {:lock_released, session, var, who})
+        :ok
+
+      {:ok, "not_owner"} ->
+        {:error, :not_lock_owner}
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  def renew(backend, session, var, optimizer, lease_ms) do
+    who = :erlang.term_to_binary(optimizer)
+
+    case run(backend, LockScripts.renew(), session, var, [who, lease_ms]) do
+      {:ok, "ok"} -> :ok
+      {:ok, "not_owner"} -> {:error, :not_lock_owner}
+      {:error, _} = error -> error
+    end
+  end
+
+  def info(backend, session, var) do
+    case run(backend, LockScripts.info(), session, var, []) do
+      {:ok, [nil, _, _, waiters]} ->
+        {:ok, %{holder: nil, waiters: waiters}}
+
+      {:ok, [who, token, pttl, waiters]} ->
+        holder = %{optimizer_id: decode(who), token: String.to_integer(token), lease_left_ms: pttl}
+        {:ok, %{holder: holder, waiters: waiters}}
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  # ---------------------------------------------------------------------------------------
+
+  defp hold(locks, member, entry) do
+    already =
+      Enum.any?(locks.held, fn {_, h} ->
+        {h.session, h.var, h.who} == {entry.session, entry.var, entry.who}
+      end)
+
+    if already,
+      do: locks,
+      else: %{
+        locks
+        | held: Map.put(locks.held, member, Map.put(entry, :monitor, Process.monitor(entry.pid)))
+      }
+  end
+
+  defp held_keys, do: [:session, :var, :optimizer, :who, :pid, :monitor]
+
+  defp stop_timers(waiter) do
+    Process.cancel_timer(waiter.timer)
+    if waiter.poke, do: Process.cancel_timer(waiter.poke)
+  end
+
+  # Poke when the holder's lease ends (-2: no holder, -1: no lease: soon, to be sure).
+  defp poke_after(member, pttl) when is_integer(pttl) and pttl > 0,
+    do: Process.send_after(self(), {:lock_poke, member}, pttl + 1)
+
+  defp poke_after(member, _pttl), do: Process.send_after(self(), {:lock_poke, member}, 50)
+
+  defp drop(backend, _locks, member, session, var),
+    do: run(backend, LockScripts.drop_member(), session, var, [member])
+
+  defp lock(entry, token) do
+    %OptimizerCoordinator.Lock{
+      session_id: entry.session,
+      var_id: entry.var,
+      optimizer_id: entry.optimizer,
+      token: token,
+      acquired_at: System.system_time(:millisecond)
+    }
+  end
+
+  defp decode(who), do: :erlang.binary_to_term(who)
+
+  defp run(backend, script, session, var, args) do
+    keys = RedisBackend.lock_keys(backend, session, var)
+
+    RedisBackend.run_script(backend, script, keys, [
+      grants_prefix(backend),
+      System.system_time(:millisecond) | args
+    ])
+  end
+
+  defp grants_prefix(backend), do: backend.prefix <> "grants:"
+end
