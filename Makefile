@@ -57,6 +57,7 @@ bench: python
 	MIX_ENV=prod mix run benches/coordinator.exs
 	MIX_ENV=prod mix run benches/analytics.exs
 	MIX_ENV=prod mix run benches/python_bridge.exs
+	MIX_ENV=prod mix run benches/redis_backend.exs
 	MIX_ENV=prod elixir --erl "+sbwt none +sbwtdcpu none +sbwtdio none" -S mix run benches/ha.exs
 
 clean:
