@@ -266,6 +266,67 @@ defmodule DSPex.Bridge.SessionStoreSuite do
         end
       end
 
+      describe "export and import on #{@suite_backend}" do
+        test "round trip keeps variables, versions, constraints and history" do
+          s = suite_session!(history_limit: 10, metadata: %{team: "x"})
+          {:ok, _} = SessionStore.register_variable(s, :t, :float, 0.5, constraints: [max: 1.0])
+          {:ok, _} = SessionStore.register_variable(s, "emb", :embedding, [1.0, 2.0])
+          {:ok, _} = SessionStore.update_variable(s, :t, 0.75)
+          {:ok, bin} = SessionStore.export_session(s)
+
+          copy = TestHelpers.unique_id("copy")
+
+          assert {:ok, ^copy} =
+                   SessionStore.import_session(bin, session_id: copy, backend: @suite_backend)
+
+          on_exit(fn -> SessionStore.delete_session(copy) end)
+
+          {:ok, original} = SessionStore.list_variables(s)
+          {:ok, imported} = SessionStore.list_variables(copy)
+          assert Enum.map(imported, &%{&1 | session_id: s}) == original
+          assert SessionStore.get_history(copy, :t) == SessionStore.get_history(s, :t)
+
+          assert {:ok, %{metadata: %{team: "x"}, history_limit: 10}} =
+                   SessionStore.get_session(copy)
+
+          # The import is a live session: constraints still hold and versions continue.
+          assert {:error, {:invalid_value, _}} = SessionStore.update_variable(copy, :t, 2.0)
+          assert {:ok, %Variable{version: 3}} = SessionStore.update_variable(copy, :t, 0.1)
+        end
+
+        test "importing over an existing session is refused and leaves it alone" do
+          s = suite_session!()
+          {:ok, _} = SessionStore.register_variable(s, :x, :integer, 1)
+          {:ok, bin} = SessionStore.export_session(s)
+          {:ok, _} = SessionStore.update_variable(s, :x, 2)
+
+          assert {:error, {:session_exists, ^s}} =
+                   SessionStore.import_session(bin, backend: @suite_backend)
+
+          assert {:ok, 2} = SessionStore.get_value(s, :x)
+        end
+
+        test "json values survive export and import, and rollback" do
+          s = suite_session!()
+          demos = [%{"question" => "2+2?", "answer" => "4"}]
+          {:ok, _} = SessionStore.register_variable(s, "demos", :json, demos)
+          {:ok, _} = SessionStore.update_variable(s, "demos", [])
+          {:ok, bin} = SessionStore.export_session(s)
+
+          {:ok, copy} =
+            SessionStore.import_session(bin,
+              session_id: TestHelpers.unique_id(),
+              backend: @suite_backend
+            )
+
+          on_exit(fn -> SessionStore.delete_session(copy) end)
+          assert {:ok, []} = SessionStore.get_value(copy, "demos")
+
+          assert {:ok, %{value: ^demos, version: 3}} =
+                   SessionStore.rollback_variable(copy, "demos", 1)
+        end
+      end
+
       describe "history and rollback on #{@suite_backend}" do
         test "keeps the last history_limit versions, newest first" do
           s = suite_session!(history_limit: 3)

@@ -581,17 +581,45 @@ defmodule DSPex.Bridge.SessionStore do
 
   @doc """
   Recreates a session from `export_session/1` output. The frame, checksum and every variable
-  are verified before anything is stored. Options: `session_id:` to import under another id.
+  are verified before anything is stored. Options: `session_id:` to import under another id;
+  `backend:` `:local` or `:redis` (default: the configured default). A snapshot of either
+  backend imports into either, so this moves a session between them.
   """
   @spec import_session(binary(), keyword()) :: {:ok, session_id()} | {:error, reason()}
   def import_session(binary, opts \\ []) do
-    with {:ok, o} <- Options.take(opts, %{session_id: &Options.id?/1}),
+    spec = %{session_id: &Options.id?/1, backend: fn _ -> true end}
+
+    with {:ok, o} <- Options.take(opts, spec),
+         backend = Map.get(o, :backend, Backends.default()),
+         :ok <- Backends.check_backend(backend),
          {:ok, meta, vars, hist} <- Codec.decode(binary) do
       # meta.core was rebuilt from the snapshot's edges by the codec.
       id = Map.get(o, :session_id, meta.id)
       vars = Enum.map(vars, &%{&1 | session_id: id})
-      start_session(%{meta | id: id}, {:import, vars, hist}, :created)
+      import_on(backend, %{meta | id: id}, vars, hist)
     end
+  end
+
+  defp import_on(:local, meta, vars, hist) do
+    case Backends.on_redis(meta.id) do
+      {:ok, false} -> start_session(meta, {:import, vars, hist}, :created)
+      {:ok, true} -> {:error, {:session_exists, meta.id}}
+      error -> error
+    end
+  end
+
+  defp import_on(:redis, meta, vars, hist) do
+    with {:ok, backend} <- Backends.redis(),
+         :ok <- absent_here(meta.id),
+         :ok <- no_edges(meta.core) do
+      RedisBackend.import_session(backend, meta, vars, hist)
+    end
+  end
+
+  defp no_edges(core) do
+    if Native.graph_edges(core) == [],
+      do: :ok,
+      else: {:error, {:not_supported, :dependencies}}
   end
 
   @doc false

@@ -45,8 +45,6 @@ defmodule DSPex.Bridge.SessionStoreRedisTest do
     assert {:error, {:not_supported, :access_mode}} =
              SessionStore.register_variable(id, :z, :integer, 1, access_mode: :public)
 
-    assert {:error, {:not_supported, :export_session}} = SessionStore.export_session(id)
-
     # A token is good only while its lock is held.
     assert {:error, :stale_token} = SessionStore.update_variable(id, :x, 2, lock_token: 1)
     {:ok, _} = SessionStore.register_variable(id, :y, :integer, 1)
@@ -56,6 +54,46 @@ defmodule DSPex.Bridge.SessionStoreRedisTest do
 
     assert {:ok, [%Variable{name: :x, version: 1}, %Variable{name: :y}]} =
              SessionStore.list_variables(id)
+  end
+
+  test "a session moves between the backends by export and import" do
+    local = session!(history_limit: 5)
+    {:ok, _} = SessionStore.register_variable(local, :t, :float, 0.5, constraints: [max: 1.0])
+    {:ok, _} = SessionStore.update_variable(local, :t, 0.7)
+    {:ok, bin} = SessionStore.export_session(local)
+
+    on_redis = unique_id("to_redis")
+
+    assert {:ok, ^on_redis} =
+             SessionStore.import_session(bin, session_id: on_redis, backend: :redis)
+
+    on_exit(fn -> SessionStore.delete_session(on_redis) end)
+    refute :ets.member(:dspex_bridge_sessions, on_redis)
+    assert {:ok, %Variable{value: 0.7, version: 2}} = SessionStore.get_variable(on_redis, :t)
+    assert SessionStore.get_history(on_redis, :t) == SessionStore.get_history(local, :t)
+
+    {:ok, _} = SessionStore.update_variable(on_redis, :t, 0.9)
+    {:ok, back} = SessionStore.export_session(on_redis)
+    home = unique_id("back_home")
+    assert {:ok, ^home} = SessionStore.import_session(back, session_id: home, backend: :local)
+    on_exit(fn -> SessionStore.delete_session(home) end)
+    assert :ets.member(:dspex_bridge_sessions, home)
+    assert {:ok, %Variable{value: 0.9, version: 3}} = SessionStore.get_variable(home, :t)
+    assert {:ok, [%{version: 3}, %{version: 2}, %{version: 1}]} = SessionStore.get_history(home, :t)
+
+    # What Redis sessions cannot hold yet is refused whole.
+    with_compute = session!()
+    {:ok, _} = SessionStore.register_variable(with_compute, :a, :integer, 1)
+
+    {:ok, _} =
+      SessionStore.register_variable(with_compute, :b, :integer, nil,
+        compute: {{Kernel, :map_size}, [:a]}
+      )
+
+    {:ok, bin} = SessionStore.export_session(with_compute)
+
+    assert {:error, {:not_supported, _}} =
+             SessionStore.import_session(bin, session_id: unique_id(), backend: :redis)
   end
 
   test "a session outlives this node's view of it: another connection sees it", %{server: server} do

@@ -151,6 +151,11 @@ defmodule DSPex.Bridge.SessionStore.Backends do
   defp session_call(b, :unwatch, [id, name, opts]),
     do: if_exists(b, id, fn -> RedisBackend.unwatch(id, name, Keyword.get(opts, :pid, self())) end)
 
+  defp session_call(b, :export_session, [id, _opts]) do
+    with {:ok, meta, vars, histories} <- RedisBackend.export_session(b, id),
+         do: SessionStore.Codec.encode(meta, vars, histories, [])
+  end
+
   # No propagation runs on Redis sessions: there is nothing to wait for.
   defp session_call(b, :await_propagation, [id, _opts]), do: if_exists(b, id, fn -> :ok end)
 

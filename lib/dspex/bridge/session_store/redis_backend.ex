@@ -32,9 +32,13 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     once (its node's monitor), and a dead node's locks when their lease runs out.
     `conflict_resolution: :preempt` is not supported yet, nor are optimization runs.
 
+  * `export_session/2` takes one consistent cut in one script and writes the local
+    backend's snapshot format; `import_session(binary, backend: :redis)` stores a snapshot
+    in one script. So a session moves between the backends either way.
+
   Not yet on this backend (they return `{:error, {:not_supported, what}}`): computed
-  variables, access rules other than `:private` (only the owner may use a Redis session),
-  dependencies and export/import.
+  variables, access rules other than `:private` (only the owner may use a Redis session) and
+  dependencies.
 
   ## Starting it
 
@@ -459,25 +463,93 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
 
   @doc false
   def list_variables(backend, id) do
-    with {:ok, flat} <- run(backend, Scripts.list(), id, []) do
-      fields = flat |> Enum.chunk_every(2) |> Map.new(fn [k, v] -> {k, v} end)
+    with {:ok, flat} <- run(backend, Scripts.list(), id, []), do: variables_of(backend, id, flat)
+  end
 
-      vars =
-        for {"n:" <> f, version} <- fields do
-          name = decode_id(f)
+  # The variables of a session hash given as HGETALL's flat list, ordered by name.
+  defp variables_of(backend, id, flat) do
+    fields = pairs(flat)
 
-          row = [
-            fields["s:" <> f],
-            fields["g:" <> f],
-            fields["m:" <> f],
-            fields["v:" <> f],
-            version
-          ]
+    vars =
+      for {"n:" <> f, version} <- fields do
+        name = decode_id(f)
+        row = [fields["s:" <> f], fields["g:" <> f], fields["m:" <> f], fields["v:" <> f], version]
+        row_variable(backend, id, name, row)
+      end
 
-          row_variable(backend, id, name, row)
+    with {:ok, vars} <- Options.map_ok(vars, & &1), do: {:ok, Enum.sort_by(vars, & &1.name)}
+  end
+
+  defp pairs(flat), do: flat |> Enum.chunk_every(2) |> Map.new(fn [k, v] -> {k, v} end)
+
+  # ---------------------------------------------------------------------------------------
+  # export / import: the local backend's snapshot format, so a session moves between them
+
+  @doc false
+  # `{:ok, meta, variables, histories}` for SessionStore's codec, from one consistent cut.
+  def export_session(backend, id) do
+    with {:ok, [main, hist]} <- run(backend, Scripts.export(), id, []),
+         {:ok, meta} <- unblob(pairs(main)["meta"]),
+         {:ok, vars} <- variables_of(backend, id, main),
+         {:ok, histories} <- histories_of(vars, pairs(hist)) do
+      {:ok, Map.put(meta, :access, []), vars, histories}
+    end
+  end
+
+  defp histories_of(vars, fields) do
+    Options.map_ok(vars, fn var ->
+      f = encode_id(var.name)
+
+      entries =
+        for v <- var.version..1//-1, entry = fields["#{v}:" <> f], entry != nil do
+          {:ok, {value, at, change}} = unblob(entry)
+          %{version: v, value: value, updated_at: at, change: change}
         end
 
-      with {:ok, vars} <- Options.map_ok(vars, & &1), do: {:ok, Enum.sort_by(vars, & &1.name)}
+      {:ok, {var.name, entries}}
+    end)
+  end
+
+  @doc false
+  # A decoded snapshot (SessionStore's codec checked it) as a new Redis session.
+  def import_session(backend, meta, vars, histories) do
+    cond do
+      Enum.any?(vars, &(&1.compute != nil)) ->
+        {:error, {:not_supported, :compute}}
+
+      not Enum.all?(Map.get(meta, :access, []), &match?({_, :private, []}, &1)) ->
+        {:error, {:not_supported, :access_rules}}
+
+      true ->
+        import_checked(backend, meta, vars, Map.new(histories))
+    end
+  end
+
+  defp import_checked(backend, meta, vars, histories) do
+    ttl = if meta.ttl == :infinity, do: "inf", else: meta.ttl
+    stored = Map.drop(meta, [:core, :access])
+
+    per_var =
+      Enum.flat_map(vars, fn var ->
+        schema = Map.take(var, [:type, :constraints, :description, :created_at])
+        entries = Map.get(histories, var.name, [])
+
+        [
+          encode_id(var.name),
+          blob(schema),
+          blob(var.metadata),
+          blob({var.value, var.updated_at}),
+          var.version,
+          length(entries)
+        ] ++ Enum.flat_map(entries, &[&1.version, blob({&1.value, &1.updated_at, &1.change})])
+      end)
+
+    args = [blob(stored), ttl, meta.history_limit, meta.max_variables, length(vars) | per_var]
+
+    case run(backend, Scripts.import(), meta.id, args) do
+      {:ok, "ok"} -> {:ok, meta.id}
+      {:ok, "exists"} -> {:error, {:session_exists, meta.id}}
+      error -> error
     end
   end
 

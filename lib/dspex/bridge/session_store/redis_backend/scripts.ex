@@ -200,6 +200,38 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                      return 'ok'
                      """
 
+  # ARGV: sid, now -> {session hash, history hash}: one consistent cut.
+  @export @touch <>
+            """
+            if not alive() then return 'no_session' end
+            touch(tonumber(ARGV[2]))
+            return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+            """
+
+  # ARGV: sid, now, meta, ttl, hlimit, max, n, then per variable: f, schema, metadata,
+  # value, version, h, then h pairs of version and history entry.
+  @import @touch <>
+            """
+            if alive() then return 'exists' end
+            local n = tonumber(ARGV[7])
+            redis.call('HSET', KEYS[1], 'meta', ARGV[3], 'ttl', ARGV[4], 'hlimit', ARGV[5],
+              'max', ARGV[6], 'count', n, 'gen', n)
+            local at = 8
+            for gen = 1, n do
+              local f = ARGV[at]
+              redis.call('HSET', KEYS[1], 's:' .. f, ARGV[at + 1], 'm:' .. f, ARGV[at + 2],
+                'v:' .. f, ARGV[at + 3], 'n:' .. f, ARGV[at + 4], 'g:' .. f, gen)
+              local h = tonumber(ARGV[at + 5])
+              at = at + 6
+              for _ = 1, h do
+                redis.call('HSET', KEYS[2], ARGV[at] .. ':' .. f, ARGV[at + 1])
+                at = at + 2
+              end
+            end
+            touch(tonumber(ARGV[2]))
+            return 'ok'
+            """
+
   for {name, source} <- [
         create: @create,
         delete: @delete,
@@ -209,7 +241,9 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
         list: @list,
         write: @write,
         history: @history,
-        delete_variable: @delete_variable
+        delete_variable: @delete_variable,
+        export: @export,
+        import: @import
       ] do
     @doc false
     def unquote(name)(), do: unquote(Macro.escape(Redis.script(source)))
