@@ -327,6 +327,56 @@ defmodule DSPex.Bridge.SessionStoreSuite do
         end
       end
 
+      describe "dependencies on #{@suite_backend}" do
+        alias DSPex.Bridge.DependencyManager, as: Deps
+
+        test "edges that refuse cycles, with paths, orders and neighbours" do
+          s = suite_session!()
+
+          for v <- [:a, :b, :c, :d],
+              do: {:ok, _} = SessionStore.register_variable(s, v, :integer, 1)
+
+          assert :ok = Deps.add_dependency(s, :a, :b)
+          assert :ok = Deps.add_dependency(s, :b, :c)
+          assert :ok = Deps.add_dependency(s, :a, :d)
+          assert {:error, :would_create_cycle} = Deps.add_dependency(s, :c, :a)
+          assert {:error, :would_create_cycle} = Deps.add_dependency(s, :a, :a)
+          assert {:ok, [:a, :b, :c, :a]} = Deps.cycle_path(s, :c, :a)
+          assert {:error, :no_cycle} = Deps.cycle_path(s, :a, :c)
+
+          assert {:ok, [:a | rest]} = Deps.get_update_order(s, :a)
+          assert Enum.sort(rest) == [:b, :c, :d]
+          assert Enum.find_index(rest, &(&1 == :b)) < Enum.find_index(rest, &(&1 == :c))
+
+          assert {:ok, [:a]} = Deps.get_dependencies(s, :b)
+          assert {:ok, deps} = Deps.get_dependents(s, :a)
+          assert Enum.sort(deps) == [:b, :d]
+          assert {:ok, [:a, :b]} = Deps.get_upstream(s, :c)
+          assert {:ok, down} = Deps.get_downstream(s, :a)
+          assert Enum.sort(down) == [:b, :c, :d]
+
+          assert {:error, {:variable_not_found, :zz}} = Deps.add_dependency(s, :a, :zz)
+          assert :ok = Deps.remove_dependency(s, :b, :c)
+          assert {:error, :dependency_not_found} = Deps.remove_dependency(s, :b, :c)
+          assert {:ok, []} = Deps.get_dependents(s, :b)
+          assert :ok = Deps.add_dependency(s, :c, :a)
+        end
+
+        test "a batch of edges is all or nothing" do
+          s = suite_session!()
+          for v <- [:a, :b, :c], do: {:ok, _} = SessionStore.register_variable(s, v, :integer, 1)
+
+          assert {:error, :would_create_cycle} =
+                   Deps.add_dependencies(s, [{:a, :b}, {:b, :c}, {:c, :a}])
+
+          assert {:ok, []} = Deps.get_dependents(s, :a)
+          assert {:ok, 2} = Deps.add_dependencies(s, [{:a, :b}, {:b, :c, :data}])
+          assert {:ok, [:a, :b, :c]} = Deps.get_update_order(s, :a)
+          assert :ok = Deps.clear_dependencies(s, :b)
+          assert {:ok, [:a]} = Deps.get_update_order(s, :a)
+        end
+      end
+
       describe "history and rollback on #{@suite_backend}" do
         test "keeps the last history_limit versions, newest first" do
           s = suite_session!(history_limit: 3)

@@ -610,16 +610,9 @@ defmodule DSPex.Bridge.SessionStore do
 
   defp import_on(:redis, meta, vars, hist) do
     with {:ok, backend} <- Backends.redis(),
-         :ok <- absent_here(meta.id),
-         :ok <- no_edges(meta.core) do
-      RedisBackend.import_session(backend, meta, vars, hist)
+         :ok <- absent_here(meta.id) do
+      RedisBackend.import_session(backend, meta, vars, hist, Native.graph_edges(meta.core))
     end
-  end
-
-  defp no_edges(core) do
-    if Native.graph_edges(core) == [],
-      do: :ok,
-      else: {:error, {:not_supported, :dependencies}}
   end
 
   @doc false

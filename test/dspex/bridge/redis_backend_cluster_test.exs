@@ -117,6 +117,38 @@ defmodule DSPex.Bridge.RedisBackendClusterTest do
              on(hd(nodes), :get_variable, [id, :count, []])
   end
 
+  test "two nodes adding opposite edges at once never close a cycle together", %{nodes: [a, b, _c]} do
+    id = new_session(a)
+    pairs = for i <- 1..100, do: {"x#{i}", "y#{i}"}
+
+    for {x, y} <- pairs,
+        v <- [x, y],
+        do: {:ok, _} = on(a, :register_variable, [id, v, :integer, 0, []])
+
+    add = fn node, from, to ->
+      Task.async(fn ->
+        :erpc.call(node, DSPex.Bridge.DependencyManager, :add_dependency, [id, from, to], 30_000)
+      end)
+    end
+
+    # Each pair: x -> y from one node and y -> x from the other, both in flight at once.
+    results =
+      pairs
+      |> Enum.map(fn {x, y} -> {add.(a, x, y), add.(b, y, x)} end)
+      |> Enum.map(fn {t1, t2} -> {Task.await(t1, 60_000), Task.await(t2, 60_000)} end)
+
+    for pair <- results do
+      assert pair in [{:ok, {:error, :would_create_cycle}}, {{:error, :would_create_cycle}, :ok}]
+    end
+
+    # And the graph agrees: one edge per pair.
+    for {x, y} <- pairs do
+      {:ok, out_x} = :erpc.call(b, DSPex.Bridge.DependencyManager, :get_dependents, [id, x])
+      {:ok, out_y} = :erpc.call(b, DSPex.Bridge.DependencyManager, :get_dependents, [id, y])
+      assert length(out_x ++ out_y) == 1
+    end
+  end
+
   test "a variable re-registered on one node is never written through another node's old schema",
        %{nodes: [a, b, _c]} do
     id = new_session(a)

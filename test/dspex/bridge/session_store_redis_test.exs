@@ -49,8 +49,8 @@ defmodule DSPex.Bridge.SessionStoreRedisTest do
     assert {:error, :stale_token} = SessionStore.update_variable(id, :x, 2, lock_token: 1)
     {:ok, _} = SessionStore.register_variable(id, :y, :integer, 1)
 
-    assert {:error, {:not_supported, DSPex.Bridge.DependencyManager}} =
-             DSPex.Bridge.DependencyManager.add_dependency(id, :x, :y)
+    assert {:error, {:not_supported, {DSPex.Bridge.DependencyManager, :define_computed}}} =
+             DSPex.Bridge.DependencyManager.define_computed(id, :y, {Kernel, :map_size}, [:x])
 
     assert {:ok, [%Variable{name: :x, version: 1}, %Variable{name: :y}]} =
              SessionStore.list_variables(id)
@@ -60,6 +60,8 @@ defmodule DSPex.Bridge.SessionStoreRedisTest do
     local = session!(history_limit: 5)
     {:ok, _} = SessionStore.register_variable(local, :t, :float, 0.5, constraints: [max: 1.0])
     {:ok, _} = SessionStore.update_variable(local, :t, 0.7)
+    {:ok, _} = SessionStore.register_variable(local, :u, :integer, 1)
+    :ok = DSPex.Bridge.DependencyManager.add_dependency(local, :t, :u)
     {:ok, bin} = SessionStore.export_session(local)
 
     on_redis = unique_id("to_redis")
@@ -71,6 +73,10 @@ defmodule DSPex.Bridge.SessionStoreRedisTest do
     refute :ets.member(:dspex_bridge_sessions, on_redis)
     assert {:ok, %Variable{value: 0.7, version: 2}} = SessionStore.get_variable(on_redis, :t)
     assert SessionStore.get_history(on_redis, :t) == SessionStore.get_history(local, :t)
+    assert {:ok, [:u]} = DSPex.Bridge.DependencyManager.get_dependents(on_redis, :t)
+
+    assert {:error, :would_create_cycle} =
+             DSPex.Bridge.DependencyManager.add_dependency(on_redis, :u, :t)
 
     {:ok, _} = SessionStore.update_variable(on_redis, :t, 0.9)
     {:ok, back} = SessionStore.export_session(on_redis)
@@ -80,6 +86,7 @@ defmodule DSPex.Bridge.SessionStoreRedisTest do
     assert :ets.member(:dspex_bridge_sessions, home)
     assert {:ok, %Variable{value: 0.9, version: 3}} = SessionStore.get_variable(home, :t)
     assert {:ok, [%{version: 3}, %{version: 2}, %{version: 1}]} = SessionStore.get_history(home, :t)
+    assert {:ok, [:u]} = DSPex.Bridge.DependencyManager.get_dependents(home, :t)
 
     # What Redis sessions cannot hold yet is refused whole.
     with_compute = session!()
@@ -94,6 +101,16 @@ defmodule DSPex.Bridge.SessionStoreRedisTest do
 
     assert {:error, {:not_supported, _}} =
              SessionStore.import_session(bin, session_id: unique_id(), backend: :redis)
+  end
+
+  test "deleting a variable takes its edges with it" do
+    id = suite_session!()
+    for v <- [:a, :b, :c], do: {:ok, _} = SessionStore.register_variable(id, v, :integer, 1)
+    :ok = DSPex.Bridge.DependencyManager.add_dependency(id, :a, :b)
+    :ok = DSPex.Bridge.DependencyManager.add_dependency(id, :b, :c)
+    :ok = SessionStore.delete_variable(id, :b)
+    assert {:ok, []} = DSPex.Bridge.DependencyManager.get_dependents(id, :a)
+    assert {:ok, []} = DSPex.Bridge.DependencyManager.get_dependencies(id, :c)
   end
 
   test "a session outlives this node's view of it: another connection sees it", %{server: server} do

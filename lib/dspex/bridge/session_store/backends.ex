@@ -8,7 +8,8 @@ defmodule DSPex.Bridge.SessionStore.Backends do
   # runs here. Only a call that this node could not answer goes further, so local sessions
   # pay nothing for the seam. The arguments reach here already checked by SessionStore.
 
-  alias DSPex.Bridge.SessionStore
+  alias DSPex.Bridge.{DependencyManager, SessionStore}
+  alias DSPex.Bridge.SessionStore.RedisBackend.Graph
   import DSPex.Bridge.Options, only: [is_id: 1]
   alias DSPex.Bridge.SessionStore.RedisBackend
 
@@ -93,8 +94,49 @@ defmodule DSPex.Bridge.SessionStore.Backends do
       else: denied_or_missing(backend, id)
   end
 
-  # DependencyManager and other session-scoped modules: not on Redis yet.
+  defp call(backend, DependencyManager, fun, args) do
+    [id | _] = args
+
+    if owner?(id, List.last(args)),
+      do: graph_call(backend, fun, args),
+      else: denied_or_missing(backend, id)
+  end
+
+  # Other session-scoped modules: not on Redis yet.
   defp call(backend, module, _fun, [id | _]), do: unsupported(backend, id, module)
+
+  defp graph_call(b, :add_dependency, [id, from, to, kind, _opts]) do
+    case Graph.add(b, id, [{from, to, kind}]) do
+      {:ok, _} -> :ok
+      {:error, {:cycle, _path}} -> {:error, :would_create_cycle}
+      error -> error
+    end
+  end
+
+  defp graph_call(b, :add_dependencies, [id, edges, _opts]) do
+    case Graph.add(b, id, edges) do
+      {:error, {:cycle, _path}} -> {:error, :would_create_cycle}
+      result -> result
+    end
+  end
+
+  defp graph_call(b, :remove_dependency, [id, from, to, _opts]),
+    do: Graph.remove(b, id, from, to)
+
+  defp graph_call(b, :clear_dependencies, [id, var, _opts]), do: Graph.clear(b, id, var)
+
+  defp graph_call(b, :get_dependencies, [id, var, _]),
+    do: Graph.neighbours(b, id, var, :dependencies)
+
+  defp graph_call(b, :get_dependents, [id, var, _]), do: Graph.neighbours(b, id, var, :dependents)
+  defp graph_call(b, :get_upstream, [id, var, _]), do: Graph.neighbours(b, id, var, :upstream)
+  defp graph_call(b, :get_downstream, [id, var, _]), do: Graph.neighbours(b, id, var, :downstream)
+
+  defp graph_call(b, :get_update_order, [id, changed, _]),
+    do: Graph.update_order(b, id, List.wrap(changed))
+
+  defp graph_call(b, :cycle_path, [id, from, to, _]), do: Graph.cycle_path(b, id, from, to)
+  defp graph_call(b, fun, [id | _]), do: unsupported(b, id, {DependencyManager, fun})
 
   # Every variable of a Redis session is private: another session's caller is denied, and
   # learns nothing (a missing session looks the same).
@@ -152,8 +194,8 @@ defmodule DSPex.Bridge.SessionStore.Backends do
     do: if_exists(b, id, fn -> RedisBackend.unwatch(id, name, Keyword.get(opts, :pid, self())) end)
 
   defp session_call(b, :export_session, [id, _opts]) do
-    with {:ok, meta, vars, histories} <- RedisBackend.export_session(b, id),
-         do: SessionStore.Codec.encode(meta, vars, histories, [])
+    with {:ok, meta, vars, histories, edges} <- RedisBackend.export_session(b, id),
+         do: SessionStore.Codec.encode(meta, vars, histories, edges)
   end
 
   # No propagation runs on Redis sessions: there is nothing to wait for.

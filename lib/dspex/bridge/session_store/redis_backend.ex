@@ -36,9 +36,13 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     backend's snapshot format; `import_session(binary, backend: :redis)` stores a snapshot
     in one script. So a session moves between the backends either way.
 
+  * Dependency edges (`DSPex.Bridge.DependencyManager`) are checked for cycles by the
+    script that adds them, against the graph as it is on the server, so two nodes adding
+    edges at once can never close a cycle together; every change bumps a graph version.
+
   Not yet on this backend (they return `{:error, {:not_supported, what}}`): computed
-  variables, access rules other than `:private` (only the owner may use a Redis session) and
-  dependencies.
+  variables (and so propagation) and access rules other than `:private` (only the owner
+  may use a Redis session).
 
   ## Starting it
 
@@ -56,7 +60,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   use GenServer
 
   alias DSPex.Bridge.{CircuitBreaker, Options, Redis, Variable, VariableType}
-  alias DSPex.Bridge.SessionStore.RedisBackend.{Locks, Scripts, Watchers}
+  alias DSPex.Bridge.SessionStore.RedisBackend.{Graph, Locks, Scripts, Watchers}
 
   @default_prefix "dspex:"
   # A write whose variable was re-registered between validation and script is validated
@@ -486,13 +490,14 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   # export / import: the local backend's snapshot format, so a session moves between them
 
   @doc false
-  # `{:ok, meta, variables, histories}` for SessionStore's codec, from one consistent cut.
+  # `{:ok, meta, variables, histories, edges}` for SessionStore's codec, from one
+  # consistent cut.
   def export_session(backend, id) do
-    with {:ok, [main, hist]} <- run(backend, Scripts.export(), id, []),
+    with {:ok, [main, hist, graph]} <- run(backend, Scripts.export(), id, []),
          {:ok, meta} <- unblob(pairs(main)["meta"]),
          {:ok, vars} <- variables_of(backend, id, main),
          {:ok, histories} <- histories_of(vars, pairs(hist)) do
-      {:ok, Map.put(meta, :access, []), vars, histories}
+      {:ok, Map.put(meta, :access, []), vars, histories, Graph.edges_of(graph)}
     end
   end
 
@@ -512,7 +517,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
 
   @doc false
   # A decoded snapshot (SessionStore's codec checked it) as a new Redis session.
-  def import_session(backend, meta, vars, histories) do
+  def import_session(backend, meta, vars, histories, edges) do
     cond do
       Enum.any?(vars, &(&1.compute != nil)) ->
         {:error, {:not_supported, :compute}}
@@ -521,11 +526,11 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
         {:error, {:not_supported, :access_rules}}
 
       true ->
-        import_checked(backend, meta, vars, Map.new(histories))
+        import_checked(backend, meta, vars, Map.new(histories), edges)
     end
   end
 
-  defp import_checked(backend, meta, vars, histories) do
+  defp import_checked(backend, meta, vars, histories, edges) do
     ttl = if meta.ttl == :infinity, do: "inf", else: meta.ttl
     stored = Map.drop(meta, [:core, :access])
 
@@ -544,7 +549,12 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
         ] ++ Enum.flat_map(entries, &[&1.version, blob({&1.value, &1.updated_at, &1.change})])
       end)
 
-    args = [blob(stored), ttl, meta.history_limit, meta.max_variables, length(vars) | per_var]
+    per_edge =
+      Enum.flat_map(edges, fn {from, to, kind} -> [encode_id(from), encode_id(to), blob(kind)] end)
+
+    args =
+      [blob(stored), ttl, meta.history_limit, meta.max_variables, length(vars)] ++
+        per_var ++ [length(edges) | per_edge]
 
     case run(backend, Scripts.import(), meta.id, args) do
       {:ok, "ok"} -> {:ok, meta.id}
@@ -691,6 +701,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   defp tag_error(result, _updates), do: result
 
   @doc false
+  # Its edges go with it, in the same script.
   def delete_variable(backend, id, name) do
     case run(backend, Scripts.delete_variable(), id, [encode_id(name)]) do
       {:ok, "ok"} ->
@@ -798,6 +809,10 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     keys = [key, key <> ":h", index_key(backend)]
     run_script(backend, script, keys, [encode_id(id), System.system_time(:millisecond) | args])
   end
+
+  @doc false
+  # A session script for the modules beside this one (Graph).
+  def run_session_script(backend, script, id, args), do: run(backend, script, id, args)
 
   @doc false
   # The keys of a variable's lock (see LockScripts).

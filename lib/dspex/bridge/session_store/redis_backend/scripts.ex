@@ -26,6 +26,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
     else
       redis.call('PEXPIRE', KEYS[1], ttl)
       redis.call('PEXPIRE', KEYS[2], ttl)
+      redis.call('PEXPIRE', KEYS[1] .. ':g', ttl)
       redis.call('ZADD', KEYS[3], now + tonumber(ttl), ARGV[1])
     end
   end
@@ -38,6 +39,45 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   end
   local function publish(parts)
     redis.call('PUBLISH', KEYS[1] .. ':changes', table.concat(parts))
+  end
+  local function parse(s)
+    local out = {}
+    if not s then return out end
+    local pos = 1
+    while pos <= #s do
+      local colon = string.find(s, ':', pos, true)
+      local len = tonumber(string.sub(s, pos, colon - 1))
+      out[#out + 1] = string.sub(s, colon + 1, colon + len)
+      pos = colon + 1 + len
+    end
+    return out
+  end
+  -- The graph (S:g): `o:f` f's successors, `i:f` its predecessors (netstring lists), and
+  -- `k:` .. ns(from) .. ns(to) the edge's kind; `gver` in S counts its changes.
+  local G = KEYS[1] .. ':g'
+  local function drop_item(field, item)
+    local parts = {}
+    for _, x in ipairs(parse(redis.call('HGET', G, field))) do
+      if x ~= item then parts[#parts + 1] = ns(x) end
+    end
+    if #parts == 0 then redis.call('HDEL', G, field) else redis.call('HSET', G, field, table.concat(parts)) end
+  end
+  local function add_edge(f, t, kind)
+    redis.call('HSET', G, 'o:' .. f, (redis.call('HGET', G, 'o:' .. f) or '') .. ns(t))
+    redis.call('HSET', G, 'i:' .. t, (redis.call('HGET', G, 'i:' .. t) or '') .. ns(f))
+    redis.call('HSET', G, 'k:' .. ns(f) .. ns(t), kind)
+  end
+  local function remove_edge(f, t)
+    drop_item('o:' .. f, t)
+    drop_item('i:' .. t, f)
+    redis.call('HDEL', G, 'k:' .. ns(f) .. ns(t))
+  end
+  -- Removes every edge of f; true if there was one.
+  local function clear_edges(f)
+    local any = false
+    for _, t in ipairs(parse(redis.call('HGET', G, 'o:' .. f))) do remove_edge(f, t); any = true end
+    for _, p in ipairs(parse(redis.call('HGET', G, 'i:' .. f))) do remove_edge(p, f); any = true end
+    return any
   end
   """
 
@@ -56,7 +96,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   @delete @touch <>
             """
             if not alive() then return 'no_session' end
-            redis.call('DEL', KEYS[1], KEYS[2])
+            redis.call('DEL', KEYS[1], KEYS[2], G)
             redis.call('ZREM', KEYS[3], ARGV[1])
             publish({ns('x')})
             return 'ok'
@@ -180,13 +220,14 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
              return {v, entries}
              """
 
-  # ARGV: sid, now, f
+  # ARGV: sid, now, f (its edges go with it)
   @delete_variable @touch <>
                      """
                      if not alive() then return 'no_session' end
                      local f = ARGV[3]
                      local v = redis.call('HGET', KEYS[1], 'n:' .. f)
                      if not v then return 'missing' end
+                     if clear_edges(f) then redis.call('HINCRBY', KEYS[1], 'gver', 1) end
                      v = tonumber(v)
                      local hlimit = tonumber(redis.call('HGET', KEYS[1], 'hlimit'))
                      redis.call('HDEL', KEYS[1], 's:' .. f, 'm:' .. f, 'v:' .. f, 'n:' .. f,
@@ -200,16 +241,18 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                      return 'ok'
                      """
 
-  # ARGV: sid, now -> {session hash, history hash}: one consistent cut.
+  # ARGV: sid, now -> {session hash, history hash, graph hash}: one consistent cut.
   @export @touch <>
             """
             if not alive() then return 'no_session' end
             touch(tonumber(ARGV[2]))
-            return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+            return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
+              redis.call('HGETALL', G)}
             """
 
   # ARGV: sid, now, meta, ttl, hlimit, max, n, then per variable: f, schema, metadata,
-  # value, version, h, then h pairs of version and history entry.
+  # value, version, h, then h pairs of version and history entry; then e, and e triples of
+  # from, to, kind.
   @import @touch <>
             """
             if alive() then return 'exists' end
@@ -228,9 +271,101 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                 at = at + 2
               end
             end
+            -- The snapshot's graph (checked acyclic by its import) follows: e, then triples.
+            local e = tonumber(ARGV[at])
+            for i = 0, e - 1 do
+              add_edge(ARGV[at + 1 + i * 3], ARGV[at + 2 + i * 3], ARGV[at + 3 + i * 3])
+            end
             touch(tonumber(ARGV[2]))
             return 'ok'
             """
+
+  # ARGV: sid, now -> {graph version, the graph hash}
+  @graph_dump @touch <>
+                """
+                if not alive() then return 'no_session' end
+                touch(tonumber(ARGV[2]))
+                return {tonumber(redis.call('HGET', KEYS[1], 'gver') or '0'), redis.call('HGETALL', G)}
+                """
+
+  # ARGV: sid, now, n, then n triples from, to, kind. All or nothing; each edge is checked
+  # against the graph with the batch's earlier edges in it, by a breadth-first search here,
+  # so no two callers on any nodes can close a cycle together.
+  # -> {'ok', added} | {'missing', f} | {'cycle', to, ..., from, to}
+  @graph_add @touch <>
+               """
+               if not alive() then return 'no_session' end
+               local added = {}
+               local function undo()
+                 for _, e in ipairs(added) do remove_edge(e[1], e[2]) end
+               end
+               local function path(start, goal)
+                 local prev = {[start] = start}
+                 local queue = {start}
+                 local head = 1
+                 while head <= #queue do
+                   local n = queue[head]
+                   head = head + 1
+                   if n == goal then
+                     local p = {}
+                     local x = goal
+                     while x ~= start do table.insert(p, 1, x); x = prev[x] end
+                     table.insert(p, 1, start)
+                     return p
+                   end
+                   for _, s in ipairs(parse(redis.call('HGET', G, 'o:' .. n))) do
+                     if not prev[s] then prev[s] = n; queue[#queue + 1] = s end
+                   end
+                 end
+                 return nil
+               end
+               for i = 0, tonumber(ARGV[3]) - 1 do
+                 local f, t, kind = ARGV[4 + i * 3], ARGV[5 + i * 3], ARGV[6 + i * 3]
+                 for _, x in ipairs({f, t}) do
+                   if redis.call('HEXISTS', KEYS[1], 'n:' .. x) == 0 then
+                     undo()
+                     return {'missing', x}
+                   end
+                 end
+                 if redis.call('HEXISTS', G, 'k:' .. ns(f) .. ns(t)) == 0 then
+                   local p = (f == t) and {t} or path(t, f)
+                   if p then
+                     undo()
+                     p[#p + 1] = t
+                     table.insert(p, 1, 'cycle')
+                     return p
+                   end
+                   add_edge(f, t, kind)
+                   added[#added + 1] = {f, t}
+                 end
+               end
+               if #added > 0 then redis.call('HINCRBY', KEYS[1], 'gver', 1) end
+               touch(tonumber(ARGV[2]))
+               return {'ok', #added}
+               """
+
+  # ARGV: sid, now, from, to -> 'ok' | 'not_found'
+  @graph_remove @touch <>
+                  """
+                  if not alive() then return 'no_session' end
+                  if redis.call('HEXISTS', G, 'k:' .. ns(ARGV[3]) .. ns(ARGV[4])) == 0 then
+                    return 'not_found'
+                  end
+                  remove_edge(ARGV[3], ARGV[4])
+                  redis.call('HINCRBY', KEYS[1], 'gver', 1)
+                  touch(tonumber(ARGV[2]))
+                  return 'ok'
+                  """
+
+  # ARGV: sid, now, f -> 'ok' | 'missing'
+  @graph_clear @touch <>
+                 """
+                 if not alive() then return 'no_session' end
+                 if redis.call('HEXISTS', KEYS[1], 'n:' .. ARGV[3]) == 0 then return 'missing' end
+                 if clear_edges(ARGV[3]) then redis.call('HINCRBY', KEYS[1], 'gver', 1) end
+                 touch(tonumber(ARGV[2]))
+                 return 'ok'
+                 """
 
   for {name, source} <- [
         create: @create,
@@ -243,7 +378,11 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
         history: @history,
         delete_variable: @delete_variable,
         export: @export,
-        import: @import
+        import: @import,
+        graph_dump: @graph_dump,
+        graph_add: @graph_add,
+        graph_remove: @graph_remove,
+        graph_clear: @graph_clear
       ] do
     @doc false
     def unquote(name)(), do: unquote(Macro.escape(Redis.script(source)))
