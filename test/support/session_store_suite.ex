@@ -377,6 +377,80 @@ defmodule DSPex.Bridge.SessionStoreSuite do
         end
       end
 
+      describe "caller and context on #{@suite_backend}" do
+        test "a foreign caller without rules is refused on every path; the owner is allowed" do
+          s = suite_session!()
+          other = suite_session!()
+          {:ok, _} = SessionStore.register_variable(s, :x, :integer, 1)
+          deny = {:error, :access_denied}
+          opts = [caller: other, context: %{ip: "10.0.0.1"}]
+
+          assert deny == SessionStore.get_variable(s, :x, opts)
+          assert deny == SessionStore.get_value(s, :x, opts)
+          assert {:ok, []} == SessionStore.list_variables(s, opts)
+          assert deny == SessionStore.get_history(s, :x, opts)
+          assert deny == SessionStore.update_variable(s, :x, 2, opts)
+          assert deny == SessionStore.update_variables(s, %{x: 2}, opts)
+          assert deny == SessionStore.rollback_variable(s, :x, 1, opts)
+          assert deny == SessionStore.delete_variable(s, :x, opts)
+          assert deny == SessionStore.register_variable(s, :y, :integer, 1, opts)
+          assert deny == SessionStore.watch(s, :x, opts)
+          assert deny == SessionStore.export_session(s, opts)
+          assert deny == SessionStore.get_session(s, opts)
+          assert deny == SessionStore.delete_session(s, opts)
+          # "Does not exist" and "exists but denied" look the same to a foreign caller.
+          assert deny == SessionStore.get_variable(s, :missing, opts)
+
+          assert {:ok, %Variable{version: 1}} =
+                   SessionStore.get_variable(s, :x, caller: s, context: %{})
+        end
+
+        test "policies: modes and rules decide for other sessions, and a change holds at once" do
+          alias DSPex.Bridge.AccessControl
+          s = suite_session!()
+          reader = TestHelpers.unique_id("reader")
+          {:ok, _} = SessionStore.register_variable(s, :x, :integer, 1, access_mode: :protected)
+          opts = [caller: reader]
+          assert {:ok, %Variable{value: 1}} = SessionStore.get_variable(s, :x, opts)
+          assert {:ok, [%Variable{name: :x}]} = SessionStore.list_variables(s, opts)
+          assert {:error, :access_denied} = SessionStore.update_variable(s, :x, 2, opts)
+          assert {:ok, %{mode: :protected, rules: []}} = AccessControl.get_policy({s, :x})
+
+          :ok =
+            AccessControl.add_rule({s, :x}, %{
+              id: "w",
+              session_pattern: {:exact, reader},
+              permissions: [:write]
+            })
+
+          assert :ok = AccessControl.check_permission({s, :x}, reader, :write)
+          assert {:ok, %Variable{value: 2}} = SessionStore.update_variable(s, :x, 2, opts)
+          assert {:ok, [_]} = SessionStore.update_variables(s, %{x: 3}, opts)
+
+          :ok = AccessControl.remove_rule({s, :x}, "w")
+          assert {:error, :access_denied} = SessionStore.update_variable(s, :x, 4, opts)
+          :ok = AccessControl.set_access_mode({s, :x}, :private)
+          assert {:error, :access_denied} = SessionStore.get_variable(s, :x, opts)
+          assert {:error, :access_denied} = AccessControl.check_permission({s, :x}, reader, :read)
+
+          assert {:error, :access_denied} =
+                   AccessControl.set_access_mode({s, :x}, :public, caller: reader)
+
+          assert {:ok, %Variable{value: 3}} = SessionStore.get_variable(s, :x)
+        end
+
+        test "rules are checked at registration: a bad one registers nothing" do
+          s = suite_session!()
+
+          assert {:error, {:invalid_rule, 0, _}} =
+                   SessionStore.register_variable(s, :x, :integer, 1,
+                     access_rules: [%{permissions: [:fly]}]
+                   )
+
+          assert {:error, {:variable_not_found, :x}} = SessionStore.get_variable(s, :x)
+        end
+      end
+
       describe "history and rollback on #{@suite_backend}" do
         test "keeps the last history_limit versions, newest first" do
           s = suite_session!(history_limit: 3)

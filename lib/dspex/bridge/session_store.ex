@@ -347,7 +347,25 @@ defmodule DSPex.Bridge.SessionStore do
 
   @doc "All variables of a session, ordered by name."
   @spec list_variables(session_id(), [access_opt()]) :: {:ok, [Variable.t()]} | {:error, reason()}
-  defrouted list_variables(session_id, opts \\ [])
+  def list_variables(session_id, opts \\ []) do
+    session_id
+    |> local_list_variables(opts)
+    |> DSPex.Bridge.HAManager.Router.routed(__MODULE__, session_id, :list_variables, [
+      session_id,
+      opts
+    ])
+    |> empty_for_foreign(session_id, opts)
+  end
+
+  # Another session sees a session that is nowhere as empty (it learns nothing).
+  defp empty_for_foreign({:error, :session_not_found}, session_id, opts) when is_list(opts) do
+    case List.keyfind(opts, :caller, 0) do
+      {:caller, caller} when caller != session_id -> {:ok, []}
+      _ -> {:error, :session_not_found}
+    end
+  end
+
+  defp empty_for_foreign(result, _session_id, _opts), do: result
 
   defp local_list_variables(session_id, opts) do
     with {:ok, o} <- check(session_id, opts) do
@@ -356,10 +374,11 @@ defmodule DSPex.Bridge.SessionStore do
           :atomics.put(touch, 1, 1)
           {:ok, :ets.select(@variables, [{{{session_id, :_}, :"$1", :_}, [], [:"$1"]}])}
 
-        {[], nil} ->
+        # Not here: the owner node or the Redis backend may hold it (see empty_for_foreign).
+        {[], _} ->
           {:error, :session_not_found}
 
-        # Another session sees only what it may read, and an unknown session looks empty.
+        # Another session sees only what it may read.
         {_, caller} ->
           vars = :ets.select(@variables, [{{{session_id, :_}, :"$1", :_}, [], [:"$1"]}])
           context = Map.get(o, :context, %{})

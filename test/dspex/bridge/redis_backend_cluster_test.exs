@@ -149,6 +149,33 @@ defmodule DSPex.Bridge.RedisBackendClusterTest do
     end
   end
 
+  test "a policy change on one node holds at once on every node: no stale allow", %{
+    nodes: [a, b, c]
+  } do
+    id = new_session(a)
+    reader = "reader_#{System.unique_integer([:positive])}"
+    {:ok, _} = on(a, :register_variable, [id, :p, :integer, 1, [access_mode: :protected]])
+    rule = %{id: "w", session_pattern: {:exact, reader}, permissions: [:write]}
+    :ok = :erpc.call(a, DSPex.Bridge.AccessControl, :add_rule, [{id, :p}, rule])
+
+    # b and c decide (and keep the policy in their engines).
+    assert {:ok, %Variable{value: 1}} = on(b, :get_variable, [id, :p, [caller: reader]])
+    assert {:ok, %Variable{value: 2}} = on(c, :update_variable, [id, :p, 2, [caller: reader]])
+
+    for round <- 1..20 do
+      :ok = :erpc.call(a, DSPex.Bridge.AccessControl, :remove_rule, [{id, :p}, "w"])
+      assert {:error, :access_denied} = on(c, :update_variable, [id, :p, round, [caller: reader]])
+      :ok = :erpc.call(a, DSPex.Bridge.AccessControl, :set_access_mode, [{id, :p}, :private])
+      assert {:error, :access_denied} = on(b, :get_variable, [id, :p, [caller: reader]])
+
+      :ok = :erpc.call(b, DSPex.Bridge.AccessControl, :set_access_mode, [{id, :p}, :protected])
+      :ok = :erpc.call(c, DSPex.Bridge.AccessControl, :add_rule, [{id, :p}, rule])
+      assert {:ok, _} = on(a, :update_variable, [id, :p, 100 + round, [caller: reader]])
+      assert {:ok, %Variable{value: v}} = on(b, :get_variable, [id, :p, [caller: reader]])
+      assert v == 100 + round
+    end
+  end
+
   test "a variable re-registered on one node is never written through another node's old schema",
        %{nodes: [a, b, _c]} do
     id = new_session(a)

@@ -42,9 +42,6 @@ defmodule DSPex.Bridge.SessionStoreRedisTest do
                compute: {fn %{x: x} -> x end, [:x]}
              )
 
-    assert {:error, {:not_supported, :access_mode}} =
-             SessionStore.register_variable(id, :z, :integer, 1, access_mode: :public)
-
     # A token is good only while its lock is held.
     assert {:error, :stale_token} = SessionStore.update_variable(id, :x, 2, lock_token: 1)
     {:ok, _} = SessionStore.register_variable(id, :y, :integer, 1)

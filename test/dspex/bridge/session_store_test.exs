@@ -158,33 +158,4 @@ defmodule DSPex.Bridge.SessionStoreTest do
       assert {:ok, %{variable_count: 2000}} = SessionStore.get_session(copy)
     end
   end
-
-  describe "caller and context" do
-    test "a foreign caller without rules is refused on every path; the owner is allowed" do
-      s = session!()
-      other = session!()
-      {:ok, _} = SessionStore.register_variable(s, :x, :integer, 1)
-      deny = {:error, :access_denied}
-      opts = [caller: other, context: %{ip: "10.0.0.1"}]
-
-      assert deny == SessionStore.get_variable(s, :x, opts)
-      assert deny == SessionStore.get_value(s, :x, opts)
-      assert {:ok, []} == SessionStore.list_variables(s, opts)
-      assert deny == SessionStore.get_history(s, :x, opts)
-      assert deny == SessionStore.update_variable(s, :x, 2, opts)
-      assert deny == SessionStore.update_variables(s, %{x: 2}, opts)
-      assert deny == SessionStore.rollback_variable(s, :x, 1, opts)
-      assert deny == SessionStore.delete_variable(s, :x, opts)
-      assert deny == SessionStore.register_variable(s, :y, :integer, 1, opts)
-      assert deny == SessionStore.watch(s, :x, opts)
-      assert deny == SessionStore.export_session(s, opts)
-      assert deny == SessionStore.get_session(s, opts)
-      assert deny == SessionStore.delete_session(s, opts)
-      # "Does not exist" and "exists but denied" look the same to a foreign caller.
-      assert deny == SessionStore.get_variable(s, :missing, opts)
-
-      assert {:ok, %Variable{version: 1}} =
-               SessionStore.get_variable(s, :x, caller: s, context: %{})
-    end
-  end
 end

@@ -8,8 +8,8 @@ defmodule DSPex.Bridge.SessionStore.Backends do
   # runs here. Only a call that this node could not answer goes further, so local sessions
   # pay nothing for the seam. The arguments reach here already checked by SessionStore.
 
-  alias DSPex.Bridge.{DependencyManager, SessionStore}
-  alias DSPex.Bridge.SessionStore.RedisBackend.Graph
+  alias DSPex.Bridge.{AccessControl, DependencyManager, SessionStore}
+  alias DSPex.Bridge.SessionStore.RedisBackend.{Access, Graph}
   import DSPex.Bridge.Options, only: [is_id: 1]
   alias DSPex.Bridge.SessionStore.RedisBackend
 
@@ -84,6 +84,20 @@ defmodule DSPex.Bridge.SessionStore.Backends do
     end
   end
 
+  # AccessControl names a variable as `{session, name}`.
+  def route(AccessControl, fun, [{id, name} | _] = args, error) when is_id(id) and is_id(name) do
+    case RedisBackend.lookup() do
+      nil ->
+        error
+
+      backend ->
+        case call(backend, AccessControl, fun, args) do
+          {:error, :session_not_found} -> error
+          result -> result
+        end
+    end
+  end
+
   def route(_module, _fun, _args, error), do: error
 
   defp call(backend, SessionStore, fun, args) do
@@ -91,8 +105,11 @@ defmodule DSPex.Bridge.SessionStore.Backends do
 
     if owner?(id, List.last(args)),
       do: session_call(backend, fun, args),
-      else: denied_or_missing(backend, id)
+      else: foreign_call(backend, fun, args)
   end
+
+  defp call(backend, AccessControl, fun, [{id, _name} | _] = args),
+    do: if_exists(backend, id, fn -> access_call(backend, fun, args) end)
 
   defp call(backend, DependencyManager, fun, args) do
     [id | _] = args
@@ -104,6 +121,81 @@ defmodule DSPex.Bridge.SessionStore.Backends do
 
   # Other session-scoped modules: not on Redis yet.
   defp call(backend, module, _fun, [id | _]), do: unsupported(backend, id, module)
+
+  # Another session's calls: decided by each variable's policy, read with it.
+  defp foreign_call(b, :get_variable, [id, name, opts]),
+    do: if_exists(b, id, fn -> Access.get_variable(b, id, name, caller(opts), context(opts)) end)
+
+  defp foreign_call(b, :list_variables, [id, opts]),
+    do: if_exists(b, id, fn -> Access.list_variables(b, id, caller(opts), context(opts)) end)
+
+  defp foreign_call(b, :get_history, [id, name, opts]),
+    do: if_exists(b, id, fn -> Access.get_history(b, id, name, caller(opts), context(opts)) end)
+
+  defp foreign_call(b, :update_variable, [id, name, value, opts]) do
+    o = update_opts(name, opts)
+
+    if_exists(b, id, fn ->
+      case Access.update_variables(b, id, [{name, value}], o, caller(opts), context(opts)) do
+        {:ok, [var]} -> {:ok, var}
+        error -> error
+      end
+    end)
+  end
+
+  defp foreign_call(b, :update_variables, [id, updates, opts]) do
+    if_exists(b, id, fn ->
+      Access.update_variables(
+        b,
+        id,
+        Enum.to_list(updates),
+        Map.new(opts),
+        caller(opts),
+        context(opts)
+      )
+    end)
+  end
+
+  # Session-wide operations, and what Redis sessions do not decide yet, are the owner's.
+  defp foreign_call(b, _fun, [id | _]), do: denied_or_missing(b, id)
+
+  defp caller(opts), do: Keyword.fetch!(opts, :caller)
+  defp context(opts), do: Keyword.get(opts, :context, %{})
+
+  defp update_opts(name, opts) do
+    o = Map.new(opts)
+    expected = if v = o[:expected_version], do: %{name => v}, else: %{}
+    tokens = if t = o[:lock_token], do: %{name => t}, else: %{}
+    Map.merge(o, %{expected_versions: expected, lock_tokens: tokens})
+  end
+
+  defp access_call(b, :check_permission, [{id, name}, caller, permission, context]) do
+    if caller == id, do: :ok, else: Access.check(b, id, name, caller, permission, context)
+  end
+
+  defp access_call(b, fun, [{id, name} | rest])
+       when fun in [:get_policy, :set_access_mode, :add_rule, :remove_rule] do
+    opts = List.last(rest)
+
+    if owner?(id, opts),
+      do: policy_call(b, fun, id, name, rest),
+      else: {:error, :access_denied}
+  end
+
+  defp access_call(_b, fun, _args), do: {:error, {:not_supported, {AccessControl, fun}}}
+
+  defp policy_call(b, :get_policy, id, name, _rest), do: Access.get_policy(b, id, name)
+
+  defp policy_call(b, :set_access_mode, id, name, [mode, _]),
+    do: Access.change(b, id, name, {:set_mode, mode})
+
+  defp policy_call(b, :add_rule, id, name, [rule, _]) do
+    with {:ok, [canonical]} <- AccessControl.normalize_rules([rule]),
+         do: Access.change(b, id, name, {:add_rule, canonical})
+  end
+
+  defp policy_call(b, :remove_rule, id, name, [rule_id, _]),
+    do: Access.change(b, id, name, {:remove_rule, to_string(rule_id)})
 
   defp graph_call(b, :add_dependency, [id, from, to, kind, _opts]) do
     case Graph.add(b, id, [{from, to, kind}]) do
@@ -173,12 +265,7 @@ defmodule DSPex.Bridge.SessionStore.Backends do
     do: RedisBackend.register_variable(b, id, name, type, value, Map.new(opts))
 
   defp session_call(b, :update_variable, [id, name, value, opts]) do
-    o = Map.new(opts)
-    expected = if v = o[:expected_version], do: %{name => v}, else: %{}
-    tokens = if t = o[:lock_token], do: %{name => t}, else: %{}
-    o = Map.merge(o, %{expected_versions: expected, lock_tokens: tokens})
-
-    case RedisBackend.update_variables(b, id, [{name, value}], o) do
+    case RedisBackend.update_variables(b, id, [{name, value}], update_opts(name, opts)) do
       {:ok, [var]} -> {:ok, var}
       error -> error
     end

@@ -40,9 +40,15 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     script that adds them, against the graph as it is on the server, so two nodes adding
     edges at once can never close a cycle together; every change bumps a graph version.
 
+  * Access policies (`access_mode:`, `access_rules:`, `DSPex.Bridge.AccessControl`'s
+    changes) are stored once, with a version; each node decides in its own ACL engine on a
+    copy it reloads whenever the version read with the value differs, and a write by
+    another session carries the version it was allowed on, which its script checks. No
+    allow outlives a policy change, on any node. Other sessions may read, list, see the
+    history of and write variables their policy grants; everything else is the owner's.
+
   Not yet on this backend (they return `{:error, {:not_supported, what}}`): computed
-  variables (and so propagation) and access rules other than `:private` (only the owner
-  may use a Redis session).
+  variables (and so propagation).
 
   ## Starting it
 
@@ -59,8 +65,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
 
   use GenServer
 
-  alias DSPex.Bridge.{CircuitBreaker, Options, Redis, Variable, VariableType}
-  alias DSPex.Bridge.SessionStore.RedisBackend.{Graph, Locks, Scripts, Watchers}
+  alias DSPex.Bridge.{AccessControl, CircuitBreaker, Options, Redis, Variable, VariableType}
+  alias DSPex.Bridge.SessionStore.RedisBackend.{Access, Graph, Locks, Scripts, Watchers}
 
   @default_prefix "dspex:"
   # A write whose variable was re-registered between validation and script is validated
@@ -334,7 +340,9 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     case run(backend, Scripts.delete(), id, []) do
       {:ok, "ok"} ->
         :ets.match_delete(backend.schemas, {{id, :_}, :_, :_})
+        :ets.match_delete(backend.schemas, {{:policy, id, :_}, :_, :_})
         :ets.delete(backend.schemas, {:session, id})
+        DSPex.Bridge.Native.acl_remove_session(id)
         :ok
 
       error ->
@@ -392,6 +400,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     now = System.system_time(:millisecond)
 
     with :ok <- supported(opts),
+         {:ok, policy} <- initial_policy(id, name, opts),
          {:ok, constraints} <- VariableType.normalize_constraints(type, opts[:constraints] || %{}),
          {:ok, stored} <- VariableType.validate(type, value, constraints) do
       schema = %{
@@ -408,7 +417,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
         blob(schema),
         blob(metadata),
         blob({stored, now}),
-        blob({stored, now, :register})
+        blob({stored, now, :register}),
+        policy
       ]
 
       case run(backend, Scripts.register(), id, args) do
@@ -429,11 +439,19 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   end
 
   defp supported(opts) do
-    cond do
-      opts[:compute] != nil -> {:error, {:not_supported, :compute}}
-      Map.get(opts, :access_mode, :private) != :private -> {:error, {:not_supported, :access_mode}}
-      Map.get(opts, :access_rules, []) != [] -> {:error, {:not_supported, :access_rules}}
-      true -> :ok
+    if opts[:compute] != nil, do: {:error, {:not_supported, :compute}}, else: :ok
+  end
+
+  # The stored policy ('' for the default: private, no rules), checked by the ACL engine.
+  defp initial_policy(id, name, opts) do
+    mode = Map.get(opts, :access_mode, :private)
+
+    with {:ok, rules} <- AccessControl.normalize_rules(Map.get(opts, :access_rules, [])) do
+      if mode == :private and rules == [] do
+        {:ok, ""}
+      else
+        with :ok <- Access.validate(id, name, mode, rules), do: {:ok, blob({mode, rules})}
+      end
     end
   end
 
@@ -454,9 +472,30 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     end
   end
 
+  @doc false
+  # For a foreign caller's decision: `{:ok, [{name, {:ok, var} | {:error, _}, policy}]}`,
+  # each policy `{mode, rules, version}` as read with the value, in one round trip.
+  def read_with_policies(backend, id, names) do
+    with {:ok, rows} <- run(backend, Scripts.read(), id, Enum.map(names, &encode_id/1)) do
+      {:ok,
+       names
+       |> Enum.zip(rows)
+       |> Enum.map(fn {name, row} ->
+         {name, row_variable(backend, id, name, row), policy_of(Enum.drop(row, 5))}
+       end)}
+    end
+  end
+
+  defp policy_of([nil, _]), do: {:private, [], 0}
+
+  defp policy_of([blob, version]),
+    do: Tuple.append(:erlang.binary_to_term(blob), String.to_integer(version))
+
+  defp policy_of(_), do: {:private, [], 0}
+
   defp row_variable(_backend, _id, name, [nil | _]), do: {:error, {:variable_not_found, name}}
 
-  defp row_variable(backend, id, name, [schema, gen, metadata, value, version]) do
+  defp row_variable(backend, id, name, [schema, gen, metadata, value, version | _policy]) do
     with {:ok, schema} <- unblob(schema),
          {:ok, metadata} <- unblob(metadata),
          {:ok, {value, updated_at}} <- unblob(value) do
@@ -478,6 +517,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
       for {"n:" <> f, version} <- fields do
         name = decode_id(f)
         row = [fields["s:" <> f], fields["g:" <> f], fields["m:" <> f], fields["v:" <> f], version]
+        row = row ++ [fields["a:" <> f], fields["p:" <> f]]
         row_variable(backend, id, name, row)
       end
 
@@ -579,6 +619,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     names = Enum.map(updates, &elem(&1, 0))
 
     tokens = Map.get(opts, :lock_tokens, %{})
+    policy_versions = Map.get(opts, :policy_versions, %{})
 
     with :ok <- no_duplicates(updates),
          {:ok, schemas} <- schemas(backend, id, names),
@@ -596,7 +637,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
               blob({stored, now}),
               Map.get(metadata, name, ""),
               blob({stored, now, change}),
-              Map.get(tokens, name, "")
+              Map.get(tokens, name, ""),
+              Map.get(policy_versions, name, "")
             ]
           end)
 
@@ -628,6 +670,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   defp script_error("stale", name, _), do: {:variable_replaced, name}
   defp script_error("mismatch", _name, current), do: {:version_mismatch, String.to_integer(current)}
   defp script_error("stale_token", _name, _), do: :stale_token
+  defp script_error("policy_changed", _name, _), do: :policy_changed
   defp script_error("locked", _name, who), do: {:locked_by, :erlang.binary_to_term(who)}
 
   # A write with `metadata:` merges it into the current metadata, read first: name ->

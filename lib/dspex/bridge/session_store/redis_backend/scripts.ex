@@ -110,7 +110,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
              return redis.call('HMGET', KEYS[1], 'meta', 'count')
              """
 
-  # ARGV: sid, now, f, schema, metadata, value, history entry
+  # ARGV: sid, now, f, schema, metadata, value, history entry, access policy ('' when the
+  # default: private, no rules)
   @register @touch <>
               """
               if not alive() then return 'no_session' end
@@ -124,11 +125,17 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
               redis.call('HSET', KEYS[1], 's:' .. f, ARGV[4], 'm:' .. f, ARGV[5],
                 'v:' .. f, ARGV[6], 'n:' .. f, 1, 'g:' .. f, gen, 'count', count + 1)
               redis.call('HSET', KEYS[2], '1:' .. f, ARGV[7])
+              if ARGV[8] ~= '' then
+                redis.call('HSET', KEYS[1], 'a:' .. f, ARGV[8], 'p:' .. f,
+                  redis.call('INCR', KEYS[3] .. ':policy_versions'))
+              end
               touch(tonumber(ARGV[2]))
               return {'ok', gen}
               """
 
-  # ARGV: sid, now, f... -> per name {schema, gen, metadata, value, version} (nils when absent)
+  # ARGV: sid, now, f... -> per name {schema, gen, metadata, value, version, policy, policy
+  # version} (nils when absent): a foreign caller's decision uses the policy read with the
+  # value.
   @read @touch <>
           """
           if not alive() then return 'no_session' end
@@ -136,7 +143,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
           for i = 3, #ARGV do
             local f = ARGV[i]
             out[#out + 1] = redis.call('HMGET', KEYS[1], 's:' .. f, 'g:' .. f, 'm:' .. f,
-              'v:' .. f, 'n:' .. f)
+              'v:' .. f, 'n:' .. f, 'a:' .. f, 'p:' .. f)
           end
           touch(tonumber(ARGV[2]))
           return out
@@ -151,8 +158,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
           """
 
   # ARGV: sid, now, n, then per variable: f, gen, expected ('' for any), value, metadata ('' to
-  # keep), history entry, lock token ('' for none). All or nothing: every check runs before
-  # the first write.
+  # keep), history entry, lock token ('' for none), policy version the write was allowed on
+  # ('' for the owner). All or nothing: every check runs before the first write.
   # -> {'ok', {version, metadata}...} or {reason, index, detail}
   @write @touch <>
            """
@@ -161,7 +168,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
            local versions = {}
            local olds = {}
            for i = 0, n - 1 do
-             local b = 4 + i * 7
+             local b = 4 + i * 8
              local f = ARGV[b]
              local current = redis.call('HMGET', KEYS[1], 'n:' .. f, 'g:' .. f, 'v:' .. f)
              if not current[1] then return {'missing', i + 1, ''} end
@@ -169,6 +176,10 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
              -- Fencing: a locked variable takes writes with its holder's token only, and a
              -- token is good only while its lock is held (a late write of an expired
              -- holder is refused however long it was paused).
+             -- A foreign caller's write was decided on a policy version: it must still hold.
+             if ARGV[b + 7] ~= '' and (redis.call('HGET', KEYS[1], 'p:' .. f) or '0') ~= ARGV[b + 7] then
+               return {'policy_changed', i + 1, ''}
+             end
              local held = redis.call('HMGET', KEYS[1] .. ':lock:' .. f, 'token', 'who')
              local token = ARGV[b + 6]
              if held[1] then
@@ -187,7 +198,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
            local out = {'ok'}
            local changes = {ns('w')}
            for i = 0, n - 1 do
-             local b = 4 + i * 7
+             local b = 4 + i * 8
              local f = ARGV[b]
              local v = versions[i + 1]
              redis.call('HSET', KEYS[1], 'v:' .. f, ARGV[b + 3], 'n:' .. f, v)
@@ -231,7 +242,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                      v = tonumber(v)
                      local hlimit = tonumber(redis.call('HGET', KEYS[1], 'hlimit'))
                      redis.call('HDEL', KEYS[1], 's:' .. f, 'm:' .. f, 'v:' .. f, 'n:' .. f,
-                       'g:' .. f)
+                       'g:' .. f, 'a:' .. f, 'p:' .. f)
                      redis.call('HINCRBY', KEYS[1], 'count', -1)
                      for version = math.max(1, v - hlimit + 1), v do
                        redis.call('HDEL', KEYS[2], version .. ':' .. f)
@@ -367,6 +378,22 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                  return 'ok'
                  """
 
+  # ARGV: sid, now, f, the policy version it was read at, the new policy
+  # -> {'ok', new version} | 'missing' | 'changed'
+  @policy_write @touch <>
+                  """
+                  if not alive() then return 'no_session' end
+                  local f = ARGV[3]
+                  if redis.call('HEXISTS', KEYS[1], 'n:' .. f) == 0 then return 'missing' end
+                  if (redis.call('HGET', KEYS[1], 'p:' .. f) or '0') ~= ARGV[4] then return 'changed' end
+                  -- Versions come from one counter for the whole server, so a node's copy of
+                  -- a policy can never match a later policy of the same name by number.
+                  local v = redis.call('INCR', KEYS[3] .. ':policy_versions')
+                  redis.call('HSET', KEYS[1], 'a:' .. f, ARGV[5], 'p:' .. f, v)
+                  touch(tonumber(ARGV[2]))
+                  return {'ok', v}
+                  """
+
   for {name, source} <- [
         create: @create,
         delete: @delete,
@@ -382,7 +409,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
         graph_dump: @graph_dump,
         graph_add: @graph_add,
         graph_remove: @graph_remove,
-        graph_clear: @graph_clear
+        graph_clear: @graph_clear,
+        policy_write: @policy_write
       ] do
     @doc false
     def unquote(name)(), do: unquote(Macro.escape(Redis.script(source)))
