@@ -21,7 +21,7 @@ defmodule DSPex.Bridge.Python.SessionOps do
     Variable
   }
 
-  alias DSPex.Bridge.SessionStore.Tables
+  alias DSPex.Bridge.SessionStore.{Backends, Tables}
 
   @max_batch_read 1_000
 
@@ -288,10 +288,14 @@ defmodule DSPex.Bridge.Python.SessionOps do
   defp target_session(_session, other), do: {:error, {:invalid_session_id, other}}
 
   defp variable(session, text) when is_binary(text) do
-    case Enum.find(Options.spellings(text), &:ets.member(Tables.variables(), {session, &1})) do
-      nil -> {:ok, text}
-      name -> {:ok, name}
-    end
+    spellings = Options.spellings(text)
+
+    found =
+      if :ets.member(Tables.sessions(), session),
+        do: Enum.find(spellings, &:ets.member(Tables.variables(), {session, &1})),
+        else: Backends.existing_name(session, spellings)
+
+    {:ok, found || text}
   end
 
   defp variable(_session, other), do: {:error, {:invalid_name, other}}

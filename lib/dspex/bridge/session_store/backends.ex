@@ -61,6 +61,18 @@ defmodule DSPex.Bridge.SessionStore.Backends do
   end
 
   @doc false
+  # The first of `names` that is a variable of the Redis session `id` (nil when none is, or
+  # no Redis backend runs): how Python's text finds a variable an atom names.
+  def existing_name(id, names) do
+    with backend when backend != nil <- RedisBackend.lookup(),
+         {:ok, rows} <- RedisBackend.read_with_policies(backend, id, names) do
+      Enum.find_value(rows, fn {name, found, _policy} -> match?({:ok, _}, found) && name end)
+    else
+      _ -> nil
+    end
+  end
+
+  @doc false
   def list_sessions do
     case RedisBackend.lookup() do
       nil -> []
