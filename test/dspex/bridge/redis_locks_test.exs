@@ -42,8 +42,6 @@ defmodule DSPex.Bridge.RedisLocksTest do
     assert {:ok, %{token: t2}} = acquire(s, "b")
     assert t2 > t1
 
-    assert {:error, {:not_supported, :preempt}} = acquire(s, "c", conflict_resolution: :preempt)
-
     assert {:error, {:variable_not_found, :nope}} =
              OptimizerCoordinator.acquire_lock(:nope, "c", self(), session_id: s)
   end
@@ -84,6 +82,50 @@ defmodule DSPex.Bridge.RedisLocksTest do
       send(pids[name], :release)
       assert_receive {:released, ^name}, 5_000
     end
+  end
+
+  test "a higher priority preempts: the holder is told, loses the lock after its grace, and the preemptor holds",
+       %{s: s} do
+    me = self()
+
+    holder =
+      spawn_link(fn ->
+        {:ok, lock} = OptimizerCoordinator.acquire_lock(:lr, "low", self(), session_id: s)
+        send(me, {:holding, lock.token})
+        for _ <- 1..2, do: receive(do: (msg -> send(me, {:holder_got, msg})))
+        Process.sleep(:infinity)
+      end)
+
+    assert_receive {:holding, old_token}
+
+    # A preempting request of no higher priority only waits.
+    assert {:error, :timeout} =
+             acquire(s, "same", conflict_resolution: :preempt, priority: 0, timeout: 200)
+
+    refute_received {:holder_got, _}
+    started = System.monotonic_time(:millisecond)
+
+    assert {:ok, %{optimizer_id: "high", token: token}} =
+             acquire(s, "high",
+               conflict_resolution: :preempt,
+               priority: 10,
+               grace_ms: 150,
+               timeout: 5_000
+             )
+
+    assert System.monotonic_time(:millisecond) - started >= 150
+    assert token > old_token
+
+    assert_receive {:holder_got,
+                    {:optimization_preempted, :lr, {:session_id, ^s, :by, "high", :grace_ms, 150}}}
+
+    assert_receive {:holder_got, {:lock_lost, :lr, :preempted, held_ms}}
+    assert held_ms >= 150
+    # The preempted holder's token writes no more.
+    assert {:error, :stale_token} = SessionStore.update_variable(s, :lr, 0.9, lock_token: old_token)
+    assert {:ok, _} = SessionStore.update_variable(s, :lr, 0.9, lock_token: token)
+    Process.unlink(holder)
+    Process.exit(holder, :kill)
   end
 
   test "a dead holder's lock goes to the next waiter at once", %{s: s} do

@@ -30,7 +30,11 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     longer held (a paused holder whose lease ran out). Waiters are served by priority, then
     first come first served, across nodes; a dead holder's lock goes to the next waiter at
     once (its node's monitor), and a dead node's locks when their lease runs out.
-    `conflict_resolution: :preempt` is not supported yet, nor are optimization runs.
+    `conflict_resolution: :preempt` with a higher priority than the holder's has the
+    holder's node send it `{:optimization_preempted, var, info}` and, after `grace_ms:`,
+    `{:lock_lost, var, :preempted, held_ms}` as it gives the lock to the first waiter (a
+    holder whose node is gone loses it with its lease). Optimization runs are not on
+    Redis yet.
 
   * `export_session/2` takes one consistent cut in one script and writes the local
     backend's snapshot format; `import_session(binary, backend: :redis)` stores a snapshot
@@ -191,7 +195,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
         {:dspex_redis_message, sub, channel, payload},
         %{sub: sub, grants: channel} = state
       ),
-      do: {:noreply, %{state | locks: Locks.granted(state.locks, payload)}}
+      do: {:noreply, %{state | locks: Locks.published(state.locks, state.backend, payload)}}
 
   def handle_info({:dspex_redis_message, sub, channel, payload}, %{sub: sub} = state)
       when is_binary(channel) do
@@ -211,6 +215,9 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     watchers = Watchers.lose_all(state.watchers, :backend_unavailable)
     {:noreply, %{state | sub: nil, channels: %{}, watchers: watchers, grants: nil}}
   end
+
+  def handle_info({:lock_preempt_due, member}, state),
+    do: {:noreply, %{state | locks: Locks.preempt_due(state.locks, state.backend, member)}}
 
   def handle_info({:lock_timeout, member}, state),
     do: {:noreply, %{state | locks: Locks.timed_out(state.locks, state.backend, member)}}

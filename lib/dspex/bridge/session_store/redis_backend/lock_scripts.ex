@@ -17,15 +17,18 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.LockScripts do
 
   # When the lock is free, grants it to the first waiter whose deadline has not passed.
   @grant_next """
-  local function grant(member, who, lease)
+  local function grant(member, who, lease, priority)
     local token = redis.call('INCR', KEYS[3])
-    redis.call('HSET', KEYS[2], 'who', who, 'token', token, 'member', member)
+    redis.call('HSET', KEYS[2], 'who', who, 'token', token, 'member', member, 'prio', priority)
     redis.call('PEXPIRE', KEYS[2], lease)
     return token
   end
   local function forget(member)
     redis.call('ZREM', KEYS[4], member)
-    redis.call('HDEL', KEYS[5], member .. ':l', member .. ':w', member .. ':d')
+    redis.call('HDEL', KEYS[5], member .. ':l', member .. ':w', member .. ':d', member .. ':p')
+  end
+  local function node_of(member)
+    return string.match(member, '^(.-)|')
   end
   local function grant_next()
     if redis.call('EXISTS', KEYS[2]) == 1 then return end
@@ -33,34 +36,42 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.LockScripts do
     while true do
       local head = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
       if not head then return end
-      local info = redis.call('HMGET', KEYS[5], head .. ':l', head .. ':w', head .. ':d')
+      local info = redis.call('HMGET', KEYS[5], head .. ':l', head .. ':w', head .. ':d', head .. ':p')
       forget(head)
       if info[3] and tonumber(info[3]) >= now then
-        local token = grant(head, info[2], info[1])
-        local node = string.match(head, '^(.-)|')
-        redis.call('PUBLISH', ARGV[1] .. node, head .. '|' .. token)
+        local token = grant(head, info[2], info[1], info[4] or '0')
+        redis.call('PUBLISH', ARGV[1] .. node_of(head), 'g|' .. head .. '|' .. token)
         return
       end
     end
   end
   """
 
-  # ARGV[3..]: f, member, who, lease, deadline, score, mode ('abort' | 'wait')
+  # ARGV[3..]: f, member, who, lease, deadline, score, mode ('abort' | 'wait' | 'preempt'),
+  # priority, grace ms. A preempting waiter of a higher priority than the holder's has the
+  # holder's node told `p|<grace>|<holder member>|<who>`: it ends the holder's lock after
+  # the grace period, and the grant goes to the first waiter, by priority.
   # -> {'granted', token} | {'held', who} | {'queued', pttl} | 'no_session' | 'missing'
   @acquire @grant_next <>
              """
              if redis.call('EXISTS', KEYS[1]) == 0 then return 'no_session' end
              if redis.call('HEXISTS', KEYS[1], 'n:' .. ARGV[3]) == 0 then return 'missing' end
              grant_next()
-             local holder = redis.call('HMGET', KEYS[2], 'who', 'token')
+             local holder = redis.call('HMGET', KEYS[2], 'who', 'token', 'member', 'prio', 'preempting')
              if holder[1] == ARGV[5] then return {'granted', tonumber(holder[2])} end
              if not holder[1] and redis.call('ZCARD', KEYS[4]) == 0 then
-               return {'granted', grant(ARGV[4], ARGV[5], ARGV[6])}
+               return {'granted', grant(ARGV[4], ARGV[5], ARGV[6], ARGV[10])}
              end
              if ARGV[9] == 'abort' then return {'held', holder[1] or ''} end
              redis.call('ZADD', KEYS[4], ARGV[8], ARGV[4])
              redis.call('HSET', KEYS[5], ARGV[4] .. ':l', ARGV[6], ARGV[4] .. ':w', ARGV[5],
-               ARGV[4] .. ':d', ARGV[7])
+               ARGV[4] .. ':d', ARGV[7], ARGV[4] .. ':p', ARGV[10])
+             if ARGV[9] == 'preempt' and holder[1] and not holder[5]
+                and tonumber(ARGV[10]) > tonumber(holder[4] or '0') then
+               redis.call('HSET', KEYS[2], 'preempting', ARGV[4])
+               redis.call('PUBLISH', ARGV[1] .. node_of(holder[3]),
+                 'p|' .. ARGV[11] .. '|' .. holder[3] .. '|' .. ARGV[5])
+             end
              return {'queued', redis.call('PTTL', KEYS[2])}
              """
 

@@ -36,9 +36,6 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Locks do
   # In the backend process. Returns {:reply, result, t} or {:noreply, t}.
   def acquire(%__MODULE__{} = locks, backend, from, {session, var, optimizer, pid, o}) do
     cond do
-      o.conflict_resolution == :preempt ->
-        {:reply, {:error, {:not_supported, :preempt}}, locks}
-
       node(pid) == node() and not Process.alive?(pid) ->
         {:reply, {:error, {:holder_down, pid}}, locks}
 
@@ -48,8 +45,20 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Locks do
         now = System.system_time(:millisecond)
         who = :erlang.term_to_binary(optimizer)
         score = -o.priority * @priority_step + now
-        mode = if o.conflict_resolution == :abort, do: "abort", else: "wait"
-        args = [RedisBackend.encode_id(var), member, who, o.lease_ms, now + o.timeout, score, mode]
+        mode = Atom.to_string(o.conflict_resolution)
+
+        args = [
+          RedisBackend.encode_id(var),
+          member,
+          who,
+          o.lease_ms,
+          now + o.timeout,
+          score,
+          mode,
+          o.priority,
+          o.grace_ms
+        ]
+
         entry = %{session: session, var: var, optimizer: optimizer, who: who, pid: pid}
 
         case run(backend, LockScripts.acquire(), session, var, args) do
@@ -79,8 +88,44 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Locks do
     end
   end
 
+  # A message published for this node: a grant (`g|`) or a preemption (`p|`).
+  def published(%__MODULE__{} = locks, backend, "g|" <> grant), do: granted(locks, grant, backend)
+  def published(%__MODULE__{} = locks, _backend, "p|" <> notice), do: preempting(locks, notice)
+  def published(%__MODULE__{} = locks, _backend, _other), do: locks
+
+  # A higher-priority waiter asked for a lock held here: the holder is told, and loses it
+  # after the grace period unless it releases first.
+  defp preempting(locks, notice) do
+    with [grace, node, n, by] <- String.split(notice, "|", parts: 4),
+         {grace, ""} <- Integer.parse(grace),
+         member = node <> "|" <> n,
+         %{^member => holder} <- locks.held do
+      info = {:session_id, holder.session, :by, decode(by), :grace_ms, grace}
+      send(holder.pid, {:optimization_preempted, holder.var, info})
+      Process.send_after(self(), {:lock_preempt_due, member}, grace)
+      locks
+    else
+      _ -> locks
+    end
+  end
+
+  # The grace period is over: the lock goes to the first waiter.
+  def preempt_due(%__MODULE__{} = locks, backend, member) do
+    case Map.pop(locks.held, member) do
+      {nil, _} ->
+        locks
+
+      {holder, held} ->
+        Process.demonitor(holder.monitor, [:flush])
+        drop(backend, locks, member, holder.session, holder.var)
+        held_ms = System.system_time(:millisecond) - holder.at
+        send(holder.pid, {:lock_lost, holder.var, :preempted, held_ms})
+        %{locks | held: held}
+    end
+  end
+
   # A grant published for this node: `<member>|<token>`.
-  def granted(%__MODULE__{} = locks, payload) do
+  defp granted(%__MODULE__{} = locks, payload, _backend) do
     with [token, member] <- payload |> String.reverse() |> String.split("|", parts: 2),
          {token, ""} <- token |> String.reverse() |> Integer.parse() do
       member = String.reverse(member)
@@ -94,7 +139,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Locks do
           stop_timers(waiter)
           GenServer.reply(waiter.from, {:ok, lock(waiter, token)})
           locks = %{locks | waiters: waiters}
-          %{locks | held: Map.put(locks.held, member, Map.take(waiter, held_keys()))}
+          holder = waiter |> Map.take(held_keys()) |> Map.put(:at, System.system_time(:millisecond))
+          %{locks | held: Map.put(locks.held, member, holder)}
       end
     else
       _ -> locks
@@ -208,12 +254,13 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Locks do
         {h.session, h.var, h.who} == {entry.session, entry.var, entry.who}
       end)
 
-    if already,
-      do: locks,
-      else: %{
-        locks
-        | held: Map.put(locks.held, member, Map.put(entry, :monitor, Process.monitor(entry.pid)))
-      }
+    if already do
+      locks
+    else
+      now = System.system_time(:millisecond)
+      holder = Map.merge(entry, %{monitor: Process.monitor(entry.pid), at: now})
+      %{locks | held: Map.put(locks.held, member, holder)}
+    end
   end
 
   defp held_keys, do: [:session, :var, :optimizer, :who, :pid, :monitor]
