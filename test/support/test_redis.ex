@@ -39,6 +39,19 @@ defmodule DSPex.Bridge.TestRedis do
     server
   end
 
+  @doc """
+  For a test module's `setup_all`: a server of its own (stopped at the end) and this node's
+  Redis backend on it (`backend_opts` added). Returns the server.
+  """
+  def start_backend!(server_opts \\ [], backend_opts \\ []) do
+    server = start(server_opts)
+    ExUnit.Callbacks.on_exit(fn -> stop(server) end)
+    password = if server.password, do: [password: server.password], else: []
+    backend = [url: url(server)] ++ password ++ backend_opts
+    ExUnit.Callbacks.start_supervised!({DSPex.Bridge.SessionStore.RedisBackend, backend})
+    server
+  end
+
   @doc "The server's URL."
   def url(%__MODULE__{port: port}), do: "redis://127.0.0.1:#{port}/0"
 

@@ -104,12 +104,9 @@ fn redis_connect<'a>(
     pid: LocalPid,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let Some(runtime) = registry::RUNTIME.as_ref() else {
-        return Ok((atoms::error(), tags::no_runtime()).encode(env));
-    };
-    let client = match client_for(&url, &opts) {
-        Ok(c) => c,
-        Err(e) => return Ok((atoms::error(), error_term(env, &e)).encode(env)),
+    let (runtime, client) = match dial_prelude(env, &url, &opts) {
+        Ok(ready) => ready,
+        Err(error) => return Ok(error),
     };
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(opts.connect_timeout_ms.max(1))))
@@ -127,7 +124,26 @@ fn redis_connect<'a>(
     Ok(atoms::ok().encode(env))
 }
 
-pub(crate) fn client_for(url: &str, opts: &ConnectOpts) -> Result<redis::Client, RedisError> {
+/// The NIF runtime, or the error term a NIF returns when it could not be built.
+pub(crate) fn runtime(env: Env) -> Result<&'static tokio::runtime::Runtime, Term> {
+    registry::RUNTIME
+        .as_ref()
+        .ok_or_else(|| (atoms::error(), tags::no_runtime()).encode(env))
+}
+
+/// The runtime and a client for `url`, or the error term a dialing NIF returns at once.
+pub(crate) fn dial_prelude<'a>(
+    env: Env<'a>,
+    url: &str,
+    opts: &ConnectOpts,
+) -> Result<(&'static tokio::runtime::Runtime, redis::Client), Term<'a>> {
+    let runtime = runtime(env)?;
+    client_for(url, opts)
+        .map(|client| (runtime, client))
+        .map_err(|e| (atoms::error(), error_term(env, &e)).encode(env))
+}
+
+fn client_for(url: &str, opts: &ConnectOpts) -> Result<redis::Client, RedisError> {
     use redis::IntoConnectionInfo;
     let info = url.into_connection_info()?;
     let mut settings = info.redis_settings().clone();
@@ -154,8 +170,9 @@ fn redis_command<'a>(
     pid: LocalPid,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let Some(runtime) = registry::RUNTIME.as_ref() else {
-        return Ok((atoms::error(), tags::no_runtime()).encode(env));
+    let runtime = match runtime(env) {
+        Ok(runtime) => runtime,
+        Err(error) => return Ok(error),
     };
     if commands.is_empty() || commands.iter().any(|c| c.is_empty()) {
         return Err(rustler::Error::BadArg);

@@ -17,11 +17,10 @@ use tokio_stream::StreamExt;
 
 use crate::atoms;
 use crate::binary::to_binary;
-use crate::redis_client::{client_for, error_term, ConnectOpts, ReplyTo};
-use crate::registry;
+use crate::redis_client::{dial_prelude, error_term, runtime, ConnectOpts, ReplyTo};
 
 mod tags {
-    rustler::atoms! { dspex_redis_message, closed, no_runtime }
+    rustler::atoms! { dspex_redis_message, closed }
 }
 
 /// A subscriber connection.
@@ -43,12 +42,9 @@ fn redis_subscriber<'a>(
     owner: LocalPid,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let Some(runtime) = registry::RUNTIME.as_ref() else {
-        return Ok((atoms::error(), tags::no_runtime()).encode(env));
-    };
-    let client = match client_for(&url, &opts) {
-        Ok(c) => c,
-        Err(e) => return Ok((atoms::error(), error_term(env, &e)).encode(env)),
+    let (runtime, client) = match dial_prelude(env, &url, &opts) {
+        Ok(ready) => ready,
+        Err(error) => return Ok(error),
     };
     let timeout = std::time::Duration::from_millis(opts.connect_timeout_ms.max(1));
     let reply = ReplyTo::new(owner, reference);
@@ -108,8 +104,9 @@ fn redis_subscribe<'a>(
     pid: LocalPid,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let Some(runtime) = registry::RUNTIME.as_ref() else {
-        return Ok((atoms::error(), tags::no_runtime()).encode(env));
+    let runtime = match runtime(env) {
+        Ok(runtime) => runtime,
+        Err(error) => return Ok(error),
     };
     let channels: Vec<Vec<u8>> = channels.iter().map(|c| c.as_slice().to_vec()).collect();
     let mut sink = sub.sink.clone();

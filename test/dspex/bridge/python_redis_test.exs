@@ -8,14 +8,11 @@ defmodule DSPex.Bridge.PythonRedisTest do
   import DSPex.Bridge.TestHelpers
 
   alias DSPex.Bridge.{CircuitBreaker, Python, SessionStore, TestRedis}
-  alias DSPex.Bridge.SessionStore.RedisBackend
 
   @moduletag timeout: 120_000
 
   setup_all do
-    server = TestRedis.start()
-    on_exit(fn -> TestRedis.stop(server) end)
-    start_supervised!({RedisBackend, url: TestRedis.url(server)})
+    TestRedis.start_backend!()
     :ok
   end
 

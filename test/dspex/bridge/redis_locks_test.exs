@@ -5,12 +5,9 @@ defmodule DSPex.Bridge.RedisLocksTest do
   import DSPex.Bridge.TestHelpers
 
   alias DSPex.Bridge.{OptimizerCoordinator, SessionStore, TestRedis, Variable}
-  alias DSPex.Bridge.SessionStore.RedisBackend
 
   setup_all do
-    server = TestRedis.start()
-    on_exit(fn -> TestRedis.stop(server) end)
-    start_supervised!({RedisBackend, url: TestRedis.url(server)})
+    TestRedis.start_backend!()
     :ok
   end
 

@@ -10,10 +10,7 @@ defmodule DSPex.Bridge.SessionStoreRedisTest do
   use DSPex.Bridge.SessionStoreSuite, backend: :redis
 
   setup_all do
-    server = TestRedis.start(password: "suite-pw")
-    on_exit(fn -> TestRedis.stop(server) end)
-    start_supervised!({RedisBackend, url: TestRedis.url(server), password: "suite-pw"})
-    %{server: server}
+    %{server: TestRedis.start_backend!(password: "suite-pw")}
   end
 
   test "a Redis session is not on this node, and a local one cannot shadow it" do

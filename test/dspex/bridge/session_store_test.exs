@@ -58,24 +58,13 @@ defmodule DSPex.Bridge.SessionStoreTest do
     end
   end
 
-  describe "variables" do
-    setup do
-      {:ok, session: session!()}
-    end
-  end
-
   describe "watchers" do
-    test "a watcher gets every committed change, dead watchers are dropped" do
+    # What watchers are told is in the suite both backends run; this is the session
+    # process's own bookkeeping.
+    test "dead watchers are dropped, and unwatch leaves none" do
       s = session!()
       {:ok, _} = SessionStore.register_variable(s, :x, :integer, 1)
       assert {:ok, %Variable{value: 1}} = SessionStore.watch(s, :x)
-      {:ok, _} = SessionStore.update_variable(s, :x, 2)
-      assert_receive {:dspex_variable_changed, ^s, :x, %{old: 1, new: 2, version: 2}}
-      {:error, _} = SessionStore.update_variable(s, :x, "bad")
-      {:ok, _} = SessionStore.rollback_variable(s, :x, 1)
-      assert_receive {:dspex_variable_changed, ^s, :x, %{old: 2, new: 1, version: 3}}
-      refute_received {:dspex_variable_changed, _, _, _}
-
       other = spawn(fn -> Process.sleep(:infinity) end)
       {:ok, _} = SessionStore.watch(s, :x, pid: other)
       [{_, _, pid, _}] = :ets.lookup(:dspex_bridge_sessions, s)
@@ -87,19 +76,6 @@ defmodule DSPex.Bridge.SessionStoreTest do
       {:ok, _} = SessionStore.update_variable(s, :x, 5)
       refute_receive {:dspex_variable_changed, _, _, _}, 50
       assert :sys.get_state(pid).watchers == %{}
-    end
-
-    test "deleting a watched variable tells the watcher" do
-      s = session!()
-      {:ok, _} = SessionStore.register_variable(s, :x, :integer, 1)
-      {:ok, _} = SessionStore.watch(s, :x)
-      :ok = SessionStore.delete_variable(s, :x)
-      assert_receive {:dspex_variable_deleted, ^s, :x}
-    end
-
-    test "watching an unknown variable is an error" do
-      s = session!()
-      assert {:error, {:variable_not_found, :nope}} = SessionStore.watch(s, :nope)
     end
   end
 

@@ -83,34 +83,26 @@ defmodule DSPex.Bridge.SessionStore.Backends do
   @doc false
   # `error` is this node's answer (`:session_not_found` or `:access_denied`); it stands
   # unless the Redis backend holds the session.
-  def route(module, fun, [id | _] = args, error) when is_id(id) do
-    case RedisBackend.lookup() do
-      nil ->
-        error
-
-      backend ->
-        case call(backend, module, fun, args) do
-          {:error, :session_not_found} -> error
-          result -> result
-        end
-    end
-  end
-
-  # AccessControl names a variable as `{session, name}`.
-  def route(AccessControl, fun, [{id, name} | _] = args, error) when is_id(id) and is_id(name) do
-    case RedisBackend.lookup() do
-      nil ->
-        error
-
-      backend ->
-        case call(backend, AccessControl, fun, args) do
-          {:error, :session_not_found} -> error
-          result -> result
-        end
+  def route(module, fun, [first | _] = args, error) do
+    with id when id != nil <- session_of(module, first),
+         backend when backend != nil <- RedisBackend.lookup() do
+      case call(backend, module, fun, args) do
+        {:error, :session_not_found} -> error
+        result -> result
+      end
+    else
+      nil -> error
     end
   end
 
   def route(_module, _fun, _args, error), do: error
+
+  # The session a call is about: its first argument, or for AccessControl the first half of
+  # the `{session, name}` that names a variable.
+  defp session_of(AccessControl, {id, name}) when is_id(id) and is_id(name), do: id
+  defp session_of(AccessControl, _other), do: nil
+  defp session_of(_module, id) when is_id(id), do: id
+  defp session_of(_module, _other), do: nil
 
   defp call(backend, SessionStore, fun, args) do
     [id | _] = args

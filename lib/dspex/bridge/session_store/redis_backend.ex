@@ -390,9 +390,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
 
   @doc false
   def list_sessions(backend) do
-    now = System.system_time(:millisecond)
-
-    case Redis.command(backend.conn, ["ZRANGEBYSCORE", index_key(backend), "(#{now}", "+inf"]) do
+    case Redis.eval(backend.conn, Scripts.sessions(), [index_key(backend)], []) do
       {:ok, ids} -> Enum.map(ids, &decode_id/1)
       {:error, _} -> []
     end

@@ -7,6 +7,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Graph do
   # nodes adding edges at once can never close a cycle together, and nobody retries. Reads
   # take the whole graph in one round trip and walk it here.
 
+  alias DSPex.Bridge.Options
   alias DSPex.Bridge.SessionStore.RedisBackend
   alias DSPex.Bridge.SessionStore.RedisBackend.Scripts
 
@@ -205,34 +206,16 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Graph do
   # ---------------------------------------------------------------------------------------
 
   # `{from, to}` or `{from, to, kind}` -> `{from, to, kind}`.
-  defp check_edges(edges) do
-    Enum.reduce_while(edges, {:ok, []}, fn edge, {:ok, acc} ->
-      case edge do
-        {_from, _to, :compute} ->
-          {:halt, {:error, {:not_supported, :compute}}}
+  defp check_edges(edges), do: Options.map_ok(edges, &check_edge/1)
 
-        {from, to, kind} when kind in @kinds or is_binary(kind) ->
-          check_edge(from, to, kind, acc)
+  defp check_edge({_from, _to, :compute}), do: {:error, {:not_supported, :compute}}
 
-        {from, to} ->
-          check_edge(from, to, :data, acc)
-
-        other ->
-          {:halt, {:error, {:invalid_option, {:edge, other}}}}
-      end
-    end)
-    |> case do
-      {:ok, acc} -> {:ok, Enum.reverse(acc)}
-      error -> error
-    end
+  defp check_edge({from, to, kind}) when kind in @kinds or is_binary(kind) do
+    with :ok <- check_names(from, to), do: {:ok, {from, to, kind}}
   end
 
-  defp check_edge(from, to, kind, acc) do
-    case check_names(from, to) do
-      :ok -> {:cont, {:ok, [{from, to, kind} | acc]}}
-      error -> {:halt, error}
-    end
-  end
+  defp check_edge({from, to}), do: check_edge({from, to, :data})
+  defp check_edge(other), do: {:error, {:invalid_option, {:edge, other}}}
 
   defp check_names(from, to) do
     import DSPex.Bridge.Options, only: [is_id: 1]

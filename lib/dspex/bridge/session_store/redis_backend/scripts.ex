@@ -7,11 +7,14 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   # the Elixir side before the script runs).
   #
   # Keys of a session (KEYS in every script, in this order):
-  #   1. the session hash: `meta`, `ttl` (ms or "inf"), `hlimit`, `max`, `count`, `gen`, and
-  #      per variable (field suffix = the encoded name f): `s:f` schema, `m:f` metadata,
-  #      `v:f` value, `n:f` version, `g:f` the generation of its registration;
+  #   1. the session hash: `meta`, `ttl` (ms or "inf"), `hlimit`, `max`, `count`, `gen`,
+  #      `gver` (the graph's version), and per variable (field suffix = the encoded name f):
+  #      `s:f` schema, `m:f` metadata, `v:f` value, `n:f` version, `g:f` the generation of
+  #      its registration, `a:f` / `p:f` its access policy and the policy's version;
   #   2. the history hash: `<version>:f` -> entry, for the last `hlimit` versions;
   #   3. the index of live sessions: a sorted set, score = the Unix ms it expires at.
+  # Beside them, `<session hash>:g` holds the dependency graph. ARGV[1] is the session id
+  # and ARGV[2] the caller's clock (the expiry goes by the server's, `server_now`).
   # Every script that finds the session refreshes its expiry (`touch`). Changes are
   # published on `<session hash key>:changes`: `w` then per variable its name, new version,
   # old and new value; `d` and a name (deleted); `x` (the session was deleted).
@@ -19,7 +22,13 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   alias DSPex.Bridge.Redis
 
   @touch """
-  local function touch(now)
+  -- The server's clock, so that the index agrees with the keys' own expiry to the ms.
+  local function server_now()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  local function touch()
+    local now = server_now()
     local ttl = redis.call('HGET', KEYS[1], 'ttl')
     if ttl == 'inf' then
       redis.call('ZADD', KEYS[3], 'inf', ARGV[1])
@@ -87,8 +96,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
             if alive() then return 'exists' end
             redis.call('HSET', KEYS[1], 'meta', ARGV[3], 'ttl', ARGV[4], 'hlimit', ARGV[5],
               'max', ARGV[6], 'count', 0, 'gen', 0)
-            touch(tonumber(ARGV[2]))
-            redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
+            touch()
+            redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', server_now())
             return 'ok'
             """
 
@@ -106,7 +115,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   @session @touch <>
              """
              if not alive() then return 'no_session' end
-             touch(tonumber(ARGV[2]))
+             touch()
              return redis.call('HMGET', KEYS[1], 'meta', 'count')
              """
 
@@ -129,7 +138,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                 redis.call('HSET', KEYS[1], 'a:' .. f, ARGV[8], 'p:' .. f,
                   redis.call('INCR', KEYS[3] .. ':policy_versions'))
               end
-              touch(tonumber(ARGV[2]))
+              touch()
               return {'ok', gen}
               """
 
@@ -145,7 +154,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
             out[#out + 1] = redis.call('HMGET', KEYS[1], 's:' .. f, 'g:' .. f, 'm:' .. f,
               'v:' .. f, 'n:' .. f, 'a:' .. f, 'p:' .. f)
           end
-          touch(tonumber(ARGV[2]))
+          touch()
           return out
           """
 
@@ -153,7 +162,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   @list @touch <>
           """
           if not alive() then return 'no_session' end
-          touch(tonumber(ARGV[2]))
+          touch()
           return redis.call('HGETALL', KEYS[1])
           """
 
@@ -208,7 +217,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
              out[#out + 1] = {v, redis.call('HGET', KEYS[1], 'm:' .. f)}
              changes[#changes + 1] = ns(f) .. ns(tostring(v)) .. ns(olds[i + 1]) .. ns(ARGV[b + 3])
            end
-           touch(tonumber(ARGV[2]))
+           touch()
            publish(changes)
            return out
            """
@@ -227,7 +236,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
              for version = v, oldest, -1 do
                entries[#entries + 1] = redis.call('HGET', KEYS[2], version .. ':' .. f)
              end
-             touch(tonumber(ARGV[2]))
+             touch()
              return {v, entries}
              """
 
@@ -247,7 +256,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                      for version = math.max(1, v - hlimit + 1), v do
                        redis.call('HDEL', KEYS[2], version .. ':' .. f)
                      end
-                     touch(tonumber(ARGV[2]))
+                     touch()
                      publish({ns('d'), ns(f)})
                      return 'ok'
                      """
@@ -256,7 +265,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   @export @touch <>
             """
             if not alive() then return 'no_session' end
-            touch(tonumber(ARGV[2]))
+            touch()
             return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
               redis.call('HGETALL', G)}
             """
@@ -287,7 +296,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
             for i = 0, e - 1 do
               add_edge(ARGV[at + 1 + i * 3], ARGV[at + 2 + i * 3], ARGV[at + 3 + i * 3])
             end
-            touch(tonumber(ARGV[2]))
+            touch()
             return 'ok'
             """
 
@@ -295,7 +304,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   @graph_dump @touch <>
                 """
                 if not alive() then return 'no_session' end
-                touch(tonumber(ARGV[2]))
+                touch()
                 return {tonumber(redis.call('HGET', KEYS[1], 'gver') or '0'), redis.call('HGETALL', G)}
                 """
 
@@ -351,7 +360,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                  end
                end
                if #added > 0 then redis.call('HINCRBY', KEYS[1], 'gver', 1) end
-               touch(tonumber(ARGV[2]))
+               touch()
                return {'ok', #added}
                """
 
@@ -364,7 +373,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                   end
                   remove_edge(ARGV[3], ARGV[4])
                   redis.call('HINCRBY', KEYS[1], 'gver', 1)
-                  touch(tonumber(ARGV[2]))
+                  touch()
                   return 'ok'
                   """
 
@@ -374,7 +383,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                  if not alive() then return 'no_session' end
                  if redis.call('HEXISTS', KEYS[1], 'n:' .. ARGV[3]) == 0 then return 'missing' end
                  if clear_edges(ARGV[3]) then redis.call('HINCRBY', KEYS[1], 'gver', 1) end
-                 touch(tonumber(ARGV[2]))
+                 touch()
                  return 'ok'
                  """
 
@@ -390,9 +399,16 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                   -- a policy can never match a later policy of the same name by number.
                   local v = redis.call('INCR', KEYS[3] .. ':policy_versions')
                   redis.call('HSET', KEYS[1], 'a:' .. f, ARGV[5], 'p:' .. f, v)
-                  touch(tonumber(ARGV[2]))
+                  touch()
                   return {'ok', v}
                   """
+
+  # KEYS[1]: the index -> the ids of the sessions alive now, by the server's clock.
+  @sessions """
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+  """
 
   for {name, source} <- [
         create: @create,
@@ -410,7 +426,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
         graph_add: @graph_add,
         graph_remove: @graph_remove,
         graph_clear: @graph_clear,
-        policy_write: @policy_write
+        policy_write: @policy_write,
+        sessions: @sessions
       ] do
     @doc false
     def unquote(name)(), do: unquote(Macro.escape(Redis.script(source)))
