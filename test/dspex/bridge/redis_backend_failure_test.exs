@@ -23,6 +23,18 @@ defmodule DSPex.Bridge.RedisBackendFailureTest do
     assert RedisBackend.lookup() == nil
   end
 
+  test "with no Redis backend running, asking for one is a clear error" do
+    assert RedisBackend.lookup() == nil
+
+    assert {:error, {:backend_not_started, :redis}} =
+             SessionStore.create_session(unique_id(), backend: :redis)
+
+    {:ok, bin} = SessionStore.export_session(session!())
+
+    assert {:error, {:backend_not_started, :redis}} =
+             SessionStore.import_session(bin, session_id: unique_id(), backend: :redis)
+  end
+
   test "kill -9 of Redis: every acknowledged write is there after the restart, errors while it was down were clear and fast" do
     server = TestRedis.start()
     start_supervised!({RedisBackend, url: TestRedis.url(server), timeout: 1_000})

@@ -22,6 +22,45 @@ defmodule DSPex.Bridge.SessionStoreRedisTest do
     :ok = SessionStore.delete_session(id)
   end
 
+  test "the configured default backend: new sessions and imports go to Redis", %{server: server} do
+    alias DSPex.Bridge.SessionStore.Backends
+    previous = Application.get_env(:dspex_bridge, :backend)
+    on_exit(fn -> restore(:backend, previous) end)
+
+    Application.put_env(
+      :dspex_bridge,
+      :backend,
+      {:redis, url: TestRedis.url(server), password: "suite-pw"}
+    )
+
+    assert Backends.default() == :redis
+    assert [{DSPex.Bridge.SessionStore.RedisBackend, opts}] = Backends.children()
+    assert opts[:url] == TestRedis.url(server)
+
+    id = unique_id()
+    assert {:ok, ^id} = SessionStore.create_session(id)
+    on_exit(fn -> SessionStore.delete_session(id) end)
+    refute :ets.member(:dspex_bridge_sessions, id)
+    assert {:ok, %{id: ^id}} = SessionStore.get_session(id)
+
+    Application.put_env(:dspex_bridge, :backend, :local)
+    assert Backends.children() == []
+    local = unique_id()
+    assert {:ok, ^local} = SessionStore.create_session(local)
+    on_exit(fn -> SessionStore.delete_session(local) end)
+    assert :ets.member(:dspex_bridge_sessions, local)
+  end
+
+  test "a backend that is not a backend is a clear error" do
+    assert {:error, {:invalid_option, {:backend, :bogus}}} =
+             SessionStore.create_session(unique_id(), backend: :bogus)
+
+    {:ok, bin} = SessionStore.export_session(suite_session!())
+
+    assert {:error, {:invalid_option, {:backend, "redis"}}} =
+             SessionStore.import_session(bin, session_id: unique_id(), backend: "redis")
+  end
+
   test "another session's caller is denied, and learns nothing" do
     id = suite_session!()
     {:ok, _} = SessionStore.register_variable(id, :x, :integer, 1)
@@ -114,4 +153,7 @@ defmodule DSPex.Bridge.SessionStoreRedisTest do
     key = "dspex:{" <> RedisBackend.encode_id(id) <> "}"
     assert {:ok, 1} = DSPex.Bridge.Redis.command(redis, ["HEXISTS", key, "n:sshared"])
   end
+
+  defp restore(key, nil), do: Application.delete_env(:dspex_bridge, key)
+  defp restore(key, value), do: Application.put_env(:dspex_bridge, key, value)
 end
