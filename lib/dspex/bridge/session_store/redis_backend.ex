@@ -195,7 +195,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
         {:dspex_redis_message, sub, channel, payload},
         %{sub: sub, grants: channel} = state
       ),
-      do: {:noreply, %{state | locks: Locks.published(state.locks, state.backend, payload)}}
+      do: {:noreply, %{state | locks: Locks.published(state.locks, payload)}}
 
   def handle_info({:dspex_redis_message, sub, channel, payload}, %{sub: sub} = state)
       when is_binary(channel) do
@@ -851,11 +851,11 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   defp session_key(backend, id), do: backend.prefix <> "{" <> encode_id(id) <> "}"
   defp index_key(backend), do: backend.prefix <> "sessions"
 
-  # Runs a session script: ARGV is the session id, the time, then `args`.
+  # Runs a session script: ARGV is the session id, then `args`.
   defp run(backend, script, id, args) do
     key = session_key(backend, id)
     keys = [key, key <> ":h", index_key(backend)]
-    run_script(backend, script, keys, [encode_id(id), System.system_time(:millisecond) | args])
+    run_script(backend, script, keys, [encode_id(id) | args])
   end
 
   @doc false

@@ -89,9 +89,9 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Locks do
   end
 
   # A message published for this node: a grant (`g|`) or a preemption (`p|`).
-  def published(%__MODULE__{} = locks, backend, "g|" <> grant), do: granted(locks, grant, backend)
-  def published(%__MODULE__{} = locks, _backend, "p|" <> notice), do: preempting(locks, notice)
-  def published(%__MODULE__{} = locks, _backend, _other), do: locks
+  def published(%__MODULE__{} = locks, "g|" <> grant), do: granted(locks, grant)
+  def published(%__MODULE__{} = locks, "p|" <> notice), do: preempting(locks, notice)
+  def published(%__MODULE__{} = locks, _other), do: locks
 
   # A higher-priority waiter asked for a lock held here: the holder is told, and loses it
   # after the grace period unless it releases first.
@@ -117,18 +117,18 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Locks do
 
       {holder, held} ->
         Process.demonitor(holder.monitor, [:flush])
-        drop(backend, locks, member, holder.session, holder.var)
+        drop(backend, member, holder.session, holder.var)
         held_ms = System.system_time(:millisecond) - holder.at
         send(holder.pid, {:lock_lost, holder.var, :preempted, held_ms})
         %{locks | held: held}
     end
   end
 
-  # A grant published for this node: `<member>|<token>`.
-  defp granted(%__MODULE__{} = locks, payload, _backend) do
-    with [token, member] <- payload |> String.reverse() |> String.split("|", parts: 2),
-         {token, ""} <- token |> String.reverse() |> Integer.parse() do
-      member = String.reverse(member)
+  # A grant published for this node: `<node id>|<n>|<token>` (the member, then the token).
+  defp granted(%__MODULE__{} = locks, payload) do
+    with [node, n, token] <- String.split(payload, "|"),
+         {token, ""} <- Integer.parse(token) do
+      member = node <> "|" <> n
 
       case Map.pop(locks.waiters, member) do
         # Nobody here waits for it any more: its timeout (or death) already gave it back.
@@ -156,7 +156,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Locks do
         Process.demonitor(waiter.monitor, [:flush])
         if waiter.poke, do: Process.cancel_timer(waiter.poke)
         # A grant that raced the timeout is given back by the same script.
-        drop(backend, locks, member, waiter.session, waiter.var)
+        drop(backend, member, waiter.session, waiter.var)
         GenServer.reply(waiter.from, {:error, :timeout})
         %{locks | waiters: waiters}
     end
@@ -188,7 +188,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Locks do
 
     for {member, entry} <- dead_waiters ++ dead_holders do
       if Map.has_key?(entry, :from), do: stop_timers(entry)
-      drop(backend, locks, member, entry.session, entry.var)
+      drop(backend, member, entry.session, entry.var)
     end
 
     %{locks | waiters: Map.new(waiters), held: Map.new(held)}
@@ -276,7 +276,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Locks do
 
   defp poke_after(member, _pttl), do: Process.send_after(self(), {:lock_poke, member}, 50)
 
-  defp drop(backend, _locks, member, session, var),
+  defp drop(backend, member, session, var),
     do: run(backend, LockScripts.drop_member(), session, var, [member])
 
   defp lock(entry, token) do

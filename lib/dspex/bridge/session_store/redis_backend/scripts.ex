@@ -13,8 +13,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   #      its registration, `a:f` / `p:f` its access policy and the policy's version;
   #   2. the history hash: `<version>:f` -> entry, for the last `hlimit` versions;
   #   3. the index of live sessions: a sorted set, score = the Unix ms it expires at.
-  # Beside them, `<session hash>:g` holds the dependency graph. ARGV[1] is the session id
-  # and ARGV[2] the caller's clock (the expiry goes by the server's, `server_now`).
+  # Beside them, `<session hash>:g` holds the dependency graph. ARGV[1] is the session id;
+  # expiry goes by the server's clock (`server_now`).
   # Every script that finds the session refreshes its expiry (`touch`). Changes are
   # published on `<session hash key>:changes`: `w` then per variable its name, new version,
   # old and new value; `d` and a name (deleted); `x` (the session was deleted).
@@ -90,12 +90,12 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   end
   """
 
-  # ARGV: sid, now, meta, ttl, hlimit, max
+  # ARGV: sid, meta, ttl, hlimit, max
   @create @touch <>
             """
             if alive() then return 'exists' end
-            redis.call('HSET', KEYS[1], 'meta', ARGV[3], 'ttl', ARGV[4], 'hlimit', ARGV[5],
-              'max', ARGV[6], 'count', 0, 'gen', 0)
+            redis.call('HSET', KEYS[1], 'meta', ARGV[2], 'ttl', ARGV[3], 'hlimit', ARGV[4],
+              'max', ARGV[5], 'count', 0, 'gen', 0)
             touch()
             redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', server_now())
             return 'ok'
@@ -111,7 +111,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
             return 'ok'
             """
 
-  # ARGV: sid, now -> {meta, count}
+  # ARGV: sid -> {meta, count}
   @session @touch <>
              """
              if not alive() then return 'no_session' end
@@ -119,37 +119,37 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
              return redis.call('HMGET', KEYS[1], 'meta', 'count')
              """
 
-  # ARGV: sid, now, f, schema, metadata, value, history entry, access policy ('' when the
+  # ARGV: sid, f, schema, metadata, value, history entry, access policy ('' when the
   # default: private, no rules)
   @register @touch <>
               """
               if not alive() then return 'no_session' end
-              local f = ARGV[3]
+              local f = ARGV[2]
               if redis.call('HEXISTS', KEYS[1], 'n:' .. f) == 1 then return 'exists' end
               local count = tonumber(redis.call('HGET', KEYS[1], 'count'))
               if count >= tonumber(redis.call('HGET', KEYS[1], 'max')) then
                 return {'limit', redis.call('HGET', KEYS[1], 'max')}
               end
               local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)
-              redis.call('HSET', KEYS[1], 's:' .. f, ARGV[4], 'm:' .. f, ARGV[5],
-                'v:' .. f, ARGV[6], 'n:' .. f, 1, 'g:' .. f, gen, 'count', count + 1)
-              redis.call('HSET', KEYS[2], '1:' .. f, ARGV[7])
-              if ARGV[8] ~= '' then
-                redis.call('HSET', KEYS[1], 'a:' .. f, ARGV[8], 'p:' .. f,
+              redis.call('HSET', KEYS[1], 's:' .. f, ARGV[3], 'm:' .. f, ARGV[4],
+                'v:' .. f, ARGV[5], 'n:' .. f, 1, 'g:' .. f, gen, 'count', count + 1)
+              redis.call('HSET', KEYS[2], '1:' .. f, ARGV[6])
+              if ARGV[7] ~= '' then
+                redis.call('HSET', KEYS[1], 'a:' .. f, ARGV[7], 'p:' .. f,
                   redis.call('INCR', KEYS[3] .. ':policy_versions'))
               end
               touch()
               return {'ok', gen}
               """
 
-  # ARGV: sid, now, f... -> per name {schema, gen, metadata, value, version, policy, policy
+  # ARGV: sid, f... -> per name {schema, gen, metadata, value, version, policy, policy
   # version} (nils when absent): a foreign caller's decision uses the policy read with the
   # value.
   @read @touch <>
           """
           if not alive() then return 'no_session' end
           local out = {}
-          for i = 3, #ARGV do
+          for i = 2, #ARGV do
             local f = ARGV[i]
             out[#out + 1] = redis.call('HMGET', KEYS[1], 's:' .. f, 'g:' .. f, 'm:' .. f,
               'v:' .. f, 'n:' .. f, 'a:' .. f, 'p:' .. f)
@@ -158,7 +158,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
           return out
           """
 
-  # ARGV: sid, now -> the whole session hash
+  # ARGV: sid -> the whole session hash
   @list @touch <>
           """
           if not alive() then return 'no_session' end
@@ -166,18 +166,18 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
           return redis.call('HGETALL', KEYS[1])
           """
 
-  # ARGV: sid, now, n, then per variable: f, gen, expected ('' for any), value, metadata ('' to
+  # ARGV: sid, n, then per variable: f, gen, expected ('' for any), value, metadata ('' to
   # keep), history entry, lock token ('' for none), policy version the write was allowed on
   # ('' for the owner). All or nothing: every check runs before the first write.
   # -> {'ok', {version, metadata}...} or {reason, index, detail}
   @write @touch <>
            """
            if not alive() then return 'no_session' end
-           local n = tonumber(ARGV[3])
+           local n = tonumber(ARGV[2])
            local versions = {}
            local olds = {}
            for i = 0, n - 1 do
-             local b = 4 + i * 8
+             local b = 3 + i * 8
              local f = ARGV[b]
              local current = redis.call('HMGET', KEYS[1], 'n:' .. f, 'g:' .. f, 'v:' .. f)
              if not current[1] then return {'missing', i + 1, ''} end
@@ -207,7 +207,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
            local out = {'ok'}
            local changes = {ns('w')}
            for i = 0, n - 1 do
-             local b = 4 + i * 8
+             local b = 3 + i * 8
              local f = ARGV[b]
              local v = versions[i + 1]
              redis.call('HSET', KEYS[1], 'v:' .. f, ARGV[b + 3], 'n:' .. f, v)
@@ -222,17 +222,17 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
            return out
            """
 
-  # ARGV: sid, now, f, limit -> {version, entries newest first} or 'missing'
+  # ARGV: sid, f, limit -> {version, entries newest first} or 'missing'
   @history @touch <>
              """
              if not alive() then return 'no_session' end
-             local f = ARGV[3]
+             local f = ARGV[2]
              local v = redis.call('HGET', KEYS[1], 'n:' .. f)
              if not v then return 'missing' end
              v = tonumber(v)
              local hlimit = tonumber(redis.call('HGET', KEYS[1], 'hlimit'))
              local entries = {}
-             local oldest = math.max(1, v - math.min(hlimit, tonumber(ARGV[4])) + 1)
+             local oldest = math.max(1, v - math.min(hlimit, tonumber(ARGV[3])) + 1)
              for version = v, oldest, -1 do
                entries[#entries + 1] = redis.call('HGET', KEYS[2], version .. ':' .. f)
              end
@@ -240,11 +240,11 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
              return {v, entries}
              """
 
-  # ARGV: sid, now, f (its edges go with it)
+  # ARGV: sid, f (its edges go with it)
   @delete_variable @touch <>
                      """
                      if not alive() then return 'no_session' end
-                     local f = ARGV[3]
+                     local f = ARGV[2]
                      local v = redis.call('HGET', KEYS[1], 'n:' .. f)
                      if not v then return 'missing' end
                      if clear_edges(f) then redis.call('HINCRBY', KEYS[1], 'gver', 1) end
@@ -261,7 +261,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                      return 'ok'
                      """
 
-  # ARGV: sid, now -> {session hash, history hash, graph hash}: one consistent cut.
+  # ARGV: sid -> {session hash, history hash, graph hash}: one consistent cut.
   @export @touch <>
             """
             if not alive() then return 'no_session' end
@@ -270,16 +270,16 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
               redis.call('HGETALL', G)}
             """
 
-  # ARGV: sid, now, meta, ttl, hlimit, max, n, then per variable: f, schema, metadata,
+  # ARGV: sid, meta, ttl, hlimit, max, n, then per variable: f, schema, metadata,
   # value, version, h, then h pairs of version and history entry; then e, and e triples of
   # from, to, kind.
   @import @touch <>
             """
             if alive() then return 'exists' end
-            local n = tonumber(ARGV[7])
-            redis.call('HSET', KEYS[1], 'meta', ARGV[3], 'ttl', ARGV[4], 'hlimit', ARGV[5],
-              'max', ARGV[6], 'count', n, 'gen', n)
-            local at = 8
+            local n = tonumber(ARGV[6])
+            redis.call('HSET', KEYS[1], 'meta', ARGV[2], 'ttl', ARGV[3], 'hlimit', ARGV[4],
+              'max', ARGV[5], 'count', n, 'gen', n)
+            local at = 7
             for gen = 1, n do
               local f = ARGV[at]
               redis.call('HSET', KEYS[1], 's:' .. f, ARGV[at + 1], 'm:' .. f, ARGV[at + 2],
@@ -300,7 +300,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
             return 'ok'
             """
 
-  # ARGV: sid, now -> {graph version, the graph hash}
+  # ARGV: sid -> {graph version, the graph hash}
   @graph_dump @touch <>
                 """
                 if not alive() then return 'no_session' end
@@ -308,7 +308,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                 return {tonumber(redis.call('HGET', KEYS[1], 'gver') or '0'), redis.call('HGETALL', G)}
                 """
 
-  # ARGV: sid, now, n, then n triples from, to, kind. All or nothing; each edge is checked
+  # ARGV: sid, n, then n triples from, to, kind. All or nothing; each edge is checked
   # against the graph with the batch's earlier edges in it, by a breadth-first search here,
   # so no two callers on any nodes can close a cycle together.
   # -> {'ok', added} | {'missing', f} | {'cycle', to, ..., from, to}
@@ -339,8 +339,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                  end
                  return nil
                end
-               for i = 0, tonumber(ARGV[3]) - 1 do
-                 local f, t, kind = ARGV[4 + i * 3], ARGV[5 + i * 3], ARGV[6 + i * 3]
+               for i = 0, tonumber(ARGV[2]) - 1 do
+                 local f, t, kind = ARGV[3 + i * 3], ARGV[4 + i * 3], ARGV[5 + i * 3]
                  for _, x in ipairs({f, t}) do
                    if redis.call('HEXISTS', KEYS[1], 'n:' .. x) == 0 then
                      undo()
@@ -364,41 +364,41 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                return {'ok', #added}
                """
 
-  # ARGV: sid, now, from, to -> 'ok' | 'not_found'
+  # ARGV: sid, from, to -> 'ok' | 'not_found'
   @graph_remove @touch <>
                   """
                   if not alive() then return 'no_session' end
-                  if redis.call('HEXISTS', G, 'k:' .. ns(ARGV[3]) .. ns(ARGV[4])) == 0 then
+                  if redis.call('HEXISTS', G, 'k:' .. ns(ARGV[2]) .. ns(ARGV[3])) == 0 then
                     return 'not_found'
                   end
-                  remove_edge(ARGV[3], ARGV[4])
+                  remove_edge(ARGV[2], ARGV[3])
                   redis.call('HINCRBY', KEYS[1], 'gver', 1)
                   touch()
                   return 'ok'
                   """
 
-  # ARGV: sid, now, f -> 'ok' | 'missing'
+  # ARGV: sid, f -> 'ok' | 'missing'
   @graph_clear @touch <>
                  """
                  if not alive() then return 'no_session' end
-                 if redis.call('HEXISTS', KEYS[1], 'n:' .. ARGV[3]) == 0 then return 'missing' end
-                 if clear_edges(ARGV[3]) then redis.call('HINCRBY', KEYS[1], 'gver', 1) end
+                 if redis.call('HEXISTS', KEYS[1], 'n:' .. ARGV[2]) == 0 then return 'missing' end
+                 if clear_edges(ARGV[2]) then redis.call('HINCRBY', KEYS[1], 'gver', 1) end
                  touch()
                  return 'ok'
                  """
 
-  # ARGV: sid, now, f, the policy version it was read at, the new policy
+  # ARGV: sid, f, the policy version it was read at, the new policy
   # -> {'ok', new version} | 'missing' | 'changed'
   @policy_write @touch <>
                   """
                   if not alive() then return 'no_session' end
-                  local f = ARGV[3]
+                  local f = ARGV[2]
                   if redis.call('HEXISTS', KEYS[1], 'n:' .. f) == 0 then return 'missing' end
-                  if (redis.call('HGET', KEYS[1], 'p:' .. f) or '0') ~= ARGV[4] then return 'changed' end
+                  if (redis.call('HGET', KEYS[1], 'p:' .. f) or '0') ~= ARGV[3] then return 'changed' end
                   -- Versions come from one counter for the whole server, so a node's copy of
                   -- a policy can never match a later policy of the same name by number.
                   local v = redis.call('INCR', KEYS[3] .. ':policy_versions')
-                  redis.call('HSET', KEYS[1], 'a:' .. f, ARGV[5], 'p:' .. f, v)
+                  redis.call('HSET', KEYS[1], 'a:' .. f, ARGV[4], 'p:' .. f, v)
                   touch()
                   return {'ok', v}
                   """
