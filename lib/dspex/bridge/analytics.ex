@@ -327,8 +327,11 @@ defmodule DSPex.Bridge.Analytics do
   @doc """
   Bytes of memory the engine holds, counted from the capacities of its own structures (the
   allocator's bookkeeping excluded). Locks each shard in turn: poll it for monitoring, not
-  on a hot path.
+  on a hot path. An engine that holds nothing (after `reset/0`, or before anything was
+  recorded) holds no memory of its own.
 
+      iex> DSPex.Bridge.Analytics.increment(:doc_memory_probe)
+      :ok
       iex> DSPex.Bridge.Analytics.memory() > 0
       true
   """
