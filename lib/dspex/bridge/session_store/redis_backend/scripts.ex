@@ -36,7 +36,9 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
       redis.call('PEXPIRE', KEYS[1], ttl)
       redis.call('PEXPIRE', KEYS[2], ttl)
       redis.call('PEXPIRE', KEYS[1] .. ':g', ttl)
-      redis.call('ZADD', KEYS[3], now + tonumber(ttl), ARGV[1])
+      -- One ms past the keys' own expiry: TIME is read in whole ms rounded down, so the
+      -- index never lets a session go while its keys can still be read.
+      redis.call('ZADD', KEYS[3], now + tonumber(ttl) + 1, ARGV[1])
     end
   end
   local function alive()
