@@ -3,7 +3,9 @@
 # a free loopback port, without persistence, and measures in the same run:
 #   * redis-benchmark's SET and GET (1 and 16 connections): the server's own floor;
 #   * update_variable / get_variable on a Redis session (1 and 16 callers: the backend has
-#     one multiplexed connection), and get_variable on a local session;
+#     one multiplexed connection);
+#   * get_variable on a local session, and on a Redis session from this node's read cache
+#     and on a cache miss (the copy dropped before each read, as a change elsewhere does);
 #   * an optimizer lock's acquire + release against a raw SET NX PX + DEL pair sent by the
 #     same client from the same VM.
 Code.require_file("bench_helper.exs", __DIR__)
@@ -105,25 +107,38 @@ for clients <- [1, 16] do
   )
 
   Bench.row("redis-benchmark GET, #{clients} conn", "#{round(floor["GET"])} ops/s")
-  Bench.row("get_variable (Redis), #{clients} callers", "#{round(reads)} ops/s")
+  Bench.row("get_variable (Redis, cached), #{clients} callers", "#{round(reads)} ops/s")
   Bench.row("  ratio get / GET", :io_lib.format("~.2f", [reads / floor["GET"]]) |> to_string())
 end
 
-[{_, local_read}, {_, redis_read}] =
+cache = RedisBackend.lookup().cache
+
+[{_, local_read}, {_, cached_read}, {_, missed_read}] =
   Bench.compare(
     [
       {:local, fn -> SessionStore.get_variable(local, :x) end},
-      {:redis, fn -> SessionStore.get_variable(s, :x) end}
+      {:cached, fn -> SessionStore.get_variable(s, :x) end},
+      {:miss,
+       fn ->
+         DSPex.Bridge.SessionStore.RedisBackend.ReadCache.invalidate(cache, s)
+         SessionStore.get_variable(s, :x)
+       end}
     ],
     5_000
   )
 
 Bench.row("get_variable, local session", Bench.fmt(local_read))
-Bench.row("get_variable, Redis session (no client cache yet)", Bench.fmt(redis_read))
+Bench.row("get_variable, Redis session, cached", Bench.fmt(cached_read))
+Bench.row("get_variable, Redis session, cache miss", Bench.fmt(missed_read))
 
 Bench.row(
-  "  ratio Redis / local read (goal <= 2.0 cached)",
-  :io_lib.format("~.1f", [redis_read / local_read]) |> to_string()
+  "  ratio cached Redis / local read (goal <= 2.0)",
+  :io_lib.format("~.2f", [cached_read / local_read]) |> to_string()
+)
+
+Bench.row(
+  "  ratio cache miss / cached read",
+  :io_lib.format("~.1f", [missed_read / cached_read]) |> to_string()
 )
 
 me = self()

@@ -23,6 +23,36 @@ defmodule DSPex.Bridge.TestHelpers do
   end
 
   @doc """
+  Reads `name` of `session` `n` times in a row (here, or on a peer): the results.
+  """
+  def read_values(session, name, n),
+    do: Enum.map(1..n, fn _ -> DSPex.Bridge.SessionStore.get_value(session, name) end)
+
+  @doc """
+  Starts `n` processes (here, or on a peer) that read `name` in a loop until
+  `stop_readers/1`, which returns how many reads they made; every read must succeed.
+  """
+  def start_readers(session, name, n) do
+    for _ <- 1..n, do: spawn(fn -> read_loop(session, name, 0) end)
+  end
+
+  defp read_loop(session, name, count) do
+    receive do
+      {:stop, from} -> send(from, {:reads, count})
+    after
+      0 ->
+        {:ok, _} = DSPex.Bridge.SessionStore.get_variable(session, name)
+        read_loop(session, name, count + 1)
+    end
+  end
+
+  @doc false
+  def stop_readers(pids) do
+    for pid <- pids, do: send(pid, {:stop, self()})
+    for _ <- pids, reduce: 0, do: (n -> receive(do: ({:reads, r} -> n + r)))
+  end
+
+  @doc """
   Starts a process (here, or on a peer through `:erpc`) that watches `name` and forwards
   every message it gets to `to`; returns its pid once the watch is in place.
   """

@@ -308,9 +308,9 @@ defmodule DSPex.Bridge.SessionStore do
 
   defp local_get_variable(session_id, name, []) when is_id(session_id) and is_id(name) do
     if Recorder.count_read() or Events.enabled?() do
-      timed(:read, session_id, name, fn -> lookup(session_id, name) end)
+      timed(:read, session_id, name, fn -> lookup_or_cached(session_id, name) end)
     else
-      lookup(session_id, name)
+      lookup_or_cached(session_id, name)
     end
   end
 
@@ -332,6 +332,22 @@ defmodule DSPex.Bridge.SessionStore do
     end
   end
 
+  # The owner's read: a variable this node does not hold may be one of a Redis session
+  # that this node caches (sessions never shadow each other across backends).
+  defp lookup_or_cached(session_id, name) do
+    case :ets.lookup(@variables, {session_id, name}) do
+      [{_, var, touch}] ->
+        :atomics.put(touch, 1, 1)
+        {:ok, var}
+
+      [] ->
+        case Backends.cached_variable(session_id, name) do
+          {:ok, _} = hit -> hit
+          :miss -> missing(session_id, name)
+        end
+    end
+  end
+
   defp lookup(session_id, name) do
     case :ets.lookup(@variables, {session_id, name}) do
       [{_, var, touch}] ->
@@ -339,10 +355,14 @@ defmodule DSPex.Bridge.SessionStore do
         {:ok, var}
 
       [] ->
-        if :ets.member(@sessions, session_id),
-          do: {:error, {:variable_not_found, name}},
-          else: {:error, :session_not_found}
+        missing(session_id, name)
     end
+  end
+
+  defp missing(session_id, name) do
+    if :ets.member(@sessions, session_id),
+      do: {:error, {:variable_not_found, name}},
+      else: {:error, :session_not_found}
   end
 
   @doc "All variables of a session, ordered by name."

@@ -9,7 +9,7 @@ defmodule DSPex.Bridge.SessionStore.Backends do
   # pay nothing for the seam. The arguments reach here already checked by SessionStore.
 
   alias DSPex.Bridge.{AccessControl, DependencyManager, SessionStore}
-  alias DSPex.Bridge.SessionStore.RedisBackend.{Access, Graph}
+  alias DSPex.Bridge.SessionStore.RedisBackend.{Access, Graph, ReadCache}
   import DSPex.Bridge.Options, only: [is_id: 1]
   alias DSPex.Bridge.SessionStore.RedisBackend
 
@@ -52,6 +52,20 @@ defmodule DSPex.Bridge.SessionStore.Backends do
       nil -> {:ok, false}
       backend -> RedisBackend.located(backend, id, cached)
     end
+  end
+
+  @doc false
+  # The owner's read of a variable this node's Redis read cache holds: `{:ok, var}` or
+  # `:miss`. Only sessions found on Redis through `route/4` have copies, so this comes
+  # after this node's own sessions and before the HA lookup without changing the answer.
+  def cached_variable(id, name) do
+    case :persistent_term.get(RedisBackend, nil) do
+      nil -> :miss
+      backend -> ReadCache.fetch(backend.cache, id, name)
+    end
+  rescue
+    # The backend died, and its table with it.
+    ArgumentError -> :miss
   end
 
   @doc false

@@ -14,9 +14,17 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   * Values are validated against the variable's type and constraints on the calling node
     before the script runs; the script refuses the write if the variable was re-registered
     meanwhile (its registration generation changed), and the node then validates again.
-  * Sessions expire in Redis when idle for their TTL (reads and writes refresh it).
+  * Sessions expire in Redis when idle for their TTL (reads and writes refresh it; reads
+    served from the cache refresh it every half TTL at least).
   * When Redis cannot be reached, calls return `{:error, :backend_unavailable}`; nothing is
     half-written (each change is one script).
+  * Reads are cached on each node: a repeated `get_variable/3` of the session's owner is
+    served from ETS, with no round trip, and is never stale once a write made on any node
+    has returned. A cached copy is served only under a read lease the server knows of, and
+    a change returns only after every node holding a lease on its session dropped its
+    copies, or that lease ran out (`read_cache_lease_ms:`, default 1,000). So a write to a
+    session that a dead or cut-off node was reading can take up to that long; a session
+    nobody caches pays nothing for it.
 
   * Watchers on every node get each change through Redis pub/sub, in the same messages
     as on the local backend (`{:dspex_variable_changed, ...}`, `{:dspex_variable_deleted,
@@ -64,15 +72,18 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
       DSPex.Bridge.SessionStore.create_session("s1", backend: :redis)
 
   Options: `url:` (required), `password:`, `username:`, `timeout:` ms per call (default
-  5,000), `prefix:` for the keys (default `"dspex:"`).
+  5,000), `prefix:` for the keys (default `"dspex:"`), `read_cache_lease_ms:` (default
+  1,000, at most 60,000; `0` turns the read cache off).
   """
 
   use GenServer
 
   alias DSPex.Bridge.{AccessControl, CircuitBreaker, Options, Redis, Variable, VariableType}
-  alias DSPex.Bridge.SessionStore.RedisBackend.{Access, Graph, Locks, Scripts, Watchers}
+  alias DSPex.Bridge.SessionStore.RedisBackend.{Access, Graph, Locks, ReadCache, Scripts}
+  alias DSPex.Bridge.SessionStore.RedisBackend.Watchers
 
   @default_prefix "dspex:"
+  @default_lease_ms 1_000
   # A write whose variable was re-registered between validation and script is validated
   # again; more attempts than this means something keeps re-registering it.
   @stale_retries 3
@@ -92,11 +103,19 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     password: &is_binary/1,
     username: &is_binary/1,
     timeout: &Options.pos_ms?/1,
-    prefix: &is_binary/1
+    prefix: &is_binary/1,
+    read_cache_lease_ms: &__MODULE__.lease_ms?/1
   }
 
   @typedoc "A running backend, as this node sees it."
-  @type t :: %{conn: Redis.t(), prefix: binary(), schemas: :ets.tid()}
+  @type t :: %{
+          conn: Redis.t(),
+          prefix: binary(),
+          schemas: :ets.tid(),
+          node_id: binary(),
+          cache: ReadCache.t(),
+          lease_ms: non_neg_integer()
+        }
 
   # ---------------------------------------------------------------------------------------
   # the process: it connects at start (a wrong password or a server that is not there is an
@@ -114,6 +133,10 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     end
   end
 
+  @doc false
+  # A read lease: off (0), or up to a minute (a dead node's lease holds writes back).
+  def lease_ms?(t), do: Options.int_in?(t, 0, 60_000)
+
   defp required({:ok, v}, _key), do: {:ok, v}
   defp required(:error, key), do: {:error, {:invalid_option, {:missing, key}}}
 
@@ -129,7 +152,18 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
       # at registration, so it is cached until the server says it was replaced. Also the
       # sessions found on the server ({:session, id}, see located/3).
       schemas = :ets.new(:dspex_redis_schemas, [:public, read_concurrency: true])
-      backend = %{conn: conn, prefix: Map.get(o, :prefix, @default_prefix), schemas: schemas}
+      # This node's id on the server: its lock waiters, its read leases, its channel.
+      node_id = Base.encode16(:crypto.strong_rand_bytes(8), case: :lower)
+
+      backend = %{
+        conn: conn,
+        prefix: Map.get(o, :prefix, @default_prefix),
+        schemas: schemas,
+        node_id: node_id,
+        cache: ReadCache.new(),
+        lease_ms: Map.get(o, :read_cache_lease_ms, @default_lease_ms)
+      }
+
       :persistent_term.put(__MODULE__, backend)
 
       {:ok,
@@ -141,12 +175,19 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
          channels: %{},
          watchers: Watchers.new(),
          grants: nil,
-         locks: Locks.new()
-       }}
+         locks: Locks.new(node_id),
+         # session -> monotonic ms until which its channel stays subscribed for the cache
+         cached: %{},
+         redial_ms: nil
+       }, {:continue, :subscribe}}
     else
       {:error, reason} -> {:stop, {:redis_connect_failed, reason}}
     end
   end
+
+  # This node's channel, before any change of ours can wait for acknowledgements on it.
+  @impl true
+  def handle_continue(:subscribe, state), do: {:noreply, redialed(state)}
 
   @impl true
   def terminate(_reason, state) do
@@ -162,7 +203,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   @impl true
   def handle_call({:watch, id, name, pid}, _from, state) do
     with {:ok, state} <- subscribed(state, id),
-         {:ok, var} <- get_variable(state.backend, id, name) do
+         {:ok, [var]} <- read(state.backend, id, [name]) do
       watchers = Watchers.add(state.watchers, id, name, pid, var.version)
       {:reply, {:ok, var}, %{state | watchers: watchers}}
     else
@@ -186,11 +227,36 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     {:reply, :ok, unsubscribe_unwatched(state)}
   end
 
+  # A reader is about to take a read lease on `id`: its channel is subscribed first, and
+  # stays so for a few leases (renewed by later readers).
+  def handle_call({:cache_subscribe, id}, _from, state) do
+    with {:ok, state} <- subscribed(state, id),
+         {:ok, state} <- subscribed_grants(state) do
+      until = ReadCache.now() + 4 * state.backend.lease_ms
+      ReadCache.subscribed(state.backend.cache, id, until)
+
+      unless Map.has_key?(state.cached, id),
+        do: Process.send_after(self(), {:cache_check, id}, 4 * state.backend.lease_ms)
+
+      {:reply, :ok, %{state | cached: Map.put(state.cached, id, until)}}
+    else
+      {:error, reason, state} -> {:reply, {:error, reason}, state}
+    end
+  end
+
   @impl true
   def handle_cast({:lock_released, id, var, who}, state),
     do: {:noreply, %{state | locks: Locks.released(state.locks, id, var, who)}}
 
   @impl true
+  def handle_info(
+        {:dspex_redis_message, sub, channel, "a|" <> ack},
+        %{sub: sub, grants: channel} = state
+      ) do
+    acknowledged(ack)
+    {:noreply, state}
+  end
+
   def handle_info(
         {:dspex_redis_message, sub, channel, payload},
         %{sub: sub, grants: channel} = state
@@ -201,6 +267,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
       when is_binary(channel) do
     case state.channels do
       %{^channel => id} ->
+        drop_copies(state, id, payload)
         state = %{state | watchers: Watchers.deliver(state.watchers, id, payload)}
         {:noreply, unsubscribe_unwatched(state)}
 
@@ -209,11 +276,35 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     end
   end
 
-  # The subscriber connection ended (the server went away): every watch here is lost, and
-  # the next watch dials a new one.
+  # The subscriber connection ended (the server went away): every watch here is lost, the
+  # cached copies go (changes may be missed from now on), and a new connection is dialled
+  # for this node's channel; the next watch or cached read subscribes its session again.
   def handle_info({:dspex_redis_message, sub, :closed}, %{sub: sub} = state) do
     watchers = Watchers.lose_all(state.watchers, :backend_unavailable)
-    {:noreply, %{state | sub: nil, channels: %{}, watchers: watchers, grants: nil}}
+    ReadCache.clear(state.backend.cache)
+    state = %{state | sub: nil, channels: %{}, watchers: watchers, grants: nil, cached: %{}}
+    {:noreply, redial_later(state)}
+  end
+
+  def handle_info(:redial, state), do: {:noreply, redialed(%{state | redial_ms: nil})}
+
+  # A session read from the cache no more: its channel goes unless it is watched.
+  def handle_info({:cache_check, id}, state) do
+    case state.cached do
+      %{^id => until} ->
+        left = until - ReadCache.now()
+
+        if left > 0 do
+          Process.send_after(self(), {:cache_check, id}, left)
+          {:noreply, state}
+        else
+          ReadCache.forget(state.backend.cache, id)
+          {:noreply, unsubscribe_unwatched(%{state | cached: Map.delete(state.cached, id)})}
+        end
+
+      _ ->
+        {:noreply, state}
+    end
   end
 
   def handle_info({:lock_preempt_due, member}, state),
@@ -282,7 +373,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   defp unsubscribe_unwatched(state) do
     {gone, kept} =
       Enum.split_with(state.channels, fn {_channel, id} ->
-        not Watchers.watched?(state.watchers, id)
+        not Watchers.watched?(state.watchers, id) and not Map.has_key?(state.cached, id)
       end)
 
     if gone != [] and state.sub, do: Redis.unsubscribe(state.sub, Enum.map(gone, &elem(&1, 0)))
@@ -290,6 +381,57 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   end
 
   defp channel(backend, id), do: session_key(backend, id) <> ":changes"
+
+  # Dials the subscriber connection and subscribes this node's channel; while the server
+  # is away, again and again with a growing pause.
+  defp redialed(state) do
+    with {:ok, state} <- ensure_sub(state),
+         {:ok, %{grants: channel} = state} when is_binary(channel) <- subscribed_grants(state) do
+      state
+    else
+      {:error, _reason, state} -> redial_later(state)
+      {:ok, state} -> redial_later(state)
+    end
+  end
+
+  defp redial_later(state) do
+    pause = min((state.redial_ms || 50) * 2, 2_000)
+    Process.send_after(self(), :redial, pause)
+    %{state | redial_ms: pause}
+  end
+
+  # A change published on a session this node caches: its copies go (a new epoch), then the
+  # writer on another node learns it may return.
+  defp drop_copies(state, id, payload) do
+    with %{^id => _} <- state.cached,
+         [_kind, writer, tag] when writer != state.backend.node_id <-
+           Watchers.netstrings(payload, 3) do
+      ReadCache.invalidate(state.backend.cache, id)
+      acknowledge(state.backend, writer, tag)
+    end
+
+    if Watchers.netstrings(payload, 1) == ["x"], do: ReadCache.forget(state.backend.cache, id)
+  end
+
+  defp acknowledge(backend, writer, tag) do
+    channel = Locks.grants_channel(backend, writer)
+    Redis.command(backend.conn, ["PUBLISH", channel, "a|" <> backend.node_id <> "|" <> tag])
+  end
+
+  # `<node>|<tag>` on this node's channel: that node dropped its copies of one of our
+  # changes; its writer waits on the tag (a process alias, so a late one is dropped).
+  defp acknowledged(ack) do
+    with [node, tag] <- :binary.split(ack, "|"),
+         {:ok, alias} when is_reference(alias) <- decode_tag(tag) do
+      :erlang.send(alias, {:dspex_cache_ack, alias, node})
+    end
+  end
+
+  defp decode_tag(tag) do
+    {:ok, :erlang.binary_to_term(tag, [:safe])}
+  rescue
+    ArgumentError -> :error
+  end
 
   @doc false
   # OptimizerCoordinator's calls for a Redis session (options already checked).
@@ -344,11 +486,12 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
 
   @doc false
   def delete_session(backend, id) do
-    case run(backend, Scripts.delete(), id, []) do
-      {:ok, "ok"} ->
+    case change(backend, id, Scripts.delete(), []) do
+      {:ok, ["ok"]} ->
         :ets.match_delete(backend.schemas, {{id, :_}, :_, :_})
         :ets.match_delete(backend.schemas, {{:policy, id, :_}, :_, :_})
         :ets.delete(backend.schemas, {:session, id})
+        ReadCache.forget(backend.cache, id)
         DSPex.Bridge.Native.acl_remove_session(id)
         :ok
 
@@ -461,11 +604,50 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   end
 
   @doc false
+  # From this node's cache when it holds a copy (see ReadCache), else read from the server
+  # under a read lease.
+  def get_variable(%{lease_ms: 0} = backend, id, name), do: read_one(backend, id, name)
+
   def get_variable(backend, id, name) do
+    case ReadCache.fetch(backend.cache, id, name) do
+      {:ok, var} -> {:ok, var}
+      :miss -> read_leased(backend, id, name)
+    end
+  end
+
+  defp read_one(backend, id, name) do
     case read(backend, id, [name]) do
       {:ok, [var]} -> {:ok, var}
       error -> error
     end
+  end
+
+  defp read_leased(backend, id, name) do
+    lease = backend.lease_ms
+
+    if ReadCache.subscribed?(backend.cache, id, ReadCache.now() + lease) or cache_subscribe(id) do
+      epoch = ReadCache.epoch(backend.cache, id)
+      t0 = :erlang.monotonic_time()
+      args = [backend.node_id, lease, encode_id(name)]
+
+      with {:ok, [ttl, [row]]} <- run(backend, Scripts.read_cached(), id, args),
+           {:ok, var} <- row_variable(backend, id, name, row) do
+        # Half a TTL at most: a session read from the cache is read from the server (and
+        # so kept alive) at least twice per TTL.
+        span = if ttl == "inf", do: lease, else: min(lease, div(String.to_integer(ttl), 2))
+        valid_until = ReadCache.after_ms(t0, span - ReadCache.margin(lease))
+        ReadCache.put(backend.cache, id, name, var, epoch, valid_until)
+        {:ok, var}
+      end
+    else
+      read_one(backend, id, name)
+    end
+  end
+
+  defp cache_subscribe(id) do
+    GenServer.call(__MODULE__, {:cache_subscribe, id}, 15_000) == :ok
+  catch
+    :exit, _ -> false
   end
 
   # The named variables, one round trip; refreshes the schema cache on the way.
@@ -647,7 +829,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
             ]
           end)
 
-      case run(backend, Scripts.write(), id, args) do
+      case change(backend, id, Scripts.write(), args) do
         {:ok, ["ok" | results]} ->
           {:ok, Enum.zip_with(writes, results, &written(id, &1, &2, now))}
 
@@ -751,8 +933,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   @doc false
   # Its edges go with it, in the same script.
   def delete_variable(backend, id, name) do
-    case run(backend, Scripts.delete_variable(), id, [encode_id(name)]) do
-      {:ok, "ok"} ->
+    case change(backend, id, Scripts.delete_variable(), [encode_id(name)]) do
+      {:ok, ["ok"]} ->
         :ets.delete(backend.schemas, {id, name})
         :ok
 
@@ -856,6 +1038,61 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     key = session_key(backend, id)
     keys = [key, key <> ":h", index_key(backend)]
     run_script(backend, script, keys, [encode_id(id) | args])
+  end
+
+  # Runs a script that changes variables of the session: it returns once every other node
+  # that caches the session dropped its copies, or its read lease ran out (see ReadCache).
+  # The script gets this node's id and a tag (a process alias) to be acknowledged with.
+  defp change(backend, id, script, args) do
+    tag = :erlang.alias()
+
+    try do
+      result = run(backend, script, id, args ++ [backend.node_id, :erlang.term_to_binary(tag)])
+      # Whatever the outcome (a timeout may hide a done change), no copy here outlives it.
+      ReadCache.invalidate(backend.cache, id)
+
+      case result do
+        {:ok, ["ok", cachers | rest]} ->
+          await_acknowledgements(tag, cachers)
+          {:ok, ["ok" | rest]}
+
+        other ->
+          other
+      end
+    after
+      :erlang.unalias(tag)
+      flush_acknowledgements(tag)
+    end
+  end
+
+  defp await_acknowledgements(_tag, []), do: :ok
+
+  defp await_acknowledgements(tag, cachers) do
+    now = ReadCache.now()
+    pending = cachers |> Enum.chunk_every(2) |> Map.new(fn [node, left] -> {node, now + left} end)
+    await(tag, pending)
+  end
+
+  defp await(_tag, pending) when map_size(pending) == 0, do: :ok
+
+  defp await(tag, pending) do
+    next = pending |> Map.values() |> Enum.min()
+
+    receive do
+      {:dspex_cache_ack, ^tag, node} -> await(tag, Map.delete(pending, node))
+    after
+      max(next - ReadCache.now(), 0) ->
+        now = ReadCache.now()
+        await(tag, Map.reject(pending, fn {_node, ends} -> ends <= now end))
+    end
+  end
+
+  defp flush_acknowledgements(tag) do
+    receive do
+      {:dspex_cache_ack, ^tag, _node} -> flush_acknowledgements(tag)
+    after
+      0 -> :ok
+    end
   end
 
   @doc false

@@ -28,9 +28,11 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Locks do
   # priorities of -1000..1000 order exactly in a double score.
   @priority_step 4_398_046_511_104
 
-  def new, do: %__MODULE__{node_id: Base.encode16(:crypto.strong_rand_bytes(8), case: :lower)}
+  def new(node_id), do: %__MODULE__{node_id: node_id}
 
   @doc false
+  # This node's channel: lock grants and preemptions, and acknowledgements of its changes
+  # by the nodes that cache them.
   def grants_channel(backend, node_id), do: backend.prefix <> "grants:" <> node_id
 
   # In the backend process. Returns {:reply, result, t} or {:noreply, t}.

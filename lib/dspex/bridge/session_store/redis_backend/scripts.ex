@@ -13,11 +13,15 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   #      its registration, `a:f` / `p:f` its access policy and the policy's version;
   #   2. the history hash: `<version>:f` -> entry, for the last `hlimit` versions;
   #   3. the index of live sessions: a sorted set, score = the Unix ms it expires at.
-  # Beside them, `<session hash>:g` holds the dependency graph. ARGV[1] is the session id;
-  # expiry goes by the server's clock (`server_now`).
+  # Beside them, `<session hash>:g` holds the dependency graph and `<session hash>:c` the
+  # nodes that cache its reads (node id -> the server ms their lease ends, see ReadCache).
+  # ARGV[1] is the session id; expiry goes by the server's clock (`server_now`).
   # Every script that finds the session refreshes its expiry (`touch`). Changes are
-  # published on `<session hash key>:changes`: `w` then per variable its name, new version,
-  # old and new value; `d` and a name (deleted); `x` (the session was deleted).
+  # published on `<session hash key>:changes` as netstrings: the kind, the writer's node id
+  # and its acknowledgement tag, then for `w` per variable its name, new version, old and
+  # new value; for `d` a name (deleted); for `x` nothing more (the session was deleted).
+  # A change returns `{'ok', cachers, ...}`: the other nodes whose read lease is live, each
+  # with the ms left of it, which must drop their copies before the change counts as done.
 
   alias DSPex.Bridge.Redis
 
@@ -36,6 +40,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
       redis.call('PEXPIRE', KEYS[1], ttl)
       redis.call('PEXPIRE', KEYS[2], ttl)
       redis.call('PEXPIRE', KEYS[1] .. ':g', ttl)
+      redis.call('PEXPIRE', KEYS[1] .. ':c', ttl)
       -- One ms past the keys' own expiry: TIME is read in whole ms rounded down, so the
       -- index never lets a session go while its keys can still be read.
       redis.call('ZADD', KEYS[3], now + tonumber(ttl) + 1, ARGV[1])
@@ -50,6 +55,35 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   end
   local function publish(parts)
     redis.call('PUBLISH', KEYS[1] .. ':changes', table.concat(parts))
+  end
+  -- The nodes caching this session's reads, other than the writer's, as a flat list of
+  -- node id and ms of lease left; leases that ran out are dropped on the way.
+  local C = KEYS[1] .. ':c'
+  local function cachers(writer)
+    local out = {}
+    local flat = redis.call('HGETALL', C)
+    if #flat == 0 then return out end
+    local now = server_now()
+    for i = 1, #flat, 2 do
+      local left = tonumber(flat[i + 1]) - now
+      if left <= 0 then
+        redis.call('HDEL', C, flat[i])
+      elseif flat[i] ~= writer then
+        out[#out + 1] = flat[i]
+        out[#out + 1] = left
+      end
+    end
+    return out
+  end
+  -- Per variable f: schema, gen, metadata, value, version, policy, policy version.
+  local function rows(first)
+    local out = {}
+    for i = first, #ARGV do
+      local f = ARGV[i]
+      out[#out + 1] = redis.call('HMGET', KEYS[1], 's:' .. f, 'g:' .. f, 'm:' .. f,
+        'v:' .. f, 'n:' .. f, 'a:' .. f, 'p:' .. f)
+    end
+    return out
   end
   local function parse(s)
     local out = {}
@@ -96,6 +130,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   @create @touch <>
             """
             if alive() then return 'exists' end
+            redis.call('DEL', C)
             redis.call('HSET', KEYS[1], 'meta', ARGV[2], 'ttl', ARGV[3], 'hlimit', ARGV[4],
               'max', ARGV[5], 'count', 0, 'gen', 0)
             touch()
@@ -103,14 +138,15 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
             return 'ok'
             """
 
-  # ARGV: sid
+  # ARGV: sid, writer node, tag -> {'ok', cachers}
   @delete @touch <>
             """
             if not alive() then return 'no_session' end
-            redis.call('DEL', KEYS[1], KEYS[2], G)
+            local waits = cachers(ARGV[2])
+            redis.call('DEL', KEYS[1], KEYS[2], G, C)
             redis.call('ZREM', KEYS[3], ARGV[1])
-            publish({ns('x')})
-            return 'ok'
+            publish({ns('x'), ns(ARGV[2]), ns(ARGV[3])})
+            return {'ok', waits}
             """
 
   # ARGV: sid -> {meta, count}
@@ -150,15 +186,23 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   @read @touch <>
           """
           if not alive() then return 'no_session' end
-          local out = {}
-          for i = 2, #ARGV do
-            local f = ARGV[i]
-            out[#out + 1] = redis.call('HMGET', KEYS[1], 's:' .. f, 'g:' .. f, 'm:' .. f,
-              'v:' .. f, 'n:' .. f, 'a:' .. f, 'p:' .. f)
-          end
           touch()
-          return out
+          return rows(2)
           """
+
+  # ARGV: sid, node, lease ms, f... -> {ttl, rows as `read`}: the same read, which also
+  # gives `node` a read lease on the session (or extends the one it holds): until it runs
+  # out, every change waits for `node` to drop its copies (see ReadCache).
+  @read_cached @touch <>
+                 """
+                 if not alive() then return 'no_session' end
+                 local ends = server_now() + tonumber(ARGV[3])
+                 if ends > tonumber(redis.call('HGET', C, ARGV[2]) or '0') then
+                   redis.call('HSET', C, ARGV[2], ends)
+                 end
+                 touch()
+                 return {redis.call('HGET', KEYS[1], 'ttl'), rows(4)}
+                 """
 
   # ARGV: sid -> the whole session hash
   @list @touch <>
@@ -170,8 +214,9 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
 
   # ARGV: sid, n, then per variable: f, gen, expected ('' for any), value, metadata ('' to
   # keep), history entry, lock token ('' for none), policy version the write was allowed on
-  # ('' for the owner). All or nothing: every check runs before the first write.
-  # -> {'ok', {version, metadata}...} or {reason, index, detail}
+  # ('' for the owner); then the writer's node id and tag. All or nothing: every check runs
+  # before the first write.
+  # -> {'ok', cachers, {version, metadata}...} or {reason, index, detail}
   @write @touch <>
            """
            if not alive() then return 'no_session' end
@@ -206,8 +251,9 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
              olds[i + 1] = current[3]
            end
            local hlimit = tonumber(redis.call('HGET', KEYS[1], 'hlimit'))
-           local out = {'ok'}
-           local changes = {ns('w')}
+           local writer, tag = ARGV[3 + n * 8], ARGV[4 + n * 8]
+           local out = {'ok', cachers(writer)}
+           local changes = {ns('w'), ns(writer), ns(tag)}
            for i = 0, n - 1 do
              local b = 3 + i * 8
              local f = ARGV[b]
@@ -242,7 +288,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
              return {v, entries}
              """
 
-  # ARGV: sid, f (its edges go with it)
+  # ARGV: sid, f, writer node, tag (its edges go with it) -> {'ok', cachers} | 'missing'
   @delete_variable @touch <>
                      """
                      if not alive() then return 'no_session' end
@@ -259,8 +305,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
                        redis.call('HDEL', KEYS[2], version .. ':' .. f)
                      end
                      touch()
-                     publish({ns('d'), ns(f)})
-                     return 'ok'
+                     publish({ns('d'), ns(ARGV[3]), ns(ARGV[4]), ns(f)})
+                     return {'ok', cachers(ARGV[3])}
                      """
 
   # ARGV: sid -> {session hash, history hash, graph hash}: one consistent cut.
@@ -279,6 +325,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
             """
             if alive() then return 'exists' end
             local n = tonumber(ARGV[6])
+            redis.call('DEL', C)
             redis.call('HSET', KEYS[1], 'meta', ARGV[2], 'ttl', ARGV[3], 'hlimit', ARGV[4],
               'max', ARGV[5], 'count', n, 'gen', n)
             local at = 7
@@ -418,6 +465,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
         session: @session,
         register: @register,
         read: @read,
+        read_cached: @read_cached,
         list: @list,
         write: @write,
         history: @history,

@@ -84,9 +84,9 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Watchers do
   # A published message of `session`: sends what it means to this node's watchers.
   def deliver(%__MODULE__{} = state, session, payload) do
     case netstrings(payload) do
-      ["w" | items] -> changed(state, session, items)
-      ["d", f] -> lose(state, session, [RedisBackend.decode_id(f)], :deleted)
-      ["x"] -> lose(state, session, names(state, session), :session_deleted)
+      ["w", _writer, _tag | items] -> changed(state, session, items)
+      ["d", _writer, _tag, f] -> lose(state, session, [RedisBackend.decode_id(f)], :deleted)
+      ["x", _writer, _tag] -> lose(state, session, names(state, session), :session_deleted)
       _ -> state
     end
   end
@@ -151,14 +151,17 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Watchers do
     end)
   end
 
-  # `<length>:<bytes>` items, as the scripts write them.
-  defp netstrings(""), do: []
+  @doc false
+  # `<length>:<bytes>` items, as the scripts write them: all, or the first `count`.
+  def netstrings(binary, count \\ -1)
+  def netstrings("", _count), do: []
+  def netstrings(_binary, 0), do: []
 
-  defp netstrings(binary) do
+  def netstrings(binary, count) do
     with [length, rest] <- :binary.split(binary, ":"),
          {n, ""} <- Integer.parse(length),
          <<item::binary-size(n), rest::binary>> <- rest do
-      [item | netstrings(rest)]
+      [item | netstrings(rest, count - 1)]
     else
       _ -> [:malformed]
     end
