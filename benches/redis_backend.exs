@@ -44,7 +44,7 @@ raw = wait_up.(wait_up, 100)
 
 IO.puts("Redis backend (#{System.schedulers_online()} schedulers, OTP #{System.otp_release()})")
 
-benchmark = fn tests, clients ->
+benchmark = fn tests, clients, requests ->
   {out, 0} =
     System.cmd("redis-benchmark", [
       "-p",
@@ -52,7 +52,7 @@ benchmark = fn tests, clients ->
       "-t",
       tests,
       "-n",
-      "100000",
+      "#{requests}",
       "-c",
       "#{clients}",
       "-q",
@@ -87,28 +87,37 @@ end
 write = fn -> {:ok, _} = SessionStore.update_variable(s, :x, :rand.uniform()) end
 read = fn -> {:ok, _} = SessionStore.get_variable(s, :x) end
 
+# The server's speed drifts on a shared machine: rounds alternate redis-benchmark and the
+# backend, and each figure is the median of the rounds.
+rounds = 5
+median = fn xs -> xs |> Enum.sort() |> Enum.at(div(length(xs), 2)) end
+fmt2 = fn x -> :io_lib.format("~.2f", [x]) |> to_string() end
+
 for clients <- [1, 16] do
-  floor = benchmark.("set,get", clients)
-  n = if clients == 1, do: 20_000, else: 5_000
-  writes = throughput.(write, n, clients)
-  reads = throughput.(read, n, clients)
-  Bench.row("redis-benchmark SET, #{clients} conn", "#{round(floor["SET"])} ops/s")
+  {requests, n} = if clients == 1, do: {20_000, 5_000}, else: {100_000, 2_000}
+
+  samples =
+    for _ <- 1..rounds do
+      floor = benchmark.("set,get", clients, requests)
+      {floor, throughput.(write, n, clients), throughput.(read, n * 20, clients)}
+    end
+
+  set = median.(Enum.map(samples, fn {f, _, _} -> f["SET"] end))
+  get = median.(Enum.map(samples, fn {f, _, _} -> f["GET"] end))
+  writes = median.(Enum.map(samples, &elem(&1, 1)))
+  reads = median.(Enum.map(samples, &elem(&1, 2)))
+  # Per round, so that a slow moment of the machine weighs on both sides.
+  per_conn = median.(Enum.map(samples, fn {f, w, _} -> w / (f["SET"] / clients) end))
+  total = median.(Enum.map(samples, fn {f, w, _} -> w / f["SET"] end))
+
+  Bench.row("redis-benchmark SET, #{clients} conn (median of #{rounds})", "#{round(set)} ops/s")
   Bench.row("update_variable (Redis), #{clients} callers", "#{round(writes)} ops/s")
-
   # The backend's callers share one connection; redis-benchmark opens `clients`.
-  Bench.row(
-    "  ratio per connection, update / SET (goal >= 0.50)",
-    :io_lib.format("~.2f", [writes / (floor["SET"] / clients)]) |> to_string()
-  )
-
-  Bench.row(
-    "  ratio in total, update / SET",
-    :io_lib.format("~.2f", [writes / floor["SET"]]) |> to_string()
-  )
-
-  Bench.row("redis-benchmark GET, #{clients} conn", "#{round(floor["GET"])} ops/s")
+  Bench.row("  ratio per connection, update / SET (goal >= 0.50)", fmt2.(per_conn))
+  Bench.row("  ratio in total, update / SET", fmt2.(total))
+  Bench.row("redis-benchmark GET, #{clients} conn", "#{round(get)} ops/s")
   Bench.row("get_variable (Redis, cached), #{clients} callers", "#{round(reads)} ops/s")
-  Bench.row("  ratio get / GET", :io_lib.format("~.2f", [reads / floor["GET"]]) |> to_string())
+  Bench.row("  ratio get / GET", fmt2.(reads / get))
 end
 
 cache = RedisBackend.lookup().cache

@@ -31,12 +31,12 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
     local t = redis.call('TIME')
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
-  local function touch()
-    local now = server_now()
-    local ttl = redis.call('HGET', KEYS[1], 'ttl')
-    if ttl == 'inf' then
-      redis.call('ZADD', KEYS[3], 'inf', ARGV[1])
-    else
+  -- `ttl` when the caller read it already. A session without expiry is in the index for
+  -- good from its creation (`first_touch`): nothing to refresh.
+  local function touch(ttl)
+    ttl = ttl or redis.call('HGET', KEYS[1], 'ttl')
+    if ttl ~= 'inf' then
+      local now = server_now()
       redis.call('PEXPIRE', KEYS[1], ttl)
       redis.call('PEXPIRE', KEYS[2], ttl)
       redis.call('PEXPIRE', KEYS[1] .. ':g', ttl)
@@ -44,6 +44,13 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
       -- One ms past the keys' own expiry: TIME is read in whole ms rounded down, so the
       -- index never lets a session go while its keys can still be read.
       redis.call('ZADD', KEYS[3], now + tonumber(ttl) + 1, ARGV[1])
+    end
+  end
+  local function first_touch()
+    if redis.call('HGET', KEYS[1], 'ttl') == 'inf' then
+      redis.call('ZADD', KEYS[3], 'inf', ARGV[1])
+    else
+      touch()
     end
   end
   local function alive()
@@ -133,7 +140,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
             redis.call('DEL', C)
             redis.call('HSET', KEYS[1], 'meta', ARGV[2], 'ttl', ARGV[3], 'hlimit', ARGV[4],
               'max', ARGV[5], 'count', 0, 'gen', 0)
-            touch()
+            first_touch()
             redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', server_now())
             return 'ok'
             """
@@ -219,23 +226,29 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
   # -> {'ok', cachers, {version, metadata}...} or {reason, index, detail}
   @write @touch <>
            """
-           if not alive() then return 'no_session' end
            local n = tonumber(ARGV[2])
+           -- (A missing session shows as a missing first variable, checked then.)
+           if n == 0 and not alive() then return 'no_session' end
            local versions = {}
            local olds = {}
+           local metas = {}
            for i = 0, n - 1 do
              local b = 3 + i * 8
              local f = ARGV[b]
-             local current = redis.call('HMGET', KEYS[1], 'n:' .. f, 'g:' .. f, 'v:' .. f)
-             if not current[1] then return {'missing', i + 1, ''} end
+             local current = redis.call('HMGET', KEYS[1], 'n:' .. f, 'g:' .. f, 'v:' .. f,
+               'm:' .. f, 'p:' .. f)
+             if not current[1] then
+               if not alive() then return 'no_session' end
+               return {'missing', i + 1, ''}
+             end
              if current[2] ~= ARGV[b + 1] then return {'stale', i + 1, ''} end
+             -- A foreign caller's write was decided on a policy version: it must still hold.
+             if ARGV[b + 7] ~= '' and (current[5] or '0') ~= ARGV[b + 7] then
+               return {'policy_changed', i + 1, ''}
+             end
              -- Fencing: a locked variable takes writes with its holder's token only, and a
              -- token is good only while its lock is held (a late write of an expired
              -- holder is refused however long it was paused).
-             -- A foreign caller's write was decided on a policy version: it must still hold.
-             if ARGV[b + 7] ~= '' and (redis.call('HGET', KEYS[1], 'p:' .. f) or '0') ~= ARGV[b + 7] then
-               return {'policy_changed', i + 1, ''}
-             end
              local held = redis.call('HMGET', KEYS[1] .. ':lock:' .. f, 'token', 'who')
              local token = ARGV[b + 6]
              if held[1] then
@@ -249,8 +262,10 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
              end
              versions[i + 1] = tonumber(current[1]) + 1
              olds[i + 1] = current[3]
+             metas[i + 1] = current[4]
            end
-           local hlimit = tonumber(redis.call('HGET', KEYS[1], 'hlimit'))
+           local settings = redis.call('HMGET', KEYS[1], 'hlimit', 'ttl')
+           local hlimit = tonumber(settings[1])
            local writer, tag = ARGV[3 + n * 8], ARGV[4 + n * 8]
            local out = {'ok', cachers(writer)}
            local changes = {ns('w'), ns(writer), ns(tag)}
@@ -258,14 +273,19 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
              local b = 3 + i * 8
              local f = ARGV[b]
              local v = versions[i + 1]
-             redis.call('HSET', KEYS[1], 'v:' .. f, ARGV[b + 3], 'n:' .. f, v)
-             if ARGV[b + 4] ~= '' then redis.call('HSET', KEYS[1], 'm:' .. f, ARGV[b + 4]) end
+             local meta = metas[i + 1]
+             if ARGV[b + 4] ~= '' then
+               meta = ARGV[b + 4]
+               redis.call('HSET', KEYS[1], 'v:' .. f, ARGV[b + 3], 'n:' .. f, v, 'm:' .. f, meta)
+             else
+               redis.call('HSET', KEYS[1], 'v:' .. f, ARGV[b + 3], 'n:' .. f, v)
+             end
              redis.call('HSET', KEYS[2], v .. ':' .. f, ARGV[b + 5])
              if v - hlimit >= 1 then redis.call('HDEL', KEYS[2], (v - hlimit) .. ':' .. f) end
-             out[#out + 1] = {v, redis.call('HGET', KEYS[1], 'm:' .. f)}
+             out[#out + 1] = {v, meta}
              changes[#changes + 1] = ns(f) .. ns(tostring(v)) .. ns(olds[i + 1]) .. ns(ARGV[b + 3])
            end
-           touch()
+           touch(settings[2])
            publish(changes)
            return out
            """
@@ -345,7 +365,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Scripts do
             for i = 0, e - 1 do
               add_edge(ARGV[at + 1 + i * 3], ARGV[at + 2 + i * 3], ARGV[at + 3 + i * 3])
             end
-            touch()
+            first_touch()
             return 'ok'
             """
 
