@@ -47,6 +47,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
   apt_install --no-install-recommends redis-server
 fi
 
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "==> openssl not found: installing the Debian package openssl (the Redis TLS test makes its certificates with it)"
+  apt_install --no-install-recommends openssl
+fi
+
 if ! command -v dialyzer >/dev/null 2>&1; then
   echo "==> dialyzer not found: installing the Debian package erlang-dialyzer (make lint runs it)"
   apt_install erlang-dialyzer

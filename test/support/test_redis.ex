@@ -5,16 +5,35 @@ defmodule DSPex.Bridge.TestRedis do
   # acknowledged survives a kill -9. It runs under a shell that kills it when its stdin
   # closes, so it never outlives the test VM.
 
-  defstruct [:port, :os_pid, :dir, :password, :shell]
+  defstruct [:port, :os_pid, :dir, :password, :shell, :tls_port]
 
   @start_timeout 10_000
 
-  @doc "Starts a server. Options: `password:`, `dir:` (reuse data, for a restart), `port:`."
+  @doc """
+  Starts a server. Options: `password:`, `dir:` (reuse data, for a restart), `port:`, and
+  `tls:` a map of `tls_certificates/1` to also serve TLS on `tls_port` (clients must show a
+  certificate the CA signed).
+  """
   def start(opts \\ []) do
     exe = System.find_executable("redis-server") || raise "redis-server is not installed"
     dir = Keyword.get_lazy(opts, :dir, &fresh_dir/0)
     port = Keyword.get_lazy(opts, :port, &free_port/0)
     password = Keyword.get(opts, :password)
+    tls = Keyword.get(opts, :tls)
+    tls_port = if tls, do: free_port()
+
+    tls_args =
+      if tls do
+        [
+          "--tls-port #{tls_port}",
+          "--tls-cert-file #{tls.server_cert}",
+          "--tls-key-file #{tls.server_key}",
+          "--tls-ca-cert-file #{tls.ca}",
+          "--tls-auth-clients yes"
+        ]
+      else
+        []
+      end
 
     args =
       [
@@ -26,7 +45,7 @@ defmodule DSPex.Bridge.TestRedis do
         "--appendfsync always",
         "--daemonize no",
         "--logfile ''"
-      ] ++ if(password, do: ["--requirepass #{password}"], else: [])
+      ] ++ if(password, do: ["--requirepass #{password}"], else: []) ++ tls_args
 
     script =
       "#{exe} #{Enum.join(args, " ")} >#{dir}/server.log 2>&1 & pid=$!; echo $pid; " <>
@@ -34,7 +53,16 @@ defmodule DSPex.Bridge.TestRedis do
 
     shell = Port.open({:spawn_executable, "/bin/sh"}, [:binary, args: ["-c", script]])
     os_pid = read_pid(shell)
-    server = %__MODULE__{port: port, os_pid: os_pid, dir: dir, password: password, shell: shell}
+
+    server = %__MODULE__{
+      port: port,
+      os_pid: os_pid,
+      dir: dir,
+      password: password,
+      shell: shell,
+      tls_port: tls_port
+    }
+
     await_ready(server, System.monotonic_time(:millisecond) + @start_timeout)
     server
   end
@@ -54,6 +82,72 @@ defmodule DSPex.Bridge.TestRedis do
 
   @doc "The server's URL."
   def url(%__MODULE__{port: port}), do: "redis://127.0.0.1:#{port}/0"
+
+  @doc "The server's TLS URL (started with `tls:`)."
+  def tls_url(%__MODULE__{tls_port: port}) when is_integer(port),
+    do: "rediss://127.0.0.1:#{port}/0"
+
+  @doc """
+  A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA,
+  made with the `openssl` command in a fresh directory: a map of their PEM files' paths.
+  """
+  def tls_certificates(name \\ "dspex test CA") do
+    dir = fresh_dir()
+    file = &Path.join(dir, &1)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    File.write!(file.("server.ext"), "subjectAltName=IP:127.0.0.1\n")
+    File.write!(file.("client.ext"), "extendedKeyUsage=clientAuth\n")
+
+    openssl!(
+      ["req", "-x509"] ++
+        ec ++
+        ["-keyout", file.("ca.key"), "-out", file.("ca.crt"), "-days", "2", "-subj", "/CN=#{name}"]
+    )
+
+    for who <- ["server", "client"] do
+      openssl!(
+        ["req"] ++
+          ec ++
+          ["-keyout", file.("#{who}.key"), "-out", file.("#{who}.csr"), "-subj", "/CN=127.0.0.1"]
+      )
+
+      openssl!([
+        "x509",
+        "-req",
+        "-in",
+        file.("#{who}.csr"),
+        "-CA",
+        file.("ca.crt"),
+        "-CAkey",
+        file.("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        file.("#{who}.crt"),
+        "-days",
+        "2",
+        "-extfile",
+        file.("#{who}.ext")
+      ])
+    end
+
+    %{
+      dir: dir,
+      ca: file.("ca.crt"),
+      server_cert: file.("server.crt"),
+      server_key: file.("server.key"),
+      client_cert: file.("client.crt"),
+      client_key: file.("client.key")
+    }
+  end
+
+  defp openssl!(args) do
+    exe = System.find_executable("openssl") || raise "openssl is not installed"
+
+    case System.cmd(exe, args, stderr_to_stdout: true) do
+      {_, 0} -> :ok
+      {out, status} -> raise "openssl #{Enum.join(args, " ")} failed (#{status}):\n#{out}"
+    end
+  end
 
   @doc "kill -9 of the server, and its wait until the port is free."
   def kill(%__MODULE__{os_pid: os_pid, shell: shell} = server) do

@@ -72,18 +72,26 @@ defmodule DSPex.Bridge.Redis do
     password: &is_binary/1,
     connect_timeout: &Options.pos_ms?/1,
     timeout: &Options.pos_ms?/1,
-    retries: &Options.non_neg_integer?/1
+    retries: &Options.non_neg_integer?/1,
+    tls_ca_file: &is_binary/1,
+    tls_cert_file: &is_binary/1,
+    tls_key_file: &is_binary/1
   }
+  @tls_files [tls_ca_file: :tls_ca, tls_cert_file: :tls_cert, tls_key_file: :tls_key]
   @call_opts %{timeout: &Options.timeout?/1}
 
   @doc """
-  Connects to `url` (`redis://[user[:password]@]host[:port][/db]`), authenticating when a
-  user or password is given (options win over the URL).
+  Connects to `url` (`redis://[user[:password]@]host[:port][/db]`, or `rediss://` for
+  TLS), authenticating when a user or password is given (options win over the URL).
 
   Options: `username:`, `password:`, `connect_timeout:` ms for one dial (default 2,000),
   `timeout:` ms a call waits by default (default 5,000), `retries:` reconnect attempts per
-  command after a dropped link (default 2). A server that is down or refuses the password
-  is an error here, at start.
+  command after a dropped link (default 2). For `rediss://`: `tls_ca_file:` the PEM file
+  of the CA that signed the server's certificate (default: the system's roots), and
+  `tls_cert_file:` with `tls_key_file:` for a server that asks clients for a certificate.
+  A server that is down or refuses the password is an error here, at start; so is a bad
+  TLS file (`{:tls_file, path, reason}`, `{:invalid_tls, text}`) and a server whose
+  certificate does not verify.
   """
   @spec connect(binary(), keyword()) :: {:ok, t()} | {:error, reason()}
   def connect(url, opts \\ [])
@@ -102,15 +110,54 @@ defmodule DSPex.Bridge.Redis do
   def connect(url, _opts), do: {:error, {:invalid_url, inspect(url)}}
 
   defp connect_opts(opts) do
-    with {:ok, o} <- Options.take(opts, @connect_opts) do
+    with {:ok, o} <- Options.take(opts, @connect_opts),
+         {:ok, tls} <- tls_files(o) do
       {:ok,
-       %{
+       Map.merge(tls, %{
          username: Map.get(o, :username),
          password: Map.get(o, :password),
          connect_timeout_ms: Map.get(o, :connect_timeout, 2_000),
          response_timeout_ms: Map.get(o, :timeout, 5_000),
          retries: Map.get(o, :retries, 2)
-       }}
+       })}
+    end
+  end
+
+  # The TLS library skips what it cannot parse, which would show only as a failed
+  # handshake later: a file without the PEM block it should hold is refused here.
+  defp read_pem(path, key) do
+    marker = if key == :tls_key, do: "PRIVATE KEY-----", else: "-----BEGIN CERTIFICATE-----"
+
+    case File.read(path) do
+      {:ok, pem} ->
+        if String.contains?(pem, marker),
+          do: {:ok, pem},
+          else: {:error, {:invalid_tls, "#{path} holds no PEM #{String.trim(marker, "-")}"}}
+
+      {:error, reason} ->
+        {:error, {:tls_file, path, reason}}
+    end
+  end
+
+  # The PEM files named by the TLS options, read here: `%{tls_ca: pem | nil, ...}`.
+  defp tls_files(o) do
+    cond do
+      Map.has_key?(o, :tls_cert_file) != Map.has_key?(o, :tls_key_file) ->
+        {:error, {:invalid_option, {:tls, "tls_cert_file: and tls_key_file: go together"}}}
+
+      true ->
+        Enum.reduce_while(@tls_files, {:ok, %{}}, fn {option, key}, {:ok, acc} ->
+          case Map.fetch(o, option) do
+            :error ->
+              {:cont, {:ok, Map.put(acc, key, nil)}}
+
+            {:ok, path} ->
+              case read_pem(path, key) do
+                {:ok, pem} -> {:cont, {:ok, Map.put(acc, key, pem)}}
+                error -> {:halt, error}
+              end
+          end
+        end)
     end
   end
 
@@ -128,7 +175,9 @@ defmodule DSPex.Bridge.Redis do
         end
 
       {:error, {:client, text}} ->
-        {:error, {:invalid_url, text}}
+        if nif_opts.tls_ca || nif_opts.tls_cert,
+          do: {:error, {:invalid_tls, text}},
+          else: {:error, {:invalid_url, text}}
 
       {:error, _} = error ->
         error

@@ -63,6 +63,11 @@ pub(crate) struct ConnectOpts {
     pub(crate) connect_timeout_ms: u64,
     response_timeout_ms: u64,
     retries: usize,
+    /// PEM: the CA that signed a `rediss://` server's certificate (else the system's roots).
+    tls_ca: Option<String>,
+    /// PEM: a client certificate and its key, for servers that ask for one.
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 }
 
 /// Where a reply goes: the caller and its reference, copied into an env of our own.
@@ -153,7 +158,41 @@ fn client_for(url: &str, opts: &ConnectOpts) -> Result<redis::Client, RedisError
     if let Some(password) = &opts.password {
         settings = settings.set_password(password);
     }
-    redis::Client::open(info.set_redis_settings(settings))
+    let info = info.set_redis_settings(settings);
+    let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    if tls {
+        // rustls takes its crypto from a process-wide default: ring, set once (a second
+        // install fails harmlessly, as does one made by another library first).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let client_tls = match (&opts.tls_cert, &opts.tls_key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: cert.as_bytes().to_vec(),
+            client_key: key.as_bytes().to_vec(),
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(client_error(
+                "a client certificate needs its key, and a key its certificate",
+            ))
+        }
+    };
+    let root_cert = opts.tls_ca.as_ref().map(|pem| pem.as_bytes().to_vec());
+    match (tls, client_tls.is_some() || root_cert.is_some()) {
+        (true, true) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        ),
+        (false, true) => Err(client_error("TLS options need a rediss:// URL")),
+        _ => redis::Client::open(info),
+    }
+}
+
+fn client_error(text: &'static str) -> RedisError {
+    RedisError::from((ErrorKind::InvalidClientConfig, text))
 }
 
 /// Sends `commands` (each a list of binaries, integers or floats) on `conn`: one command

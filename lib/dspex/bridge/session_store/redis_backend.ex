@@ -71,8 +71,10 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
       children = [{DSPex.Bridge.SessionStore.RedisBackend, url: "redis://10.0.0.5:6379/0"}]
       DSPex.Bridge.SessionStore.create_session("s1", backend: :redis)
 
-  Options: `url:` (required), `password:`, `username:`, `timeout:` ms per call (default
-  5,000), `prefix:` for the keys (default `"dspex:"`), `read_cache_lease_ms:` (default
+  Options: `url:` (required; `rediss://` for TLS), `password:`, `username:`, `timeout:` ms
+  per call (default 5,000), `tls_ca_file:`, `tls_cert_file:`, `tls_key_file:` (see
+  `DSPex.Bridge.Redis.connect/2`), `prefix:` for the keys (default `"dspex:"`),
+  `read_cache_lease_ms:` (default
   1,000, at most 60,000; `0` turns the read cache off).
   """
 
@@ -104,6 +106,9 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     username: &is_binary/1,
     timeout: &Options.pos_ms?/1,
     prefix: &is_binary/1,
+    tls_ca_file: &is_binary/1,
+    tls_cert_file: &is_binary/1,
+    tls_key_file: &is_binary/1,
     read_cache_lease_ms: &__MODULE__.lease_ms?/1
   }
 
@@ -144,7 +149,10 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   def init(o) do
     # terminate/2 must run on shutdown: it unpublishes the backend.
     Process.flag(:trap_exit, true)
-    connect_opts = Map.take(o, [:password, :username, :timeout]) |> Map.to_list()
+
+    connect_opts =
+      Map.take(o, [:password, :username, :timeout, :tls_ca_file, :tls_cert_file, :tls_key_file])
+      |> Map.to_list()
 
     with {:ok, conn} <- Redis.connect(o.url, connect_opts),
          :ok <- CircuitBreaker.start_breaker(@breaker, @breaker_opts) do
