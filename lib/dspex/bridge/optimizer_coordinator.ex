@@ -714,8 +714,8 @@ defmodule DSPex.Bridge.OptimizerCoordinator do
   defp acquire_on_redis(session, var_id, optimizer_id, optimizer_pid, opts) do
     with {:ok, o} <- acquire_options(opts, @acquire_defaults),
          :ok <- redis_owner(o.caller, session),
-         {:ok, _backend} <- Backends.redis() do
-      result = RedisBackend.acquire_lock(session, var_id, optimizer_id, optimizer_pid, o)
+         {:ok, backend} <- Backends.redis() do
+      result = RedisBackend.acquire_lock(backend, session, var_id, optimizer_id, optimizer_pid, o)
       DSPex.Bridge.Analytics.Recorder.count_lock(match?({:ok, _}, result))
       result
     end

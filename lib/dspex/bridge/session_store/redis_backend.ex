@@ -220,11 +220,11 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     end
   end
 
-  def handle_call({:acquire, _, _, _, _, _} = request, from, state) do
+  # A lock acquire made in a caller was queued: the wait is kept here.
+  def handle_call({:lock_wait, member, entry, pttl, deadline}, from, state) do
     {:ok, state} = subscribed_grants(state)
-    request = Tuple.delete_at(request, 0)
 
-    case Locks.acquire(state.locks, state.backend, from, request) do
+    case Locks.wait(state.locks, member, entry, from, pttl, deadline) do
       {:reply, reply, locks} -> {:reply, reply, %{state | locks: locks}}
       {:noreply, locks} -> {:noreply, %{state | locks: locks}}
     end
@@ -255,6 +255,16 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   @impl true
   def handle_cast({:lock_released, id, var, who}, state),
     do: {:noreply, %{state | locks: Locks.released(state.locks, id, var, who)}}
+
+  def handle_cast({:lock_expect, member, entry, timeout}, state),
+    do:
+      {:noreply, %{state | locks: Locks.expect(state.locks, state.backend, member, entry, timeout)}}
+
+  def handle_cast({:lock_granted, member}, state),
+    do: {:noreply, %{state | locks: Locks.granted_here(state.locks, member)}}
+
+  def handle_cast({:lock_unexpect, member}, state),
+    do: {:noreply, %{state | locks: Locks.unexpect(state.locks, member)}}
 
   @impl true
   def handle_info(
@@ -442,9 +452,10 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   end
 
   @doc false
-  # OptimizerCoordinator's calls for a Redis session (options already checked).
-  def acquire_lock(id, var, optimizer, pid, o),
-    do: GenServer.call(__MODULE__, {:acquire, id, var, optimizer, pid, o}, o.timeout + 15_000)
+  # OptimizerCoordinator's calls for a Redis session (options already checked), in the
+  # caller (see Locks).
+  def acquire_lock(backend, id, var, optimizer, pid, o),
+    do: Locks.acquire(backend, {id, var, optimizer, pid, o})
 
   @doc false
   def release_lock(backend, id, var, optimizer), do: Locks.release(backend, id, var, optimizer)

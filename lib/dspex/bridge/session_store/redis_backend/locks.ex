@@ -6,27 +6,37 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Locks do
   # a dead one's lock goes to the next waiter at once. A holder on a node that died loses
   # the lock when its lease runs out: the waiters' nodes poke the server at that time.
   #
+  # The acquire script runs in the caller (one process hop less): before it, the caller
+  # tells the backend process to expect a grant or a preemption notice for its member, so
+  # that neither is lost if it is published before the caller says what came of the
+  # script; a queued caller then waits in a call to the process.
+  #
   # Functions here take and return the backend process's lock state (`t`); those that run
-  # in a caller's process (release, renew, info) say so.
+  # in a caller's process (acquire, release, renew, info) say so.
 
   alias DSPex.Bridge.OptimizerCoordinator
   alias DSPex.Bridge.SessionStore.RedisBackend
   alias DSPex.Bridge.SessionStore.RedisBackend.LockScripts
 
-  defstruct [:node_id, seq: 0, waiters: %{}, held: %{}]
+  defstruct [:node_id, waiters: %{}, held: %{}, expected: %{}]
 
   @type t :: %__MODULE__{
           node_id: binary(),
-          seq: non_neg_integer(),
           # member => %{from, session, var, optimizer, who, pid, monitor, timer, poke}
           waiters: %{binary() => map()},
           # member => %{session, var, optimizer, who, pid, monitor}
-          held: %{binary() => map()}
+          held: %{binary() => map()},
+          # member => %{entry, grant: token | nil, preempt: notice | nil, until: ms}
+          expected: %{binary() => map()}
         }
 
   # Arrival within one priority, in ms since the epoch: below 2^42 until the year 2109, so
   # priorities of -1000..1000 order exactly in a double score.
   @priority_step 4_398_046_511_104
+
+  # An expectation whose caller never said what came of it (it died) is dropped this long
+  # after its timeout.
+  @expect_slack_ms 30_000
 
   def new(node_id), do: %__MODULE__{node_id: node_id}
 
@@ -35,59 +45,107 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Locks do
   # by the nodes that cache them.
   def grants_channel(backend, node_id), do: backend.prefix <> "grants:" <> node_id
 
-  # In the backend process. Returns {:reply, result, t} or {:noreply, t}.
-  def acquire(%__MODULE__{} = locks, backend, from, {session, var, optimizer, pid, o}) do
-    cond do
-      node(pid) == node() and not Process.alive?(pid) ->
-        {:reply, {:error, {:holder_down, pid}}, locks}
+  # In the caller.
+  def acquire(backend, {session, var, optimizer, pid, o}) do
+    if node(pid) == node() and not Process.alive?(pid) do
+      {:error, {:holder_down, pid}}
+    else
+      member = backend.node_id <> "|" <> Integer.to_string(:erlang.unique_integer([:positive]))
+      now = System.system_time(:millisecond)
+      deadline = System.monotonic_time(:millisecond) + o.timeout
+      who = :erlang.term_to_binary(optimizer)
+      entry = %{session: session, var: var, optimizer: optimizer, who: who, pid: pid}
+      GenServer.cast(RedisBackend, {:lock_expect, member, entry, o.timeout})
 
-      true ->
-        locks = %{locks | seq: locks.seq + 1}
-        member = locks.node_id <> "|" <> Integer.to_string(locks.seq)
-        now = System.system_time(:millisecond)
-        who = :erlang.term_to_binary(optimizer)
-        score = -o.priority * @priority_step + now
-        mode = Atom.to_string(o.conflict_resolution)
+      args = [
+        RedisBackend.encode_id(var),
+        member,
+        who,
+        o.lease_ms,
+        now + o.timeout,
+        -o.priority * @priority_step + now,
+        Atom.to_string(o.conflict_resolution),
+        o.priority,
+        o.grace_ms
+      ]
 
-        args = [
-          RedisBackend.encode_id(var),
-          member,
-          who,
-          o.lease_ms,
-          now + o.timeout,
-          score,
-          mode,
-          o.priority,
-          o.grace_ms
-        ]
+      case run(backend, LockScripts.acquire(), session, var, args) do
+        {:ok, ["granted", token]} ->
+          GenServer.cast(RedisBackend, {:lock_granted, member})
+          {:ok, lock(entry, token)}
 
-        entry = %{session: session, var: var, optimizer: optimizer, who: who, pid: pid}
+        {:ok, ["queued", pttl]} ->
+          await_grant({:lock_wait, member, entry, pttl, deadline}, o.timeout)
 
-        case run(backend, LockScripts.acquire(), session, var, args) do
-          {:ok, ["granted", token]} ->
-            {:reply, {:ok, lock(entry, token)}, hold(locks, member, entry)}
-
-          {:ok, ["held", holder]} ->
-            {:reply, {:error, {:lock_held_by, decode(holder)}}, locks}
-
-          {:ok, ["queued", pttl]} ->
-            waiter =
-              Map.merge(entry, %{
-                from: from,
-                monitor: Process.monitor(pid),
-                timer: Process.send_after(self(), {:lock_timeout, member}, o.timeout),
-                poke: poke_after(member, pttl)
-              })
-
-            {:noreply, %{locks | waiters: Map.put(locks.waiters, member, waiter)}}
-
-          {:ok, "missing"} ->
-            {:reply, {:error, {:variable_not_found, var}}, locks}
-
-          {:error, _} = error ->
-            {:reply, error, locks}
-        end
+        other ->
+          GenServer.cast(RedisBackend, {:lock_unexpect, member})
+          refused(other, var)
+      end
     end
+  end
+
+  # The process answers by the deadline (its timer); a process that is gone is an answer.
+  defp await_grant(request, timeout) do
+    GenServer.call(RedisBackend, request, timeout + 15_000)
+  catch
+    :exit, _ -> {:error, :backend_unavailable}
+  end
+
+  defp refused({:ok, ["held", holder]}, _var), do: {:error, {:lock_held_by, decode(holder)}}
+  defp refused({:ok, "missing"}, var), do: {:error, {:variable_not_found, var}}
+  defp refused({:error, _} = error, _var), do: error
+
+  # In the backend process: a caller is about to run the acquire script for `member`.
+  def expect(%__MODULE__{} = locks, backend, member, entry, timeout) do
+    now = System.monotonic_time(:millisecond)
+
+    {stale, expected} = Enum.split_with(locks.expected, fn {_member, e} -> e.until < now end)
+
+    # Its caller is gone: a grant it got goes back.
+    for {m, %{grant: token, entry: e}} <- stale,
+        token != nil,
+        do: drop(backend, m, e.session, e.var)
+
+    e = %{entry: entry, grant: nil, preempt: nil, until: now + timeout + @expect_slack_ms}
+    %{locks | expected: Map.put(Map.new(expected), member, e)}
+  end
+
+  def unexpect(%__MODULE__{} = locks, member),
+    do: %{locks | expected: Map.delete(locks.expected, member)}
+
+  # The caller's script granted the lock at once.
+  def granted_here(%__MODULE__{} = locks, member) do
+    case Map.pop(locks.expected, member) do
+      {nil, _} -> locks
+      {e, expected} -> held_now(%{locks | expected: expected}, member, e)
+    end
+  end
+
+  # The caller's script queued it: it waits here, unless its grant came already.
+  def wait(%__MODULE__{} = locks, member, entry, from, pttl, deadline) do
+    case Map.pop(locks.expected, member) do
+      {%{grant: token} = e, expected} when token != nil ->
+        {:reply, {:ok, lock(entry, token)}, held_now(%{locks | expected: expected}, member, e)}
+
+      {_e, expected} ->
+        waiter =
+          Map.merge(entry, %{
+            from: from,
+            monitor: Process.monitor(entry.pid),
+            timer: Process.send_after(self(), {:lock_timeout, member}, timer_ms(deadline)),
+            poke: poke_after(member, pttl)
+          })
+
+        {:noreply, %{locks | expected: expected, waiters: Map.put(locks.waiters, member, waiter)}}
+    end
+  end
+
+  defp timer_ms(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
+
+  # A holder now: monitored, and told of a preemption that came before.
+  defp held_now(locks, member, e) do
+    locks = hold(locks, member, e.entry)
+    if e.preempt, do: preempting(locks, e.preempt), else: locks
   end
 
   # A message published for this node: a grant (`g|`) or a preemption (`p|`).
@@ -96,16 +154,26 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Locks do
   def published(%__MODULE__{} = locks, _other), do: locks
 
   # A higher-priority waiter asked for a lock held here: the holder is told, and loses it
-  # after the grace period unless it releases first.
+  # after the grace period unless it releases first. A notice for a holder whose caller
+  # has not said yet that it holds the lock is kept until it does.
   defp preempting(locks, notice) do
     with [grace, node, n, by] <- String.split(notice, "|", parts: 4),
-         {grace, ""} <- Integer.parse(grace),
-         member = node <> "|" <> n,
-         %{^member => holder} <- locks.held do
-      info = {:session_id, holder.session, :by, decode(by), :grace_ms, grace}
-      send(holder.pid, {:optimization_preempted, holder.var, info})
-      Process.send_after(self(), {:lock_preempt_due, member}, grace)
-      locks
+         {grace, ""} <- Integer.parse(grace) do
+      member = node <> "|" <> n
+
+      case locks do
+        %{expected: %{^member => _}} ->
+          %{locks | expected: Map.update!(locks.expected, member, &%{&1 | preempt: notice})}
+
+        %{held: %{^member => holder}} ->
+          info = {:session_id, holder.session, :by, decode(by), :grace_ms, grace}
+          send(holder.pid, {:optimization_preempted, holder.var, info})
+          Process.send_after(self(), {:lock_preempt_due, member}, grace)
+          locks
+
+        _ ->
+          locks
+      end
     else
       _ -> locks
     end
@@ -133,6 +201,11 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.Locks do
       member = node <> "|" <> n
 
       case Map.pop(locks.waiters, member) do
+        # Its caller has not said yet that its script queued it: kept for its wait.
+        {nil, _} when is_map_key(locks.expected, member) ->
+          expected = Map.update!(locks.expected, member, &%{&1 | grant: token})
+          %{locks | expected: expected}
+
         # Nobody here waits for it any more: its timeout (or death) already gave it back.
         {nil, _} ->
           locks
