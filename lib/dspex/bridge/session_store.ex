@@ -72,7 +72,7 @@ defmodule DSPex.Bridge.SessionStore do
 
   alias DSPex.Bridge.{AccessControl, Analytics, Events, Native, Options, Variable, VariableType}
   alias DSPex.Bridge.Analytics.Recorder
-  alias DSPex.Bridge.SessionStore.{Backends, Codec, Limits, RedisBackend, Session, Tables}
+  alias DSPex.Bridge.SessionStore.{Backends, Codec, Limits, Session, Tables}
   import DSPex.Bridge.Options, only: [is_id: 1]
   # A session this node does not hold may be owned by another node (DSPex.Bridge.HAManager):
   # the call goes there. Only a failed local call is routed, so local sessions pay nothing.
@@ -143,13 +143,15 @@ defmodule DSPex.Bridge.SessionStore do
         propagation: Map.get(o, :propagation, :sync)
       }
 
-      create_on(backend, meta)
+      Backends.module(backend).create_session(meta)
     end
   end
 
   def create_session(session_id, _opts), do: {:error, {:invalid_session_id, session_id}}
 
-  defp create_on(:local, meta) do
+  @doc false
+  # The local backend's creation (LocalBackend): a session process on this node.
+  def create_here(meta) do
     # A session of this id on Redis would hide behind a local one.
     case Backends.on_redis(meta.id) do
       {:ok, false} -> start_session(Map.put(meta, :core, Native.session_new()), :empty, :created)
@@ -158,16 +160,38 @@ defmodule DSPex.Bridge.SessionStore do
     end
   end
 
-  defp create_on(:redis, meta) do
-    with {:ok, backend} <- Backends.redis(),
-         :ok <- absent_here(meta.id),
-         {:ok, id} <- RedisBackend.create_session(backend, meta) do
-      Events.emit([:dspex, :bridge, :session, :created], %{}, %{session_id: id, backend: :redis})
-      {:ok, id}
+  @doc false
+  # The local backend's import (LocalBackend); meta.core holds the snapshot's graph.
+  def import_here(meta, vars, hist) do
+    case Backends.on_redis(meta.id) do
+      {:ok, false} -> start_session(meta, {:import, vars, hist}, :created)
+      {:ok, true} -> {:error, {:session_exists, meta.id}}
+      error -> error
     end
   end
 
-  defp absent_here(id) do
+  @doc false
+  # The local backend's other calls (LocalBackend): this node's answer alone, never routed.
+  def here(:delete_session, [id]), do: local_delete_session(id, [])
+  def here(:get_session, [id]), do: local_get_session(id, [])
+  def here(:get_variable, [id, name]), do: local_get_variable(id, name, [])
+  def here(:list_variables, [id]), do: local_list_variables(id, [])
+  def here(:delete_variable, [id, name]), do: local_delete_variable(id, name, [])
+  def here(:get_history, [id, name]), do: local_get_history(id, name, [])
+  def here(:rollback_variable, [id, name, v]), do: local_rollback_variable(id, name, v, [])
+  def here(:export_session, [id]), do: local_export_session(id, [])
+  def here(:watch, [id, name, pid]), do: local_watch(id, name, pid: pid)
+  def here(:unwatch, [id, name, pid]), do: local_unwatch(id, name, pid: pid)
+
+  def here(:register_variable, [id, name, type, value, opts]),
+    do: local_register_variable(id, name, type, value, Map.to_list(opts))
+
+  def here(:update_variables, [id, updates, opts]),
+    do: local_update_variables(id, updates, Map.to_list(opts))
+
+  @doc false
+  # A session of this id on this node would hide a Redis one (RedisBackend's creation).
+  def absent_here(id) do
     if :ets.member(@sessions, id), do: {:error, {:session_exists, id}}, else: :ok
   end
 
@@ -228,7 +252,7 @@ defmodule DSPex.Bridge.SessionStore do
   @doc "The ids of all live sessions."
   @spec list_sessions() :: [session_id()]
   def list_sessions,
-    do: :ets.select(@sessions, [{{:"$1", :_, :_, :_}, [], [:"$1"]}]) ++ Backends.list_sessions()
+    do: DSPex.Bridge.SessionStore.LocalBackend.list_sessions() ++ Backends.list_sessions()
 
   @doc """
   A session's settings and size: `%{id, created_at, ttl, history_limit, max_variables,
@@ -635,22 +659,8 @@ defmodule DSPex.Bridge.SessionStore do
       # meta.core was rebuilt from the snapshot's edges by the codec.
       id = Map.get(o, :session_id, meta.id)
       vars = Enum.map(vars, &%{&1 | session_id: id})
-      import_on(backend, %{meta | id: id}, vars, hist)
-    end
-  end
-
-  defp import_on(:local, meta, vars, hist) do
-    case Backends.on_redis(meta.id) do
-      {:ok, false} -> start_session(meta, {:import, vars, hist}, :created)
-      {:ok, true} -> {:error, {:session_exists, meta.id}}
-      error -> error
-    end
-  end
-
-  defp import_on(:redis, meta, vars, hist) do
-    with {:ok, backend} <- Backends.redis(),
-         :ok <- absent_here(meta.id) do
-      RedisBackend.import_session(backend, meta, vars, hist, Native.graph_edges(meta.core))
+      meta = %{meta | id: id}
+      Backends.module(backend).import_session(meta, vars, hist, Native.graph_edges(meta.core))
     end
   end
 

@@ -32,6 +32,11 @@ defmodule DSPex.Bridge.SessionStore.Backends do
   end
 
   @doc false
+  # The module of a backend's name (see DSPex.Bridge.SessionStore.Backend).
+  def module(:local), do: DSPex.Bridge.SessionStore.LocalBackend
+  def module(:redis), do: RedisBackend
+
+  @doc false
   def check_backend(backend) when backend in [:local, :redis], do: :ok
   def check_backend(backend), do: {:error, {:invalid_option, {:backend, backend}}}
 
@@ -87,12 +92,7 @@ defmodule DSPex.Bridge.SessionStore.Backends do
   end
 
   @doc false
-  def list_sessions do
-    case RedisBackend.lookup() do
-      nil -> []
-      backend -> RedisBackend.list_sessions(backend)
-    end
-  end
+  def list_sessions, do: RedisBackend.list_sessions()
 
   @doc false
   # `error` is this node's answer (`:session_not_found` or `:access_denied`); it stands
@@ -267,30 +267,31 @@ defmodule DSPex.Bridge.SessionStore.Backends do
     end
   end
 
-  defp session_call(b, :delete_session, [id, _opts]), do: RedisBackend.delete_session(b, id)
-  defp session_call(b, :get_session, [id, _opts]), do: RedisBackend.get_session(b, id)
-  defp session_call(b, :get_variable, [id, name, _]), do: RedisBackend.get_variable(b, id, name)
-  defp session_call(b, :list_variables, [id, _opts]), do: RedisBackend.list_variables(b, id)
-  defp session_call(b, :get_history, [id, name, _]), do: RedisBackend.get_history(b, id, name)
+  # The owner's calls: through the Backend behaviour.
+  defp session_call(_b, :delete_session, [id, _opts]), do: RedisBackend.delete_session(id)
+  defp session_call(_b, :get_session, [id, _opts]), do: RedisBackend.get_session(id)
+  defp session_call(_b, :get_variable, [id, name, _]), do: RedisBackend.get_variable(id, name)
+  defp session_call(_b, :list_variables, [id, _opts]), do: RedisBackend.list_variables(id)
+  defp session_call(_b, :get_history, [id, name, _]), do: RedisBackend.get_history(id, name)
 
-  defp session_call(b, :delete_variable, [id, name, _]),
-    do: RedisBackend.delete_variable(b, id, name)
+  defp session_call(_b, :delete_variable, [id, name, _]),
+    do: RedisBackend.delete_variable(id, name)
 
-  defp session_call(b, :rollback_variable, [id, name, version, _]),
-    do: RedisBackend.rollback_variable(b, id, name, version)
+  defp session_call(_b, :rollback_variable, [id, name, version, _]),
+    do: RedisBackend.rollback_variable(id, name, version)
 
-  defp session_call(b, :register_variable, [id, name, type, value, opts]),
-    do: RedisBackend.register_variable(b, id, name, type, value, Map.new(opts))
+  defp session_call(_b, :register_variable, [id, name, type, value, opts]),
+    do: RedisBackend.register_variable(id, name, type, value, Map.new(opts))
 
-  defp session_call(b, :update_variable, [id, name, value, opts]) do
-    case RedisBackend.update_variables(b, id, [{name, value}], update_opts(name, opts)) do
+  defp session_call(_b, :update_variable, [id, name, value, opts]) do
+    case RedisBackend.update_variables(id, [{name, value}], update_opts(name, opts)) do
       {:ok, [var]} -> {:ok, var}
       error -> error
     end
   end
 
-  defp session_call(b, :update_variables, [id, updates, opts]),
-    do: RedisBackend.update_variables(b, id, Enum.to_list(updates), Map.new(opts))
+  defp session_call(_b, :update_variables, [id, updates, opts]),
+    do: RedisBackend.update_variables(id, Enum.to_list(updates), Map.new(opts))
 
   defp session_call(_b, :watch, [id, name, opts]),
     do: RedisBackend.watch(id, name, Keyword.get(opts, :pid, self()))
@@ -298,10 +299,7 @@ defmodule DSPex.Bridge.SessionStore.Backends do
   defp session_call(b, :unwatch, [id, name, opts]),
     do: if_exists(b, id, fn -> RedisBackend.unwatch(id, name, Keyword.get(opts, :pid, self())) end)
 
-  defp session_call(b, :export_session, [id, _opts]) do
-    with {:ok, meta, vars, histories, edges} <- RedisBackend.export_session(b, id),
-         do: SessionStore.Codec.encode(meta, vars, histories, edges)
-  end
+  defp session_call(_b, :export_session, [id, _opts]), do: RedisBackend.export_session(id)
 
   # No propagation runs on Redis sessions: there is nothing to wait for.
   defp session_call(b, :await_propagation, [id, _opts]), do: if_exists(b, id, fn -> :ok end)

@@ -5,7 +5,8 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   A session created with `backend: :redis` (or on a node whose default is Redis) lives in
   the Redis server, not in this node: every node that runs this backend against the same
   server sees it, with no HAManager, and it outlives every node. You keep calling
-  `DSPex.Bridge.SessionStore`; its functions find the session here.
+  `DSPex.Bridge.SessionStore`; its functions find the session here (this module implements
+  `DSPex.Bridge.SessionStore.Backend`).
 
   * Every change is one server-side script, so its checks and its write are atomic across
     nodes: versions grow by exactly one, `expected_version:` conflicts are
@@ -79,6 +80,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   """
 
   use GenServer
+  @behaviour DSPex.Bridge.SessionStore.Backend
 
   alias DSPex.Bridge.{AccessControl, CircuitBreaker, Options, Redis, Variable, VariableType}
   alias DSPex.Bridge.SessionStore.RedisBackend.{Access, Graph, Locks, ReadCache, Scripts}
@@ -467,11 +469,17 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   @doc false
   def lock_info(backend, id, var), do: Locks.info(backend, id, var)
 
-  @doc false
-  def watch(id, name, pid), do: GenServer.call(__MODULE__, {:watch, id, name, pid}, 15_000)
+  @impl DSPex.Bridge.SessionStore.Backend
+  def watch(id, name, pid), do: backend_call({:watch, id, name, pid})
 
-  @doc false
-  def unwatch(id, name, pid), do: GenServer.call(__MODULE__, {:unwatch, id, name, pid}, 15_000)
+  @impl DSPex.Bridge.SessionStore.Backend
+  def unwatch(id, name, pid), do: backend_call({:unwatch, id, name, pid})
+
+  defp backend_call(request) do
+    GenServer.call(__MODULE__, request, 15_000)
+  catch
+    :exit, _ -> {:error, :backend_unavailable}
+  end
 
   @doc "This node's running backend, or nil. One per node: the server all nodes share."
   @spec lookup() :: t() | nil
@@ -479,6 +487,68 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     backend = :persistent_term.get(__MODULE__, nil)
     # A backend killed without its terminate/2 must not linger.
     if backend && Process.whereis(__MODULE__), do: backend
+  end
+
+  # ---------------------------------------------------------------------------------------
+  # the Backend behaviour: each callback finds this node's running backend
+
+  @impl DSPex.Bridge.SessionStore.Backend
+  def create_session(meta) do
+    with {:ok, backend} <- running(),
+         :ok <- DSPex.Bridge.SessionStore.absent_here(meta.id),
+         {:ok, id} <- create_session(backend, meta) do
+      event = [:dspex, :bridge, :session, :created]
+      DSPex.Bridge.Events.emit(event, %{}, %{session_id: id, backend: :redis})
+      {:ok, id}
+    end
+  end
+
+  @impl DSPex.Bridge.SessionStore.Backend
+  def import_session(meta, vars, histories, edges) do
+    with {:ok, backend} <- running(),
+         :ok <- DSPex.Bridge.SessionStore.absent_here(meta.id),
+         do: import_session(backend, meta, vars, histories, edges)
+  end
+
+  @impl DSPex.Bridge.SessionStore.Backend
+  def list_sessions do
+    case lookup() do
+      nil -> []
+      backend -> list_sessions(backend)
+    end
+  end
+
+  @impl DSPex.Bridge.SessionStore.Backend
+  def export_session(id) do
+    with {:ok, backend} <- running(),
+         {:ok, meta, vars, histories, edges} <- export_session(backend, id),
+         do: DSPex.Bridge.SessionStore.Codec.encode(meta, vars, histories, edges)
+  end
+
+  for {fun, arity} <- [
+        delete_session: 1,
+        get_session: 1,
+        get_variable: 2,
+        list_variables: 1,
+        delete_variable: 2,
+        get_history: 2,
+        rollback_variable: 3,
+        register_variable: 5,
+        update_variables: 3
+      ] do
+    args = Macro.generate_arguments(arity, __MODULE__)
+
+    @impl DSPex.Bridge.SessionStore.Backend
+    def unquote(fun)(unquote_splicing(args)) do
+      with {:ok, backend} <- running(), do: unquote(fun)(backend, unquote_splicing(args))
+    end
+  end
+
+  defp running do
+    case lookup() do
+      nil -> {:error, {:backend_not_started, :redis}}
+      backend -> {:ok, backend}
+    end
   end
 
   # ---------------------------------------------------------------------------------------
