@@ -358,25 +358,23 @@ defmodule DSPex.Bridge.SessionStore do
 
   # The owner's read: a variable this node does not hold may be one of a Redis session
   # that this node caches (sessions never shadow each other across backends).
-  defp lookup_or_cached(session_id, name) do
-    case :ets.lookup(@variables, {session_id, name}) do
-      [{_, var, touch}] ->
-        :atomics.put(touch, 1, 1)
-        {:ok, var}
+  defp lookup_or_cached(session_id, name), do: lookup(session_id, name, true)
 
-      [] ->
-        case Backends.cached_variable(session_id, name) do
-          {:ok, _} = hit -> hit
-          :miss -> missing(session_id, name)
-        end
+  defp cached_or_missing(session_id, name) do
+    case Backends.cached_variable(session_id, name) do
+      {:ok, _} = hit -> hit
+      :miss -> missing(session_id, name)
     end
   end
 
-  defp lookup(session_id, name) do
+  defp lookup(session_id, name, cached? \\ false) do
     case :ets.lookup(@variables, {session_id, name}) do
       [{_, var, touch}] ->
         :atomics.put(touch, 1, 1)
         {:ok, var}
+
+      [] when cached? ->
+        cached_or_missing(session_id, name)
 
       [] ->
         missing(session_id, name)

@@ -93,4 +93,21 @@ defmodule DSPex.Bridge.SessionStore.Backend do
   @callback watch(id(), name(), pid()) :: {:ok, Variable.t()} | {:error, reason()}
 
   @callback unwatch(id(), name(), pid()) :: :ok | {:error, reason()}
+
+  @doc false
+  # The callbacks on one session that take just their arguments: how both backends define
+  # them, each by one function of its own.
+  def session_callbacks do
+    [
+      delete_session: 1,
+      get_session: 1,
+      get_variable: 2,
+      list_variables: 1,
+      delete_variable: 2,
+      get_history: 2,
+      rollback_variable: 3,
+      register_variable: 5,
+      update_variables: 3
+    ]
+  end
 end

@@ -16,6 +16,7 @@ defmodule DSPex.Bridge.SessionStore.LocalBackend do
   @behaviour DSPex.Bridge.SessionStore.Backend
 
   alias DSPex.Bridge.SessionStore
+  alias DSPex.Bridge.SessionStore.Backend
 
   @impl true
   def create_session(meta), do: SessionStore.create_here(meta)
@@ -29,20 +30,8 @@ defmodule DSPex.Bridge.SessionStore.LocalBackend do
   def list_sessions,
     do: :ets.select(SessionStore.Tables.sessions(), [{{:"$1", :_, :_, :_}, [], [:"$1"]}])
 
-  for {fun, arity} <- [
-        delete_session: 1,
-        get_session: 1,
-        get_variable: 2,
-        list_variables: 1,
-        delete_variable: 2,
-        get_history: 2,
-        rollback_variable: 3,
-        register_variable: 5,
-        update_variables: 3,
-        export_session: 1,
-        watch: 3,
-        unwatch: 3
-      ] do
+  for {fun, arity} <-
+        Backend.session_callbacks() ++ [export_session: 1, watch: 3, unwatch: 3] do
     args = Macro.generate_arguments(arity, __MODULE__)
 
     @impl true

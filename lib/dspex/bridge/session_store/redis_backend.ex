@@ -525,17 +525,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
          do: DSPex.Bridge.SessionStore.Codec.encode(meta, vars, histories, edges)
   end
 
-  for {fun, arity} <- [
-        delete_session: 1,
-        get_session: 1,
-        get_variable: 2,
-        list_variables: 1,
-        delete_variable: 2,
-        get_history: 2,
-        rollback_variable: 3,
-        register_variable: 5,
-        update_variables: 3
-      ] do
+  for {fun, arity} <- DSPex.Bridge.SessionStore.Backend.session_callbacks() do
     args = Macro.generate_arguments(arity, __MODULE__)
 
     @impl DSPex.Bridge.SessionStore.Backend
