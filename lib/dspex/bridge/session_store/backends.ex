@@ -41,12 +41,7 @@ defmodule DSPex.Bridge.SessionStore.Backends do
   def check_backend(backend), do: {:error, {:invalid_option, {:backend, backend}}}
 
   @doc false
-  def redis do
-    case RedisBackend.lookup() do
-      nil -> {:error, {:backend_not_started, :redis}}
-      backend -> {:ok, backend}
-    end
-  end
+  def redis, do: RedisBackend.running()
 
   @doc false
   # `{:ok, true}` when a session `id` lives on the Redis backend, `{:ok, false}` when not

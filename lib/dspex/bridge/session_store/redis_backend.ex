@@ -273,7 +273,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
         {:dspex_redis_message, sub, channel, "a|" <> ack},
         %{sub: sub, grants: channel} = state
       ) do
-    acknowledged(ack)
+    ReadCache.acknowledged(ack)
     {:noreply, state}
   end
 
@@ -423,34 +423,15 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
   # A change published on a session this node caches: its copies go (a new epoch), then the
   # writer on another node learns it may return.
   defp drop_copies(state, id, payload) do
+    header = Watchers.netstrings(payload, 3)
+
     with %{^id => _} <- state.cached,
-         [_kind, writer, tag] when writer != state.backend.node_id <-
-           Watchers.netstrings(payload, 3) do
+         [_kind, writer, tag] when writer != state.backend.node_id <- header do
       ReadCache.invalidate(state.backend.cache, id)
-      acknowledge(state.backend, writer, tag)
+      ReadCache.acknowledge(state.backend, writer, tag)
     end
 
-    if Watchers.netstrings(payload, 1) == ["x"], do: ReadCache.forget(state.backend.cache, id)
-  end
-
-  defp acknowledge(backend, writer, tag) do
-    channel = Locks.grants_channel(backend, writer)
-    Redis.command(backend.conn, ["PUBLISH", channel, "a|" <> backend.node_id <> "|" <> tag])
-  end
-
-  # `<node>|<tag>` on this node's channel: that node dropped its copies of one of our
-  # changes; its writer waits on the tag (a process alias, so a late one is dropped).
-  defp acknowledged(ack) do
-    with [node, tag] <- :binary.split(ack, "|"),
-         {:ok, alias} when is_reference(alias) <- decode_tag(tag) do
-      :erlang.send(alias, {:dspex_cache_ack, alias, node})
-    end
-  end
-
-  defp decode_tag(tag) do
-    {:ok, :erlang.binary_to_term(tag, [:safe])}
-  rescue
-    ArgumentError -> :error
+    if match?(["x" | _], header), do: ReadCache.forget(state.backend.cache, id)
   end
 
   @doc false
@@ -534,7 +515,9 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
     end
   end
 
-  defp running do
+  @doc false
+  # `{:ok, backend}` when one runs on this node.
+  def running do
     case lookup() do
       nil -> {:error, {:backend_not_started, :redis}}
       backend -> {:ok, backend}
@@ -1132,7 +1115,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
 
       case result do
         {:ok, ["ok", cachers | rest]} ->
-          await_acknowledgements(tag, cachers)
+          ReadCache.await_acknowledgements(tag, cachers)
           {:ok, ["ok" | rest]}
 
         other ->
@@ -1140,37 +1123,7 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend do
       end
     after
       :erlang.unalias(tag)
-      flush_acknowledgements(tag)
-    end
-  end
-
-  defp await_acknowledgements(_tag, []), do: :ok
-
-  defp await_acknowledgements(tag, cachers) do
-    now = ReadCache.now()
-    pending = cachers |> Enum.chunk_every(2) |> Map.new(fn [node, left] -> {node, now + left} end)
-    await(tag, pending)
-  end
-
-  defp await(_tag, pending) when map_size(pending) == 0, do: :ok
-
-  defp await(tag, pending) do
-    next = pending |> Map.values() |> Enum.min()
-
-    receive do
-      {:dspex_cache_ack, ^tag, node} -> await(tag, Map.delete(pending, node))
-    after
-      max(next - ReadCache.now(), 0) ->
-        now = ReadCache.now()
-        await(tag, Map.reject(pending, fn {_node, ends} -> ends <= now end))
-    end
-  end
-
-  defp flush_acknowledgements(tag) do
-    receive do
-      {:dspex_cache_ack, ^tag, _node} -> flush_acknowledgements(tag)
-    after
-      0 -> :ok
+      ReadCache.flush_acknowledgements(tag)
     end
   end
 

@@ -26,6 +26,9 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.ReadCache do
   # Rows: `{{session, name}, variable, counter, epoch, valid_until}` (valid_until in native
   # monotonic time) and per session `{{session}, counter, subscribed_until}` (ms).
 
+  alias DSPex.Bridge.Redis
+  alias DSPex.Bridge.SessionStore.RedisBackend.Locks
+
   @type t :: :ets.tid()
 
   @spec new() :: t()
@@ -128,4 +131,65 @@ defmodule DSPex.Bridge.SessionStore.RedisBackend.ReadCache do
 
   @doc false
   def now, do: System.monotonic_time(:millisecond)
+
+  # ---------------------------------------------------------------------------------------
+  # acknowledgements: a writer waits for them, the caching nodes send them
+
+  @doc false
+  # The writer's wait: `cachers` as the change script returned them (node id, ms of lease
+  # left, ...); done when each acknowledged under `tag` or its lease ran out.
+  def await_acknowledgements(_tag, []), do: :ok
+
+  def await_acknowledgements(tag, cachers) do
+    now = now()
+    pending = cachers |> Enum.chunk_every(2) |> Map.new(fn [node, left] -> {node, now + left} end)
+    await(tag, pending)
+  end
+
+  defp await(_tag, pending) when map_size(pending) == 0, do: :ok
+
+  defp await(tag, pending) do
+    next = pending |> Map.values() |> Enum.min()
+
+    receive do
+      {:dspex_cache_ack, ^tag, node} -> await(tag, Map.delete(pending, node))
+    after
+      max(next - now(), 0) ->
+        now = now()
+        await(tag, Map.reject(pending, fn {_node, ends} -> ends <= now end))
+    end
+  end
+
+  @doc false
+  # Acknowledgements that came after the wait ended (the tag is unaliased by then).
+  def flush_acknowledgements(tag) do
+    receive do
+      {:dspex_cache_ack, ^tag, _node} -> flush_acknowledgements(tag)
+    after
+      0 -> :ok
+    end
+  end
+
+  @doc false
+  # This node dropped its copies of `writer`'s change: tell it, on its node's channel.
+  def acknowledge(backend, writer, tag) do
+    channel = Locks.grants_channel(backend, writer)
+    Redis.command(backend.conn, ["PUBLISH", channel, "a|" <> backend.node_id <> "|" <> tag])
+  end
+
+  @doc false
+  # `<node>|<tag>` on this node's channel: that node dropped its copies of one of our
+  # changes; its writer waits on the tag (a process alias, so a late one is dropped).
+  def acknowledged(ack) do
+    with [node, tag] <- :binary.split(ack, "|"),
+         {:ok, alias} when is_reference(alias) <- decode_tag(tag) do
+      :erlang.send(alias, {:dspex_cache_ack, alias, node})
+    end
+  end
+
+  defp decode_tag(tag) do
+    {:ok, :erlang.binary_to_term(tag, [:safe])}
+  rescue
+    ArgumentError -> :error
+  end
 end
