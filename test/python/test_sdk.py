@@ -91,6 +91,62 @@ def sdk_watch(ctx, count):
 _gates = {}
 
 
+class Pipes(unittest.TestCase):
+    """PipeConnection reads buffered: frames must come out whole however the bytes arrive."""
+
+    def setUp(self):
+        self.r, self.w = os.pipe()
+        out_r, out_w = os.pipe()
+        self.conn = PipeConnection(self.r, out_w)
+        os.close(out_r)
+
+    def tearDown(self):
+        try:
+            os.close(self.w)
+        except OSError:
+            pass  # the test closed it
+
+    @staticmethod
+    def frame(nonce):
+        f = pb.Frame()
+        f.ping.nonce = nonce
+        data = f.SerializeToString()
+        return struct.pack(">I", len(data)) + data
+
+    def test_frames_batched_in_one_write_come_out_one_by_one(self):
+        os.write(self.w, b"".join(self.frame(n) for n in (1, 2, 3)))
+        self.assertEqual([self.conn.recv().ping.nonce for _ in range(3)], [1, 2, 3])
+
+    def test_a_frame_split_across_writes_waits_for_its_last_byte(self):
+        data = self.frame(42)
+        got = []
+        reader = threading.Thread(target=lambda: got.append(self.conn.recv()))
+        reader.start()
+        for i in range(len(data)):
+            os.write(self.w, data[i : i + 1])
+            time.sleep(0.001)
+        reader.join(5)
+        self.assertEqual(got[0].ping.nonce, 42)
+
+    def test_a_large_frame_after_a_small_one(self):
+        big = pb.Frame()
+        big.log.line = "x" * (3 * 1024 * 1024)
+        data = big.SerializeToString()
+        writer = threading.Thread(
+            target=lambda: os.write(self.w, self.frame(1) + struct.pack(">I", len(data)) + data)
+        )
+        writer.start()
+        self.assertEqual(self.conn.recv().ping.nonce, 1)
+        self.assertEqual(len(self.conn.recv().log.line), 3 * 1024 * 1024)
+        writer.join(5)
+
+    def test_the_end_of_the_pipe_mid_frame_is_the_end(self):
+        os.write(self.w, self.frame(7) + self.frame(8)[:5])
+        os.close(self.w)
+        self.assertEqual(self.conn.recv().ping.nonce, 7)
+        self.assertIsNone(self.conn.recv())
+
+
 class Bridge:
     """The bridge's side of a pipe pair."""
 

@@ -93,4 +93,13 @@ def to_map(args: dict) -> pb.ValueMap:
 
 def from_map(m: pb.ValueMap) -> dict:
     """A ``ValueMap`` as a dict."""
-    return {_hashable(from_value(e.key)): from_value(e.value) for e in m.entries}
+    out = {}
+    for e in m.entries:
+        key = e.key
+        # Text keys (every argument name) need no general decode: each attribute read of a
+        # protobuf message costs as much as a small function call.
+        if key.WhichOneof("kind") == "text":
+            out[key.text] = from_value(e.value)
+        else:
+            out[_hashable(from_value(key))] = from_value(e.value)
+    return out

@@ -40,6 +40,8 @@ from .context import Change, Context, Watch
 
 PROTOCOL = 1
 MAX_FRAME = 64 * 1024 * 1024
+PIPE_BUFFER = 64 * 1024
+_HEADER = struct.Struct(">I")
 # A call runs on the thread that read it; past this, another thread takes over reading.
 INLINE_S = 0.001
 # The watchdog stops looking at the clock after this long without calls.
@@ -58,39 +60,31 @@ class PipeConnection:
     """Frames of a 4-byte big-endian length and that many bytes, on two file descriptors."""
 
     def __init__(self, read_fd: int = 3, write_fd: int = 4) -> None:
-        self._in = os.fdopen(read_fd, "rb", buffering=0)
-        self._out = os.fdopen(write_fd, "wb", buffering=0)
+        # Buffered: a small frame and its header come in one read(2), not two. A buffered
+        # reader's read(n) waits for all n bytes (or the end of the pipe), and a buffered
+        # writer writes all of a large frame even when write(2) takes only part of it.
+        self._in = os.fdopen(read_fd, "rb", buffering=PIPE_BUFFER)
+        self._out = os.fdopen(write_fd, "wb", buffering=PIPE_BUFFER)
         self._lock = threading.Lock()
-
-    def _read(self, n: int) -> Optional[bytes]:
-        chunks, left = [], n
-        while left:
-            chunk = self._in.read(left)
-            if not chunk:
-                return None
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
 
     def recv(self) -> Optional[pb.Frame]:
         """The next frame, or ``None`` when the bridge closed the pipe."""
-        header = self._read(4)
-        if header is None:
+        header = self._in.read(4)
+        if len(header) < 4:
             return None
-        (length,) = struct.unpack(">I", header)
+        (length,) = _HEADER.unpack(header)
         if length > MAX_FRAME:
             raise ValueError(f"frame of {length} bytes (at most {MAX_FRAME})")
-        body = self._read(length)
-        if body is None:
+        body = self._in.read(length)
+        if len(body) < length:
             return None
-        frame = pb.Frame()
-        frame.ParseFromString(body)
-        return frame
+        return pb.Frame.FromString(body)
 
     def send(self, frame: pb.Frame) -> None:
         data = frame.SerializeToString()
         with self._lock:
-            self._out.write(struct.pack(">I", len(data)) + data)
+            self._out.write(_HEADER.pack(len(data)) + data)
+            self._out.flush()
 
 
 CONNECT_METHOD = "/dspex_bridge.v1.Bridge/Connect"
@@ -153,6 +147,8 @@ class GrpcConnection:
 
 
 class _Call:
+    __slots__ = ("id", "session_id", "timeout", "deadline", "cancelled", "watches")
+
     def __init__(self, call: pb.Call) -> None:
         self.id = call.id
         self.session_id = call.session_id
