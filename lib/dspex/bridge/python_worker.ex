@@ -255,26 +255,35 @@ defmodule DSPex.Bridge.PythonWorker do
   # The call on behalf of `session` (nil: none); a session's calls go to the same worker
   # while it lives (affinity).
   def call_for(pool, session, tool, args, timeout) do
+    # The members carry what a call needs (the pool's counter too): one registry lookup
+    # on the way; the pool's own entry is read only when it has no member.
     with :ok <- check_call(tool, args, timeout),
-         {:ok, counter} <- pool_of(pool),
+         {:ok, members} <- members_of(pool),
          {:ok, id, frame} <- encode_call(tool, args, session, timeout) do
-      case Registry.lookup(@members, pool) do
-        [] -> {:error, :worker_unavailable}
-        members -> Worker.call(pick(members, session, counter), id, session, frame, timeout)
-      end
+      Worker.call(pick(members, session), id, session, frame, timeout)
+    end
+  end
+
+  defp members_of(pool) do
+    case Registry.lookup(@members, pool) do
+      [] ->
+        with {:ok, _counter} <- pool_of(pool), do: {:error, :worker_unavailable}
+
+      members ->
+        {:ok, members}
     end
   end
 
   # Without a session: round robin. With one: rendezvous hashing over the members' slots,
   # so a session stays on its worker while it lives; when it goes, only its sessions move
   # (and a joining worker takes its share).
-  defp pick(members, nil, counter) do
+  defp pick([{_pid, %{counter: counter}} | _] = members, nil) do
     n = :atomics.add_get(counter, 1, 1)
     {pid, member} = Enum.at(members, rem(n, length(members)))
     Map.put(member, :pid, pid)
   end
 
-  defp pick(members, session, _counter) do
+  defp pick(members, session) do
     {pid, member} = Enum.max_by(members, fn {_pid, m} -> :erlang.phash2({session, m.slot}) end)
     Map.put(member, :pid, pid)
   end

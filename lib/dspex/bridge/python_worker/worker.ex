@@ -165,6 +165,7 @@ defmodule DSPex.Bridge.PythonWorker.Worker do
       carrier: carrier,
       table: state.pending,
       pool: state.config.pool,
+      counter: state.config.counter,
       os_pid: state.os_pid,
       peer: state.peer
     }
