@@ -2,6 +2,9 @@
 #
 #   MIX_ENV=prod DSPEX_PYTHON=_build/dspex_python/bin/python mix run benches/python_bridge.exs
 #
+# On a virtual machine whose idle CPUs halt, prefix `taskset -c 0` for figures that compare
+# the work of each path rather than the guest's wakeup latency (BENCHMARKS.md says why).
+#
 # * full stack: DSPex.Bridge.Python.call/4 (rate limit -> bulkhead -> breaker -> worker ->
 #   protobuf frames -> the SDK -> back), 1 and 4 workers, local (fds 3/4) and remote (gRPC
 #   to the server in the NIF);
@@ -109,9 +112,34 @@ proto =
     receive do: ({^proto_port, {:data, _}} -> :ok)
   end)
 
-IO.puts("Python bridge round trips (#{System.schedulers_online()} schedulers, #{n} calls each)")
+# The SDK's own worker driven straight from this process (no pool, no worker process, no
+# breaker): what the Python side costs on top of the protocol floor.
+sdk_port =
+  Port.open({:spawn_executable, System.find_executable(python)}, [
+    :binary,
+    :nouse_stdio,
+    {:packet, 4},
+    args: ["-u", "-m", "dspex_bridge.worker", "--module", "fault_tools"],
+    env: [{~c"PYTHONPATH", String.to_charlist(Enum.join([Path.expand("priv/python"), tools], ":"))}]
+  ])
+
+receive do: ({^sdk_port, {:data, _hello}} -> :ok)
+
+sdk =
+  Bench.latencies(n, fn ->
+    Port.command(sdk_port, call_frame)
+    receive do: ({^sdk_port, {:data, _}} -> :ok)
+  end)
+
+IO.puts(
+  "Python bridge round trips (#{System.schedulers_online()} schedulers on " <>
+    "#{:erlang.system_info(:logical_processors_available)} CPUs, #{n} calls each)"
+)
+
 port_floor = Bench.row("raw Port {:packet, 4} echo to a bare Python loop (local floor)", raw)
 proto_floor = Bench.row("  the same with the protocol's frames parsed and answered", proto)
+Bench.ratio("  ratio of the protocol floor to the local floor", proto_floor, port_floor)
+Bench.row("  the SDK's worker, its Port owned by the caller (no pool)", sdk)
 
 {out, 0} = System.cmd(python, [Path.expand("benches/support/grpc_pingpong.py"), "#{n}"])
 [g50, g99] = out |> String.split() |> Enum.map(&String.to_float/1)
@@ -179,12 +207,22 @@ for {carrier, size} <- [{:local, 1}, {:local, 4}, {:remote, 1}, {:remote, 4}] do
   for _ <- 1..1_000, do: call.()
   p50 = Bench.row("full stack echo, #{carrier}, #{size} worker(s)", Bench.latencies(n, call))
   Bench.ratio("  ratio to the #{carrier} floor (#{goal})", p50, floor)
+  Bench.line("  added to the floor per call", "#{Float.round((p50 - floor) / 1000, 1)} us")
 
   if carrier == :local do
     Bench.ratio("  ratio to the protocol floor", p50, proto_floor)
 
+    # The pool's call alone (no rate limit, breaker or analytics): what Python.call/4 adds.
+    # One worker only: without a session, calls go round robin over the workers.
+    if size == 1 do
+      pool_call = fn -> {:ok, 1} = PythonWorker.call(pool, "echo", %{value: 1}) end
+      Bench.row("  the pool's call alone (PythonWorker.call/4)", Bench.latencies(n, pool_call))
+    end
+
     # The machine's noise moves the floor from run to run: the same ratio again, with the
-    # floor and the full stack measured in alternating rounds of 500 calls.
+    # floor and the full stack measured in alternating rounds of 500 calls. On a guest whose
+    # idle CPUs halt, each side falls into a slow wakeup mode of its own accord (see
+    # BENCHMARKS.md); run the bench under `taskset -c 0` to compare the work alone.
     rounds =
       for _ <- 1..10 do
         f = Bench.percentile(Bench.latencies(500, bare_echo), 0.5)
