@@ -238,6 +238,41 @@ for {carrier, size} <- [{:local, 1}, {:local, 4}, {:remote, 1}, {:remote, 4}] do
     )
   end
 
+  if carrier == :remote do
+    # As for local: the remote floor and the stack in alternating rounds of 500 calls, the
+    # ping-pong's stream held open between its rounds.
+    pingpong =
+      Port.open({:spawn_executable, System.find_executable(python)}, [
+        :binary,
+        {:line, 64},
+        args: [Path.expand("benches/support/grpc_pingpong.py"), "--rounds"]
+      ])
+
+    floor_round = fn ->
+      Port.command(pingpong, "500\n")
+
+      receive do
+        {^pingpong, {:data, {:eol, us}}} -> String.to_float(us) * 1000
+      after
+        60_000 -> raise "the grpcio ping-pong did not answer"
+      end
+    end
+
+    rounds =
+      for _ <- 1..10 do
+        f = floor_round.()
+        c = Bench.percentile(Bench.latencies(500, call), 0.5)
+        c / f
+      end
+
+    Port.close(pingpong)
+
+    Bench.line(
+      "  ratio to the remote floor, median of 10 alternating rounds",
+      :erlang.float_to_binary(Enum.at(Enum.sort(rounds), 5), decimals: 2)
+    )
+  end
+
   # Throughput: sessionless calls spread over the workers by 64 callers.
   spread = fn -> {:ok, 1} = PythonWorker.call(pool, "echo", %{value: 1}) end
   for _ <- 1..1_000, do: spread.()
